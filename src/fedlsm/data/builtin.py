@@ -27,7 +27,7 @@ class _Problem:
     question: str
     answer: int
     rationale: str
-    wrong: list[int]  # plausible mistakes, most typical first
+    wrong: list[int]  # plausible mistakes: a number copied from the question, the one-step result, a wrong operation
 
 
 def _mul_then_sub(r: random.Random) -> _Problem:
@@ -37,7 +37,7 @@ def _mul_then_sub(r: random.Random) -> _Problem:
     q = f"{n} has {a} {box} with {b} {it} in each. {n} gives away {c} {it}. How many {it} does {n} have left?"
     ans = a * b - c
     rat = f"{n} starts with {a} x {b} = {a * b} {it}. After giving away {c}, {n} has {a * b} - {c} = {ans} {it}."
-    return _Problem(q, ans, rat, [a * b, a + b - c, a * b + c, c, a + b])
+    return _Problem(q, ans, rat, [c, a * b, a * b + c, a + b - c, a + b])
 
 
 def _mul_then_add(r: random.Random) -> _Problem:
@@ -46,7 +46,7 @@ def _mul_then_add(r: random.Random) -> _Problem:
     q = f"{n} buys {a} packs of {it} with {b} {it} in each pack. {n} already had {c} {it}. How many {it} does {n} have now?"
     ans = a * b + c
     rat = f"The packs hold {a} x {b} = {a * b} {it}. Adding the {c} {n} already had gives {a * b} + {c} = {ans} {it}."
-    return _Problem(q, ans, rat, [a * b, a + b + c, a * b - c, a * c + b, c])
+    return _Problem(q, ans, rat, [c, a * b, a * b - c, a + b + c, a * c + b])
 
 
 def _add_then_div(r: random.Random) -> _Problem:
@@ -57,7 +57,7 @@ def _add_then_div(r: random.Random) -> _Problem:
     b = total - a
     q = f"{n} had {a} {it} and found {b} more. {n} shares them equally among {k} friends. How many {it} does each friend get?"
     rat = f"{n} has {a} + {b} = {total} {it}. Shared among {k} friends, each gets {total} / {k} = {each} {it}."
-    return _Problem(q, each, rat, [total, a + b + k, total - k, a, b])
+    return _Problem(q, each, rat, [a, total, total - k, a + b + k, b])
 
 
 def _earn_then_spend(r: random.Random) -> _Problem:
@@ -67,7 +67,7 @@ def _earn_then_spend(r: random.Random) -> _Problem:
     q = f"{n} earns {a} dollars per hour and works {b} hours. Then {n} spends {c} dollars on lunch. How many dollars does {n} have left?"
     ans = a * b - c
     rat = f"{n} earns {a} x {b} = {a * b} dollars. After spending {c}, {n} has {a * b} - {c} = {ans} dollars."
-    return _Problem(q, ans, rat, [a * b, a + b - c, a * b + c, c, a])
+    return _Problem(q, ans, rat, [c, a * b, a * b + c, a + b - c, a])
 
 
 def _split_then_add(r: random.Random) -> _Problem:
@@ -77,7 +77,7 @@ def _split_then_add(r: random.Random) -> _Problem:
     q = f"{n} splits {total} {it} into {groups} equal groups and then adds {c} more {it} to each group. How many {it} are in each group?"
     ans = each + c
     rat = f"Each group first gets {total} / {groups} = {each} {it}. Adding {c} more gives {each} + {c} = {ans} {it}."
-    return _Problem(q, ans, rat, [each, total + c, total - groups, groups + c, total])
+    return _Problem(q, ans, rat, [total, each, total + c, groups + c, total - groups])
 
 
 GENERATORS: list[Callable[[random.Random], _Problem]] = [

@@ -90,17 +90,17 @@ def _bundled_source(name: str) -> ModelSource:
     return ModelSource("bundled", str(target.parent), target.name, name)
 
 
-def resolve_model(spec: str) -> ModelSource:
+def resolve_model(spec: str, field: str = "model") -> ModelSource:
     """Turn a user's model string into a :class:`ModelSource`, or raise a clear error."""
     if not spec or not spec.strip():
-        raise ConfigError("model", "is empty", f"use a bundled name ({', '.join(BUNDLED_MODELS)}), a folder, a .gguf file or a hub id")
+        raise ConfigError(field, "is empty", f"use a bundled name ({', '.join(BUNDLED_MODELS)}), a folder, a .gguf file or a hub id")
     key = ALIASES.get(spec, spec)
     if key in BUNDLED_MODELS:
         return _bundled_source(key)
     p = Path(spec).expanduser()
     if p.suffix == ".gguf":
         if not p.is_file():
-            raise ConfigError("model", f"GGUF file '{spec}' does not exist", "check the path")
+            raise ConfigError(field, f"GGUF file '{spec}' does not exist", "check the path")
         return ModelSource("gguf", str(p.parent.resolve()), p.name, p.stem)
     if p.exists():
         if p.is_dir() and (p / "config.json").is_file():
@@ -116,7 +116,7 @@ def resolve_model(spec: str) -> ModelSource:
         )
     looks_like_path = spec.startswith((".", "/", "~")) or os.sep in spec and spec.count("/") > 1
     if looks_like_path:
-        raise ConfigError("model", f"path '{spec}' does not exist", "check the path")
+        raise ConfigError(field, f"path '{spec}' does not exist", "check the path")
     # Otherwise treat it as a Hugging Face hub id ("org/name"); downloading needs network.
     return ModelSource("hub", spec, None, spec.split("/")[-1])
 

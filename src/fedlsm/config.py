@@ -1,0 +1,157 @@
+"""One validated config per run: pydantic models, loadable from YAML, overridable from the CLI.
+
+Bad values raise :class:`~fedlsm.errors.ConfigError` whose message names the field (dotted
+path) and the fix; the CLI prints it as one line.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fedlsm.errors import ConfigError
+
+_FIXES = {
+    "greater_than": "use a positive value",
+    "greater_than_equal": "use a larger value",
+    "less_than": "use a smaller value",
+    "less_than_equal": "use a smaller value",
+    "literal_error": "use one of the allowed values",
+    "extra_forbidden": "remove it or check its spelling (see `fedlsm run --help`)",
+    "finite_number": "use a finite number",
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    task: str = Field("arith", description="built-in task or local preset (see `fedlsm tasks`)")
+    path: str | None = Field(None, description="JSONL/JSON/CSV/TSV training file (overrides task)")
+    test_path: str | None = None
+    hf_id: str | None = Field(None, description="Hugging Face datasets id or local dataset folder")
+    hf_config: str | None = None
+    type: Literal["multiple_choice", "classification", "generation"] = "multiple_choice"
+    columns: dict[str, str] = Field(default_factory=dict, description="question/answer/choices/rationale/id column names")
+    numeric: bool = False
+    root: str | None = Field(None, description="benchmark data folder (default $FEDLSM_DATA or ../shared/data)")
+    n_train: int | None = Field(None, gt=0, description="training examples to use (all clients together)")
+    n_test: int | None = Field(100, gt=0, description="test examples to evaluate on")
+    partition: Literal["iid", "dirichlet"] = "iid"
+    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (small = skewed)")
+    public_fraction: float = Field(0.0, ge=0, lt=1, description="share of training data held out as public")
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(2, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(8, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+    max_length: int = Field(256, gt=8)
+    lora: bool = Field(True, description="LoRA adapters (true) or full fine-tuning (false)")
+    lora_r: int = Field(8, gt=0)
+    lora_alpha: int = Field(16, gt=0)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+
+
+class LLMConfig(_Strict):
+    model: str = Field("smollm2-135m", description="server LLM: bundled name, folder, .gguf or hub id")
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint; when set, the LLM is reached over HTTP")
+    api_key: str = "EMPTY"
+    max_new_tokens: int = Field(96, gt=0)
+    temperature: float = Field(0.0, ge=0)
+    batch_size: int = Field(8, gt=0)
+    concurrency: int = Field(8, gt=0)
+
+
+class PrivacyConfig(_Strict):
+    epsilon: float = Field(3.0, description="per-token privacy budget of the exponential mechanism")
+    top_k: int | None = Field(None, gt=1, description="candidate set size (None = whole vocabulary)")
+    public_tokens: list[str] = Field(default_factory=list, description="tokens allowed to pass unchanged")
+
+    @field_validator("epsilon")
+    @classmethod
+    def _eps(cls, v: float) -> float:
+        if math.isnan(v) or v <= 0:
+            raise ValueError("must be > 0 (use inf for no perturbation)")
+        return v
+
+
+class RunConfig(_Strict):
+    method: str = "standalone"
+    name: str | None = Field(None, description="run folder name under output_dir (default: method-task-time)")
+    output_dir: str = "runs"
+    seed: int = 0
+    clients: int = Field(4, gt=0)
+    slm: str = Field("smollm2-135m", description="client SLM: bundled name, folder, .gguf or hub id")
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    eval_batch_size: int = Field(16, gt=0)
+    method_args: dict[str, Any] = Field(default_factory=dict, description="method-specific options")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _explain(e: ValidationError) -> ConfigError:
+    err = e.errors()[0]
+    field = ".".join(str(p) for p in err["loc"]) or "config"
+    fix = _FIXES.get(err["type"])
+    if err["type"] == "literal_error":
+        fix = err["msg"].replace("Input should be", "use")
+    return ConfigError(field, f"{err['msg'].lower()} (got {err.get('input')!r})", fix)
+
+
+def _set_dotted(d: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    cur = d
+    for k in keys[:-1]:
+        cur = cur.setdefault(k, {})
+        if not isinstance(cur, dict):
+            raise ConfigError(dotted, f"'{k}' is not a section", "check the key")
+    cur[keys[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``key.sub=value`` with the value parsed as YAML (so numbers, lists and null work)."""
+    if "=" not in item:
+        raise ConfigError("--set", f"'{item}' is not key=value", "write e.g. --set train.lr=5e-4")
+    k, v = item.split("=", 1)
+    return k.strip(), yaml.safe_load(v) if v.strip() else None
+
+
+def build_config(base: dict | None = None, overrides: dict[str, Any] | None = None,
+                 file: str | Path | None = None) -> RunConfig:
+    """Merge defaults <- YAML file <- ``base`` <- dotted ``overrides`` and validate."""
+    data: dict = {}
+    if file:
+        p = Path(file)
+        if not p.is_file():
+            raise ConfigError("--config", f"file '{file}' does not exist", "check the path")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError("--config", f"'{file}' is not valid YAML ({e})", "fix the YAML syntax") from e
+        if not isinstance(loaded, dict):
+            raise ConfigError("--config", f"'{file}' must hold a mapping", "write key: value pairs")
+        data.update(loaded)
+    for k, v in (base or {}).items():
+        if v is not None:
+            _set_dotted(data, k, v)
+    for k, v in (overrides or {}).items():
+        _set_dotted(data, k, v)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise _explain(e) from None
+
+
+def float_or_inf(x: float) -> float:
+    return math.inf if x == float("inf") else x

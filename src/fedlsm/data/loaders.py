@@ -1,0 +1,247 @@
+"""Loaders: built-in tasks, JSONL/CSV/JSON files with a column mapping, Hugging Face datasets, and
+presets for the benchmark files that live in a local data folder (CQA, ARC-Easy, GSM8K, ...).
+
+Every loader returns a :class:`~fedlsm.data.task.Task`; examples are normalized so that
+``choices`` is a list of strings and ``label`` the gold index (``answer`` its text).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from fedlsm.data.builtin import BUILTIN_TASKS
+from fedlsm.data.task import TASK_TYPES, Example, Task
+from fedlsm.errors import ConfigError, FedLSMError
+
+
+@dataclass
+class ColumnMap:
+    """Which source columns hold each field. ``choices`` may be a list column or an HF-style
+    ``{"text": [...], "label": [...]}`` dict; ``answer`` may be the answer text, a choice letter
+    ("B") or a choice index."""
+
+    question: str = "question"
+    answer: str = "answer"
+    choices: str | None = "choices"
+    rationale: str | None = None
+    id: str | None = "id"
+
+
+def _read_records(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise ConfigError("data.path", f"file '{path}' does not exist", "check the path")
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        with path.open() as f:
+            return [json.loads(line) for line in f if line.strip()]
+    if suffix == ".json":
+        text = path.read_text()
+        stripped = text.lstrip()
+        if stripped.startswith("["):
+            return json.loads(text)
+        return [json.loads(line) for line in text.splitlines() if line.strip()]  # JSON lines in a .json file
+    if suffix in (".csv", ".tsv"):
+        with path.open(newline="") as f:
+            return list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
+    raise ConfigError("data.path", f"unsupported file type '{suffix}'", "use .jsonl, .json, .csv or .tsv")
+
+
+def _normalize(rec: dict, cols: ColumnMap, idx: int, source: str, task_type: str) -> Example:
+    def get(col: str, field_name: str) -> Any:
+        if col not in rec:
+            raise ConfigError(
+                f"data.columns.{field_name}",
+                f"column '{col}' not found in {source} (columns: {', '.join(map(str, rec.keys()))})",
+                f"set data.columns.{field_name} to one of those",
+            )
+        return rec[col]
+
+    question = str(get(cols.question, "question")).strip()
+    raw_answer = get(cols.answer, "answer")
+    choices = None
+    if cols.choices and task_type != "generation":
+        raw = get(cols.choices, "choices")
+        if isinstance(raw, str):
+            raw = json.loads(raw) if raw.strip().startswith(("[", "{")) else raw.split("|")
+        if isinstance(raw, dict):  # HF style {"text": [...], "label": [...]}
+            letters = [str(x) for x in raw.get("label", [])]
+            raw = raw["text"]
+        else:
+            letters = []
+        choices = [str(c).strip() for c in raw]
+    label = None
+    answer = str(raw_answer).strip()
+    if choices:
+        if answer in choices:
+            label = choices.index(answer)
+        elif letters and answer in letters:
+            label = letters.index(answer)
+        elif len(answer) == 1 and answer.isalpha() and ord(answer.upper()) - 65 < len(choices):
+            label = ord(answer.upper()) - 65
+        elif re.fullmatch(r"\d+", answer) and int(answer) < len(choices):
+            label = int(answer)
+        else:
+            raise ConfigError("data.columns.answer",
+                              f"answer '{answer}' of record {idx} in {source} is neither a choice text, letter nor index",
+                              "map data.columns.answer to the column with the gold choice")
+        answer = choices[label]
+    rationale = None
+    if cols.rationale:
+        rationale = str(get(cols.rationale, "rationale")).strip() or None
+    ex_id = str(rec.get(cols.id, idx)) if cols.id else str(idx)
+    return Example(id=ex_id, question=question, answer=answer, choices=choices, label=label, rationale=rationale)
+
+
+def load_file_task(train: str | Path, test: str | Path | None, *, name: str | None = None,
+                   task_type: str = "multiple_choice", columns: ColumnMap | None = None,
+                   numeric: bool = False, test_fraction: float = 0.2, seed: int = 0) -> Task:
+    """Load a task from JSONL/JSON/CSV/TSV files. Without a test file, ``test_fraction`` is held out."""
+    if task_type not in TASK_TYPES:
+        raise ConfigError("data.type", f"unknown task type '{task_type}'", f"use one of {', '.join(TASK_TYPES)}")
+    cols = columns or ColumnMap()
+    train_path = Path(train)
+    tr = [_normalize(r, cols, i, str(train_path), task_type) for i, r in enumerate(_read_records(train_path))]
+    if test:
+        te = [_normalize(r, cols, i, str(test), task_type) for i, r in enumerate(_read_records(Path(test)))]
+    else:
+        rng = random.Random(seed)
+        rng.shuffle(tr)
+        n_test = max(1, int(len(tr) * test_fraction))
+        te, tr = tr[:n_test], tr[n_test:]
+    if task_type == "classification":
+        labels = sorted({e.answer for e in tr + te})
+        for e in tr + te:
+            e.choices, e.label = labels, labels.index(e.answer)
+    return Task(name=name or train_path.stem, type=task_type, train=tr, test=te, numeric=numeric)
+
+
+def load_hf_task(dataset_id: str, *, config_name: str | None = None, train_split: str = "train",
+                 test_split: str = "test", task_type: str = "multiple_choice",
+                 columns: ColumnMap | None = None, numeric: bool = False) -> Task:
+    """Load a task with ``datasets.load_dataset`` (a hub id, or a local folder saved with
+    ``save_to_disk`` / holding data files)."""
+    import datasets
+
+    cols = columns or ColumnMap()
+    p = Path(dataset_id)
+    try:
+        if p.is_dir() and (p / "dataset_dict.json").exists():
+            ds = datasets.load_from_disk(str(p))
+        else:
+            ds = datasets.load_dataset(dataset_id, config_name)
+    except FileNotFoundError as e:
+        raise ConfigError("data.hf_id", f"dataset '{dataset_id}' not found ({e})", "check the id or the folder") from e
+    except Exception as e:  # network errors arrive as many types; name the dataset and the fix
+        raise FedLSMError(f"data.hf_id: could not load '{dataset_id}' ({type(e).__name__}: {str(e)[:200]}) "
+                          "(fix: check the id and your network, or use data.path with local files)") from e
+    for split, fld in ((train_split, "train_split"), (test_split, "test_split")):
+        if split not in ds:
+            raise ConfigError(f"data.{fld}", f"split '{split}' not in {dataset_id} (splits: {', '.join(ds)})",
+                              f"set data.{fld}")
+    tr = [_normalize(r, cols, i, dataset_id, task_type) for i, r in enumerate(ds[train_split])]
+    te = [_normalize(r, cols, i, dataset_id, task_type) for i, r in enumerate(ds[test_split])]
+    return Task(name=dataset_id.rstrip("/").split("/")[-1], type=task_type, train=tr, test=te, numeric=numeric)
+
+
+# ---------------------------------------------------------------- presets for local benchmark files
+
+
+def data_root(explicit: str | Path | None = None) -> Path:
+    """Where the benchmark data folder is: the argument, ``$FEDLSM_DATA``, or a ``shared/data``
+    folder beside or above the working directory."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("FEDLSM_DATA"):
+        return Path(os.environ["FEDLSM_DATA"])
+    here = Path.cwd().resolve()
+    for d in [here, *here.parents]:
+        for cand in (d / "shared" / "data", d.parent / "shared" / "data"):
+            if cand.is_dir():
+                return cand
+    raise ConfigError("data.root", "no benchmark data folder found",
+                      "set FEDLSM_DATA or data.root to the folder holding commonsenseqa/, arc/, gsm8k/ ...")
+
+
+def _gsm8k(root: Path) -> Task:
+    def conv(path: Path, split: str) -> list[Example]:
+        out = []
+        for i, r in enumerate(_read_records(path)):
+            rationale, _, final = r["answer"].rpartition("####")
+            rationale = re.sub(r"<<[^>]*>>", "", rationale).strip()  # drop calculator annotations
+            out.append(Example(id=f"gsm8k-{split}-{i}", question=r["question"], answer=final.strip().replace(",", ""),
+                               rationale=rationale))
+        return out
+
+    d = root / "gsm8k"
+    return Task("gsm8k", "generation", conv(d / "train.jsonl", "train"), conv(d / "test.jsonl", "test"), numeric=True)
+
+
+def _cqa(root: Path) -> Task:
+    d = root / "distilling_step_by_step" / "cqa"
+    cols = ColumnMap(question="question", answer="answer", choices="choices", rationale="abstractive_explanation")
+    t = load_file_task(d / "cqa_train.json", d / "cqa_test.json", name="cqa", columns=cols)
+    return t
+
+
+def _arc_easy(root: Path) -> Task:
+    d = root / "arc" / "arc_easy_hf"
+    cols = ColumnMap(question="question", answer="answerKey", choices="choices")
+    return load_file_task(d / "train.json", d / "test.json", name="arc-easy", columns=cols)
+
+
+def _obqa(root: Path) -> Task:
+    d = root / "openbookqa" / "original_tsv"
+
+    def rows(path: Path) -> list[Example]:
+        # original_tsv: "ID, Question Stem, Choices ("(A) .. (B) .."), Complete Question, Answer Key"
+        exs = []
+        for r in _read_records(path):
+            parts = re.split(r"\(([A-D])\)\s*", r["Choices"])[1:]
+            choices = [parts[i + 1].strip() for i in range(0, len(parts), 2)]
+            label = "ABCD".index(r["Answer Key"].strip())
+            exs.append(Example(id=r["ID"], question=r["Question Stem"].strip(), answer=choices[label],
+                               choices=choices, label=label))
+        return exs
+
+    return Task("obqa", "multiple_choice", rows(d / "train.tsv"), rows(d / "test.tsv"))
+
+
+PRESETS = {"gsm8k": _gsm8k, "cqa": _cqa, "arc-easy": _arc_easy, "obqa": _obqa}
+
+
+def load_task(name: str, *, n_train: int | None = None, n_test: int | None = None, seed: int = 0,
+              data_dir: str | None = None) -> Task:
+    """Load a task by name: a built-in (``arith``) or a preset reading the local data folder."""
+    if name in BUILTIN_TASKS:
+        kw = {}
+        if n_train:
+            kw["n_train"] = n_train
+        if n_test:
+            kw["n_test"] = n_test
+        return BUILTIN_TASKS[name](seed=seed, **kw)
+    if name not in PRESETS:
+        raise ConfigError("data.task", f"unknown task '{name}'",
+                          f"use one of {', '.join(sorted([*BUILTIN_TASKS, *PRESETS]))}, or data.path / data.hf_id")
+    task = PRESETS[name](data_root(data_dir))
+    return subsample(task, n_train, n_test, seed)
+
+
+def subsample(task: Task, n_train: int | None, n_test: int | None, seed: int) -> Task:
+    rng = random.Random(seed)
+    tr, te = list(task.train), list(task.test)
+    if n_train and n_train < len(tr):
+        tr = rng.sample(tr, n_train)
+    if n_test and n_test < len(te):
+        te = rng.sample(te, n_test)
+    return Task(task.name, task.type, tr, te, task.numeric, task.description)
+
+
+def available_tasks() -> list[str]:
+    return sorted([*BUILTIN_TASKS, *PRESETS])

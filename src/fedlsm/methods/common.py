@@ -1,0 +1,44 @@
+"""Pieces every method's client role shares: load the client SLM, fine-tune it, evaluate it."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from fedlsm.data.task import Example, answer_continuation, answer_prompt
+from fedlsm.eval.scoring import evaluate
+from fedlsm.models.loading import default_device, load_causal_lm
+from fedlsm.models.training import TrainPair, TrainResult, TrainSettings, apply_lora, train_sft
+from fedlsm.runner import RunContext
+
+
+def train_settings(ctx: RunContext) -> TrainSettings:
+    t = ctx.cfg.train
+    return TrainSettings(epochs=t.epochs, lr=t.lr, batch_size=t.batch_size, max_steps=t.max_steps,
+                         max_length=t.max_length, seed=ctx.cfg.seed)
+
+
+def load_slm(ctx: RunContext, *, trainable: bool = True):
+    """A fresh copy of the client SLM, with LoRA adapters when configured."""
+    model, tok = load_causal_lm(ctx.cfg.slm, device=default_device())
+    if trainable and ctx.cfg.train.lora:
+        t = ctx.cfg.train
+        model = apply_lora(model, r=t.lora_r, alpha=t.lora_alpha, dropout=t.lora_dropout)
+    return model, tok
+
+
+def label_pairs(examples: Sequence[Example]) -> list[TrainPair]:
+    """Plain SFT pairs: prompt -> gold answer (the Standalone objective)."""
+    return [TrainPair(answer_prompt(e), answer_continuation(e)) for e in examples]
+
+
+def finetune(ctx: RunContext, model, tok, pairs: Sequence[TrainPair], description: str) -> TrainResult:
+    return train_sft(model, tok, pairs, train_settings(ctx), description=description)
+
+
+def eval_slm(ctx: RunContext, model, tok, description: str = "") -> dict:
+    return evaluate(model, tok, ctx.task, batch_size=ctx.cfg.eval_batch_size, show_progress=True)
+
+
+def zero_shot_slm(ctx: RunContext) -> dict:
+    model, tok = load_slm(ctx, trainable=False)
+    return eval_slm(ctx, model, tok)

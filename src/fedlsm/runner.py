@@ -1,0 +1,160 @@
+"""Run one method end to end: config -> data -> method -> table + ``runs/<name>/``.
+
+The run folder holds ``config.yaml`` (written first), ``metrics.json`` (rewritten after every
+finished step, so a crash loses nothing already measured) and whatever the method saves
+(rationales, message logs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from rich.console import Console
+from rich.table import Table
+
+from fedlsm.config import RunConfig
+from fedlsm.data.loaders import ColumnMap, load_file_task, load_hf_task, load_task, subsample
+from fedlsm.data.partition import partition, public_private_split
+from fedlsm.data.task import Example, Task
+from fedlsm.errors import ConfigError
+
+
+def build_task(cfg: RunConfig) -> Task:
+    d = cfg.data
+    cols = ColumnMap(**d.columns) if d.columns else None
+    if d.columns:
+        unknown = set(d.columns) - {"question", "answer", "choices", "rationale", "id"}
+        if unknown:
+            raise ConfigError("data.columns", f"unknown field(s) {sorted(unknown)}",
+                              "map only question, answer, choices, rationale, id")
+    if d.path:
+        task = load_file_task(d.path, d.test_path, task_type=d.type, columns=cols, numeric=d.numeric, seed=cfg.seed)
+        return subsample(task, d.n_train, d.n_test, cfg.seed)
+    if d.hf_id:
+        task = load_hf_task(d.hf_id, config_name=d.hf_config, task_type=d.type, columns=cols, numeric=d.numeric)
+        return subsample(task, d.n_train, d.n_test, cfg.seed)
+    return load_task(d.task, n_train=d.n_train, n_test=d.n_test, seed=cfg.seed, data_dir=d.root)
+
+
+@dataclass
+class RunContext:
+    cfg: RunConfig
+    task: Task
+    public: list[Example]
+    clients: list[list[Example]]
+    run_dir: Path
+    console: Console
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def record(self, key: str, value: Any) -> None:
+        """Store a metric and flush metrics.json at once (nothing measured is lost on a crash)."""
+        self.metrics[key] = value
+        self.flush()
+
+    def flush(self) -> None:
+        tmp = self.run_dir / "metrics.json.tmp"
+        tmp.write_text(json.dumps(self.metrics, indent=2, default=_jsonable))
+        os.replace(tmp, self.run_dir / "metrics.json")
+
+    def save_jsonl(self, name: str, rows: list[dict]) -> Path:
+        p = self.run_dir / name
+        with p.open("w") as f:
+            for r in rows:
+                f.write(json.dumps(r, default=_jsonable) + "\n")
+        return p
+
+
+def _jsonable(x: Any) -> Any:
+    if hasattr(x, "as_dict"):
+        return x.as_dict()
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    return str(x)
+
+
+@dataclass
+class MethodResult:
+    """What a method returns: table rows (one dict per row, same keys) and a title."""
+
+    rows: list[dict[str, Any]]
+    title: str
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+MethodFn = Callable[[RunContext], MethodResult]
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def prepare(cfg: RunConfig, console: Console | None = None) -> RunContext:
+    from fedlsm.models.loading import resolve_model
+
+    console = console or Console()
+    if not cfg.llm.base_url:
+        resolve_model(cfg.llm.model, "llm.model")
+    resolve_model(cfg.slm, "slm")  # fail fast on a bad model path, before any work
+    seed_everything(cfg.seed)
+    task = build_task(cfg)
+    split = public_private_split(task.train, cfg.data.public_fraction, cfg.seed)
+    clients = partition(split.private, cfg.clients, cfg.data.partition, cfg.data.alpha, cfg.seed)
+    name = cfg.name or f"{cfg.method}-{task.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(cfg.output_dir) / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    ctx = RunContext(cfg, task, split.public, clients, run_dir, console)
+    ctx.record("run", {"name": name, "method": cfg.method, "task": task.name, "task_type": task.type,
+                       "n_train": len(task.train), "n_test": len(task.test), "n_public": len(split.public),
+                       "client_sizes": [len(c) for c in clients], "seed": cfg.seed, "status": "running"})
+    return ctx
+
+
+def render_table(result: MethodResult) -> Table:
+    table = Table(title=result.title)
+    if not result.rows:
+        return table
+    for col in result.rows[0]:
+        table.add_column(str(col), justify="left" if col in (result.rows[0] and list(result.rows[0])[:1]) else "right")
+    for row in result.rows:
+        table.add_row(*[_fmt(v) for v in row.values()])
+    return table
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{100 * v:.1f}" if 0 <= v <= 1 else f"{v:.3g}"
+    return "" if v is None else str(v)
+
+
+def run(cfg: RunConfig, console: Console | None = None) -> tuple[RunContext, MethodResult]:
+    from fedlsm.methods import get_method
+
+    method = get_method(cfg.method)
+    ctx = prepare(cfg, console)
+    ctx.console.print(f"[bold]{cfg.method}[/] on {ctx.task.summary()}; {cfg.clients} client(s) with "
+                      f"{[len(c) for c in ctx.clients]} examples; run folder {ctx.run_dir}")
+    t0 = time.time()
+    try:
+        result = method(ctx)
+    except BaseException:
+        ctx.metrics["run"]["status"] = "failed"
+        ctx.flush()
+        raise
+    ctx.metrics["run"].update(status="done", wall_seconds=round(time.time() - t0, 1))
+    ctx.record("table", {"title": result.title, "rows": result.rows})
+    ctx.record("summary", result.summary)
+    ctx.console.print(render_table(result))
+    ctx.console.print(f"metrics: {ctx.run_dir / 'metrics.json'}")
+    return ctx, result
