@@ -109,7 +109,7 @@ def resolve_model(spec: str, field: str = "model") -> ModelSource:
         if len(ggufs) == 1:
             return ModelSource("gguf", str(p.resolve()), ggufs[0].name, ggufs[0].stem)
         raise ConfigError(
-            "model",
+            field,
             f"'{spec}' is not a model (no config.json and not a single .gguf file)",
             "point to a folder saved with save_pretrained, a .gguf file, a hub id, or a bundled name "
             f"({', '.join(BUNDLED_MODELS)})",

@@ -143,7 +143,7 @@ def train_sft(model, tokenizer, pairs: Sequence[TrainPair], settings: TrainSetti
             torch.nn.utils.clip_grad_norm_(params, s.grad_clip)
         opt.step()
         sched.step()
-        result.losses.append(float(loss))
+        result.losses.append(float(loss.detach()))
         result.tokens += int((labels != -100).sum())
         result.steps += 1
     model.eval()

@@ -51,7 +51,7 @@ _CHUNK_ELEMENTS = 1 << 24
 _PROPOSALS_PER_CHUNK = 1 << 14
 # Cost of one rejection proposal (gathering a random embedding row) in units of one entry of a
 # similarity row computed by matrix multiplication; measured on CPU, where gathers are slow.
-_PROPOSAL_COST = 32.0
+_PROPOSAL_COST = 64.0
 
 
 def _default_device() -> torch.device:
@@ -301,6 +301,11 @@ class ExponentialMechanism:
         out = torch.empty_like(xs)
         pending = torch.arange(xs.numel(), device=self.device)
         n_allowed, d = self._allowed_ids.numel(), self._unit.shape[1]
+        # Gather buffers reused across chunks: fresh multi-MB tensors per chunk cost page faults
+        # that dominate on CPU.
+        prop_buf = torch.empty((_PROPOSALS_PER_CHUNK, d), device=self.device)
+        x_buf = torch.empty((_PROPOSALS_PER_CHUNK, d), device=self.device)
+        cos_buf = torch.empty((_PROPOSALS_PER_CHUNK,), device=self.device)
         to_exact: list[torch.Tensor] = []
         m = 4
         for _ in range(64):
@@ -308,10 +313,12 @@ class ExponentialMechanism:
             still, proposed, accepted = [], 0, 0
             for s in range(0, pending.numel(), step):
                 idx = pending[s:s + step]
-                props = self._allowed_ids[torch.randint(n_allowed, (idx.numel(), m), generator=gen, device=self.device)]
-                rows = self._unit.index_select(0, props.reshape(-1)).view(idx.numel(), m, d)
-                cos = torch.bmm(rows, self._unit[xs[idx]].unsqueeze(2)).squeeze(2).clamp_(-1.0, 1.0)
-                hit = torch.rand(cos.shape, generator=gen, device=self.device) < torch.exp((cos - 1.0) * self.scale)
+                n = idx.numel()
+                props = self._allowed_ids[torch.randint(n_allowed, (n, m), generator=gen, device=self.device)]
+                rows = torch.index_select(self._unit, 0, props.reshape(-1), out=prop_buf[:n * m]).view(n, m, d)
+                xrow = torch.index_select(self._unit, 0, xs[idx], out=x_buf[:n])
+                cos = torch.bmm(rows, xrow.unsqueeze(2), out=cos_buf[:n * m].view(n, m, 1)).view(n, m).clamp_(-1.0, 1.0)
+                hit = torch.rand((n, m), generator=gen, device=self.device) < torch.exp((cos - 1.0) * self.scale)
                 got = hit.any(1)
                 first = hit.to(torch.uint8).argmax(1)  # argmax returns the first maximal index
                 out[idx[got]] = props[got, first[got]]
@@ -403,7 +410,7 @@ class _CandidateTable:
         self.ready[rows] = True
 
     def fill_all(self) -> None:
-        """Fill every row; exploits symmetry of the cosine matrix to halve the work.
+        """Fill every row not filled yet; exploits symmetry of the cosine matrix to halve the work.
 
         The vocabulary is split into blocks; each block pair (i ≤ j) is multiplied once and
         feeds the running top-k of the rows of block i and (transposed) of block j.
@@ -436,6 +443,9 @@ class _CandidateTable:
             merge(a0, a1, sims.masked_fill(~allowed[b0:b1], -math.inf), b0)
             if i != j:
                 merge(b0, b1, sims.T.masked_fill(~allowed[a0:a1], -math.inf), a0)
-        self.ids.copy_(best_i)
-        self.sims.copy_(best_v.clamp_(max=1.0))
+        # Rows already handed out lazily keep their candidates: a token's candidate set must not
+        # change during a run (ties at the k-th place may resolve differently between the paths).
+        fresh = ~self.ready
+        self.ids[fresh] = best_i[fresh]
+        self.sims[fresh] = best_v[fresh].clamp_(max=1.0)
         self.ready.fill_(True)

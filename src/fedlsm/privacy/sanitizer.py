@@ -138,7 +138,7 @@ class TextSanitizer:
 
     @classmethod
     def from_glove(cls, *, epsilon: float = 3.0, top_k: int | None = None, max_words: int = 50_000,
-                   public_tokens: PublicSpec = None, fallback_token: str = "unk", **mechanism_kwargs) -> "TextSanitizer":
+                   public_tokens: PublicSpec = None, fallback_token: str = "unknown", **mechanism_kwargs) -> "TextSanitizer":
         """Word-level sanitizer over GloVe 6B-50d; out-of-vocabulary words are perturbed as ``fallback_token``."""
         from fedlsm.privacy.embeddings import WordTokenizer, glove_embeddings
 

@@ -1,0 +1,3 @@
+from fedlsm.cli import app
+
+app()

@@ -1,0 +1,41 @@
+"""Shared fixtures: the bundled real model (loaded once per session) and the local data folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("FEDLSM_NO_PROGRESS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub; hub ids must fail clearly
+
+
+def _shared_data() -> Path | None:
+    if os.environ.get("FEDLSM_DATA"):
+        return Path(os.environ["FEDLSM_DATA"])
+    here = Path(__file__).resolve()
+    for d in here.parents:
+        cand = d.parent / "shared" / "data"
+        if cand.is_dir():
+            return cand
+    return None
+
+
+SHARED_DATA = _shared_data()
+needs_shared = pytest.mark.skipif(SHARED_DATA is None, reason="../shared/data is not present")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """(model, tokenizer) of the bundled SmolLM2-135M-Instruct; tests must not train it in place."""
+    from fedlsm.models import load_causal_lm
+
+    return load_causal_lm("smollm2")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if SHARED_DATA is None:
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA
