@@ -26,10 +26,14 @@ def _copy_questions():
 def test_choice_accuracy_is_perfect_on_obvious_questions_and_chance_on_shuffled_labels(smollm2):
     model, tok = smollm2
     exs = _copy_questions()
-    assert choice_accuracy(model, tok, exs, batch_size=8).accuracy == 1.0
+
+    def prompt(e):  # a plain completion prompt: the stated password is the only sensible continuation
+        return f"Q: {e.question}\nA: The password is"
+
+    assert choice_accuracy(model, tok, exs, batch_size=8, prompt_fn=prompt).accuracy == 1.0
     rng = random.Random(1)
     shuffled = [Example(e.id, e.question, e.answer, e.choices, rng.randrange(4)) for e in exs]
-    acc = choice_accuracy(model, tok, shuffled, batch_size=8).accuracy
+    acc = choice_accuracy(model, tok, shuffled, batch_size=8, prompt_fn=prompt).accuracy
     assert acc <= 0.5  # chance is 0.25; 20 examples
 
 

@@ -61,8 +61,8 @@ def test_attack_success_rises_with_epsilon_full_vocabulary(questions, public_que
     for eps in (1.0, 20.0, 100.0):
         s = san.with_epsilon(eps)
         res = s.sanitize(questions, seed=0)
-        rates[eps] = {"nn": attack_sanitized(res, s.mechanism)["nearest_neighbour"],
-                      "bayes": attack_sanitized(res, s.mechanism, prior=prior)["bayesian"]}
+        rates[eps] = {"nn": attack_sanitized(res, s.mechanism, attacks=["nearest_neighbour"])["nearest_neighbour"],
+                      "bayes": attack_sanitized(res, s.mechanism, prior=prior, attacks=["bayesian"])["bayesian"]}
     assert rates[1.0]["nn"] < rates[20.0]["nn"] < rates[100.0]["nn"]
     assert rates[1.0]["nn"] < 0.01  # near-uniform over 49k tokens: almost nothing recovered
     assert rates[100.0]["nn"] > 0.5
@@ -130,13 +130,14 @@ def test_corpus_prior_and_bad_priors(smol, public_questions):
 
 
 # ---------------------------------------------------------------- the privacy curve
-def test_privacy_curve_with_rationales(questions):
+def test_privacy_curve_with_rationales(questions, public_questions):
     from fedlsm.models import GenerationConfig, HFGenerator, load_causal_lm
 
     model, tok = load_causal_lm("smollm2")
     gen = HFGenerator(model, tok, batch_size=4)
     san = TextSanitizer.from_model("smollm2", epsilon=1.0)
-    curve = privacy_curve(san, questions[:3], [1.0, math.inf], generator=gen,
+    prior = corpus_prior(tok, public_questions, san.mechanism.vocab_size)
+    curve = privacy_curve(san, questions[:3], [1.0, math.inf], prior=prior, generator=gen,
                           generation_config=GenerationConfig(max_new_tokens=12), show_progress=False)
     low, high = curve.points
     assert high.token_ratio_prompt == 1.0 and high.token_ratio_rationale == 1.0  # greedy, same prompt

@@ -84,8 +84,10 @@ def run_command(
     base = {"method": method, "data.task": task, "clients": clients, "slm": slm, "llm.model": llm,
             "privacy.epsilon": epsilon, "method_args.variant": variant, "data.n_train": n_train,
             "data.n_test": n_test, "train.epochs": epochs, "seed": seed, "name": name, "output_dir": output_dir}
+    from fedlsm.methods import METHOD_DEFAULTS
+
     overrides = dict(parse_override(s) for s in (set_ or []))
-    cfg = build_config(base, overrides, file=config)
+    cfg = build_config(base, overrides, file=config, defaults=METHOD_DEFAULTS.get(method, {}))
     run(cfg, console)
 
 

@@ -40,7 +40,7 @@ class DataConfig(_Strict):
     columns: dict[str, str] = Field(default_factory=dict, description="question/answer/choices/rationale/id column names")
     numeric: bool = False
     root: str | None = Field(None, description="benchmark data folder (default $FEDLSM_DATA or ../shared/data)")
-    n_train: int | None = Field(None, gt=0, description="training examples to use (all clients together)")
+    n_train: int | None = Field(160, gt=0, description="training examples to use, all clients together (null = all)")
     n_test: int | None = Field(100, gt=0, description="test examples to evaluate on")
     partition: Literal["iid", "dirichlet"] = "iid"
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (small = skewed)")
@@ -119,6 +119,14 @@ def _set_dotted(d: dict, dotted: str, value: Any) -> None:
     cur[keys[-1]] = value
 
 
+def _deep_update(into: dict, new: dict) -> None:
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _deep_update(into[k], v)
+        else:
+            into[k] = v
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     """``key.sub=value`` with the value parsed as YAML (so numbers, lists and null work)."""
     if "=" not in item:
@@ -128,9 +136,11 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 
 def build_config(base: dict | None = None, overrides: dict[str, Any] | None = None,
-                 file: str | Path | None = None) -> RunConfig:
-    """Merge defaults <- YAML file <- ``base`` <- dotted ``overrides`` and validate."""
+                 file: str | Path | None = None, defaults: dict[str, Any] | None = None) -> RunConfig:
+    """Merge defaults <- method ``defaults`` <- YAML file <- ``base`` <- dotted ``overrides``, validate."""
     data: dict = {}
+    for k, v in (defaults or {}).items():
+        _set_dotted(data, k, v)
     if file:
         p = Path(file)
         if not p.is_file():
@@ -141,7 +151,7 @@ def build_config(base: dict | None = None, overrides: dict[str, Any] | None = No
             raise ConfigError("--config", f"'{file}' is not valid YAML ({e})", "fix the YAML syntax") from e
         if not isinstance(loaded, dict):
             raise ConfigError("--config", f"'{file}' must hold a mapping", "write key: value pairs")
-        data.update(loaded)
+        _deep_update(data, loaded)
     for k, v in (base or {}).items():
         if v is not None:
             _set_dotted(data, k, v)

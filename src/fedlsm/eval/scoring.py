@@ -190,17 +190,23 @@ def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
 
 
 def evaluate(model, tokenizer, task: Task, examples: Sequence[Example] | None = None, *,
-             batch_size: int = 16, max_new_tokens: int = 64, show_progress: bool = False) -> dict:
-    """The task's headline metric on ``examples`` (default: the test split)."""
+             batch_size: int = 16, max_new_tokens: int = 64, show_progress: bool = False,
+             prefix: str = "") -> dict:
+    """The task's headline metric on ``examples`` (default: the test split).
+
+    ``prefix`` goes before every prompt: few-shot demonstrations, or a task prefix such as
+    distilling step-by-step's ``[label]``.
+    """
     exs = list(examples if examples is not None else task.test)
     if task.type in ("multiple_choice", "classification"):
-        r = choice_accuracy(model, tokenizer, exs, batch_size=batch_size, show_progress=show_progress)
+        r = choice_accuracy(model, tokenizer, exs, batch_size=batch_size, show_progress=show_progress,
+                            prompt_fn=lambda e: prefix + answer_prompt(e))
         return {"metric": "accuracy", "value": r.accuracy, "accuracy": r.accuracy,
                 "accuracy_norm": r.accuracy_norm, "n": r.n}
     from fedlsm.models.generation import GenerationConfig, HFGenerator
 
     gen = HFGenerator(model, tokenizer, batch_size=batch_size, use_chat_template=False, show_progress=show_progress)
-    prompts = [format_question(e) + "\nA:" for e in exs]
+    prompts = [prefix + format_question(e) + "\nA:" for e in exs]
     preds = gen.generate(prompts, GenerationConfig(max_new_tokens=max_new_tokens, stop=["\nQ:", "\n\n"]))
     refs = [e.answer for e in exs]
     if task.numeric:

@@ -35,8 +35,8 @@ def finetune(ctx: RunContext, model, tok, pairs: Sequence[TrainPair], descriptio
     return train_sft(model, tok, pairs, train_settings(ctx), description=description)
 
 
-def eval_slm(ctx: RunContext, model, tok, description: str = "") -> dict:
-    return evaluate(model, tok, ctx.task, batch_size=ctx.cfg.eval_batch_size, show_progress=True)
+def eval_slm(ctx: RunContext, model, tok, prefix: str = "") -> dict:
+    return evaluate(model, tok, ctx.task, batch_size=ctx.cfg.eval_batch_size, show_progress=True, prefix=prefix)
 
 
 def zero_shot_slm(ctx: RunContext) -> dict:

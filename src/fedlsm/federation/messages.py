@@ -1,0 +1,95 @@
+"""Typed messages that cross the client/server boundary, and the log that audits them.
+
+Methods talk only through :class:`Message` objects handed to a transport. The in-process
+transport delivers them by calling the receiving role directly; the Flower transport (a later
+issue) turns the same payloads into Flower records. Either way every message the server
+receives is recorded, so a test can prove what the semi-honest server saw.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+
+@dataclass
+class Message:
+    sender: str
+    receiver: str
+    kind: str  # e.g. "rationale_request", "rationale_reply"
+    payload: dict[str, Any]
+    round: int = 0
+
+    def size_bytes(self) -> int:
+        """Bytes on the wire as compact JSON (what the communication meter counts)."""
+        return len(json.dumps(self.payload, separators=(",", ":"), ensure_ascii=False).encode())
+
+    def texts(self) -> list[str]:
+        """Every string inside the payload (for leakage audits)."""
+        out: list[str] = []
+
+        def walk(x: Any) -> None:
+            if isinstance(x, str):
+                out.append(x)
+            elif isinstance(x, dict):
+                for v in x.values():
+                    walk(v)
+            elif isinstance(x, (list, tuple)):
+                for v in x:
+                    walk(v)
+
+        walk(self.payload)
+        return out
+
+
+@dataclass
+class MessageLog:
+    """Every message sent, in order, with byte counts; optionally mirrored to a JSONL file."""
+
+    path: Path | None = None
+    messages: list[Message] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, msg: Message) -> None:
+        with self._lock:
+            self.messages.append(msg)
+            if self.path:
+                with self.path.open("a") as f:
+                    f.write(json.dumps(asdict(msg), ensure_ascii=False) + "\n")
+
+    def received_by(self, role_prefix: str) -> list[Message]:
+        return [m for m in self.messages if m.receiver.startswith(role_prefix)]
+
+    def bytes(self, *, sender: str | None = None, receiver: str | None = None) -> int:
+        return sum(m.size_bytes() for m in self.messages
+                   if (sender is None or m.sender.startswith(sender))
+                   and (receiver is None or m.receiver.startswith(receiver)))
+
+    def communication(self) -> dict[str, int]:
+        return {"bytes_up": self.bytes(receiver="server"), "bytes_down": self.bytes(sender="server"),
+                "messages": len(self.messages)}
+
+
+Handler = Callable[[Message], Message]
+
+
+class InProcessTransport:
+    """Delivers a request to a registered role in the same process and logs both directions."""
+
+    def __init__(self, log: MessageLog | None = None):
+        self.log = log or MessageLog()
+        self._roles: dict[str, Handler] = {}
+
+    def register(self, name: str, handler: Handler) -> None:
+        self._roles[name] = handler
+
+    def request(self, msg: Message) -> Message:
+        if msg.receiver not in self._roles:
+            raise KeyError(f"no role named {msg.receiver!r} registered")
+        self.log.add(msg)
+        reply = self._roles[msg.receiver](msg)
+        self.log.add(reply)
+        return reply

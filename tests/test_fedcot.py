@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fedlsm.config import build_config
+from fedlsm.data.task import Example
+from fedlsm.methods import METHOD_DEFAULTS
+from fedlsm.methods.fedcot import consistent, multitask_pairs, stated_answer
+
+
+def _ex():
+    return Example("1", "Ava has 3 boxes with 4 pens in each. She gives away 2. How many are left?", "10",
+                   ["12", "10", "2", "5"], 1)
+
+
+def test_rationale_filter_keeps_only_rationales_that_state_the_label():
+    ex = _ex()
+    assert stated_answer("3 x 4 = 12. 12 - 2 = 10. So the answer is 10.", ex) == "10"
+    assert stated_answer("So the answer is (a).", ex) == "12"
+    assert consistent("3 x 4 = 12. 12 - 2 = 10. So the answer is 10.", ex)
+    assert not consistent("3 x 4 = 12. So the answer is 12.", ex)  # contradicts the label
+    assert not consistent("", ex)
+    cqa = Example("2", "Where do you keep milk?", "fridge", ["oven", "fridge", "shelf"], 1)
+    assert consistent("Milk must stay cold. So the answer is fridge.", cqa)
+    assert not consistent("So the answer is oven.", cqa)
+
+
+def test_multitask_pairs_use_two_prefixes_and_only_kept_rationales():
+    exs = [_ex(), _ex()]
+    pairs = multitask_pairs(exs, ["r1", "r2"], [True, False], rationale_weight=0.5)
+    assert len(pairs) == 3
+    assert pairs[0].prompt.startswith("[label] ") and pairs[0].target == " 10"
+    assert pairs[2].prompt.startswith("[rationale] ") and pairs[2].target == " r1" and pairs[2].weight == 0.5
+
+
+@pytest.fixture(scope="module")
+def tiny_fedcot_run(tmp_path_factory):
+    """One tiny real FedCoT-E run (bundled models, real training) shared by the audit tests."""
+    from rich.console import Console
+
+    from fedlsm.runner import run
+
+    out = tmp_path_factory.mktemp("runs")
+    cfg = build_config({"method": "fedcot", "name": "audit", "output_dir": str(out)},
+                       {"data.n_train": 12, "data.n_test": 4, "data.public_fraction": 0.25, "train.epochs": 1,
+                        "llm.max_new_tokens": 24, "privacy.epsilon": 3.0, "method_args.demos": 1},
+                       defaults=METHOD_DEFAULTS["fedcot"])
+    ctx, result = run(cfg, Console(quiet=True))
+    return ctx, result
+
+
+@pytest.mark.slow
+def test_server_never_receives_private_prompts_and_audit_can_fail(tiny_fedcot_run):
+    from fedlsm.data.task import format_question
+    from fedlsm.models import load_tokenizer
+
+    ctx, result = tiny_fedcot_run
+    private = ctx.clients[0]
+    raw = [format_question(e) for e in private]
+    msgs = [json.loads(line) for line in (ctx.run_dir / "messages.jsonl").read_text().splitlines()]
+    to_server = [m for m in msgs if m["receiver"] == "server"]
+    fedcot_msgs = [m for m in to_server if m["sender"] == "client-0/fedcot-e"]
+    nonpriv_msgs = [m for m in to_server if m["sender"] == "client-0/non-private"]
+    assert fedcot_msgs and nonpriv_msgs
+
+    def leaked(messages):
+        sent = [p for m in messages for p in m["payload"]["prompts"]]
+        return sum(any(r in s for s in sent) or any(e.question in s for s in sent) for r, e in zip(raw, private))
+
+    assert leaked(fedcot_msgs) == 0  # privacy on: no private prompt (nor its question) verbatim
+    assert leaked(nonpriv_msgs) == len(raw)  # the same audit finds every raw prompt when privacy is off
+
+    # fraction of private tokens that reached the server unchanged, measured on what the server got
+    tok = load_tokenizer(ctx.cfg.slm)
+    sent = fedcot_msgs[0]["payload"]["prompts"]
+    same = total = 0
+    for r, s in zip(raw, sent):
+        a, b = tok(r, add_special_tokens=False)["input_ids"], tok(s, add_special_tokens=False)["input_ids"]
+        if len(a) == len(b):  # re-tokenizing the perturbed text can merge tokens; compare where aligned
+            same += sum(x == y for x, y in zip(a, b))
+            total += len(a)
+    assert total > 0.5 * sum(len(tok(r, add_special_tokens=False)["input_ids"]) for r in raw)
+    report = json.loads((ctx.run_dir / "metrics.json").read_text())["privacy"]
+    assert abs(same / total - report["unchanged_fraction"]) < 0.1, (same / total, report)
+    assert report["tokens_perturbed"] == report["tokens_total"]  # every token went through the mechanism
+
+
+@pytest.mark.slow
+def test_fedcot_run_saves_rationales_and_the_full_table(tiny_fedcot_run):
+    ctx, result = tiny_fedcot_run
+    methods = [r["method"].split(" (")[0] for r in result.rows]
+    assert methods == ["Zero-shot LLM", "Few-shot LLM", "Zero-shot SLM", "Few-shot SLM", "Standalone",
+                       "Non-Private", "FedCoT-E"]
+    rows = [json.loads(x) for x in (ctx.run_dir / "rationales.jsonl").read_text().splitlines()]
+    assert len(rows) == len(ctx.clients[0])
+    assert all(r["rationale_perturbed"] is not None and r["perturbed_prompt"] != r["prompt"] for r in rows)
+    m = json.loads((ctx.run_dir / "metrics.json").read_text())
+    assert m["communication"]["bytes_up"] > 0 and m["llm_query_cost"]["completion_tokens"] > 0
+    assert m["run"]["status"] == "done"
