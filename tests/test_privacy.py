@@ -22,6 +22,15 @@ from fedlsm.privacy import mechanism as mechanism_module
 SUBSET = 4000  # rows of the real SmolLM2 embedding matrix used where the full 49k is not needed
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The test machine's 2 cores are shared: one intra-op thread avoids oversubscription stalls."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def smol():
     return model_embeddings("smollm2")
@@ -85,9 +94,9 @@ def test_clopper_pearson_helper():
 def sampler_path(request, monkeypatch):
     """Exercise each sampling path: rejection only, exact similarity rows only, top-k table."""
     if request.param == "rejection":
-        monkeypatch.setattr(mechanism_module, "_PROPOSAL_COST", 0.0)
+        monkeypatch.setattr(mechanism_module, "_PROPOSAL_COST", {"cpu": 0.0, "other": 0.0})
     elif request.param == "exact-rows":
-        monkeypatch.setattr(mechanism_module, "_PROPOSAL_COST", math.inf)
+        monkeypatch.setattr(mechanism_module, "_PROPOSAL_COST", {"cpu": math.inf, "other": math.inf})
     return request.param
 
 

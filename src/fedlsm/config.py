@@ -63,7 +63,7 @@ class LLMConfig(_Strict):
     model: str = Field("smollm2-135m", description="server LLM: bundled name, folder, .gguf or hub id")
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint; when set, the LLM is reached over HTTP")
     api_key: str = "EMPTY"
-    max_new_tokens: int = Field(96, gt=0)
+    max_new_tokens: int = Field(64, gt=0)
     temperature: float = Field(0.0, ge=0)
     batch_size: int = Field(8, gt=0)
     concurrency: int = Field(8, gt=0)

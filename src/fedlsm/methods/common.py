@@ -36,6 +36,10 @@ def finetune(ctx: RunContext, model, tok, pairs: Sequence[TrainPair], descriptio
 
 
 def eval_slm(ctx: RunContext, model, tok, prefix: str = "") -> dict:
+    """Evaluate a trained client SLM. LoRA adapters are merged into the weights first (in place: the
+    model is done training), which removes the adapters' extra matmuls from every forward pass."""
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
     return evaluate(model, tok, ctx.task, batch_size=ctx.cfg.eval_batch_size, show_progress=True, prefix=prefix)
 
 

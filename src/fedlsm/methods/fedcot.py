@@ -198,8 +198,13 @@ def run_fedcot(ctx: RunContext) -> MethodResult:
         add_row("Zero-shot LLM", _eval(ctx, llm_model, llm_tok))
         add_row(f"Few-shot LLM ({n_demos}-shot)", _eval(ctx, llm_model, llm_tok, few_shot))
     slm0, slm_tok = load_slm(ctx, trainable=False)
-    add_row("Zero-shot SLM", _eval(ctx, slm0, slm_tok))
-    add_row(f"Few-shot SLM ({n_demos}-shot)", _eval(ctx, slm0, slm_tok, few_shot))
+    if not cfg.llm.base_url and cfg.llm.model == cfg.slm:  # same weights: same scores, skip the rerun
+        add_row("Zero-shot SLM", {"metric": metric_name, "value": rows[0]["value"]}, note="same model as the LLM")
+        add_row(f"Few-shot SLM ({n_demos}-shot)", {"metric": metric_name, "value": rows[1]["value"]},
+                note="same model as the LLM")
+    else:
+        add_row("Zero-shot SLM", _eval(ctx, slm0, slm_tok))
+        add_row(f"Few-shot SLM ({n_demos}-shot)", _eval(ctx, slm0, slm_tok, few_shot))
 
     # --- Standalone: labels only
     model, tok = load_slm(ctx)

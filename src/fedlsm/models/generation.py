@@ -104,6 +104,8 @@ class HFGenerator:
                           max_length=self.max_prompt_tokens, add_special_tokens=not self.use_chat_template)
                 enc = {k: v.to(self.model.device) for k, v in enc.items()}
                 gen_kw: dict = dict(max_new_tokens=cfg.max_new_tokens, pad_token_id=tok.pad_token_id)
+                if cfg.stop:  # end the whole batch early once every row has hit a stop string
+                    gen_kw.update(stop_strings=list(cfg.stop), tokenizer=tok)
                 if cfg.temperature > 0:
                     gen_kw.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p,
                                   top_k=cfg.top_k or None)

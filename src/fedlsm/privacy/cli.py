@@ -73,8 +73,7 @@ def print_table(curve: PrivacyCurve) -> None:
 
     k = "full vocabulary" if curve.candidate_k is None else f"top-{curve.candidate_k}"
     t = Table(title=f"privacy curve - {curve.model}, {k}, {curve.n_texts} prompts, prior={curve.prior}")
-    for col in ("ε", "private", "unchanged", "NN atk", "Bayes atk", "prior", "TR prompt", "TR ration.",
-                "prompt ε"):
+    for col in ("ε", "tokens", "same", "NN", "Bayes", "prior", "TR prompt", "TR rat.", "ε/prompt"):
         t.add_column(col, justify="right")
 
     def pct(x: float) -> str:
@@ -86,9 +85,9 @@ def print_table(curve: PrivacyCurve) -> None:
                   "-" if p.token_ratio_rationale is None else f"{p.token_ratio_rationale:.3f}",
                   "-" if p.epsilon_prompt_mean is None else f"{p.epsilon_prompt_mean:g}")
     Console().print(t)
-    Console().print("NN/Bayes atk: private tokens recovered by the inversion attacks; prior: always guessing the "
-                    "most frequent token; TR: TokenRatio vs the original; prompt ε: mean n·ε over prompts.",
-                    style="dim")
+    Console().print("tokens: private tokens; same: of those, output = input; NN/Bayes: recovered by the "
+                    "inversion attacks; prior: by always guessing the most frequent token; TR: TokenRatio of "
+                    "the perturbed prompt / rationale vs the original; ε/prompt: mean n·ε.", style="dim")
 
 
 def plot_curve(curve: PrivacyCurve, path: Path) -> None:

@@ -47,11 +47,21 @@ SENSITIVITY = 2.0
 
 # Work sizes, in float32 elements, for the temporary buffers of one chunk (~64 MB).
 _CHUNK_ELEMENTS = 1 << 24
-# Rejection proposals per chunk (their gathered embedding rows are the chunk's buffer).
-_PROPOSALS_PER_CHUNK = 1 << 14
-# Cost of one rejection proposal (gathering a random embedding row) in units of one entry of a
-# similarity row computed by matrix multiplication; measured on CPU, where gathers are slow.
-_PROPOSAL_COST = 64.0
+# Rejection sampling work sizes: proposals whose embedding rows are gathered at once, proposals
+# per token and round at most, and proposals per group of a round. On CPU a chunk stays small so
+# that its rows stay in cache; on an accelerator it is large so that kernel launches do not dominate.
+_PROPOSALS_PER_CHUNK = {"cpu": 256, "other": 1 << 16}
+_MAX_PROPOSALS_PER_ROUND = 1024
+_ROUND_ELEMENTS = 1 << 20
+_MAX_ROUNDS = 100  # then the exact rows take over (rarely reached: each round keeps a fixed share)
+# Cost of one rejection proposal (gathering a random embedding row and one dot product) in units of
+# one entry of a similarity row computed by matrix multiplication. Measured on CPU; the accelerator
+# value is the same ratio, not yet measured on one (only speed depends on it, never correctness).
+_PROPOSAL_COST = {"cpu": 24.0, "other": 24.0}
+
+
+def _per_device(table: dict, device: torch.device):
+    return table["cpu"] if device.type == "cpu" else table["other"]
 
 
 def _default_device() -> torch.device:
@@ -279,13 +289,20 @@ class ExponentialMechanism:
         return out.reshape(shape).to(home)
 
     def _sample_topk(self, xs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        cand, sims = self._table.lookup(xs)
+        """Inverse-CDF sampling: one float64 CDF per distinct token, one binary search per occurrence."""
+        uniq, inv = torch.unique(xs, return_inverse=True)
+        cand, sims = self._table.lookup(uniq)
+        cdf = torch.cumsum(torch.softmax(sims.double() * self.scale, dim=1), dim=1)
+        cdf /= cdf[:, -1:].clone()  # the last entry is exactly 1, so a uniform draw in [0, 1) always lands
+        k = cand.shape[1]
         out = torch.empty_like(xs)
-        step = max(1, _CHUNK_ELEMENTS // cand.shape[1])
+        step = max(1, _CHUNK_ELEMENTS // k)
         for s in range(0, xs.numel(), step):
-            probs = torch.softmax(sims[s:s + step] * self.scale, dim=1)
-            pick = torch.multinomial(probs, 1, generator=gen)
-            out[s:s + step] = cand[s:s + step].gather(1, pick).squeeze(1)
+            rows = inv[s:s + step]
+            r = torch.rand((rows.numel(), 1), generator=gen, device=self.device, dtype=torch.float64)
+            # right=True: the first entry > r, so zero-probability candidates are never picked
+            col = torch.searchsorted(cdf[rows], r, right=True).squeeze(1)
+            out[s:s + step] = cand[rows, col]
         return out
 
     def _sample_full(self, xs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -301,23 +318,29 @@ class ExponentialMechanism:
         out = torch.empty_like(xs)
         pending = torch.arange(xs.numel(), device=self.device)
         n_allowed, d = self._allowed_ids.numel(), self._unit.shape[1]
-        # Gather buffers reused across chunks: fresh multi-MB tensors per chunk cost page faults
-        # that dominate on CPU.
-        prop_buf = torch.empty((_PROPOSALS_PER_CHUNK, d), device=self.device)
-        x_buf = torch.empty((_PROPOSALS_PER_CHUNK, d), device=self.device)
-        cos_buf = torch.empty((_PROPOSALS_PER_CHUNK,), device=self.device)
+        # Gathered embedding rows go into one small reused buffer: chunks that stay in the CPU's
+        # cache, and no fresh multi-MB tensors whose page faults would dominate.
+        chunk, cost = _per_device(_PROPOSALS_PER_CHUNK, self.device), _per_device(_PROPOSAL_COST, self.device)
+        buf = torch.empty((max(chunk, _MAX_PROPOSALS_PER_ROUND), d), device=self.device)
+        x_buf = torch.empty((chunk, d), device=self.device)
         to_exact: list[torch.Tensor] = []
-        m = 4
-        for _ in range(64):
-            step = max(1, _PROPOSALS_PER_CHUNK // m)
+        m = 2
+        for _ in range(_MAX_ROUNDS):
             still, proposed, accepted = [], 0, 0
-            for s in range(0, pending.numel(), step):
-                idx = pending[s:s + step]
+            group = max(1, _ROUND_ELEMENTS // m)  # tokens per group: bounds the round's index tensors
+            for g in range(0, pending.numel(), group):
+                idx = pending[g:g + group]
                 n = idx.numel()
                 props = self._allowed_ids[torch.randint(n_allowed, (n, m), generator=gen, device=self.device)]
-                rows = torch.index_select(self._unit, 0, props.reshape(-1), out=prop_buf[:n * m]).view(n, m, d)
-                xrow = torch.index_select(self._unit, 0, xs[idx], out=x_buf[:n])
-                cos = torch.bmm(rows, xrow.unsqueeze(2), out=cos_buf[:n * m].view(n, m, 1)).view(n, m).clamp_(-1.0, 1.0)
+                x_ids = xs[idx]
+                cos = torch.empty((n, m), device=self.device)
+                step = max(1, chunk // m)
+                for s in range(0, n, step):
+                    c = min(step, n - s)
+                    rows = torch.index_select(self._unit, 0, props[s:s + c].reshape(-1), out=buf[:c * m]).view(c, m, d)
+                    rows.mul_(torch.index_select(self._unit, 0, x_ids[s:s + c], out=x_buf[:c]).unsqueeze(1))
+                    torch.sum(rows, 2, out=cos[s:s + c])
+                cos.clamp_(-1.0, 1.0)
                 hit = torch.rand((n, m), generator=gen, device=self.device) < torch.exp((cos - 1.0) * self.scale)
                 got = hit.any(1)
                 first = hit.to(torch.uint8).argmax(1)  # argmax returns the first maximal index
@@ -332,12 +355,14 @@ class ExponentialMechanism:
             # would be too optimistic. With no acceptance at all, 1/proposed is an upper bound.
             rate = max(accepted, 1) / proposed
             _, inv, counts = torch.unique(xs[pending], return_inverse=True, return_counts=True)
-            exact = (counts.double() * (_PROPOSAL_COST / rate) > n_allowed)[inv]
+            exact = (counts.double() * (cost / rate) > n_allowed)[inv]
             to_exact.append(pending[exact])
             pending = pending[~exact]
             if not pending.numel():
                 break
-            m = int(min(1024, max(4, math.ceil(2.0 / rate))))
+            # Every proposal of a round is evaluated, even after an earlier one was accepted, so few
+            # proposals per round waste least: m/(1-(1-rate)^m) evaluations per token, near 1/rate.
+            m = int(min(_MAX_PROPOSALS_PER_ROUND, max(1, math.ceil(0.5 / rate))))
         to_exact.append(pending)
         exact_idx = torch.cat(to_exact)
         if exact_idx.numel():
