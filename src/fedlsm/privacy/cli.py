@@ -84,10 +84,11 @@ def print_table(curve: PrivacyCurve) -> None:
                   pct(p.bayesian_success), pct(p.prior_guess_success), f"{p.token_ratio_prompt:.3f}",
                   "-" if p.token_ratio_rationale is None else f"{p.token_ratio_rationale:.3f}",
                   "-" if p.epsilon_prompt_mean is None else f"{p.epsilon_prompt_mean:g}")
-    Console().print(t)
-    Console().print("tokens: private tokens; same: of those, output = input; NN/Bayes: recovered by the "
-                    "inversion attacks; prior: by always guessing the most frequent token; TR: TokenRatio of "
-                    "the perturbed prompt / rationale vs the original; ε/prompt: mean n·ε.", style="dim")
+    console = Console(width=max(Console().width, 110))  # the 9 columns need it; narrow pipes wrap headers
+    console.print(t)
+    console.print("tokens: private tokens; same: of those, output = input; NN/Bayes: recovered by the "
+                  "inversion attacks; prior: by always guessing the most frequent token; TR: TokenRatio of "
+                  "the perturbed prompt / rationale vs the original; ε/prompt: mean n·ε.", style="dim")
 
 
 def plot_curve(curve: PrivacyCurve, path: Path) -> None:

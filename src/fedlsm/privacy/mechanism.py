@@ -444,30 +444,29 @@ class _CandidateTable:
 
         mech, k, v = self.mech, self.mech.top_k, self.mech.vocab_size
         unit, allowed = mech._unit, mech._allowed
-        b = min(4096, max(mech.chunk_rows, 1024))
+        b = 4096  # a block of similarities is b × b floats (64 MB): large blocks, few small operations
         blocks = [(s, min(v, s + b)) for s in range(0, v, b)]
         best_v = torch.full((v, k), -math.inf, device=mech.device)
         best_i = torch.zeros((v, k), dtype=torch.long, device=mech.device)
 
-        def merge(lo: int, hi: int, sims: torch.Tensor, col_lo: int) -> None:
-            kk = min(k, sims.shape[1])
-            nv, ni = sims.topk(kk, dim=1)
-            cv = torch.cat([best_v[lo:hi], nv], 1)
-            ci = torch.cat([best_i[lo:hi], ni + col_lo], 1)
-            tv, ti = cv.topk(k, dim=1)
-            best_v[lo:hi], best_i[lo:hi] = tv, ci.gather(1, ti)
+        def merge(lo: int, hi: int, sims: torch.Tensor, col_lo: int, col_allowed: torch.Tensor) -> None:
+            if not bool(col_allowed.all()):  # only blocks holding excluded outputs pay for a masked copy
+                sims = sims.masked_fill(~col_allowed, -math.inf)
+            nv, ni = sims.topk(min(k, sims.shape[1]), dim=1)
+            tv, ti = torch.cat([best_v[lo:hi], nv], 1).topk(k, dim=1)
+            best_v[lo:hi], best_i[lo:hi] = tv, torch.cat([best_i[lo:hi], ni + col_lo], 1).gather(1, ti)
 
         pairs = [(i, j) for i in range(len(blocks)) for j in range(i, len(blocks))]
         for i, j in progress_iter(pairs, f"top-{k} candidates", enabled=mech.show_progress):
             (a0, a1), (b0, b1) = blocks[i], blocks[j]
-            sims = (unit[a0:a1] @ unit[b0:b1].T).clamp_(-1.0, 1.0)
+            sims = unit[a0:a1] @ unit[b0:b1].T  # clamped to [-1, 1] at the end; order is unaffected
             if i == j:
                 d = torch.arange(a1 - a0, device=mech.device)
                 own = allowed[a0:a1]
                 sims[d[own], d[own]] = 2.0  # the token itself first, as in _store
-            merge(a0, a1, sims.masked_fill(~allowed[b0:b1], -math.inf), b0)
+            merge(a0, a1, sims, b0, allowed[b0:b1])
             if i != j:
-                merge(b0, b1, sims.T.masked_fill(~allowed[a0:a1], -math.inf), a0)
+                merge(b0, b1, sims.T, a0, allowed[a0:a1])
         # Rows already handed out lazily keep their candidates: a token's candidate set must not
         # change during a run (ties at the k-th place may resolve differently between the paths).
         fresh = ~self.ready
