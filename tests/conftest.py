@@ -39,3 +39,22 @@ def shared_data() -> Path:
     if SHARED_DATA is None:
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Privacy tests run many small tensor ops; one intra-op thread avoids oversubscription stalls on 2 cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def smol():
+    """(embeddings, vocab, tokenizer) of the bundled SmolLM2."""
+    from fedlsm.privacy import model_embeddings
+
+    return model_embeddings("smollm2")

@@ -60,7 +60,7 @@ def test_help_lists_the_commands():
 @pytest.mark.slow
 def test_standalone_run_writes_config_metrics_and_table(tmp_path):
     r = _cli("run", "standalone", "--task", "arith", "--clients", "2", "--n-train", "16", "--n-test", "12",
-             "--epochs", "1", "--name", "t", "--output-dir", str(tmp_path))
+             "--epochs", "3", "--name", "t", "--output-dir", str(tmp_path))
     assert r.returncode == 0, r.stderr[-2000:]
     run_dir = tmp_path / "t"
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import difflib
 import json
 
 import pytest
@@ -45,7 +46,10 @@ def tiny_fedcot_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     cfg = build_config({"method": "fedcot", "name": "audit", "output_dir": str(out)},
                        {"data.n_train": 12, "data.n_test": 4, "data.public_fraction": 0.25, "train.epochs": 1,
-                        "llm.max_new_tokens": 24, "privacy.epsilon": 3.0, "method_args.demos": 1},
+                        "llm.max_new_tokens": 24, "method_args.demos": 1,
+                        # a weak setting on purpose (top-4 candidates, ε=10: ~40% of tokens survive), so the
+                        # audit checks the unchanged fraction where it is far from zero
+                        "privacy.epsilon": 10.0, "privacy.top_k": 4},
                        defaults=METHOD_DEFAULTS["fedcot"])
     ctx, result = run(cfg, Console(quiet=True))
     return ctx, result
@@ -72,18 +76,18 @@ def test_server_never_receives_private_prompts_and_audit_can_fail(tiny_fedcot_ru
     assert leaked(fedcot_msgs) == 0  # privacy on: no private prompt (nor its question) verbatim
     assert leaked(nonpriv_msgs) == len(raw)  # the same audit finds every raw prompt when privacy is off
 
-    # fraction of private tokens that reached the server unchanged, measured on what the server got
+    # fraction of private tokens that reached the server unchanged, measured independently on what the
+    # server got: re-tokenize each received prompt and align it with the raw one (matching blocks)
     tok = load_tokenizer(ctx.cfg.slm)
     sent = fedcot_msgs[0]["payload"]["prompts"]
     same = total = 0
     for r, s in zip(raw, sent):
         a, b = tok(r, add_special_tokens=False)["input_ids"], tok(s, add_special_tokens=False)["input_ids"]
-        if len(a) == len(b):  # re-tokenizing the perturbed text can merge tokens; compare where aligned
-            same += sum(x == y for x, y in zip(a, b))
-            total += len(a)
-    assert total > 0.5 * sum(len(tok(r, add_special_tokens=False)["input_ids"]) for r in raw)
+        same += sum(m.size for m in difflib.SequenceMatcher(None, a, b, autojunk=False).get_matching_blocks())
+        total += len(a)
     report = json.loads((ctx.run_dir / "metrics.json").read_text())["privacy"]
-    assert abs(same / total - report["unchanged_fraction"]) < 0.1, (same / total, report)
+    assert 0.2 < report["unchanged_fraction"] < 0.8
+    assert abs(same / total - report["unchanged_fraction"]) < 0.08, (same / total, report)
     assert report["tokens_perturbed"] == report["tokens_total"]  # every token went through the mechanism
 
 

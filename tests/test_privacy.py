@@ -22,18 +22,7 @@ from fedlsm.privacy import mechanism as mechanism_module
 SUBSET = 4000  # rows of the real SmolLM2 embedding matrix used where the full 49k is not needed
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The test machine's 2 cores are shared: one intra-op thread avoids oversubscription stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def smol():
-    return model_embeddings("smollm2")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,18 +14,7 @@ from fedlsm.privacy import (ExponentialMechanism, TextSanitizer, attack_sanitize
                             words)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The test machine's 2 cores are shared: one intra-op thread avoids oversubscription stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def smol():
-    return model_embeddings("smollm2")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,19 @@ from fedlsm.data.task import Example, Task, answer_continuation, answer_prompt, 
 from fedlsm.progress import progress_iter
 
 
+def right_pad(seqs: Sequence[Sequence[int]], pad: int):
+    """(ids, attention mask) tensors for token sequences padded on the right."""
+    import torch
+
+    width = max(len(x) for x in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, x in enumerate(seqs):
+        ids[r, : len(x)] = torch.tensor(list(x), dtype=torch.long)
+        mask[r, : len(x)] = 1
+    return ids, mask
+
+
 def continuation_logprobs(model, tokenizer, contexts: Sequence[str], continuations: Sequence[str],
                           *, batch_size: int = 16, show_progress: bool = False,
                           description: str = "scoring") -> list[float]:
@@ -42,12 +55,7 @@ def continuation_logprobs(model, tokenizer, contexts: Sequence[str], continuatio
     with torch.no_grad():
         for batch in progress_iter(batches, description, enabled=show_progress):
             seqs = [pairs[i][0] + pairs[i][1] for i in batch]
-            width = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(seqs), width), dtype=torch.long)
-            for r, s in enumerate(seqs):
-                ids[r, : len(s)] = torch.tensor(s)
-                mask[r, : len(s)] = 1
+            ids, mask = right_pad(seqs, pad)
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
             logp = torch.log_softmax(logits[:, :-1], dim=-1)
             targets = ids[:, 1:].to(device)
@@ -98,12 +106,8 @@ def shared_context_logprobs(model, tokenizer, contexts: Sequence[str], options: 
             flat = [o for i in batch for o in opt_ids[i]]
             cache = getattr(first, "cache", None) or first.past_key_values
             cache.reorder_cache(torch.tensor(owner, device=dev))  # one cache row per option
-            cw = max(len(o) for o in flat)
-            oid = torch.full((len(flat), cw), pad, dtype=torch.long)
-            omask = torch.zeros((len(flat), cw), dtype=torch.long)
-            for r, o in enumerate(flat):
-                oid[r, : len(o)] = torch.tensor(o)
-                omask[r, : len(o)] = 1
+            oid, omask = right_pad(flat, pad)
+            cw = oid.shape[1]
             own = torch.tensor(owner)
             full_mask = torch.cat([mask[own], omask], dim=1)
             opos = mask.sum(-1)[own].unsqueeze(1) + torch.arange(cw).unsqueeze(0)
