@@ -115,3 +115,14 @@ def test_unknown_task_names_the_field():
     with pytest.raises(ConfigError) as e:
         load_task("nope")
     assert str(e.value).startswith("data.task:") and "arith" in str(e.value)
+
+
+def test_cqa_carries_recorded_palm_rationales_in_dataset_order(shared_data):
+    from fedlsm.methods.fedcot import consistent
+
+    task = load_task("cqa", data_dir=str(shared_data))
+    first = task.train[0]
+    assert "math problem" in first.meta["teacher_rationale"] and first.answer == "math problem"
+    assert "\n\nQ:" not in first.meta["teacher_rationale"]  # the invented follow-up question is cut
+    agree = sum(consistent(e.meta["teacher_rationale"], e) for e in task.train[:300]) / 300
+    assert agree > 0.6  # aligned: most recorded rationales state this example's gold answer

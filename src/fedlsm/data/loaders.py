@@ -183,10 +183,28 @@ def _gsm8k(root: Path) -> Task:
     return Task("gsm8k", "generation", conv(d / "train.jsonl", "train"), conv(d / "test.jsonl", "test"), numeric=True)
 
 
+def _recorded_rationales(folder: Path, split: str) -> list[str]:
+    """PaLM chain-of-thought outputs recorded by distilling step-by-step, in dataset order
+    (``{split}_CoT_0.json``, ``_1``, ...). Each output runs on into an invented next question;
+    keep the text up to and including its 'So the answer is ...' sentence."""
+    out: list[str] = []
+    i = 0
+    while (folder / f"{split}_CoT_{i}.json").is_file():
+        for text in json.loads((folder / f"{split}_CoT_{i}.json").read_text()):
+            out.append(text.split("\n\n")[0].strip())
+        i += 1
+    return out
+
+
 def _cqa(root: Path) -> Task:
     d = root / "distilling_step_by_step" / "cqa"
     cols = ColumnMap(question="question", answer="answer", choices="choices", rationale="abstractive_explanation")
     t = load_file_task(d / "cqa_train.json", d / "cqa_test.json", name="cqa", columns=cols)
+    for split, exs in (("train", t.train), ("test", t.test)):
+        recorded = _recorded_rationales(d / "llm", split)
+        if len(recorded) == len(exs):  # PaLM rationales, usable as a recorded non-private teacher
+            for e, r in zip(exs, recorded):
+                e.meta["teacher_rationale"] = r
     return t
 
 

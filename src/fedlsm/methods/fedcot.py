@@ -212,9 +212,29 @@ def run_fedcot(ctx: RunContext) -> MethodResult:
     add_row("Standalone", eval_slm(ctx, model, tok))
     del model
 
-    # --- Non-Private: raw prompts to the LLM, no decoding needed
-    r_raw = ask(raw_prompts, "non-private")
+    # --- Non-Private: raw prompts to the LLM, no decoding needed. teacher=recorded uses rationales
+    # recorded from a large LLM (e.g. PaLM's for CQA) instead of querying ours: a quick check of the
+    # distillation step with a strong teacher.
+    if args.get("teacher", "llm") == "recorded":
+        if not all("teacher_rationale" in e.meta for e in private):
+            raise ConfigError("method_args.teacher", f"task '{ctx.task.name}' has no recorded rationales",
+                              "use teacher=llm, or the cqa preset (PaLM rationales)")
+        r_raw = [e.meta["teacher_rationale"] for e in private]
+    else:
+        r_raw = ask(raw_prompts, "non-private")
     nonpriv = RationaleSet("non-private", raw_prompts, r_raw, r_raw, [consistent(r, e) for r, e in zip(r_raw, private)])
+
+    def save_rationales(fed: RationaleSet | None = None) -> None:
+        """Every rationale (raw, perturbed, decoded) to the run folder as soon as it exists."""
+        n = len(private)
+        f = fed or RationaleSet("", [None] * n, [None] * n, [None] * n, [None] * n)
+        ctx.save_jsonl("rationales.jsonl", [
+            {"id": e.id, "prompt": p, "perturbed_prompt": pp, "rationale_non_private": rr,
+             "rationale_perturbed": rp, "rationale_decoded": rd, "kept_non_private": kn, "kept_fedcot": kf}
+            for e, p, pp, rr, rp, rd, kn, kf in zip(private, raw_prompts, f.sent_prompts, r_raw, f.received,
+                                                    f.decoded, nonpriv.kept, f.kept)])
+
+    save_rationales()
     model, tok = load_slm(ctx)
     finetune(ctx, model, tok, multitask_pairs(private, nonpriv.decoded, nonpriv.kept, rationale_weight),
              "Non-Private: training")
@@ -242,6 +262,7 @@ def run_fedcot(ctx: RunContext) -> MethodResult:
                                    gen_cfg)
     fed = RationaleSet(f"fedcot-{variant}", san.texts, r_pert, decoded,
                        [consistent(r, e) for r, e in zip(decoded, private)])
+    save_rationales(fed)
     model, tok = load_slm(ctx)
     finetune(ctx, model, tok, multitask_pairs(private, fed.decoded, fed.kept, rationale_weight),
              f"FedCoT-{variant.upper()}: training")
@@ -251,11 +272,15 @@ def run_fedcot(ctx: RunContext) -> MethodResult:
             rationales_kept=fed.kept_fraction, token_ratio_perturbed=tr_pert, token_ratio_decoded=tr_dec)
     del model
 
-    ctx.save_jsonl("rationales.jsonl", [
-        {"id": e.id, "prompt": p, "perturbed_prompt": pp, "rationale_non_private": rr, "rationale_perturbed": rp,
-         "rationale_decoded": rd, "kept_non_private": kn, "kept_fedcot": kf}
-        for e, p, pp, rr, rp, rd, kn, kf in zip(private, raw_prompts, san.texts, r_raw, r_pert, decoded,
-                                                nonpriv.kept, fed.kept)])
+    if args.get("ablate_decoding", False):  # Table 5: train on the perturbed rationales as received
+        kept_wo = [consistent(r, e) for r, e in zip(r_pert, private)]
+        model, tok = load_slm(ctx)
+        finetune(ctx, model, tok, multitask_pairs(private, r_pert, kept_wo, rationale_weight),
+                 f"FedCoT-{variant.upper()} w/o decoding: training")
+        add_row(f"FedCoT-{variant.upper()} w/o decoding", eval_slm(ctx, model, tok, LABEL_PREFIX),
+                rationales_kept=sum(kept_wo) / max(1, len(kept_wo)))
+        del model
+
     comm = log.communication()
     llm_cost = llm.stats.as_dict()
     ctx.record("communication", comm)
@@ -267,7 +292,8 @@ def run_fedcot(ctx: RunContext) -> MethodResult:
     by = {r["method"].split(" (")[0]: r["value"] for r in rows}
     summary = {"metric": metric_name, "variant": variant, "epsilon": cfg.privacy.epsilon,
                "standalone": by.get("Standalone"), "non_private": by.get("Non-Private"),
-               "fedcot": rows[-1]["value"], "token_ratio_perturbed": tr_pert, "token_ratio_decoded": tr_dec,
+               "fedcot": by.get(f"FedCoT-{variant.upper()}"),
+               "token_ratio_perturbed": tr_pert, "token_ratio_decoded": tr_dec,
                "privacy": san.report.as_dict(), "communication": comm, "llm_query_cost": llm_cost}
     return MethodResult(table, f"FedCoT-{variant.upper()} on {ctx.task.name} ({metric_name}, %)", summary)
 
