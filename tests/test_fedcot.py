@@ -103,3 +103,28 @@ def test_fedcot_run_saves_rationales_and_the_full_table(tiny_fedcot_run):
     m = json.loads((ctx.run_dir / "metrics.json").read_text())
     assert m["communication"]["bytes_up"] > 0 and m["llm_query_cost"]["completion_tokens"] > 0
     assert m["run"]["status"] == "done"
+
+
+@pytest.mark.slow
+def test_fedcot_a_trains_a_perturber_and_releases_no_private_prompt(tmp_path):
+    from rich.console import Console
+
+    from fedlsm.data.task import format_question
+    from fedlsm.runner import run
+
+    cfg = build_config({"method": "fedcot", "name": "a", "output_dir": str(tmp_path)},
+                       {"data.n_train": 12, "data.n_test": 4, "data.public_fraction": 0.25, "train.epochs": 1,
+                        "llm.max_new_tokens": 24, "method_args.demos": 1, "method_args.variant": "a"},
+                       defaults=METHOD_DEFAULTS["fedcot"])
+    ctx, result = run(cfg, Console(quiet=True))
+    assert result.rows[-1]["method"].startswith("FedCoT-A")
+    msgs = [json.loads(x) for x in (ctx.run_dir / "messages.jsonl").read_text().splitlines()]
+    private_msgs = [m for m in msgs if m["receiver"] == "server" and m["sender"] == "client-0/fedcot-a"]
+    public_msgs = [m for m in msgs if m["receiver"] == "server" and m["sender"] == "client-0/fedcot-a-public"]
+    assert private_msgs and len(public_msgs) == 2  # raw public prompts, then the SLM-perturbed ones
+    sent = [p for m in private_msgs for p in m["payload"]["prompts"]]
+    for e in ctx.clients[0]:
+        assert all(format_question(e) not in s and e.question not in s for s in sent)
+    report = json.loads((ctx.run_dir / "metrics.json").read_text())["privacy"]
+    assert report["mechanism"].startswith("fedcot-a-slm") and "guarded" in report["guarantee"]
+    assert (ctx.run_dir / "fedcot_a_public.jsonl").is_file()

@@ -35,22 +35,35 @@ def decode_input(p: str, pp: str, rp: str) -> str:
 
 
 class AdaptiveCodec:
-    """The trained SLM as perturber (client -> server) and rationale decoder (server -> client)."""
+    """The trained SLM as perturber (client -> server) and rationale decoder (server -> client).
 
-    def __init__(self, model, tok, gen_cfg: GenerationConfig, batch_size: int, nominal_epsilon: float):
+    ``guard``: a learned perturber has no guarantee and, undertrained, copies phrases of the raw
+    prompt (we saw it do so on a small public split). With the guard on (default) its output goes
+    through the exponential mechanism before release, so every released token is an ε-DP sample;
+    the report still measures, against the raw prompt, how many tokens came through unchanged.
+    """
+
+    def __init__(self, model, tok, gen_cfg: GenerationConfig, batch_size: int, nominal_epsilon: float,
+                 guard: TextSanitizer | None = None):
         self.gen = HFGenerator(model, tok, batch_size=batch_size, use_chat_template=False, show_progress=True)
         self.enc_cfg = GenerationConfig(max_new_tokens=gen_cfg.max_new_tokens, temperature=0.0, stop=["\n"])
         self.dec_cfg = gen_cfg
-        self.perturber = AdaptivePerturber(self._encode, tokenizer=tok, name="fedcot-a-slm",
-                                           nominal_epsilon=nominal_epsilon)
+        self.guard = guard
+        name = "fedcot-a-slm" + ("+exponential-guard" if guard else "")
+        self.perturber = AdaptivePerturber(self._encode, tokenizer=tok, name=name, nominal_epsilon=nominal_epsilon)
 
-    def _encode(self, texts: list[str]) -> list[str]:
+    def _encode(self, texts: list[str], seed: int = 0) -> list[str]:
         outs = self.gen.generate([encode_input(t) for t in texts], self.enc_cfg)
         # an empty output would be a useless prompt; never fall back to the raw text
-        return [o if o.strip() else "?" for o in outs]
+        outs = [o if o.strip() else "?" for o in outs]
+        return self.guard.perturb(outs, seed=seed) if self.guard else outs
 
     def sanitize(self, texts: list[str], seed: int = 0):
-        return self.perturber.sanitize(texts, seed)
+        res = self.perturber.sanitize(texts, seed)
+        if self.guard:
+            res.report.guarantee += (f"; guarded: every released token is a {self.guard.epsilon:g}-DP exponential-"
+                                     "mechanism sample of the SLM's output token")
+        return res
 
     def decode(self, raw: Sequence[str], perturbed: Sequence[str], rationales: Sequence[str]) -> list[str]:
         return self.gen.generate([decode_input(p, pp, rp) for p, pp, rp in zip(raw, perturbed, rationales)],
@@ -68,7 +81,8 @@ def train_adaptive_perturber(ctx: RunContext, sanitizer: TextSanitizer, ask: Cal
     finetune(ctx, model, tok, enc_pairs, "FedCoT-A: encoder training")
     gen_cfg = GenerationConfig(max_new_tokens=cfg.llm.max_new_tokens, temperature=cfg.llm.temperature,
                                stop=["\n\n", "\nQ:"])
-    codec = AdaptiveCodec(model, tok, gen_cfg, cfg.llm.batch_size, cfg.privacy.epsilon)
+    guard = sanitizer if cfg.method_args.get("adaptive_guard", True) else None
+    codec = AdaptiveCodec(model, tok, gen_cfg, cfg.llm.batch_size, cfg.privacy.epsilon, guard)
     p_p = codec.perturber.perturb(public_prompts, seed=cfg.seed + 2)
     # Public data: the client may send raw public prompts; the server sees no private text here.
     r = ask(public_prompts, "fedcot-a-public")
