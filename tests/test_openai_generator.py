@@ -177,3 +177,22 @@ def test_empty_prompt_list_needs_no_server():
     llm = OpenAIGenerator(f"http://127.0.0.1:{closed_port()}/v1", MODEL)
     assert isinstance(llm, TextGenerator)
     assert llm.generate([]) == []
+
+
+def test_fedcot_server_role_over_http_equals_in_process(server, generator):
+    """The FedCoT server role reaches the LLM through the OpenAI-compatible path and gets the same
+    greedy rationales as in-process generation."""
+    from fedlsm.data.builtin import make_arith
+    from fedlsm.data.task import format_question
+    from fedlsm.federation import Message
+    from fedlsm.methods.fedcot import FedCoTServer, cot_demonstrations
+
+    task = make_arith(6, 2, seed=5)
+    demos = cot_demonstrations(task.train[:1], 1)
+    prompts = [format_question(e) for e in task.train[1:4]]
+    cfg = GenerationConfig(max_new_tokens=24, stop=["\n\n"])
+    http = OpenAIGenerator(server, MODEL, concurrency=3)
+    over_http = FedCoTServer(http, demos, cfg).handle(Message("c", "server", "rationale_request", {"prompts": prompts}))
+    local = FedCoTServer(generator, demos, cfg).handle(Message("c", "server", "rationale_request", {"prompts": prompts}))
+    assert over_http.payload["rationales"] == local.payload["rationales"]
+    assert all(r.strip() for r in over_http.payload["rationales"]) and http.stats.completion_tokens > 0
