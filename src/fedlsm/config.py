@@ -162,6 +162,3 @@ def build_config(base: dict | None = None, overrides: dict[str, Any] | None = No
     except ValidationError as e:
         raise _explain(e) from None
 
-
-def float_or_inf(x: float) -> float:
-    return math.inf if x == float("inf") else x

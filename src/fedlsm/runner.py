@@ -125,8 +125,8 @@ def render_table(result: MethodResult) -> Table:
     table = Table(title=result.title)
     if not result.rows:
         return table
-    for col in result.rows[0]:
-        table.add_column(str(col), justify="left" if col in (result.rows[0] and list(result.rows[0])[:1]) else "right")
+    for i, col in enumerate(result.rows[0]):
+        table.add_column(str(col), justify="left" if i == 0 else "right")  # row labels left, numbers right
     for row in result.rows:
         table.add_row(*[_fmt(v) for v in row.values()])
     return table
