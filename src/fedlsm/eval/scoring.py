@@ -14,20 +14,8 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from fedlsm.data.task import Example, Task, answer_continuation, answer_prompt, format_question
+from fedlsm.models.training import right_pad
 from fedlsm.progress import progress_iter
-
-
-def right_pad(seqs: Sequence[Sequence[int]], pad: int):
-    """(ids, attention mask) tensors for token sequences padded on the right."""
-    import torch
-
-    width = max(len(x) for x in seqs)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for r, x in enumerate(seqs):
-        ids[r, : len(x)] = torch.tensor(list(x), dtype=torch.long)
-        mask[r, : len(x)] = 1
-    return ids, mask
 
 
 def continuation_logprobs(model, tokenizer, contexts: Sequence[str], continuations: Sequence[str],

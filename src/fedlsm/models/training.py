@@ -73,17 +73,24 @@ def encode_pairs(tokenizer, pairs: Sequence[TrainPair], max_length: int):
     return rows
 
 
+def right_pad(seqs: Sequence[Sequence[int]], pad: int):
+    """(ids, attention mask) tensors for token sequences padded on the right."""
+    import torch
+
+    width = max(len(x) for x in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, x in enumerate(seqs):
+        ids[r, : len(x)] = torch.tensor(list(x), dtype=torch.long)
+        mask[r, : len(x)] = 1
+    return ids, mask
+
+
 def _collate(rows, pad_id: int):
     import torch
 
-    width = max(len(r[0]) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (x, y, _) in enumerate(rows):
-        ids[i, : len(x)] = torch.tensor(x)
-        labels[i, : len(y)] = torch.tensor(y)
-        mask[i, : len(x)] = 1
+    ids, mask = right_pad([r[0] for r in rows], pad_id)
+    labels, _ = right_pad([r[1] for r in rows], -100)  # padding positions carry no loss
     weights = torch.tensor([r[2] for r in rows], dtype=torch.float32)
     return ids, labels, mask, weights
 
