@@ -1,5 +1,8 @@
-"""Runs method roles: typed messages, the in-process transport (and later Flower)."""
+"""Runs method roles: typed messages, the server-driven grid (in-process here, Flower in ``flower``)."""
 
+from fedlsm.federation.grid import (ClientContext, ClientRole, Grid, InProcessGrid, broadcast, client_name,
+                                    run_in_process)
 from fedlsm.federation.messages import InProcessTransport, Message, MessageLog
 
-__all__ = ["InProcessTransport", "Message", "MessageLog"]
+__all__ = ["ClientContext", "ClientRole", "Grid", "InProcessGrid", "InProcessTransport", "Message", "MessageLog",
+           "broadcast", "client_name", "run_in_process"]

@@ -24,8 +24,11 @@ class Message:
     round: int = 0
 
     def size_bytes(self) -> int:
-        """Bytes on the wire as compact JSON (what the communication meter counts)."""
-        return len(json.dumps(self.payload, separators=(",", ":"), ensure_ascii=False).encode())
+        """Bytes on the wire: numpy arrays at their raw size (they travel as typed buffers),
+        everything else as compact JSON (what the communication meter counts)."""
+        arrays = _array_bytes(self.payload)
+        return arrays + len(json.dumps(_describe_arrays(self.payload), separators=(",", ":"),
+                                       ensure_ascii=False).encode())
 
     def texts(self) -> list[str]:
         """Every string inside the payload (for leakage audits)."""
@@ -57,8 +60,9 @@ class MessageLog:
         with self._lock:
             self.messages.append(msg)
             if self.path:
+                row = {**asdict(msg), "payload": _describe_arrays(msg.payload), "bytes": msg.size_bytes()}
                 with self.path.open("a") as f:
-                    f.write(json.dumps(asdict(msg), ensure_ascii=False) + "\n")
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
     def received_by(self, role_prefix: str) -> list[Message]:
         return [m for m in self.messages if m.receiver.startswith(role_prefix)]
@@ -71,6 +75,31 @@ class MessageLog:
     def communication(self) -> dict[str, int]:
         return {"bytes_up": self.bytes(receiver="server"), "bytes_down": self.bytes(sender="server"),
                 "messages": len(self.messages)}
+
+
+def _is_array(x: Any) -> bool:
+    return hasattr(x, "dtype") and hasattr(x, "shape") and hasattr(x, "nbytes")
+
+
+def _array_bytes(x: Any) -> int:
+    if _is_array(x):
+        return int(x.nbytes)
+    if isinstance(x, dict):
+        return sum(_array_bytes(v) for v in x.values())
+    if isinstance(x, (list, tuple)):
+        return sum(_array_bytes(v) for v in x)
+    return 0
+
+
+def _describe_arrays(x: Any) -> Any:
+    """The payload with every array replaced by its dtype and shape (for JSON logs and sizing)."""
+    if _is_array(x):
+        return {"array": str(x.dtype), "shape": list(x.shape)}
+    if isinstance(x, dict):
+        return {k: _describe_arrays(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_describe_arrays(v) for v in x]
+    return x
 
 
 Handler = Callable[[Message], Message]

@@ -1,0 +1,165 @@
+"""The server-driven round structure every federated method is written against.
+
+A method is two pieces of code:
+
+* a **server role**: a function ``server_main(ctx: ServerContext, grid: Grid) -> MethodResult``
+  that sends :class:`Message` requests to clients through the grid and aggregates the replies;
+* a **client role**: an object built by ``make_client(ctx: ClientContext) -> ClientRole`` that
+  answers each request (``handle``) using only its own private partition.
+
+The grid is the only way the two talk. :class:`InProcessGrid` (here) calls client roles in the
+same process; the Flower adapter (``fedlsm.federation.flower``) implements the same interface
+on a Flower ``Grid``, so the method code runs unchanged on the Simulation and Deployment
+engines. Methods never import flwr.
+
+Payloads may hold strings, numbers, lists, dicts and numpy arrays (top-K logits, LoRA
+weights); see :mod:`fedlsm.federation.messages` for how each is sized and logged.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+
+from fedlsm.federation.messages import Message, MessageLog
+
+if TYPE_CHECKING:
+    from fedlsm.config import RunConfig
+    from fedlsm.data.task import Example, Task
+
+
+@dataclass
+class ClientContext:
+    """Everything a client role may see: its config, its own partition, public data, the test split
+    (for local evaluation) and a private working folder. Nothing about other clients."""
+
+    cfg: "RunConfig"
+    index: int
+    data: list["Example"]
+    public: list["Example"]
+    task: "Task"
+    work_dir: Path
+
+    @property
+    def name(self) -> str:
+        return client_name(self.index)
+
+    @property
+    def seed(self) -> int:
+        # Distinct, reproducible stream per client, whichever process or engine hosts it.
+        return self.cfg.seed * 1000 + self.index
+
+
+def client_name(index: int) -> str:
+    return f"client-{index}"
+
+
+class ClientRole(Protocol):
+    def handle(self, msg: Message) -> Message:
+        """Answer one request from the server (the reply's receiver is ``"server"``)."""
+
+    def state(self) -> dict[str, Any]:
+        """What must survive between rounds when the host process does not keep this object
+        (Flower may rebuild the role for every message): numpy arrays and JSON-able values."""
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state` returned."""
+
+
+ClientFactory = Callable[[ClientContext], ClientRole]
+
+
+class Grid(Protocol):
+    """Server-side view of the federation."""
+
+    log: MessageLog
+
+    def clients(self) -> list[str]:
+        """Names of the clients currently reachable."""
+
+    def send_and_receive(self, messages: Sequence[Message], *, timeout: float | None = None) -> list[Message]:
+        """Deliver requests and return the replies that arrived (possibly fewer than sent: a client
+        that failed or timed out is missing, and the method decides whether that is enough)."""
+
+
+@dataclass
+class InProcessGrid:
+    """Client roles live in this process; a request is a direct call. Both directions are logged.
+
+    A client role that raises is treated like a client that dropped out: its reply is missing and
+    the failure is recorded in ``dropped`` (the same contract the Flower grid offers).
+    """
+
+    roles: dict[str, ClientRole]
+    log: MessageLog = field(default_factory=MessageLog)
+    dropped: list[dict[str, Any]] = field(default_factory=list)
+    raise_errors: bool = True  # tests and single-machine runs want a traceback, not a silent drop
+
+    def clients(self) -> list[str]:
+        return list(self.roles)
+
+    def send_and_receive(self, messages: Sequence[Message], *, timeout: float | None = None) -> list[Message]:
+        replies = []
+        for msg in messages:
+            if msg.receiver not in self.roles:
+                raise KeyError(f"no client named {msg.receiver!r} (have {sorted(self.roles)})")
+            self.log.add(msg)
+            try:
+                reply = self.roles[msg.receiver].handle(msg)
+            except Exception as e:  # noqa: BLE001 - a failing client must not stop the federation
+                if self.raise_errors:
+                    raise
+                self.dropped.append({"client": msg.receiver, "round": msg.round, "reason": repr(e)})
+                continue
+            self.log.add(reply)
+            replies.append(reply)
+        return replies
+
+
+def client_contexts(cfg: "RunConfig", public: list["Example"], clients: list[list["Example"]], task: "Task",
+                    run_dir: Path) -> list[ClientContext]:
+    out = []
+    for k, data in enumerate(clients):
+        work = run_dir / client_name(k)
+        work.mkdir(parents=True, exist_ok=True)
+        out.append(ClientContext(cfg, k, data, public, task, work))
+    return out
+
+
+def in_process_grid(make_client: ClientFactory, contexts: Sequence[ClientContext], log: MessageLog) -> InProcessGrid:
+    return InProcessGrid({c.name: make_client(c) for c in contexts}, log)
+
+
+def broadcast(grid: Grid, kind: str, payload: dict[str, Any], round: int,
+              per_client: Callable[[str], dict[str, Any]] | None = None,
+              timeout: float | None = None) -> dict[str, Message]:
+    """Send one request kind to every reachable client; replies keyed by client name."""
+    msgs = [Message("server", c, kind, {**payload, **(per_client(c) if per_client else {})}, round)
+            for c in grid.clients()]
+    return {r.sender: r for r in grid.send_and_receive(msgs, timeout=timeout)}
+
+
+def client_rng(ctx: ClientContext, round: int) -> random.Random:
+    return random.Random(ctx.seed * 100_003 + round)
+
+
+ServerMain = Callable[[Any, Grid], Any]  # (RunContext without client data, Grid) -> MethodResult
+
+
+def server_view(ctx: Any) -> Any:
+    """The run context as the server may see it: no client partitions (in a deployment the server
+    process never has them; in-process we hide them so a method cannot cheat by accident)."""
+    from dataclasses import replace
+
+    return replace(ctx, clients=[])
+
+
+def run_in_process(ctx: Any, server_main: ServerMain, make_client: ClientFactory) -> Any:
+    """Run a federated method with every client role in this process (the default engine)."""
+    log = MessageLog(ctx.run_dir / "messages.jsonl")
+    log.path.unlink(missing_ok=True)
+    contexts = client_contexts(ctx.cfg, ctx.public, ctx.clients, ctx.task, ctx.run_dir)
+    grid = in_process_grid(make_client, contexts, log)
+    return server_main(server_view(ctx), grid)
