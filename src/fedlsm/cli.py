@@ -75,6 +75,8 @@ def run_command(
     name: Optional[str] = typer.Option(None, help="run folder name"),
     output_dir: Optional[str] = typer.Option(None, help="folder for run folders (default runs/)"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="override any field: --set train.lr=5e-4"),
+    engine: Optional[str] = typer.Option(None, help="in-process (default), flower-sim or flower-deploy"),
+    resume: bool = typer.Option(False, "--resume", help="continue run folder --name from its last checkpoint"),
 ):
     """Run a method (and its baselines) and print a table; results go to runs/<name>/."""
     _quiet_libraries()
@@ -83,7 +85,8 @@ def run_command(
 
     base = {"method": method, "data.task": task, "clients": clients, "slm": slm, "llm.model": llm,
             "privacy.epsilon": epsilon, "method_args.variant": variant, "data.n_train": n_train,
-            "data.n_test": n_test, "train.epochs": epochs, "seed": seed, "name": name, "output_dir": output_dir}
+            "data.n_test": n_test, "train.epochs": epochs, "seed": seed, "name": name, "output_dir": output_dir,
+            "engine": engine, "resume": resume or None}
     from fedlsm.methods import METHOD_DEFAULTS
 
     overrides = dict(parse_override(s) for s in (set_ or []))
@@ -136,6 +139,100 @@ def methods_command():
 
     for name in METHODS:
         console.print(name)
+
+
+@app.command("bench")
+@user_errors
+def bench_command(
+    grid: Path = typer.Argument(..., help="grid YAML (see benchmarks/smoke.yaml)"),
+    output_dir: Optional[str] = typer.Option(None, help="run folders go here (default: the grid's output_dir)"),
+    force: bool = typer.Option(False, help="recompute cells that are already done"),
+):
+    """Run a grid of methods × datasets × ε × seeds resumably, then write the report."""
+    from fedlsm.bench.execute import run_cells
+    from fedlsm.bench.grid import expand, load_grid
+    from fedlsm.bench.report import write_report
+
+    cells = expand(load_grid(grid), output_dir)
+    root = Path(cells[0].config.output_dir)
+    console.print(f"grid {grid}: {len(cells)} cell(s) -> {root}")
+    outcomes = run_cells(cells, console, force=force)
+    rep = write_report(root)
+    from fedlsm.bench.report import TERMINAL_COLUMNS, objectives_table, rich_table
+
+    out = console if console.is_terminal else Console(width=160)  # logs and CI: do not squash the table
+    out.print(rich_table(objectives_table(rep["groups"]), TERMINAL_COLUMNS))
+    console.print(f"report: {rep['markdown']} and {rep['html']}")
+    failed = [o for o in outcomes if o.status == "failed"]
+    if failed:
+        for o in failed:
+            err_console.print(f"[bold red]failed:[/] {o.cell.run_name}: {o.error} (log: {o.run_dir / 'run.log'})")
+        raise typer.Exit(1)
+
+
+@app.command("report")
+@user_errors
+def report_command(
+    runs_dir: Path = typer.Argument(..., help="folder of run folders (what `fedlsm bench` wrote)"),
+    output_dir: Optional[Path] = typer.Option(None, help="where report.md/.html and the PNGs go (default runs_dir)"),
+):
+    """Markdown + HTML report with tables, the Pareto front and plots from a folder of runs."""
+    from fedlsm.bench.report import write_report
+
+    rep = write_report(runs_dir, output_dir)
+    console.print(f"{len(rep['records'])} run(s), {len(rep['groups'])} setting(s): {rep['markdown']}, {rep['html']}"
+                  + "".join(f", {p}" for p in rep["images"]))
+
+
+@app.command("certs")
+@user_errors
+def certs_command(
+    folder: Path = typer.Argument(Path("certs"), help="where ca.pem, server.pem and server.key go"),
+    host: Optional[List[str]] = typer.Option(None, help="SuperLink address(es) the certificate covers "
+                                                        "(default 127.0.0.1 and localhost)"),
+):
+    """Make a CA and a TLS certificate for the SuperLink (give ca.pem to SuperNodes and `fedlsm run`)."""
+    from fedlsm.federation.deploy import make_certificates
+
+    paths = make_certificates(folder, tuple(host or ("127.0.0.1", "localhost")))
+    console.print(", ".join(str(p) for p in paths.values()))
+
+
+@app.command("superlink")
+@user_errors
+def superlink_command(
+    certs: Optional[Path] = typer.Option(Path("certs"), help="folder from `fedlsm certs`"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0 for other machines)"),
+    port: int = typer.Option(9093, help="port for the Fleet, Control and ServerApp APIs"),
+    insecure: bool = typer.Option(False, help="no TLS (local tests only)"),
+):
+    """Start a Flower SuperLink (the server side of a deployment; runs until stopped)."""
+    from fedlsm.federation.deploy import superlink_command as cmd
+
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    argv = cmd(None if insecure else certs, host=host, port=port)
+    console.print(" ".join(argv))
+    os.execv(argv[0], argv)
+
+
+@app.command("supernode")
+@user_errors
+def supernode_command(
+    partition: int = typer.Option(..., help="this client's partition index, 0..clients-1"),
+    clients: int = typer.Option(..., help="number of clients in the federation"),
+    superlink: str = typer.Option("127.0.0.1:9093", help="SuperLink address host:port"),
+    root_certificates: Optional[Path] = typer.Option(Path("certs/ca.pem"), help="CA that signed the SuperLink's certificate"),
+    port: Optional[int] = typer.Option(None, help="local ClientApp API port (default 9094+partition)"),
+    insecure: bool = typer.Option(False, help="no TLS (local tests only)"),
+):
+    """Start a Flower SuperNode for one client (its data never leaves this machine)."""
+    from fedlsm.federation.deploy import supernode_command as cmd
+
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    argv = cmd(partition, clients, superlink=superlink, root_certificates=None if insecure else root_certificates,
+               port=port)
+    console.print(" ".join(argv))
+    os.execv(argv[0], argv)
 
 
 def _register_optional() -> None:

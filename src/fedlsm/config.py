@@ -82,8 +82,22 @@ class PrivacyConfig(_Strict):
         return v
 
 
+class FederationConfig(_Strict):
+    """How federated methods' roles talk when they run on Flower (``engine: flower-sim | flower-deploy``)."""
+
+    min_clients: int = Field(1, gt=0, description="fewest replies a round may proceed with (the rest are logged as dropped)")
+    round_timeout: float | None = Field(None, gt=0, description="seconds to wait for replies in one round (null = until all answer or drop)")
+    connect_timeout: float = Field(120.0, gt=0, description="seconds the server waits for `clients` SuperNodes to connect")
+    superlink: str = Field("127.0.0.1:9093", description="flower-deploy: SuperLink address host:port")
+    root_certificates: str | None = Field(None, description="flower-deploy: CA certificate (PEM) that signed the SuperLink's TLS certificate")
+    insecure: bool = Field(False, description="flower-deploy: plain HTTP to the SuperLink (local tests only)")
+
+
 class RunConfig(_Strict):
     method: str = "standalone"
+    engine: Literal["in-process", "flower-sim", "flower-deploy"] = Field(
+        "in-process", description="where federated roles run: this process, Flower's Simulation or Deployment Engine")
+    resume: bool = Field(False, description="continue the run folder `name` from its last server checkpoint")
     name: str | None = Field(None, description="run folder name under output_dir (default: method-task-time)")
     output_dir: str = "runs"
     seed: int = 0
@@ -93,6 +107,7 @@ class RunConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    federation: FederationConfig = Field(default_factory=FederationConfig)
     eval_batch_size: int = Field(16, gt=0)
     method_args: dict[str, Any] = Field(default_factory=dict, description="method-specific options")
 

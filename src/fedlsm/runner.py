@@ -103,6 +103,8 @@ def prepare(cfg: RunConfig, console: Console | None = None) -> RunContext:
     from fedlsm.models.loading import resolve_model
 
     console = console or Console()
+    if cfg.resume and not cfg.name:
+        raise ConfigError("resume", "needs the name of the run folder to continue", "add --name <run folder name>")
     if not cfg.llm.base_url:
         resolve_model(cfg.llm.model, "llm.model")
     resolve_model(cfg.slm, "slm")  # fail fast on a bad model path, before any work
@@ -138,20 +140,41 @@ def _fmt(v: Any) -> str:
     return "" if v is None else str(v)
 
 
+def compute_usage(t0: float, cpu0: float) -> dict[str, float]:
+    """Wall and CPU seconds since (t0, cpu0) and the process's peak resident memory (getrusage: the
+    whole process's peak, so a run's own peak when it has the process to itself, as in `fedlsm bench`)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+    return {"wall_seconds": round(time.time() - t0, 2), "cpu_seconds": round(time.process_time() - cpu0, 2),
+            "peak_rss_mb": round(peak, 1)}
+
+
 def run(cfg: RunConfig, console: Console | None = None) -> tuple[RunContext, MethodResult]:
     from fedlsm.methods import get_method
 
-    method = get_method(cfg.method)
+    if cfg.engine == "in-process":
+        method = get_method(cfg.method)
+    else:  # the method's roles on Flower (fedlsm.federation.flower); methods never import flwr
+        from fedlsm.federation import flower
+
+        if cfg.engine == "flower-deploy" and not flower.in_server_app():
+            from fedlsm.federation.deploy import submit_run
+
+            return submit_run(cfg, console or Console())  # the run happens in the SuperLink's ServerApp
+        method = flower.flower_method(cfg)
     ctx = prepare(cfg, console)
     ctx.console.print(f"[bold]{cfg.method}[/] on {ctx.task.summary()}; {cfg.clients} client(s) with "
                       f"{[len(c) for c in ctx.clients]} examples; run folder {ctx.run_dir}")
-    t0 = time.time()
+    t0, cpu0 = time.time(), time.process_time()
     try:
         result = method(ctx)
     except BaseException:
         ctx.metrics["run"]["status"] = "failed"
         ctx.flush()
         raise
+    ctx.metrics["compute"] = compute_usage(t0, cpu0)
     ctx.metrics["run"].update(status="done", wall_seconds=round(time.time() - t0, 1))
     ctx.record("table", {"title": result.title, "rows": result.rows})
     ctx.record("summary", result.summary)

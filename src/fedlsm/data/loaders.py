@@ -231,7 +231,40 @@ def _obqa(root: Path) -> Task:
     return Task("obqa", "multiple_choice", rows(d / "train.tsv"), rows(d / "test.tsv"))
 
 
-PRESETS = {"gsm8k": _gsm8k, "cqa": _cqa, "arc-easy": _arc_easy, "obqa": _obqa}
+def _tsv_rows(path: Path) -> list[tuple[str, str]]:
+    """Two tab-separated columns per line, read without CSV quoting (the texts hold bare quotes)."""
+    with path.open(encoding="utf-8") as f:
+        return [tuple(line.rstrip("\n").split("\t")) for line in f if line.strip()]
+
+
+def _classification(name: str, rows: dict[str, list[tuple[str, str]]], labels: list[str]) -> Task:
+    splits = {split: [Example(id=f"{name}-{split}-{i}", question=text, answer=labels[y], choices=labels, label=y)
+                      for i, (text, y) in enumerate(pairs)] for split, pairs in rows.items()}
+    return Task(name, "classification", splits["train"], splits["test"])
+
+
+def _sst2(root: Path) -> Task:
+    # alps_resplit: "sentence<TAB>label" with a header; test = GLUE SST-2 dev (labeled).
+    d = root / "sst2" / "alps_resplit"
+    rows = {s: [(t.strip(), int(y)) for t, y in _tsv_rows(d / f"{s}.tsv")[1:]] for s in ("train", "test")}
+    return _classification("sst2", rows, ["negative", "positive"])
+
+
+def _ag_news(root: Path) -> Task:
+    # alps: "description<TAB>label name", no header; dev.tsv is a 10k sample of the AG News train split
+    # (the full train split is not in the data folder), test.tsv the official test split.
+    d = root / "ag_news" / "alps"
+    labels = ["World", "Sports", "Business", "Sci/Tech"]
+
+    def clean(t: str) -> str:  # the source escapes characters as " #39;" and breaks lines with "\"
+        return re.sub(r"\s+", " ", re.sub(r"#(\d+);", lambda m: chr(int(m.group(1))), t).replace("\\", " ")).strip()
+
+    rows = {s: [(clean(t), labels.index(y.strip())) for t, y in _tsv_rows(d / f"{f}.tsv")]
+            for s, f in (("train", "dev"), ("test", "test"))}
+    return _classification("ag-news", rows, labels)
+
+
+PRESETS = {"gsm8k": _gsm8k, "cqa": _cqa, "arc-easy": _arc_easy, "obqa": _obqa, "sst2": _sst2, "ag-news": _ag_news}
 
 
 def load_task(name: str, *, n_train: int | None = None, n_test: int | None = None, seed: int = 0,

@@ -206,3 +206,31 @@ def evaluate(model, tokenizer, task: Task, examples: Sequence[Example] | None = 
         return {"metric": "exact_match", "value": v, "exact_match": v, "n": len(exs)}
     v = rouge_l(preds, refs)
     return {"metric": "rougeL", "value": v, "rougeL": v, "n": len(exs)}
+
+
+def perplexity(model, tokenizer, texts: Sequence[str], *, batch_size: int = 16, max_length: int = 256,
+               show_progress: bool = False) -> float:
+    """Token-level perplexity exp(total NLL / total predicted tokens) of a causal LM on ``texts``
+    (each text scored on its own, from its first token)."""
+    import math
+
+    import torch
+
+    seqs = [tokenizer(t, add_special_tokens=True)["input_ids"][:max_length] for t in texts]
+    seqs = [s for s in seqs if len(s) > 1]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    nll, n = 0.0, 0
+    was_training = model.training
+    model.eval()
+    batches = [seqs[i:i + batch_size] for i in range(0, len(seqs), batch_size)]
+    with torch.no_grad():
+        for batch in progress_iter(batches, "perplexity", enabled=show_progress):
+            ids, mask = right_pad(batch, pad)
+            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
+            tgt, keep = ids[:, 1:].to(model.device), mask[:, 1:].to(model.device).bool()
+            tok = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), tgt, reduction="none")
+            nll += float(tok[keep].sum())
+            n += int(keep.sum())
+    if was_training:
+        model.train()
+    return math.exp(nll / max(1, n))

@@ -19,6 +19,7 @@ weights); see :mod:`fedlsm.federation.messages` for how each is sized and logged
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
@@ -106,6 +107,7 @@ class InProcessGrid:
             if msg.receiver not in self.roles:
                 raise KeyError(f"no client named {msg.receiver!r} (have {sorted(self.roles)})")
             self.log.add(msg)
+            t0 = time.perf_counter()
             try:
                 reply = self.roles[msg.receiver].handle(msg)
             except Exception as e:  # noqa: BLE001 - a failing client must not stop the federation
@@ -113,7 +115,7 @@ class InProcessGrid:
                     raise
                 self.dropped.append({"client": msg.receiver, "round": msg.round, "reason": repr(e)})
                 continue
-            self.log.add(reply)
+            self.log.add(reply, handle_seconds=time.perf_counter() - t0)
             replies.append(reply)
         return replies
 
@@ -141,6 +143,24 @@ def broadcast(grid: Grid, kind: str, payload: dict[str, Any], round: int,
     return {r.sender: r for r in grid.send_and_receive(msgs, timeout=timeout)}
 
 
+class QuorumError(RuntimeError):
+    """Fewer clients answered a round than the method (or ``federation.min_clients``) needs."""
+
+
+def require_quorum(replies: dict[str, Message], sent: Sequence[str], minimum: int, round: int) -> list[str]:
+    """The clients that did not answer this round (sorted); QuorumError when fewer than ``minimum`` did.
+
+    Servers call it after every :func:`broadcast`: a dropped client costs its contribution to this
+    round only; it is asked again next round (and may have rejoined by then).
+    """
+    dropped = sorted(set(sent) - set(replies))
+    if len(replies) < minimum:
+        raise QuorumError(f"round {round}: {len(replies)} of {len(sent)} client(s) answered, {minimum} needed "
+                          f"(dropped: {', '.join(dropped) or 'none'}); lower federation.min_clients or "
+                          f"raise federation.round_timeout")
+    return dropped
+
+
 def client_rng(ctx: ClientContext, round: int) -> random.Random:
     return random.Random(ctx.seed * 100_003 + round)
 
@@ -156,10 +176,17 @@ def server_view(ctx: Any) -> Any:
     return replace(ctx, clients=[])
 
 
+def run_log(ctx: Any) -> MessageLog:
+    """The run's message log, ``messages.jsonl`` (started afresh unless the run resumes)."""
+    log = MessageLog(ctx.run_dir / "messages.jsonl")
+    if not getattr(ctx.cfg, "resume", False):  # a resumed run appends to the messages it already logged
+        log.path.unlink(missing_ok=True)
+    return log
+
+
 def run_in_process(ctx: Any, server_main: ServerMain, make_client: ClientFactory) -> Any:
     """Run a federated method with every client role in this process (the default engine)."""
-    log = MessageLog(ctx.run_dir / "messages.jsonl")
-    log.path.unlink(missing_ok=True)
+    log = run_log(ctx)
     contexts = client_contexts(ctx.cfg, ctx.public, ctx.clients, ctx.task, ctx.run_dir)
     grid = in_process_grid(make_client, contexts, log)
     return server_main(server_view(ctx), grid)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -56,11 +57,15 @@ class MessageLog:
     messages: list[Message] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def add(self, msg: Message) -> None:
+    def add(self, msg: Message, handle_seconds: float | None = None) -> None:
+        """``handle_seconds``: on a reply, how long the answering role took (the benchmark splits
+        wall time into client and server time with it)."""
         with self._lock:
             self.messages.append(msg)
             if self.path:
                 row = {**asdict(msg), "payload": _describe_arrays(msg.payload), "bytes": msg.size_bytes()}
+                if handle_seconds is not None:
+                    row["handle_seconds"] = round(handle_seconds, 3)
                 with self.path.open("a") as f:
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
@@ -119,6 +124,7 @@ class InProcessTransport:
         if msg.receiver not in self._roles:
             raise KeyError(f"no role named {msg.receiver!r} registered")
         self.log.add(msg)
+        t0 = time.perf_counter()
         reply = self._roles[msg.receiver](msg)
-        self.log.add(reply)
+        self.log.add(reply, handle_seconds=time.perf_counter() - t0)
         return reply

@@ -10,6 +10,9 @@ from fedlsm.errors import ConfigError
 METHODS: dict[str, str] = {
     "standalone": "fedlsm.methods.standalone:run_standalone",
     "fedcot": "fedlsm.methods.fedcot:run_fedcot",
+    "fedavg": "fedlsm.methods.fedavg:run_fedavg",
+    "crosslm": "fedlsm.methods.crosslm:run_crosslm",
+    "fedmkt": "fedlsm.methods.fedmkt:run_fedmkt",
 }
 
 # Defaults a method needs that differ from the global ones; the config file and CLI flags override them.
@@ -17,7 +20,34 @@ METHOD_DEFAULTS: dict[str, dict] = {
     # The paper's setting: one client; a public split gives the server its CoT demonstrations
     # (and FedCoT-A its perturber training data).
     "fedcot": {"clients": 1, "data.n_train": 80, "data.public_fraction": 0.2, "method_args.variant": "e"},
+    # Heterogeneous by default (Gemma3 LLM, SmolLM2 SLMs: different tokenizers); one fifth of the
+    # training data is public as in the paper (Appendix D), the rest split over the clients.
+    "fedmkt": {"clients": 2, "data.task": "arc-easy", "data.n_train": 80, "data.public_fraction": 0.2,
+               "llm.model": "gemma3-270m", "train.epochs": 1},
+    # Four clients with Dirichlet label skew on SST-2, alternating MiniLM-encoder and SmolLM2 SLMs; the
+    # LLM samples its synthetic reviews (top-k/top-p at temperature 1). Sizes fit a 2-core CPU.
+    "crosslm": {"data.task": "sst2", "data.partition": "dirichlet", "data.alpha": 0.5, "clients": 4,
+                "data.n_train": 160, "data.n_test": 200, "llm.temperature": 1.0, "llm.max_new_tokens": 40,
+                "llm.batch_size": 16},
 }
+
+
+# name -> module exposing the method's roles, ``server_main(ctx, grid) -> MethodResult`` and
+# ``make_client(ClientContext) -> ClientRole`` (see fedlsm.federation.grid). Methods listed here can
+# run on Flower (``--engine flower-sim`` / ``flower-deploy``); the others run in-process only.
+ROLES: dict[str, str] = {
+    "fedavg": "fedlsm.methods.fedavg",
+    "fedmkt": "fedlsm.methods.fedmkt",
+    "crosslm": "fedlsm.methods.crosslm",
+}
+
+
+def get_roles(name: str):
+    """The module holding ``name``'s server and client roles (ConfigError if it has none)."""
+    if name not in ROLES:
+        raise ConfigError("engine", f"method '{name}' has no server/client roles to run on Flower",
+                          f"use --engine in-process, or one of {', '.join(sorted(ROLES))}")
+    return import_module(ROLES[name])
 
 
 def get_method(name: str):

@@ -252,6 +252,10 @@ def run_fedcot(ctx: RunContext) -> MethodResult:
         perturber = sanitizer
     san = perturber.sanitize(raw_prompts, seed=cfg.seed)
     ctx.record("privacy", san.report.as_dict())
+    from fedlsm.privacy.attacks import inversion_success  # what the server could recover (benchmark, #8)
+
+    attack = inversion_success(san, sanitizer, [format_question(e) for e in ctx.public])
+    ctx.record("privacy", {**ctx.metrics["privacy"], "attack": attack})
     r_pert = ask(san.texts, f"fedcot-{variant}")
     if variant == "a":
         decoded = perturber.decode(raw_prompts, san.texts, r_pert)

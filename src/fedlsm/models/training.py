@@ -107,28 +107,12 @@ def sequence_losses(model, ids, labels, mask):
     return tok_loss.sum(-1) / n
 
 
-def train_sft(model, tokenizer, pairs: Sequence[TrainPair], settings: TrainSettings | None = None, *,
-              description: str = "training", show_progress: bool = True) -> TrainResult:
-    """Fine-tune ``model`` in place on ``pairs``; only parameters with requires_grad are updated."""
-    import torch
-
-    s = settings or TrainSettings()
-    rows = encode_pairs(tokenizer, pairs, s.max_length)
-    if not rows:
-        return TrainResult()
+def batch_plan(rows: Sequence, s: TrainSettings) -> list[list]:
+    """Shuffled mini-batches for ``s.epochs`` passes (or ``s.max_steps`` batches), seeded by ``s.seed``."""
     rng = random.Random(s.seed)
-    torch.manual_seed(s.seed)
-    steps_per_epoch = math.ceil(len(rows) / s.batch_size)
-    total = steps_per_epoch * s.epochs
+    total = math.ceil(len(rows) / s.batch_size) * s.epochs
     if s.max_steps:
         total = min(total, s.max_steps)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
-    warm = max(1, int(s.warmup_ratio * total))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda t: min(1.0, (t + 1) / warm) * max(0.0, (total - t) / max(1, total - warm)) if t >= warm
-        else (t + 1) / warm)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     order: list[int] = []
     batches = []
     while len(batches) < total:
@@ -137,24 +121,64 @@ def train_sft(model, tokenizer, pairs: Sequence[TrainPair], settings: TrainSetti
             rng.shuffle(order)
         batches.append([rows[i] for i in order[: s.batch_size]])
         order = order[s.batch_size:]
+    return batches
+
+
+def optimizer_and_schedule(params, s: TrainSettings, total: int):
+    """AdamW with linear warm-up then linear decay to zero over ``total`` steps."""
+    import torch
+
+    opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+    warm = max(1, int(s.warmup_ratio * total))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda t: min(1.0, (t + 1) / warm) * max(0.0, (total - t) / max(1, total - warm)) if t >= warm
+        else (t + 1) / warm)
+    return opt, sched
+
+
+def optimize(model, rows: Sequence, settings: TrainSettings, batch_loss, *, description: str,
+             show_progress: bool = True) -> TrainResult:
+    """The shared loop: ``batch_loss(batch) -> (loss tensor, target tokens)`` over :func:`batch_plan`
+    batches, AdamW + warm-up/decay, gradient clipping; only parameters with requires_grad move."""
+    import torch
+
+    if not rows:
+        return TrainResult()
+    torch.manual_seed(settings.seed)
+    batches = batch_plan(rows, settings)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt, sched = optimizer_and_schedule(params, settings, len(batches))
     model.train()
-    dev = model.device
     result = TrainResult()
     for batch in progress_iter(batches, description, enabled=show_progress):
-        ids, labels, mask, w = _collate(batch, pad)
-        per_seq = sequence_losses(model, ids.to(dev), labels.to(dev), mask.to(dev))
-        loss = (per_seq * w.to(dev)).sum() / w.sum().clamp(min=1e-8)
+        loss, n_tokens = batch_loss(batch)
         opt.zero_grad()
         loss.backward()
-        if s.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, s.grad_clip)
+        if settings.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
         opt.step()
         sched.step()
         result.losses.append(float(loss.detach()))
-        result.tokens += int((labels != -100).sum())
+        result.tokens += int(n_tokens)
         result.steps += 1
     model.eval()
     return result
+
+
+def train_sft(model, tokenizer, pairs: Sequence[TrainPair], settings: TrainSettings | None = None, *,
+              description: str = "training", show_progress: bool = True) -> TrainResult:
+    """Fine-tune ``model`` in place on ``pairs`` (loss on the target tokens, weighted per pair)."""
+    s = settings or TrainSettings()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    dev = model.device
+
+    def batch_loss(batch):
+        ids, labels, mask, w = _collate(batch, pad)
+        per_seq = sequence_losses(model, ids.to(dev), labels.to(dev), mask.to(dev))
+        return (per_seq * w.to(dev)).sum() / w.sum().clamp(min=1e-8), (labels != -100).sum()
+
+    return optimize(model, encode_pairs(tokenizer, pairs, s.max_length), s, batch_loss, description=description,
+                    show_progress=show_progress)
 
 
 def mean_loss(model, tokenizer, pairs: Sequence[TrainPair], *, batch_size: int = 8, max_length: int = 256) -> float:
@@ -171,3 +195,19 @@ def mean_loss(model, tokenizer, pairs: Sequence[TrainPair], *, batch_size: int =
             vals.extend(sequence_losses(model, ids.to(model.device), labels.to(model.device),
                                         mask.to(model.device)).tolist())
     return sum(vals) / max(1, len(vals))
+
+
+def adapter_arrays(model) -> dict:
+    """The trainable LoRA weights of a peft model as float32 numpy arrays (what travels or is checkpointed)."""
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().float().cpu().numpy() for k, v in get_peft_model_state_dict(model).items()}
+
+
+def load_adapter_arrays(model, arrays: dict) -> None:
+    """Inverse of :func:`adapter_arrays` (shapes must match the model's adapters)."""
+    import torch
+    from peft import set_peft_model_state_dict
+
+    dtype = next(p for p in model.parameters() if p.requires_grad).dtype
+    set_peft_model_state_dict(model, {k: torch.as_tensor(v, dtype=dtype) for k, v in arrays.items()})

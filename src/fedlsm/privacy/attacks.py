@@ -163,3 +163,22 @@ def attack_sanitized(result, mech: ExponentialMechanism, *, prior: torch.Tensor 
     if "bayesian" in attacks:
         out["bayesian"] = success_rate(orig[private], bayesian_attack(mech, ys, prior=prior))
     return out
+
+
+def inversion_success(result, sanitizer, public_texts: Sequence[str] = ()) -> dict[str, float] | None:
+    """Nearest-neighbour inversion success on what a :class:`TextSanitizer` released, for run reports.
+
+    Two attackers: a uniform prior (guesses "unchanged") and a prior from public text (maps each
+    observed token to its nearest token seen in ``public_texts``); ``success_rate`` is the better of
+    the two. ``None`` when the result has no token ids aligned with its inputs (a learned perturber).
+    """
+    if result.token_ids is None or any(len(a) != len(b) for a, b in zip(result.input_ids, result.token_ids)):
+        return None
+    mech = sanitizer.mechanism
+    out = attack_sanitized(result, mech, attacks=("nearest_neighbour",))
+    if public_texts:
+        prior = corpus_prior(sanitizer.tokenizer, public_texts, mech.vocab_size)
+        out["nearest_neighbour_public_prior"] = attack_sanitized(result, mech, prior=prior,
+                                                                 attacks=("nearest_neighbour",))["nearest_neighbour"]
+    out["success_rate"] = max(v for k, v in out.items() if k.startswith("nearest"))
+    return out

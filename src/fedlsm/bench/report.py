@@ -1,0 +1,319 @@
+"""The benchmark report: Markdown and HTML tables in the papers' layout, the multi-objective table,
+the Pareto front, and PNG plots (privacy–utility, communication per round, utility vs data size).
+
+Missing measurements print as "–".
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from fedlsm.bench.aggregate import (OBJECTIVES, Group, RunRecord, Stat, aggregate, baseline_table, collect,
+                                    to_json)
+
+DASH = "–"
+
+
+def fmt_pct(s: Stat | float | None) -> str:
+    if s is None:
+        return DASH
+    if isinstance(s, Stat):
+        return f"{100 * s.mean:.1f}" + (f" ± {100 * s.std:.1f}" if s.n > 1 else "")
+    return f"{100 * s:.1f}"
+
+
+def fmt_eps(x: float | None) -> str:
+    if x is None:
+        return DASH
+    return "∞" if math.isinf(x) else f"{x:g}"
+
+
+def fmt_bytes(x: float | None) -> str:
+    if x is None:
+        return DASH
+    for unit, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(x) >= div:
+            return f"{x / div:.1f} {unit}"
+    return f"{x:.0f} B"
+
+
+def fmt_num(x: float | None, digits: int = 1) -> str:
+    return DASH if x is None else f"{x:,.{digits}f}"
+
+
+def _mean(g: Group, k: str) -> float | None:
+    return g.mean(k)
+
+
+@dataclass
+class Section:
+    title: str
+    headers: list[str] = field(default_factory=list)
+    rows: list[list[str]] = field(default_factory=list)
+    note: str = ""
+    image: str | None = None
+
+
+def utility_table(groups: Sequence[Group]) -> Section:
+    datasets = sorted({g.dataset for g in groups})
+    settings: dict[str, dict[str, Group]] = {}
+    for g in groups:
+        settings.setdefault(g.setting, {})[g.dataset] = g
+    metrics = sorted({g.metric for g in groups if g.metric})
+    rows = [[s, *[fmt_pct(by[d].stats["utility"]) if d in by else DASH for d in datasets]]
+            for s, by in settings.items()]
+    return Section("Utility (method rows, dataset columns; mean ± std over seeds, %)", ["method", *datasets], rows,
+                   f"Metric: {', '.join(metrics) or DASH}. Each method's own result (its baselines are below).")
+
+
+def rows_table(records: Sequence[RunRecord]) -> Section | None:
+    table = baseline_table(records)
+    if not table:
+        return None
+    datasets = sorted({ds for d in table.values() for ds in d})
+    rows = [[f"{m}: {label}", *[fmt_pct(d.get(ds)) for ds in datasets]] for (m, label), d in table.items()]
+    return Section("Every row of the methods' own tables (baselines included; mean ± std over seeds, %)",
+                   ["method: row", *datasets], rows,
+                   "As in the papers' tables: the baselines each method runs beside itself, on the same data.")
+
+
+def objectives_table(groups: Sequence[Group]) -> Section:
+    headers = ["method", "dataset", "utility %", "ε", "attack success %", "TokenRatio", "bytes up / client·round",
+               "bytes down / client·round", "wall s", "client s", "server s", "CPU s", "peak MB", "LLM tokens",
+               "seeds", "Pareto"]
+    rows = []
+    for g in groups:
+        tr = g.stats.get("token_ratio")
+        rows.append([g.setting, g.dataset, fmt_pct(g.stats["utility"]), fmt_eps(_mean(g, "epsilon")),
+                     fmt_pct(g.stats["attack_success"]), DASH if tr is None else f"{tr.mean:.2f}",
+                     fmt_bytes(_mean(g, "bytes_up_per_client_round")),
+                     fmt_bytes(_mean(g, "bytes_down_per_client_round")), fmt_num(_mean(g, "wall_seconds")),
+                     fmt_num(_mean(g, "client_seconds")), fmt_num(_mean(g, "server_seconds")),
+                     fmt_num(_mean(g, "cpu_seconds")), fmt_num(_mean(g, "peak_rss_mb"), 0),
+                     fmt_num(_mean(g, "llm_tokens"), 0), str(len(g.runs)), "✓" if g.pareto else ""])
+    note = ("ε: per-token budget of the exponential mechanism (– = the method releases no perturbed text). "
+            "Attack success: nearest-neighbour inversion of the perturbed prompts (best of a uniform and a "
+            "public-text prior). TokenRatio: perturbed rationales vs non-private ones. Bytes from the message log "
+            "(per client and round). Peak MB: the run process's peak resident memory. LLM tokens: tokens the server "
+            "LLM generated (the LLM query cost). Means over seeds.")
+    return Section("Multi-objective table", headers, rows, note)
+
+
+def pareto_section(groups: Sequence[Group]) -> Section:
+    objs = ", ".join(f"{lab} ({'max' if d == 'max' else 'min'})" for lab, d in OBJECTIVES.values())
+    rows = [[g.dataset, g.setting, fmt_pct(g.stats["utility"])] for g in groups if g.pareto]
+    return Section("Pareto front", ["dataset", "method", "utility %"], rows,
+                   f"Settings no other setting on the same dataset beats on every objective: {objs}. "
+                   "An objective a setting does not measure is left out of its comparisons.")
+
+
+def runs_section(records: Sequence[RunRecord]) -> Section:
+    rows = [[r.run_dir.name, r.status, fmt_pct(r.values.get("utility")), fmt_num(r.values.get("wall_seconds")),
+             fmt_num(r.values.get("peak_rss_mb"), 0)] for r in records]
+    return Section("Runs", ["run folder", "status", "utility %", "wall s", "peak MB"], rows)
+
+
+# -------------------------------------------------------------------------------------------- plots
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _errorbar(ax, pts: Sequence[tuple[float, Stat]], label: str) -> None:
+    ax.errorbar([x for x, _ in pts], [100 * s.mean for _, s in pts], yerr=[100 * s.std for _, s in pts],
+                marker="o", capsize=3, label=label)
+
+
+def _label_axes(ax, xlabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("utility (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+
+
+def _save(plt, fig, path: Path) -> bool:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_privacy_utility(groups: Sequence[Group], path: Path) -> bool:
+    datasets = sorted({g.dataset for g in groups})
+    if not any(g.epsilon is not None and g.mean("utility") is not None for g in groups):
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.8), squeeze=False)
+    for ax, ds in zip(axes[0], datasets):
+        top = max((g.fraction or 1.0) for g in groups if g.dataset == ds)
+        gs = [g for g in groups if g.dataset == ds and (g.fraction or 1.0) == top and g.mean("utility") is not None]
+        for m in sorted({g.method for g in gs}):
+            pts = sorted((g.epsilon, g.stats["utility"]) for g in gs if g.method == m and g.epsilon is not None
+                         and not math.isinf(g.epsilon))
+            flat = [g for g in gs if g.method == m and g.epsilon is None]
+            if pts:
+                _errorbar(ax, pts, m)
+            for g in flat:
+                ax.axhline(100 * g.mean("utility"), linestyle="--", color="grey", label=f"{m} (no ε)")
+        ax.set_xscale("log")
+        eps_ticks = sorted({g.epsilon for g in gs if g.epsilon is not None and not math.isinf(g.epsilon)})
+        if eps_ticks:
+            from matplotlib.ticker import NullFormatter
+
+            ax.set_xticks(eps_ticks, [f"{e:g}" for e in eps_ticks])
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        _label_axes(ax, "ε per token", ds)
+    return _save(plt, fig, path)
+
+
+def plot_communication(groups: Sequence[Group], path: Path) -> bool:
+    series = []
+    for g in groups:
+        rounds: dict[int, list[tuple[int, int]]] = {}
+        for r in g.runs:
+            for k, v in r.per_round.items():
+                rounds.setdefault(int(k), []).append((v["up"], v["down"]))
+        if rounds:
+            xs = sorted(rounds)
+            series.append((f"{g.setting} · {g.dataset}", xs,
+                           [sum(u for u, _ in rounds[x]) / len(rounds[x]) for x in xs],
+                           [sum(d for _, d in rounds[x]) / len(rounds[x]) for x in xs]))
+    if not series:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, xs, up, down in series:
+        line, = ax.plot(xs, up, marker="o", label=f"{label} up")
+        ax.plot(xs, down, marker="s", linestyle="--", color=line.get_color(), label=f"{label} down")
+    ax.set_xlabel("round")
+    ax.set_ylabel("bytes (all clients)")
+    ax.set_yscale("log")
+    ax.set_xticks(sorted({x for _, xs, _, _ in series for x in xs}))
+    ax.set_title("Communication per round")
+    ax.legend(fontsize=7)
+    return _save(plt, fig, path)
+
+
+def plot_data_fraction(groups: Sequence[Group], path: Path) -> bool:
+    if len({g.fraction for g in groups if g.fraction is not None}) < 2:
+        return False
+    datasets = sorted({g.dataset for g in groups})
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.8), squeeze=False)
+    for ax, ds in zip(axes[0], datasets):
+        lines: dict[str, list[tuple[float, Stat]]] = {}
+        for g in groups:
+            if g.dataset == ds and g.fraction is not None and g.stats["utility"] is not None:
+                lines.setdefault(g.method + (f" (ε={g.epsilon:g})" if g.epsilon is not None else ""), []).append(
+                    (g.fraction, g.stats["utility"]))
+        for label, pts in sorted(lines.items()):
+            _errorbar(ax, [(100 * f, s) for f, s in sorted(pts, key=lambda p: p[0])], label)
+        _label_axes(ax, "training data used (%)", ds)
+    return _save(plt, fig, path)
+
+
+# ------------------------------------------------------------------------------------------ render
+
+
+def _md_cell(s: str) -> str:
+    return s.replace("|", "\\|")
+
+
+def render_markdown(title: str, sections: Sequence[Section]) -> str:
+    out = [f"# {title}", ""]
+    for s in sections:
+        out += [f"## {s.title}", ""]
+        if s.headers:
+            out.append("| " + " | ".join(map(_md_cell, s.headers)) + " |")
+            out.append("| " + " | ".join("---" if i == 0 else "---:" for i in range(len(s.headers))) + " |")
+            out += ["| " + " | ".join(map(_md_cell, r)) + " |" for r in s.rows]
+            if not s.rows:
+                out.append("| " + " | ".join(DASH for _ in s.headers) + " |")
+            out.append("")
+        if s.image:
+            out += [f"![{s.title}]({s.image})", ""]
+        if s.note:
+            out += [s.note, ""]
+    return "\n".join(out)
+
+
+_CSS = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}"
+        "table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ccc;padding:.25em .6em}"
+        "td:not(:first-child){text-align:right}th{background:#f3f3f3}p{color:#444}img{max-width:100%}")
+
+
+def render_html(title: str, sections: Sequence[Section]) -> str:
+    e = html.escape
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{_CSS}</style>"
+           f"</head><body><h1>{e(title)}</h1>"]
+    for s in sections:
+        out.append(f"<h2>{e(s.title)}</h2>")
+        if s.headers:
+            out.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in s.headers) + "</tr>")
+            out += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in s.rows]
+            out.append("</table>")
+        if s.image:
+            out.append(f"<img src='{e(s.image)}' alt='{e(s.title)}'>")
+        if s.note:
+            out.append(f"<p>{e(s.note)}</p>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, title: str | None = None) -> dict[str, Any]:
+    """Collect, aggregate and write ``report.md``, ``report.html``, ``summary.json`` and the PNGs."""
+    runs_dir = Path(runs_dir)
+    out = Path(out_dir) if out_dir else runs_dir
+    out.mkdir(parents=True, exist_ok=True)
+    records = collect(runs_dir)
+    groups = aggregate(records)
+    sections = [utility_table(groups)]
+    extra = rows_table(records)
+    if extra:
+        sections.append(extra)
+    sections += [objectives_table(groups), pareto_section(groups)]
+    images = []
+    for name, fn, t in (("privacy_utility.png", plot_privacy_utility, "Privacy–utility (utility vs ε)"),
+                        ("communication.png", plot_communication, "Communication per round"),
+                        ("data_fraction.png", plot_data_fraction, "Utility vs training data size (FedCoT Table 8)")):
+        if groups and fn(groups, out / name):
+            sections.append(Section(t, image=name))
+            images.append(out / name)
+    sections.append(runs_section(records))
+    failed = [r for r in records if r.status != "done"]
+    if failed:
+        sections[-1].note = f"{len(failed)} run(s) not done are left out of every aggregate."
+    title = title or f"Benchmark report: {runs_dir.name}"
+    (out / "report.md").write_text(render_markdown(title, sections))
+    (out / "report.html").write_text(render_html(title, sections))
+    (out / "summary.json").write_text(json.dumps({"groups": to_json(groups)}, indent=2))
+    return {"markdown": out / "report.md", "html": out / "report.html", "summary": out / "summary.json",
+            "images": images, "groups": groups, "records": records, "sections": sections}
+
+
+TERMINAL_COLUMNS = ("method", "dataset", "utility %", "ε", "attack success %", "bytes up / client·round",
+                    "wall s", "peak MB", "LLM tokens", "Pareto")
+
+
+def rich_table(section: Section, columns: Sequence[str] | None = None):
+    """A section as a rich Table for the terminal, optionally only some of its columns."""
+    from rich.table import Table
+
+    keep = [i for i, h in enumerate(section.headers) if columns is None or h in columns]
+    t = Table(title=section.title)
+    for i in keep:
+        t.add_column(section.headers[i], justify="left" if i == 0 else "right")
+    for r in section.rows:
+        t.add_row(*[r[i] for i in keep])
+    return t

@@ -1,0 +1,171 @@
+"""Flower's Deployment Engine, on one machine exactly as on many.
+
+* :func:`make_certificates` writes a CA and a server certificate for the SuperLink's addresses
+  (``fedlsm certs``); SuperNodes and the submitting CLI trust the CA.
+* :func:`superlink_command` / :func:`supernode_command` are the ``flower-superlink`` /
+  ``flower-supernode`` invocations (``fedlsm superlink`` / ``fedlsm supernode`` run them): TLS on,
+  runtime dependency installation off (the environment is installed already), each SuperNode
+  told only its partition index (``--node-config partition-id=K``).
+* :func:`submit_run` is ``fedlsm run --engine flower-deploy``: it writes a minimal Flower app
+  (``pyproject.toml`` whose components are :data:`fedlsm.federation.flower.server_app` and
+  ``client_app``, with the run config as Flower run config) and calls ``flwr run`` against the
+  SuperLink. The run itself (run folder, metrics, table) happens in the SuperLink's ServerApp
+  process; when that folder is on this machine its table is printed here too.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from fedlsm.errors import ConfigError
+
+CA, CERT, KEY = "ca.pem", "server.pem", "server.key"
+
+
+def _bin(name: str) -> str:
+    """An executable installed beside this Python (the venv's flwr tools)."""
+    p = Path(sys.executable).parent / name
+    return str(p) if p.exists() else name
+
+
+def make_certificates(folder: str | Path, hosts: Sequence[str] = ("127.0.0.1", "localhost"),
+                      days: int = 30) -> dict[str, Path]:
+    """A new CA and a server certificate for ``hosts`` (IPs or DNS names) signed by it, as PEM files."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("fedlsm test CA")).issuer_name(name("fedlsm test CA"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(start).not_valid_after(end)
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                                       key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                       encipher_only=False, decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    sans: list[x509.GeneralName] = []
+    for h in hosts:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(h)))
+        except ValueError:
+            sans.append(x509.DNSName(h))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(name(hosts[0])).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(start).not_valid_after(end)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    (out / CA).write_bytes(ca.public_bytes(pem))
+    (out / CERT).write_bytes(cert.public_bytes(pem))
+    (out / KEY).write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    os.chmod(out / KEY, 0o600)
+    return {"ca": out / CA, "cert": out / CERT, "key": out / KEY}
+
+
+def superlink_command(certs: str | Path | None, *, host: str = "127.0.0.1", port: int = 9093,
+                      database: str | None = None) -> list[str]:
+    """``flower-superlink`` serving Fleet, Control and ServerAppIo on ``host:port`` (TLS unless certs is None)."""
+    cmd = [_bin("flower-superlink"), "--host", host, "--port", str(port), "--disable-runtime-dependency-installation"]
+    if certs is None:
+        cmd.append("--insecure")
+    else:
+        c = Path(certs)
+        cmd += ["--ssl-certfile", str(c / CERT), "--ssl-keyfile", str(c / KEY), "--ssl-ca-certfile", str(c / CA)]
+    if database:
+        cmd += ["--database", database]
+    return cmd
+
+
+def supernode_command(partition: int, clients: int, *, superlink: str = "127.0.0.1:9093",
+                      root_certificates: str | Path | None = None, port: int | None = None) -> list[str]:
+    """``flower-supernode`` for client ``partition`` of ``clients``; ``port`` is its local ClientApp API
+    (must differ between SuperNodes sharing a machine)."""
+    cmd = [_bin("flower-supernode"), "--superlink", superlink,
+           "--node-config", f"partition-id={partition} num-partitions={clients}",
+           "--port", str(port if port is not None else 9094 + partition)]
+    cmd += ["--insecure"] if root_certificates is None else ["--root-certificates", str(root_certificates)]
+    return cmd
+
+
+def _app_dir(folder: Path, cfg_text: str, roles: str) -> Path:
+    import tomli_w
+
+    folder.mkdir(parents=True, exist_ok=True)
+    project = {
+        "build-system": {"requires": ["setuptools"], "build-backend": "setuptools.build_meta"},
+        "project": {"name": "fedlsm-run", "version": "1.0.0", "description": "a fedlsm run on Flower",
+                    "license": "Apache-2.0", "dependencies": ["fedlsm"]},
+        "tool": {"flwr": {"app": {"publisher": "fedlsm",
+                                  "components": {"serverapp": "fedlsm.federation.flower:server_app",
+                                                 "clientapp": "fedlsm.federation.flower:client_app"},
+                                  "config": {"fedlsm-config": cfg_text, "fedlsm-roles": roles}}}},
+    }
+    (folder / "pyproject.toml").write_text(tomli_w.dumps(project))
+    return folder
+
+
+def _flower_home(folder: Path, superlink: str, root_certificates: str | None, insecure: bool) -> Path:
+    import tomli_w
+
+    folder.mkdir(parents=True, exist_ok=True)
+    conn: dict = {"address": superlink}
+    if insecure:
+        conn["insecure"] = True
+    elif root_certificates:
+        conn["root-certificates"] = str(Path(root_certificates).resolve())
+    (folder / "config.toml").write_text(tomli_w.dumps({"superlink": {"default": "fedlsm", "fedlsm": conn}}))
+    return folder
+
+
+def submit_run(cfg, console):
+    """``fedlsm run --engine flower-deploy``: hand the run to the SuperLink and wait for it to finish."""
+    from fedlsm.methods import ROLES, get_roles
+    from fedlsm.runner import MethodResult, render_table
+
+    get_roles(cfg.method)
+    f = cfg.federation
+    if not f.insecure and not f.root_certificates:
+        raise ConfigError("federation.root_certificates", "flower-deploy talks TLS and needs the CA that signed the "
+                          "SuperLink's certificate", "pass --set federation.root_certificates=certs/ca.pem "
+                          "(or federation.insecure=true for a local test)")
+    name = cfg.name or f"{cfg.method}-{cfg.data.task}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = Path(cfg.output_dir).resolve()
+    run_dir = out / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg_text = cfg.model_copy(update={"name": name, "output_dir": str(out)}).to_yaml()
+    app = _app_dir(run_dir / "flower-app", cfg_text, ROLES[cfg.method])
+    home = _flower_home(run_dir / "flower-home", f.superlink, f.root_certificates, f.insecure)
+    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0"}
+    console.print(f"submitting {cfg.method} to the SuperLink at {f.superlink} (run folder {run_dir})")
+    proc = subprocess.run([_bin("flwr"), "run", str(app), "fedlsm", "--stream"], env=env)
+    metrics = run_dir / "metrics.json"
+    if not metrics.is_file():
+        raise RuntimeError(f"`flwr run` exited with {proc.returncode} and the ServerApp wrote no {metrics} "
+                           f"(is the SuperLink at {f.superlink} up? is the run folder on another machine?)")
+    m = json.loads(metrics.read_text())
+    if m.get("run", {}).get("status") != "done" or "table" not in m:
+        raise RuntimeError(f"the run did not finish (status {m.get('run', {}).get('status')!r}; see {metrics})")
+    result = MethodResult(m["table"]["rows"], m["table"]["title"], m.get("summary", {}))
+    console.print(render_table(result))
+    return None, result

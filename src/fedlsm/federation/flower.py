@@ -1,0 +1,334 @@
+"""Any method's roles on Flower (pinned: flwr 1.42.0, Message API), with no method importing flwr.
+
+* Our :class:`~fedlsm.federation.messages.Message` travels as a Flower ``RecordDict``: a
+  ``ConfigRecord`` ``fedlsm.meta`` (sender, receiver, kind, round, and the payload as JSON with
+  every numpy array replaced by a reference) and an ``ArrayRecord`` ``fedlsm.arrays`` holding the
+  arrays as typed buffers. Every request is a ``query.fedlsm`` Flower message.
+* :class:`FlowerGrid` implements our ``Grid`` over a Flower ``Grid``: it names each SuperNode by
+  asking it for its partition index (``node_config["partition-id"]``), returns the replies that
+  arrived and records who dropped (error reply, timeout, disconnected) in ``dropped``.
+* The ClientApp rebuilds the method's client role for every message (Flower may run each message
+  in a fresh process) and keeps ``role.state()`` in the node's ``context.state`` between messages.
+  Each client builds its own partition from the run config and its partition index; the server
+  role only ever sees :func:`~fedlsm.federation.grid.server_view` (no client data).
+* Engines: ``flower-sim`` runs the ServerApp in this process and the ClientApps on Flower's
+  Simulation Engine (Ray backend, the only one flwr 1.42 ships; Ray is bound to 127.0.0.1);
+  ``flower-deploy`` runs :data:`server_app` inside a SuperLink and :data:`client_app` on
+  SuperNodes (see :mod:`fedlsm.federation.deploy`).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # never phone home (and no network here anyway)
+
+import json
+import logging
+import time
+from functools import lru_cache
+from importlib import import_module
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import yaml
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
+from flwr.app import Message as FlowerMessage
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid as FlowerGridBase
+from flwr.serverapp import ServerApp
+
+from fedlsm.federation.grid import ClientContext, client_name, run_log, server_view
+from fedlsm.federation.messages import Message, MessageLog
+
+log = logging.getLogger("fedlsm.federation")
+
+MESSAGE_TYPE = "query.fedlsm"
+HELLO = "fedlsm_hello"  # the adapter's own handshake: "which client are you?"
+META, ARRAYS = "fedlsm.meta", "fedlsm.arrays"
+STATE_META, STATE_ARRAYS = "fedlsm.state", "fedlsm.state_arrays"
+RUN_CONFIG_KEY, ROLES_KEY = "fedlsm-config", "fedlsm-roles"  # Flower run_config keys (deployment)
+_REF = "__ndarray__"
+
+
+# --- Message <-> RecordDict --------------------------------------------------------------------
+
+def _pack(value: Any) -> tuple[str, dict[str, np.ndarray]]:
+    """JSON text with each numpy array replaced by ``{"__ndarray__": key}``, and the arrays by key."""
+    arrays: dict[str, np.ndarray] = {}
+
+    def walk(x: Any) -> Any:
+        if isinstance(x, np.ndarray):
+            key = str(len(arrays))
+            arrays[key] = x
+            return {_REF: key}
+        if isinstance(x, dict):
+            return {str(k): walk(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [walk(v) for v in x]
+        if isinstance(x, np.generic):
+            return x.item()
+        return x
+
+    return json.dumps(walk(value), ensure_ascii=False), arrays
+
+
+def _unpack(text: str, arrays: dict[str, np.ndarray]) -> Any:
+    def walk(x: Any) -> Any:
+        if isinstance(x, dict):
+            if len(x) == 1 and _REF in x:
+                return arrays[x[_REF]]
+            return {k: walk(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [walk(v) for v in x]
+        return x
+
+    return walk(json.loads(text))
+
+
+def _array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array.from_numpy_ndarray(np.asarray(v)) for k, v in arrays.items()})
+
+
+def to_records(msg: Message) -> RecordDict:
+    """Our message as Flower records (lists come back as lists, tuples as lists)."""
+    text, arrays = _pack(msg.payload)
+    meta = ConfigRecord({"sender": msg.sender, "receiver": msg.receiver, "kind": msg.kind,
+                         "round": int(msg.round), "payload": text})
+    return RecordDict({META: meta, ARRAYS: _array_record(arrays)})
+
+
+def from_records(content: RecordDict) -> Message:
+    meta = content[META]
+    arrays = {k: a.numpy() for k, a in content[ARRAYS].items()} if ARRAYS in content else {}
+    return Message(str(meta["sender"]), str(meta["receiver"]), str(meta["kind"]), _unpack(str(meta["payload"]), arrays),
+                   int(meta["round"]))
+
+
+def _save_state(store: RecordDict, state: dict[str, Any]) -> None:
+    text, arrays = _pack(state)
+    store[STATE_META] = ConfigRecord({"json": text})
+    store[STATE_ARRAYS] = _array_record(arrays)
+
+
+def _load_state(store: RecordDict) -> dict[str, Any] | None:
+    if STATE_META not in store:
+        return None
+    arrays = {k: a.numpy() for k, a in store[STATE_ARRAYS].items()} if STATE_ARRAYS in store else {}
+    return _unpack(str(store[STATE_META]["json"]), arrays)
+
+
+# --- server side: our Grid over Flower's ---------------------------------------------------------
+
+class FlowerGrid:
+    """Our ``Grid`` over a Flower ``Grid``. Clients are named by their partition index; a client
+    that fails, times out or disconnects is missing from the replies and listed in ``dropped``."""
+
+    def __init__(self, grid: FlowerGridBase, log: MessageLog, *, expected: int, round_timeout: float | None = None,
+                 connect_timeout: float = 120.0, hello_timeout: float = 60.0,
+                 notify: Callable[[str], None] | None = None):
+        self.grid = grid
+        self.log = log
+        self.round_timeout = round_timeout
+        self.hello_timeout = hello_timeout
+        self.dropped: list[dict[str, Any]] = []
+        self._notify = notify or (lambda text: log_warning(text))
+        self._nodes: dict[str, int] = {}  # client name -> Flower node id
+        self._asked: set[int] = set()
+        deadline = time.monotonic() + connect_timeout
+        while True:
+            self._discover()
+            if len(self._nodes) >= expected or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        if len(self._nodes) < expected:
+            self._notify(f"{len(self._nodes)} of {expected} client(s) connected after {connect_timeout:.0f}s: "
+                         f"{sorted(self._nodes)}")
+
+    def _discover(self) -> None:
+        """Name the nodes that joined since the last call; forget those that left."""
+        online = set(self.grid.get_node_ids())
+        new = sorted(online - self._asked)
+        if new:
+            hello = [FlowerMessage(RecordDict({META: ConfigRecord({"kind": HELLO})}), dst_node_id=n,
+                                   message_type=MESSAGE_TYPE, group_id="hello") for n in new]
+            for r in self.grid.send_and_receive(hello, timeout=self.hello_timeout):
+                if not r.has_error():
+                    self._nodes[str(r.content[META]["client"])] = r.metadata.src_node_id  # a rejoined client replaces its old node
+                    self._asked.add(r.metadata.src_node_id)
+        self._nodes = {c: n for c, n in self._nodes.items() if n in online}
+        self._asked &= online
+
+    def clients(self) -> list[str]:
+        self._discover()
+        return sorted(self._nodes, key=lambda c: (len(c), c))
+
+    def _drop(self, client: str, round: int, reason: str) -> None:
+        self.dropped.append({"client": client, "round": round, "reason": reason})
+        self._notify(f"round {round}: {client} dropped ({reason})")
+
+    def send_and_receive(self, messages: Sequence[Message], *, timeout: float | None = None) -> list[Message]:
+        out: list[FlowerMessage] = []
+        waiting: dict[int, Message] = {}
+        for m in messages:
+            node = self._nodes.get(m.receiver)
+            if node is None:
+                self._drop(m.receiver, m.round, "not connected")
+                continue
+            self.log.add(m)
+            out.append(FlowerMessage(to_records(m), dst_node_id=node, message_type=MESSAGE_TYPE, group_id=str(m.round)))
+            waiting[node] = m
+        answered = self.grid.send_and_receive(out, timeout=timeout if timeout is not None else self.round_timeout)
+        by_id = {fm.metadata.message_id: fm.metadata.dst_node_id for fm in out}  # ids are set when pushed
+        replies: list[Message] = []
+        for r in answered:
+            # The SuperLink answers for a node that went offline (src = the SuperLink), so match on reply_to.
+            node = by_id.get(r.metadata.reply_to_message_id, r.metadata.src_node_id)
+            req = waiting.pop(node, None)
+            if req is None:
+                continue
+            if r.has_error():
+                self._drop(req.receiver, req.round, f"error {r.error.code}: {r.error.reason.strip()[:300]}")
+                continue
+            reply = from_records(r.content)
+            self.log.add(reply)
+            replies.append(reply)
+        for req in waiting.values():
+            self._drop(req.receiver, req.round, "no reply before the round timeout")
+        return replies
+
+
+def log_warning(text: str) -> None:
+    log.warning(text)
+    print(f"fedlsm: {text}", flush=True)
+
+
+# --- client side -----------------------------------------------------------------------------------
+
+@lru_cache(maxsize=2)
+def _client_context(cfg_text: str, index: int) -> ClientContext:
+    """Client ``index``'s view, built on the client's side from the run config (its data never leaves)."""
+    from fedlsm.config import RunConfig
+    from fedlsm.data.partition import partition, public_private_split
+    from fedlsm.runner import build_task
+
+    cfg = RunConfig.model_validate(yaml.safe_load(cfg_text))
+    task = build_task(cfg)
+    split = public_private_split(task.train, cfg.data.public_fraction, cfg.seed)
+    parts = partition(split.private, cfg.clients, cfg.data.partition, cfg.data.alpha, cfg.seed)
+    if not 0 <= index < len(parts):
+        raise ValueError(f"partition-id {index} is outside 0..{len(parts) - 1} (the run has clients={cfg.clients})")
+    work = Path(cfg.output_dir) / str(cfg.name) / client_name(index)
+    work.mkdir(parents=True, exist_ok=True)
+    return ClientContext(cfg, index, parts[index], split.public, task, work)
+
+
+def _handle(message: FlowerMessage, context: Context, roles: str | None, cfg_text: str | None) -> FlowerMessage:
+    index = int(context.node_config["partition-id"])
+    if message.content[META]["kind"] == HELLO:
+        return FlowerMessage(RecordDict({META: ConfigRecord({"kind": HELLO, "client": client_name(index)})}),
+                             reply_to=message)
+    cfg_text = cfg_text or str(context.run_config[RUN_CONFIG_KEY])
+    roles = roles or str(context.run_config[ROLES_KEY])
+    role = import_module(roles).make_client(_client_context(cfg_text, index))
+    saved = _load_state(context.state)
+    if saved is not None:
+        role.load_state(saved)
+    reply = role.handle(from_records(message.content))
+    _save_state(context.state, role.state())
+    return FlowerMessage(to_records(reply), reply_to=message)
+
+
+def make_client_app(roles: str | None = None, cfg_text: str | None = None) -> ClientApp:
+    """A ClientApp hosting ``roles``' client role (both from the run config when None: deployment)."""
+    app = ClientApp()
+
+    @app.query("fedlsm")
+    def _query(message: FlowerMessage, context: Context) -> FlowerMessage:
+        return _handle(message, context, roles, cfg_text)
+
+    return app
+
+
+# --- engines -------------------------------------------------------------------------------------
+
+def portable_config(ctx) -> str:
+    """The run config every process of the run uses: fixed run name and an absolute output folder."""
+    return ctx.cfg.model_copy(update={"name": ctx.run_dir.name,
+                                      "output_dir": str(ctx.run_dir.parent.resolve())}).to_yaml()
+
+
+def _flower_grid(grid: FlowerGridBase, ctx) -> FlowerGrid:
+    f = ctx.cfg.federation
+    return FlowerGrid(grid, run_log(ctx), expected=ctx.cfg.clients, round_timeout=f.round_timeout,
+                      connect_timeout=f.connect_timeout,
+                      notify=lambda text: ctx.console.print(f"[yellow]{text}[/]"))
+
+
+def run_simulation_engine(ctx, roles_module: str, *, num_cpus: int | None = None) -> Any:
+    """Run ``roles_module``'s server role here and its client roles on Flower's Simulation Engine."""
+    from flwr.simulation import run_simulation
+
+    roles = import_module(roles_module)
+    holder: dict[str, Any] = {}
+    app = ServerApp()
+
+    @app.main()
+    def _main(grid: FlowerGridBase, context: Context) -> None:
+        holder["result"] = roles.server_main(server_view(ctx), _flower_grid(grid, ctx))
+
+    cpus = num_cpus or max(1, min(ctx.cfg.clients, os.cpu_count() or 1))
+    backend = {"init_args": {"num_cpus": cpus, "_node_ip_address": "127.0.0.1", "include_dashboard": False,
+                             "logging_level": "error", "log_to_driver": True},
+               "client_resources": {"num_cpus": 1, "num_gpus": 0.0}}
+    run_simulation(server_app=app, client_app=make_client_app(roles_module, portable_config(ctx)),
+                   num_supernodes=ctx.cfg.clients, backend_name="ray", backend_config=backend)
+    if "result" not in holder:
+        raise RuntimeError("the Flower simulation ended without a result from the server role (see the log above)")
+    return holder["result"]
+
+
+_DEPLOYED_GRID: FlowerGridBase | None = None
+
+
+def in_server_app() -> bool:
+    """True inside the deployed ServerApp (the SuperLink's process), False where a run is submitted."""
+    return _DEPLOYED_GRID is not None
+
+
+def flower_method(cfg) -> Callable[[Any], Any]:
+    """``RunContext -> MethodResult`` running ``cfg.method``'s roles on ``cfg.engine``."""
+    from fedlsm.methods import ROLES, get_roles
+
+    get_roles(cfg.method)  # ConfigError when the method has no roles
+    if cfg.engine == "flower-sim":
+        return lambda ctx: run_simulation_engine(ctx, ROLES[cfg.method])
+    if cfg.engine == "flower-deploy" and _DEPLOYED_GRID is not None:
+        grid = _DEPLOYED_GRID
+        return lambda ctx: get_roles(cfg.method).server_main(server_view(ctx), _flower_grid(grid, ctx))
+    raise ValueError(f"no Flower method for engine {cfg.engine!r} here")
+
+
+def _deployed_main(grid: FlowerGridBase, context: Context) -> None:
+    """The deployed ServerApp: the whole ``fedlsm run`` (run folder, table, metrics) in the SuperLink's process."""
+    global _DEPLOYED_GRID
+    from rich.console import Console
+
+    from fedlsm.config import RunConfig
+    from fedlsm.runner import run
+
+    cfg = RunConfig.model_validate(yaml.safe_load(str(context.run_config[RUN_CONFIG_KEY])))
+    _DEPLOYED_GRID = grid
+    try:
+        run(cfg.model_copy(update={"engine": "flower-deploy"}), Console(force_terminal=False, width=120))
+    finally:
+        _DEPLOYED_GRID = None
+
+
+server_app = ServerApp()
+server_app.main()(_deployed_main)
+client_app = make_client_app()
+
+__all__ = ["FlowerGrid", "to_records", "from_records", "make_client_app", "run_simulation_engine", "server_app",
+           "client_app", "flower_method", "in_server_app", "portable_config"]

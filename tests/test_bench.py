@@ -1,0 +1,220 @@
+"""`fedlsm bench` / `fedlsm report`: grid validation, aggregation and the Pareto front on hand-made
+metrics, and the smoke grid end to end with real models."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fedlsm.bench.aggregate import aggregate, collect, dominates, mean_std, pareto_front
+from fedlsm.bench.grid import expand, load_grid, parse_grid
+from fedlsm.bench.report import write_report
+from fedlsm.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "benchmarks" / "smoke.yaml"
+
+
+def _cli(*args, cwd=None, timeout=900):
+    return subprocess.run([sys.executable, "-m", "fedlsm.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout)
+
+
+GOOD = {"methods": ["standalone", {"name": "fedcot", "set": {"method_args.variant": "e"}}],
+        "datasets": ["arith"], "epsilons": [1, 3], "seeds": [0, 1], "base": {"data": {"n_train": 16}}}
+
+
+def _with(**kw):
+    return {**GOOD, **kw}
+
+
+@pytest.mark.parametrize("data,field", [
+    ({k: v for k, v in GOOD.items() if k != "methods"}, "methods"),
+    (_with(methods=[]), "methods"),
+    (_with(epsilons=[0]), "epsilons"),
+    (_with(epsilons=[3, float("nan")]), "epsilons"),
+    (_with(seedz=[1]), "seedz"),
+    (_with(seeds="zero"), "seeds"),
+    (_with(methods=[{"name": "fedcot", "epsilons": [-1]}]), "methods[0].epsilons"),
+    (_with(methods=[{"name": "fedcot", "sett": {}}]), "methods[0].sett"),
+    (_with(data_fractions=[0, 1]), "data_fractions"),
+    (_with(datasets=[{"task": "arith"}]), "datasets[0].name"),
+])
+def test_grid_schema_errors_name_the_field(data, field):
+    with pytest.raises(ConfigError) as e:
+        parse_grid(data)
+    assert e.value.field == field, str(e.value)
+
+
+@pytest.mark.parametrize("data,field,words", [
+    (_with(methods=["standalone", "no-such-method"]), "methods[1].name", "not registered"),
+    (_with(methods=["fedcot", "fedcot"]), "methods[1].label", "more than once"),
+    (_with(base={"train.lr": -1}), "train.lr", "cell standalone × arith"),
+    (_with(base={"trian.lr": 1}), "trian", "cell"),
+    (_with(base={"data.n_train": None}, data_fractions=[0.5]), "data.n_train", "data_fractions"),
+])
+def test_grid_cells_are_validated_before_anything_runs(data, field, words):
+    with pytest.raises(ConfigError) as e:
+        expand(parse_grid(data), "/tmp/never")
+    assert field in e.value.field and words in str(e.value), str(e.value)
+
+
+def test_grid_expands_axes_and_names_folders_deterministically(tmp_path):
+    spec = parse_grid(_with(methods=[{"name": "standalone", "epsilons": None}, "fedcot"], data_fractions=[0.5, 1.0]))
+    cells = expand(spec, tmp_path)
+    # standalone: no ε axis -> 2 fractions x 2 seeds; fedcot: 2 ε x 2 fractions x 2 seeds
+    assert len(cells) == 4 + 8
+    assert {c.config.data.n_train for c in cells} == {8, 16}
+    assert all(c.config.privacy.epsilon == 3.0 for c in cells if c.method == "standalone")  # default, not varied
+    assert {c.config.privacy.epsilon for c in cells if c.method == "fedcot"} == {1.0, 3.0}
+    assert all(c.config.clients == 1 for c in cells if c.method == "fedcot")  # method defaults still apply
+    names = [c.run_name for c in cells]
+    assert len(set(names)) == len(names)
+    assert names == [c.run_name for c in expand(parse_grid(spec.model_dump()), tmp_path)]
+    changed = expand(parse_grid(_with(methods=[{"name": "standalone", "epsilons": None}, "fedcot"],
+                                      data_fractions=[0.5, 1.0], base={"data.n_train": 16, "train.lr": 1e-4})),
+                     tmp_path)
+    assert not set(names) & {c.run_name for c in changed}  # another config never reuses a finished folder
+
+
+def test_shipped_grids_parse():
+    for f in sorted((ROOT / "benchmarks").glob("*.yaml")):
+        spec = load_grid(f)
+        assert spec.method_entries() and spec.dataset_entries(), f
+    cells = expand(load_grid(SMOKE), "/tmp/never")
+    assert {c.method for c in cells} == {"standalone", "fedcot"}
+
+
+def test_bad_grid_is_one_clear_line(tmp_path):
+    f = tmp_path / "g.yaml"
+    f.write_text(yaml.safe_dump(_with(methods=["fedcot", "nope"])))
+    r = _cli("bench", str(f), "--output-dir", str(tmp_path / "out"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr + r.stdout
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: methods[1].name") and "nope" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------- aggregate
+
+
+def _fake_run(root: Path, name: str, *, method: str, eps: float | None, seed: int, utility: float, wall: float,
+              attack: float | None = None, bytes_up: int | None = None, tokens: int | None = None,
+              fraction: float | None = None) -> None:
+    d = root / name
+    d.mkdir(parents=True)
+    m = {"run": {"method": method, "task": "arith", "status": "done", "seed": seed, "n_train": 16},
+         "summary": {"metric": "accuracy", method: utility},
+         "table": {"title": "t", "rows": [{"method": "Standalone", "accuracy": 0.25},
+                                         {"method": method, "accuracy": utility}]},
+         "compute": {"wall_seconds": wall, "cpu_seconds": wall, "peak_rss_mb": 1000.0}}
+    if eps is not None:
+        m["privacy"] = {"epsilon_per_token": eps, "attack": {"success_rate": attack}}
+    if bytes_up is not None:
+        m["communication"] = {"bytes_up": bytes_up, "bytes_down": 100, "messages": 2}
+        rows = [{"sender": "client-0/x", "receiver": "server", "round": 0, "bytes": bytes_up},
+                {"sender": "server", "receiver": "client-0/x", "round": 0, "bytes": 100, "handle_seconds": 2.0}]
+        (d / "messages.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if tokens is not None:
+        m["llm_query_cost"] = {"requests": 1, "prompt_tokens": 10, "completion_tokens": tokens}
+    (d / "metrics.json").write_text(json.dumps(m))
+    (d / "cell.json").write_text(json.dumps({"method": method, "method_name": method, "dataset": "arith",
+                                             "epsilon": eps, "fraction": fraction, "seed": seed}))
+
+
+def test_mean_std_and_pareto_front_on_hand_made_runs(tmp_path):
+    _fake_run(tmp_path, "a0", method="fedcot", eps=3.0, seed=0, utility=0.30, wall=10, attack=0.1, bytes_up=1000, tokens=50)
+    _fake_run(tmp_path, "a1", method="fedcot", eps=3.0, seed=1, utility=0.50, wall=12, attack=0.1, bytes_up=1000, tokens=50)
+    # worse than fedcot ε=3 on every objective: dominated
+    _fake_run(tmp_path, "b0", method="fedcot", eps=5.0, seed=0, utility=0.20, wall=20, attack=0.2, bytes_up=2000, tokens=60)
+    # measures no privacy/communication: compared on utility, wall and memory only; best utility -> on the front
+    _fake_run(tmp_path, "s0", method="standalone", eps=None, seed=0, utility=0.60, wall=30)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "metrics.json").write_text(json.dumps({"run": {"status": "failed", "method": "x"}}))
+
+    groups = {(g.method, g.epsilon): g for g in aggregate(collect(tmp_path))}
+    assert set(groups) == {("fedcot", 3.0), ("fedcot", 5.0), ("standalone", None)}  # the failed run is left out
+    u = groups[("fedcot", 3.0)].stats["utility"]
+    assert u.n == 2 and u.mean == pytest.approx(0.4) and u.std == pytest.approx(math.sqrt(0.02))
+    assert groups[("fedcot", 3.0)].stats["wall_seconds"].mean == pytest.approx(11)
+    assert groups[("fedcot", 3.0)].stats["bytes_up_per_client_round"].mean == 1000
+    assert groups[("fedcot", 3.0)].stats["server_seconds"].mean == 2.0  # from the reply's handle time
+    assert groups[("fedcot", 3.0)].stats["client_seconds"].mean == pytest.approx(9.0)  # wall - server
+    assert groups[("standalone", None)].stats["epsilon"] is None  # not measured: stays None
+    assert groups[("standalone", None)].stats["llm_tokens"] is None
+    assert [groups[k].pareto for k in [("fedcot", 3.0), ("fedcot", 5.0), ("standalone", None)]] == [True, False, True]
+
+    rep = write_report(tmp_path)
+    md = rep["markdown"].read_text()
+    assert "40.0 ± 14.1" in md and "60.0" in md
+    line = next(ln for ln in md.splitlines() if ln.startswith("| standalone | arith"))
+    assert line.count("–") >= 5  # ε, attack, TokenRatio, bytes, LLM tokens: shown as missing, not made up
+    assert "fedcot: Standalone" in md  # baseline rows of each method's table
+    assert (tmp_path / "privacy_utility.png").stat().st_size > 0 and (tmp_path / "communication.png").is_file()
+    assert "<table>" in rep["html"].read_text()
+    assert not (tmp_path / "data_fraction.png").exists()  # the grid did not vary data size
+
+
+def test_data_size_plot_when_the_grid_varies_it(tmp_path):
+    for i, (frac, u) in enumerate([(0.25, 0.3), (0.5, 0.35), (1.0, 0.4)]):
+        _fake_run(tmp_path, f"f{i}", method="fedcot", eps=3.0, seed=0, utility=u, wall=10, fraction=frac)
+    rep = write_report(tmp_path)
+    assert (tmp_path / "data_fraction.png").stat().st_size > 0
+    assert "fedcot (ε=3) [25% data]" in rep["markdown"].read_text()
+
+
+def test_dominance_rules():
+    assert dominates({"utility": 0.5, "wall_seconds": 1}, {"utility": 0.4, "wall_seconds": 2})
+    assert not dominates({"utility": 0.5, "wall_seconds": 3}, {"utility": 0.4, "wall_seconds": 2})  # trade-off
+    assert not dominates({"utility": 0.5}, {"utility": 0.5})  # equal is not better
+    assert not dominates({"utility": 0.5}, {"epsilon": 1.0})  # nothing shared
+    assert pareto_front([{"utility": 0.5, "epsilon": 3}, {"utility": 0.4, "epsilon": 3},
+                         {"utility": 0.3, "epsilon": 1}]) == [True, False, True]
+    assert mean_std([None, None]) is None and mean_std([0.5]).std == 0.0
+
+
+# ---------------------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_smoke_grid_end_to_end_and_resume(tmp_path):
+    out = tmp_path / "smoke"
+    r = _cli("bench", str(SMOKE), "--output-dir", str(out))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    runs = sorted(p for p in out.iterdir() if p.is_dir())
+    assert len(runs) == 3
+    metrics = {p.name: json.loads((p / "metrics.json").read_text()) for p in runs}
+    assert all(m["run"]["status"] == "done" and m["compute"]["peak_rss_mb"] > 100 for m in metrics.values())
+    mtimes = {p.name: (p / "metrics.json").stat().st_mtime_ns for p in runs}
+
+    r2 = _cli("report", str(out))
+    assert r2.returncode == 0, r2.stderr
+    md = (out / "report.md").read_text()
+    header = next(ln for ln in md.splitlines() if ln.startswith("| method | dataset | utility %"))
+    for col in ("utility %", "ε", "attack success %", "TokenRatio", "bytes up / client·round",
+                "bytes down / client·round", "wall s", "client s", "server s", "CPU s", "peak MB", "LLM tokens",
+                "Pareto"):
+        assert col in header
+    for eps in ("1", "3"):
+        row = next(ln for ln in md.splitlines() if ln.startswith(f"| fedcot (ε={eps}) | arith"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert "–" not in cells[:-2], row  # every objective measured for FedCoT
+        assert cells[3] == eps
+    sa = next(ln for ln in md.splitlines() if ln.startswith("| standalone | arith"))
+    sa_cells = [c.strip() for c in sa.strip("|").split("|")]
+    assert sa_cells[2] != "–" and sa_cells[8] != "–" and sa_cells[12] != "–"  # utility, wall, peak memory
+    assert sa_cells[3] == "–" and sa_cells[13] == "–"  # no ε, no LLM tokens: not made up
+    assert "## Pareto front" in md and "fedcot: Non-Private" in md
+    assert (out / "privacy_utility.png").stat().st_size > 1000 and (out / "communication.png").is_file()
+    assert (out / "report.html").is_file() and (out / "summary.json").is_file()
+
+    r3 = _cli("bench", str(SMOKE), "--output-dir", str(out))  # everything done: nothing recomputed
+    assert r3.returncode == 0, r3.stderr
+    assert "3 of 3 cell(s) already done" in r3.stdout
+    assert mtimes == {p.name: (p / "metrics.json").stat().st_mtime_ns for p in runs}

@@ -1,0 +1,109 @@
+"""FedMKT: DualMinCE, payload validation, and a tiny heterogeneous round with real models
+(Gemma3-270M LLM, SmolLM2-135M SLMs) in which one client sends a corrupted payload."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedlsm.methods.fedmkt_knowledge import MalformedKnowledge, dual_min_ce, from_payload, to_payload
+from fedlsm.models.distill import Knowledge
+from tests.conftest import needs_shared
+
+
+def test_dual_min_ce_picks_min_loss_sender_and_drops_when_local_is_better():
+    local = np.array([1.0, 0.5, 2.0, 3.0])
+    senders = [np.array([0.8, 0.9, 2.5, 1.0]),
+               np.array([0.9, 0.6, 1.5, 2.0]),
+               np.array([0.2, 0.7, 3.0, 3.5])]
+    # sample 0: client 2 has the smallest loss (0.2 < local 1.0); sample 1: best is 0.6 > local 0.5 -> dropped;
+    # sample 2: client 1 (1.5 < 2.0); sample 3: client 0 (1.0 < 3.0)
+    assert dual_min_ce(local, senders) == [2, None, 1, 0]
+
+
+def test_dual_min_ce_ignores_rejected_senders_and_ties_to_local():
+    local = np.array([1.0, 1.0])
+    assert dual_min_ce(local, [None, np.array([0.5, 1.0])]) == [1, None]  # equal loss is not an improvement
+    assert dual_min_ce(local, [None]) == [None, None]
+
+
+def _knowledge(n=3, k=4, vocab=50) -> Knowledge:
+    rng = np.random.default_rng(0)
+    offsets = np.array([0, 2, 3, 5], dtype=np.int32)[: n + 1]
+    p = int(offsets[-1])
+    return Knowledge(rng.random(n).astype(np.float32), offsets, rng.integers(0, vocab, p).astype(np.int32),
+                     rng.integers(0, vocab, (p, k)).astype(np.int32), -rng.random((p, k)).astype(np.float16))
+
+
+def test_valid_payload_round_trips():
+    k = _knowledge()
+    back = from_payload(to_payload(k), n_samples=3, vocab_size=50)
+    assert np.array_equal(back.topk_ids, k.topk_ids) and np.array_equal(back.offsets, k.offsets)
+
+
+@pytest.mark.parametrize("corrupt,reason", [
+    (lambda p: p.update(loss=p["loss"][:2]), "loss has shape"),
+    (lambda p: p.update(topk_ids=p["topk_ids"][:, :2]), "top-K ids"),
+    (lambda p: p["topk_logits"].__setitem__((0, 0), np.nan), "NaN or infinite"),
+    (lambda p: p["loss"].__setitem__(1, np.inf), "NaN or infinite"),
+    (lambda p: p["topk_ids"].__setitem__((1, 1), 50), "outside the sender's vocabulary"),
+    (lambda p: p["token_ids"].__setitem__(0, -3), "outside the sender's vocabulary"),
+    (lambda p: p.update(offsets=np.array([0, 3, 2, 5])), "non-decreasing"),
+    (lambda p: p.pop("topk_logits"), "missing field"),
+    (lambda p: p.update(topk_ids=p["topk_ids"].astype(np.float32)), "must be integers"),
+])
+def test_malformed_payload_is_rejected_with_a_reason(corrupt, reason):
+    p = {k: v.copy() for k, v in to_payload(_knowledge()).items()}
+    corrupt(p)
+    with pytest.raises(MalformedKnowledge, match=reason):
+        from_payload(p, n_samples=3, vocab_size=50)
+
+
+@needs_shared
+@pytest.mark.slow
+def test_heterogeneous_round_survives_a_corrupt_client_and_leaks_no_private_text(tmp_path):
+    from fedlsm.config import build_config
+    from fedlsm.federation.grid import run_in_process
+    from fedlsm.methods import METHOD_DEFAULTS
+    from fedlsm.methods import fedmkt
+    from fedlsm.runner import prepare
+
+    cfg = build_config(
+        defaults=METHOD_DEFAULTS["fedmkt"],
+        overrides={"method": "fedmkt", "output_dir": str(tmp_path), "name": "tiny", "data.n_train": 20,
+                   "data.n_test": 6, "train.max_steps": 1, "train.batch_size": 4, "train.max_length": 160,
+                   "method_args.rounds": 1, "method_args.baselines": False, "method_args.top_k": 8})
+    ctx = prepare(cfg)
+    assert cfg.llm.model == "gemma3-270m" and cfg.slm == "smollm2-135m"  # different tokenizers
+
+    class CorruptClient(fedmkt.FedMKTClient):
+        """A real client whose uploads are damaged in transit: token ids beyond the vocabulary."""
+
+        def handle(self, msg):
+            reply = super().handle(msg)
+            if reply.kind == "knowledge":
+                reply.payload["topk_ids"] = reply.payload["topk_ids"] + 10_000_000
+            return reply
+
+    def factory(c):
+        return CorruptClient(c) if c.index == 1 else fedmkt.FedMKTClient(c)
+
+    result = run_in_process(ctx, fedmkt.server_main, factory)
+    rnd = result.summary["rounds"][0]
+    assert "client-1" in rnd["rejected"] and "vocabulary" in rnd["rejected"]["client-1"]
+    assert set(rnd["clients_answered"]) == {"client-0", "client-1"}
+    assert 0 <= rnd["server_kd_samples"] <= len(ctx.public)
+    assert set(rnd["server_kd_from"]) == {"client-0"}  # the rejected client never contributes
+    # both clients got the LLM's knowledge, and the run evaluated everyone
+    assert set(rnd["client_kd_samples"]) == {"client-0", "client-1"}
+    assert set(result.summary["clients"]) == {"client-0", "client-1"}
+    assert 0 <= result.summary["llm"]["value"] <= 1
+    # wire format: int32 ids + fp16 values on the answer positions only, sized at their raw bytes
+    up = rnd["bytes"]["client-0"]["up"]
+    n_pos_max = 8 * len(ctx.public)  # a handful of answer tokens per public sample, never the prompt
+    assert up < n_pos_max * 8 * (4 + 2) + 4096
+    # audit: no private question (client data) reached the server, only public-set knowledge
+    from fedlsm.federation.messages import MessageLog  # noqa: F401
+    seen = " ".join(t for line in (ctx.run_dir / "messages.jsonl").read_text().splitlines() for t in [line])
+    for e in [e for c in ctx.clients for e in c]:
+        assert e.question not in seen
