@@ -1,0 +1,224 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fedlsm.config import build_config
+from fedlsm.methods import METHOD_DEFAULTS
+from fedlsm.methods.crosslm_filter import diversity, select_top
+from fedlsm.methods.crosslm_losses import (
+    generation_loss,
+    kl_regularizer,
+    llm_objective,
+    lm_loss,
+    reward,
+    sequence_logprob,
+)
+
+# ------------------------------------------------------------------------------------ losses (Eq. 4-9)
+
+
+def _toy(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(2, 5, 7, generator=g)
+    labels = torch.tensor([[-100, -100, 3, 1, 4], [-100, 2, 5, 6, -100]])
+    return logits, labels
+
+
+def test_reward_maps_slm_probability_to_minus_one_one():
+    assert torch.allclose(reward(torch.tensor([0.0, 0.5, 1.0])), torch.tensor([-1.0, 0.0, 1.0]))
+
+
+def test_generation_loss_sign_follows_the_reward():
+    logits_old, labels = _toy()
+    logits_new = logits_old.clone()
+    for b, t in ((0, 2), (0, 3), (0, 4), (1, 1), (1, 2), (1, 3)):  # new model likes every target token more
+        logits_new[b, t - 1, labels[b, t]] += 2.0
+    lp_new, lp_old = sequence_logprob(logits_new, labels), sequence_logprob(logits_old, labels)
+    assert (lp_new > lp_old).all()
+    assert generation_loss(lp_new, lp_old, torch.tensor([0.8, 0.8])) < 0  # good text made likelier: low loss
+    assert generation_loss(lp_new, lp_old, torch.tensor([-0.8, -0.8])) > 0  # bad text made likelier: high loss
+    assert generation_loss(lp_old, lp_old, torch.tensor([0.8, -0.8])) == 0
+    # its gradient raises the likelihood of a rewarded sample and lowers that of a penalized one
+    for r, direction in ((1.0, 1), (-1.0, -1)):
+        x = logits_old.clone().requires_grad_(True)
+        generation_loss(sequence_logprob(x, labels), lp_old, torch.tensor([r, r])).backward()
+        stepped = (x - 0.5 * x.grad).detach()
+        assert direction * (sequence_logprob(stepped, labels) - lp_old).min() > 0
+
+
+def test_kl_regularizer_is_zero_for_identical_models_and_positive_otherwise():
+    logits, labels = _toy()
+    assert kl_regularizer(logits, logits.clone(), labels).abs() < 1e-6
+    other, _ = _toy(seed=1)
+    assert kl_regularizer(logits, other, labels) > 0.01
+    # only labelled positions count: changing a masked position's logits changes nothing
+    moved = logits.clone()
+    moved[0, 0] += 5.0  # predicts token 1 of row 0, whose label is -100
+    assert kl_regularizer(moved, logits, labels).abs() < 1e-6
+
+
+def test_lm_loss_is_token_cross_entropy_and_objective_weights_terms():
+    logits, labels = _toy()
+    ref = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 7), labels[:, 1:].reshape(-1), ignore_index=-100)
+    assert torch.allclose(lm_loss(logits, labels), ref)
+    one = torch.tensor(1.0)
+    assert torch.allclose(llm_objective(one, 2 * one, 4 * one), torch.tensor(1.0 + 0.2 + 0.2))
+
+
+# ------------------------------------------------------------------------------------ filter (Eq. 10)
+
+
+def test_duplicate_sample_gets_zero_diversity_and_filter_prefers_reward_times_diversity():
+    v = np.array([[1.0, 0, 0], [1.0, 0, 0], [0, 1.0, 0], [0, 0, 2.0]])
+    d = diversity(v)
+    assert d[0] == pytest.approx(0) and d[1] == pytest.approx(0)  # each other's duplicate
+    assert d[2] == pytest.approx(1) and d[3] == pytest.approx(1)  # orthogonal to everything
+    keep = select_top(np.array([1.0, 1.0, 0.5, -0.5]), d, 0.5)
+    assert keep.tolist() == [2, 0]  # 0.5*1 beats 1*0 and 1*0 beats -0.5*1
+    assert len(select_top(np.ones(8), np.ones(8), 0.25)) == 2
+    # per label: the top half of each intended label, even where one label's rewards are all negative
+    labels = np.array([0, 0, 1, 1])
+    keep = select_top(np.array([0.9, 0.8, -0.9, -0.2]), np.ones(4), 0.5, labels)
+    assert keep.tolist() == [0, 3]
+
+
+def test_sentence_encoder_diversity_on_real_text():
+    from fedlsm.models.classifier import SentenceEncoder
+
+    texts = ["A wonderful, moving film.", "The plot was dull and the acting wooden.", "A wonderful, moving film.",
+             "Stock markets fell sharply on Monday."]
+    d = diversity(SentenceEncoder().encode(texts))
+    assert d[0] == pytest.approx(0, abs=1e-5) and d[2] == pytest.approx(0, abs=1e-5)
+    assert d[3] > 0.5  # unrelated to the reviews
+
+
+# ------------------------------------------------------------------------------------ classifiers
+
+
+def test_encoder_classifier_learns_and_travels_as_arrays():
+    from fedlsm.models.classifier import SLMSpec, build_classifier
+    from fedlsm.models.training import TrainSettings
+
+    spec = SLMSpec("encoder", "minilm-l6", ["negative", "positive"])
+    texts = ["great fun", "a delight", "wonderful acting", "loved it", "boring mess", "awful", "a dull bore",
+             "terrible script"]
+    ys = [1, 1, 1, 1, 0, 0, 0, 0]
+    clf = build_classifier(spec, seed=0)
+    fit = clf.fit(texts, ys, TrainSettings(epochs=15, lr=2e-3, batch_size=4))
+    assert fit.last_loss < fit.first_loss and clf.accuracy(texts, ys) == 1.0
+    arrays = clf.trainable_arrays()
+    assert any("lora" in k for k in arrays) and any("classifier" in k for k in arrays)
+    assert sum(a.size for a in arrays.values()) < 0.05 * sum(p.numel() for p in clf.model.parameters())
+    rebuilt = build_classifier(spec, arrays, seed=123)  # other seed: nothing random may survive the load
+    assert np.allclose(rebuilt.probabilities(texts), clf.probabilities(texts), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_causal_classifier_scores_by_verbalizer_and_travels_as_arrays():
+    from fedlsm.models.classifier import SLMSpec, build_classifier
+    from fedlsm.models.training import TrainSettings
+
+    spec = SLMSpec("causal", "smollm2-135m", ["negative", "positive"])
+    texts, ys = ["I loved this film, it is great.", "An awful, boring film."], [1, 0]
+    clf = build_classifier(spec, seed=0)
+    p0 = clf.probabilities(texts)
+    assert p0.shape == (2, 2) and np.allclose(p0.sum(-1), 1)
+    clf.fit(texts, ys, TrainSettings(epochs=2, lr=1e-3, batch_size=2))
+    rebuilt = build_classifier(spec, clf.trainable_arrays(), seed=5)
+    assert np.allclose(rebuilt.probabilities(texts), clf.probabilities(texts), atol=1e-4)
+    assert not np.allclose(rebuilt.probabilities(texts), p0, atol=1e-4)  # the arrays carried the training
+
+
+def test_sst2_and_ag_news_presets(shared_data):
+    from fedlsm.data.loaders import load_task
+
+    sst = load_task("sst2", data_dir=str(shared_data))
+    assert (len(sst.train), len(sst.test), sst.type, sst.labels) == (60614, 872, "classification",
+                                                                     ["negative", "positive"])
+    ag = load_task("ag-news", n_train=50, data_dir=str(shared_data))
+    assert ag.labels == ["World", "Sports", "Business", "Sci/Tech"] and len(ag.test) == 7600
+    assert not any("#39;" in e.question or "\\" in e.question for e in ag.test)
+
+
+# ------------------------------------------------------------------------------------ the method
+
+
+@pytest.mark.parametrize("key,value,field", [("keep_fraction", 0, "method_args.keep_fraction"),
+                                             ("gammas", [1, 0.1], "method_args.gammas"),
+                                             ("generate", "Write a review.", "method_args.generate"),
+                                             ("n_synthethic", 8, "method_args.n_synthethic")])
+def test_bad_crosslm_options_name_the_field(key, value, field):
+    from fedlsm.data.task import Task
+    from fedlsm.errors import ConfigError
+    from fedlsm.methods.crosslm import CrossLMArgs
+
+    cfg = build_config({"method": "crosslm"}, {f"method_args.{key}": value}, defaults=METHOD_DEFAULTS["crosslm"])
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        CrossLMArgs.from_config(cfg, Task("sst2", "classification", [], []))
+
+
+@pytest.fixture(scope="module")
+def tiny_crosslm_run(tmp_path_factory, shared_data):
+    """One tiny real CrossLM run: two clients (MiniLM encoder, SmolLM2), arriving in reverse order."""
+    from rich.console import Console
+
+    from fedlsm.runner import run
+
+    out = tmp_path_factory.mktemp("runs")
+    cfg = build_config({"method": "crosslm", "name": "tiny", "output_dir": str(out)},
+                       {"clients": 2, "data.n_train": 16, "data.n_test": 8, "data.alpha": 5.0, "data.root": str(shared_data),
+                        "train.epochs": 1, "llm.max_new_tokens": 12, "eval_batch_size": 8,
+                        "method_args.n_synthetic": 8, "method_args.n_general": 6, "method_args.llm_batch_size": 4,
+                        "method_args.encoder_epochs": 2, "method_args.arrival": [1, 0]},
+                       defaults=METHOD_DEFAULTS["crosslm"])
+    return run(cfg, Console(quiet=True))
+
+
+def _private_texts_in(messages, private):
+    """Private training sentences that appear in any string of any message (whole, or inside a longer string)."""
+    strings = [s for m in messages for s in m.texts()]
+    return [t for t in private if any(t == s or (len(t) >= 12 and t in s) for s in strings)]
+
+
+@pytest.mark.slow
+def test_server_never_receives_private_text_and_the_audit_can_fail(tiny_crosslm_run):
+    from fedlsm.federation.messages import Message
+
+    ctx, _ = tiny_crosslm_run
+    rows = [json.loads(x) for x in (ctx.run_dir / "messages.jsonl").read_text().splitlines()]
+    to_server = [Message(r["sender"], r["receiver"], r["kind"], r["payload"], r["round"]) for r in rows
+                 if r["receiver"] == "server"]
+    assert {m.kind for m in to_server} == {"slm_upload", "slm_accuracy"}
+    uploads = [r for r in rows if r["kind"] == "slm_upload"]
+    assert all(r["payload"]["arrays"] and all("array" in v for v in r["payload"]["arrays"].values()) for r in uploads)
+    private = [e.question for c in ctx.clients for e in c]
+    assert _private_texts_in(to_server, private) == []
+    # the same audit finds a sentence that did leak
+    leaky = Message("client-0", "server", "slm_upload", {"spec": {"note": "x " + private[0] + " y"}})
+    assert _private_texts_in([leaky], private) == [private[0]]
+
+
+@pytest.mark.slow
+def test_crosslm_run_has_baselines_llm_metrics_and_async_order(tiny_crosslm_run):
+    ctx, result = tiny_crosslm_run
+    assert [r["method"] for r in result.rows] == ["Standalone", "Data-free KD (original LLM)", "CrossLM"]
+    m = json.loads((ctx.run_dir / "metrics.json").read_text())
+    assert m["arrival_order"] == ["client-1", "client-0"]
+    assert [c["client"] for c in m["clients"]] == ["client-1", "client-0"]
+    assert {c["slm"].split(":")[0] for c in m["clients"]} == {"encoder", "causal"}  # heterogeneous SLMs
+    for c in m["clients"]:
+        assert all(0 <= c[k] <= 1 for k in ("standalone", "datafree_kd", "crosslm"))
+    for r in m["rounds"]:
+        assert r["crosslm_filter"]["kept"] == 2 and r["datafree_kd_filter"]["kept"] == 2  # 25% of 8
+        assert np.isfinite(r["llm_losses"]["L_last"])
+    for key in ("llm_before", "llm_after"):
+        assert m[key]["perplexity"] > 1 and 0 <= m[key]["task_accuracy"] <= 1
+    assert m["llm_after"] != m["llm_before"]  # the LLM was trained
+    assert len(m["nlg_judged_by_slms"]["per_slm"]["enhanced"]) == 2
+    synth = [json.loads(x) for x in (ctx.run_dir / "synthetic.jsonl").read_text().splitlines()]
+    assert len(synth) == 8 * 3 and all(s["label"] in ("negative", "positive") for s in synth)
+    assert m["run"]["status"] == "done" and m["communication"]["bytes_up"] > 0
