@@ -46,7 +46,8 @@ def test_fast_map_equals_brute_force(vocabs, direction):
         (s_norm, (g_norm, g_raw, g_sp))
     rng = random.Random(0)
     # a sample mixing exact matches, near misses and tokens with no close counterpart
-    sample = [t for t in rng.sample(src, 400) if t][:40] + [" utilize", " dynamique", "ünïcödé", "\n\n\n"]
+    sample = [t for t in rng.sample(src, 400) if t][:40] + [" utilize", " dynamique", "ünïcödé", "\n\n\n",
+                                                          "ার", "্য", "\x04"]  # last three: no shared character
     ids, dist = min_edit_distance_map(sample, tgt, tgt_raw, target_skip=tgt_sp, show_progress=False)
     for text, i, d in zip(sample, ids, dist):
         want_id, want_d = brute_force_nearest(text, tgt, tgt_raw, tgt_sp)

@@ -141,7 +141,7 @@ def _candidates(target_norm: Sequence[str], target_raw: Sequence[str], excluded:
 
 def min_edit_distance_map(source_norm: Sequence[str], target_norm: Sequence[str], target_raw: Sequence[str], *,
                           source_skip: set[int] = frozenset(), target_skip: set[int] = frozenset(),
-                          cutoffs: Sequence[int] = (2, 8), chunk: int = 2048, workers: int = -1,
+                          cutoffs: Sequence[int] = (2, 4, 8), chunk: int = 2048, workers: int = -1,
                           show_progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Nearest target id (and distance) for every source string; ``source_skip`` rows get -1."""
     from rapidfuzz import process
@@ -164,21 +164,52 @@ def min_edit_distance_map(source_norm: Sequence[str], target_norm: Sequence[str]
             out_ids[i], out_dist[i] = exact[text], 0
         else:
             todo.append(i)
-    passes = [*cutoffs, None]
-    for cutoff in passes:
+    cand_len = np.array([len(t) for t in cand_text])
+    # A source string sharing no character with any candidate is at distance max(len a, len b) from
+    # every candidate (all substitutions + indels), so its minimum is its own length, reached first
+    # (in sorted order) by the first candidate no longer than it. Exact, and it removes the
+    # scripts the other vocabulary lacks, which are also the rows the cutoff passes handle last.
+    alphabet = set().union(*map(set, cand_text)) if cand_text else set()
+    first_up_to: dict[int, int] = {}
+    shared = []
+    for i in todo:
+        text = source_norm[i]
+        if alphabet.isdisjoint(text):
+            n = len(text)
+            if n not in first_up_to:
+                pos = np.flatnonzero(cand_len <= n)
+                first_up_to[n] = int(pos[0]) if len(pos) else int(np.argmin(cand_len))
+            p = first_up_to[n]
+            out_ids[i], out_dist[i] = int(cand[p]), max(n, int(cand_len[p]))
+        else:
+            shared.append(i)
+    todo = shared
+    for cutoff in [*cutoffs, None]:
         if not todo:
             break
+        # Distance <= cutoff needs |len(a) - len(b)| <= cutoff, so each source length is compared only
+        # with the candidates in that length window (kept in sorted order, so the tie-break holds).
+        by_len: dict[int, list[int]] = {}
+        for i in todo:
+            by_len.setdefault(len(source_norm[i]) if cutoff is not None else 0, []).append(i)
+        jobs = []
+        for length, rows in sorted(by_len.items()):
+            window = np.arange(len(cand)) if cutoff is None else \
+                np.flatnonzero(np.abs(cand_len - length) <= cutoff)
+            jobs += [(rows[s:s + chunk], window) for s in range(0, len(rows), chunk)]
         remaining = []
-        chunks = [todo[s:s + chunk] for s in range(0, len(todo), chunk)]
         label = f"vocab map: {len(todo):,} tokens, distance <= {cutoff if cutoff is not None else 'any'}"
-        for rows in progress_iter(chunks, label, enabled=show_progress):
-            d = process.cdist([source_norm[i] for i in rows], cand_text, scorer=Levenshtein.distance,
-                              score_cutoff=cutoff, dtype=np.int32, workers=workers)
+        for rows, window in progress_iter(jobs, label, enabled=show_progress):
+            if len(window) == 0:
+                remaining += rows
+                continue
+            d = process.cdist([source_norm[i] for i in rows], [cand_text[w] for w in window],
+                              scorer=Levenshtein.distance, score_cutoff=cutoff, dtype=np.int32, workers=workers)
             best = d.argmin(axis=1)  # first minimum = lexicographically smallest candidate
             best_d = d[np.arange(len(rows)), best]
             for r, i in enumerate(rows):
                 if cutoff is None or best_d[r] <= cutoff:
-                    out_ids[i], out_dist[i] = int(cand[best[r]]), int(best_d[r])
+                    out_ids[i], out_dist[i] = int(cand[window[best[r]]]), int(best_d[r])
                 else:
                     remaining.append(i)
         todo = remaining
