@@ -305,6 +305,10 @@ def run_fedmkt(ctx: RunContext) -> MethodResult:
         zs = {n: zero_by_spec[args.client_model(cfg, k)] for k, n in enumerate(names)}
         add({"method": "Zero-shot", "LLM": zero_llm, **zs, "SLM mean": slm_mean(zs)})
 
+    # FedMKT itself first (the headline row), then the baselines that need training.
+    fed = run_in_process(ctx, server_main, make_client)
+    add(fed.rows[0])
+    if args.baselines:
         # Standalone: each client alone on its private data, as many local epochs as FedMKT gives it.
         alone = {}
         for k, n in enumerate(names):
@@ -315,6 +319,12 @@ def run_fedmkt(ctx: RunContext) -> MethodResult:
             alone[n] = _evaluate(cfg, ctx.task, m, t)["value"]
             del m
         add({"method": "Standalone", **alone, "SLM mean": slm_mean(alone)})
+
+        # LLM2SLM: frozen LLM, knowledge flows only LLM -> SLMs.
+        sub_cfg = cfg.model_copy(update={"method_args": {**cfg.method_args, "server_trains": False, "baselines": False}})
+        sub = replace(ctx, cfg=sub_cfg, run_dir=_subdir(ctx, "llm2slm"), metrics={})
+        res = run_in_process(sub, server_main, make_client)
+        add(res.rows[0] | {"LLM": zero_llm, "note": "LLM frozen"})
 
         # Centralized: the LLM trained on every client's data plus the public set (upper bound, no privacy).
         m, t = _lora_model(cfg, cfg.llm.model)
@@ -338,16 +348,9 @@ def run_fedmkt(ctx: RunContext) -> MethodResult:
         else:
             add({"method": "FedAvg", "note": "n/a: heterogeneous clients (FedAvg needs one architecture)"})
 
-        # LLM2SLM: frozen LLM, knowledge flows only LLM -> SLMs.
-        sub_cfg = cfg.model_copy(update={"method_args": {**cfg.method_args, "server_trains": False, "baselines": False}})
-        sub = replace(ctx, cfg=sub_cfg, run_dir=_subdir(ctx, "llm2slm"), metrics={})
-        res = run_in_process(sub, server_main, make_client)
-        add(res.rows[0] | {"LLM": zero_llm, "note": "LLM frozen"})
 
-    res = run_in_process(ctx, server_main, make_client)
-    add(res.rows[0])
-    metric = res.summary["metric"]
-    summary = {**res.summary, "table": rows}
+    metric = fed.summary["metric"]
+    summary = {**fed.summary, "table": rows}
     by = {r["method"]: r for r in rows}
     if "Zero-shot" in by:
         summary["llm_gain_over_zero_shot"] = (by["FedMKT"]["LLM"] or 0) - by["Zero-shot"]["LLM"]
