@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "benchmarks" / "smoke.yaml"
 
 
-def _cli(*args, cwd=None, timeout=900):
+def _cli(*args, cwd=None, timeout=1800):  # generous: a shared 2-core CI machine can be slow
     return subprocess.run([sys.executable, "-m", "fedlsm.cli", *args], capture_output=True, text=True, cwd=cwd,
                           timeout=timeout)
 
