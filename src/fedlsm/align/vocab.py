@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -96,14 +97,28 @@ def special_ids(tokenizer) -> set[int]:
     return ids
 
 
+_fingerprints: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
-    """Hash of the vocabulary (token strings in id order) and the special tokens."""
+    """Hash of the vocabulary (token strings in id order) and the special tokens; computed once per
+    tokenizer object (hashing a 262k vocabulary takes about a second, and an aligner needs it thrice);
+    a tokenizer whose vocabulary is changed after its first fingerprint keeps the old one."""
+    try:
+        return _fingerprints[tokenizer]
+    except (KeyError, TypeError):
+        pass
     h = hashlib.sha256()
     for t in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))):
         h.update((t or "").encode("utf-8", errors="surrogatepass") + b"\x00")
     for role in _SPECIAL_ROLES:
         h.update(str(getattr(tokenizer, role, None)).encode() + b"\x01")
-    return h.hexdigest()[:16]
+    fp = h.hexdigest()[:16]
+    try:
+        _fingerprints[tokenizer] = fp
+    except TypeError:  # not weak-referenceable: just recompute next time
+        pass
+    return fp
 
 
 @dataclass

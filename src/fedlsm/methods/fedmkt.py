@@ -32,12 +32,12 @@ from fedlsm.eval.scoring import evaluate
 from fedlsm.federation.checkpoint import ServerCheckpoint
 from fedlsm.federation.grid import ClientContext, Grid, broadcast, require_quorum, run_in_process
 from fedlsm.federation.messages import Message
-from fedlsm.methods.common import label_pairs
+from fedlsm.methods.common import label_pairs, train_settings
 from fedlsm.methods.fedmkt_knowledge import (Aligner, MalformedKnowledge, dual_min_ce, from_payload, kd_pairs,
                                              make_aligner, to_payload)
 from fedlsm.models.distill import compute_knowledge, encode_for_kd, train_kd
 from fedlsm.models.loading import default_device, load_causal_lm
-from fedlsm.models.training import (TrainSettings, adapter_arrays, apply_lora, load_adapter_arrays, train_sft)
+from fedlsm.models.training import TrainSettings, adapter_arrays, apply_lora, load_adapter_arrays, train_sft
 from fedlsm.runner import MethodResult, RunContext
 
 log = logging.getLogger(__name__)
@@ -77,10 +77,10 @@ class FedMKTArgs:
         return self.client_models[index] if self.client_models else cfg.slm
 
 
-def _settings(cfg, *, epochs: int | None = None, seed: int | None = None) -> TrainSettings:
-    t = cfg.train
-    return TrainSettings(epochs=epochs or t.epochs, lr=t.lr, batch_size=t.batch_size, max_steps=t.max_steps,
-                         max_length=t.max_length, seed=cfg.seed if seed is None else seed)
+def _settings(ctx, *, epochs: int | None = None, seed: int | None = None) -> TrainSettings:
+    """The run's training settings (``train_settings``) with this step's epochs and seed."""
+    base = train_settings(ctx)
+    return replace(base, epochs=epochs or base.epochs, seed=base.seed if seed is None else seed)
 
 
 def _lora_model(cfg, spec: str):
@@ -116,7 +116,7 @@ class FedMKTClient:
     def handle(self, msg: Message) -> Message:
         cfg, t = self.ctx.cfg, msg.round
         if msg.kind == "local_update":
-            tr = train_sft(self.model, self.tok, label_pairs(self.ctx.data), _settings(cfg, seed=self.ctx.seed + t),
+            tr = train_sft(self.model, self.tok, label_pairs(self.ctx.data), _settings(self.ctx, seed=self.ctx.seed + t),
                            description=f"{self.ctx.name}: local fine-tuning (round {t})")
             k = self._knowledge(int(msg.payload["top_k"]))
             self.history.append({"round": t, "local_loss_first": tr.first_loss, "local_loss_last": tr.last_loss})
@@ -137,7 +137,7 @@ class FedMKTClient:
             selection = dual_min_ce(own, [server.loss])
             examples = kd_pairs(self.public_pairs, self.text_ids, selection, [server], [self._aligners[p["model"]]])
             tr = train_kd(self.model, self.tok, examples,
-                          _settings(cfg, epochs=int(p.get("kd_epochs", 1)), seed=self.ctx.seed + 7919 * (t + 1)),
+                          _settings(self.ctx, epochs=int(p.get("kd_epochs", 1)), seed=self.ctx.seed + 7919 * (t + 1)),
                           lam=float(p["lam"]), description=f"{self.ctx.name}: distilling from the LLM (round {t})")
             n_kd = sum(s is not None for s in selection)
             self.history[-1].update(kd_samples=n_kd, kd_loss_first=tr.first_loss, kd_loss_last=tr.last_loss)
@@ -227,7 +227,7 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
             selection = dual_min_ce(own, [received[n][1].loss for n in names])
             examples = kd_pairs(pairs, text_ids, selection, [received[n][1] for n in names],
                                 [aligners[received[n][0]] for n in names])
-            tr = train_kd(llm, tok, examples, _settings(cfg, epochs=args.kd_epochs, seed=cfg.seed + t), lam=args.lam,
+            tr = train_kd(llm, tok, examples, _settings(ctx, epochs=args.kd_epochs, seed=cfg.seed + t), lam=args.lam,
                           description=f"server: distilling from {len(names)} SLM(s) (round {t})")
             kd_n = sum(s is not None for s in selection)
             won = {n: sum(s == i for s in selection) for i, n in enumerate(names)}
@@ -313,7 +313,7 @@ def run_fedmkt(ctx: RunContext) -> MethodResult:
         alone = {}
         for k, n in enumerate(names):
             m, t = _lora_model(cfg, args.client_model(cfg, k))
-            train_sft(m, t, label_pairs(ctx.clients[k]), _settings(cfg, epochs=cfg.train.epochs * args.rounds,
+            train_sft(m, t, label_pairs(ctx.clients[k]), _settings(ctx, epochs=cfg.train.epochs * args.rounds,
                                                                     seed=cfg.seed * 1000 + k),
                       description=f"Standalone {n}: training")
             alone[n] = _evaluate(cfg, ctx.task, m, t)["value"]
@@ -329,7 +329,7 @@ def run_fedmkt(ctx: RunContext) -> MethodResult:
         # Centralized: the LLM trained on every client's data plus the public set (upper bound, no privacy).
         m, t = _lora_model(cfg, cfg.llm.model)
         all_data = [e for c in ctx.clients for e in c] + list(ctx.public)
-        train_sft(m, t, label_pairs(all_data), _settings(cfg), description="Centralized LLM: training")
+        train_sft(m, t, label_pairs(all_data), _settings(ctx), description="Centralized LLM: training")
         add({"method": "Centralized", "LLM": _evaluate(cfg, ctx.task, m, t)["value"], "note": "LLM on all data"})
         del m
 
