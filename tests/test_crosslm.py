@@ -84,6 +84,12 @@ def test_duplicate_sample_gets_zero_diversity_and_filter_prefers_reward_times_di
     labels = np.array([0, 0, 1, 1])
     keep = select_top(np.array([0.9, 0.8, -0.9, -0.2]), np.ones(4), 0.5, labels)
     assert keep.tolist() == [0, 3]
+    # an unbalanced pool (6 vs 2) still keeps exactly 25% of it, with both labels present
+    labels = np.array([0] * 6 + [1] * 2)
+    keep = select_top(np.arange(8.0), np.ones(8), 0.25, labels)
+    assert keep.tolist() == [7, 5]
+    keep = select_top(np.arange(20.0), np.ones(20), 0.25, np.array([0] * 4 + [1] * 16))
+    assert len(keep) == 5 and set(labels_of := np.where(keep < 4, 0, 1)) == {0, 1} and (labels_of == 1).sum() == 4
 
 
 def test_sentence_encoder_diversity_on_real_text():

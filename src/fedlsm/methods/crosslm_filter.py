@@ -24,12 +24,37 @@ def select_top(rewards: np.ndarray, div: np.ndarray, fraction: float, groups: np
     labels) the fraction is taken within each group, so the kept set keeps the pool's label mix (not
     in the paper: an SLM that predicts one class rewards only that class's samples)."""
     scores = np.asarray(rewards, dtype=np.float64) * np.asarray(div, dtype=np.float64)
-    if groups is not None:
-        groups = np.asarray(groups)
-        picked = [idx[select_top(scores[idx], np.ones(len(idx)), fraction)] for g in np.unique(groups)
-                  for idx in [np.flatnonzero(groups == g)]]
-        out = np.concatenate(picked) if picked else np.zeros(0, dtype=int)
-        return out[np.argsort(-scores[out], kind="stable")]
     n = len(scores)
     k = min(n, max(1, int(round(fraction * n)))) if n else 0
-    return np.argsort(-scores, kind="stable")[:k]
+    if groups is None:
+        return np.argsort(-scores, kind="stable")[:k]
+    groups = np.asarray(groups)
+    members = [np.flatnonzero(groups == g) for g in np.unique(groups)]
+    quotas = _group_quotas(np.array([len(m) for m in members]), k)
+    picked = [idx[np.argsort(-scores[idx], kind="stable")[:q]] for idx, q in zip(members, quotas)]
+    out = np.concatenate(picked) if picked else np.zeros(0, dtype=int)
+    return out[np.argsort(-scores[out], kind="stable")]
+
+
+def _group_quotas(sizes: np.ndarray, k: int) -> np.ndarray:
+    """Split ``k`` picks over groups in proportion to their sizes, summing to exactly ``k`` (largest
+    remainder; each group gets at least one while picks last, so no label vanishes from the kept set)."""
+    quotas = np.zeros(len(sizes), dtype=int)
+    if k <= 0 or len(sizes) == 0:
+        return quotas
+    if k >= len(sizes):
+        quotas[:] = 1
+    exact = np.maximum(k * sizes / sizes.sum() - quotas, 0)
+    extra = np.minimum(np.floor(exact).astype(int), sizes - quotas)
+    quotas += extra
+    remainder = exact - np.floor(exact)
+    for i in np.argsort(-remainder, kind="stable"):
+        if quotas.sum() >= k:
+            break
+        if quotas[i] < sizes[i]:
+            quotas[i] += 1
+    while quotas.sum() < k:  # quotas capped by small groups: fill from any group with room
+        quotas[np.argmax(sizes - quotas)] += 1
+    while quotas.sum() > k:  # more groups than picks: keep the largest groups
+        quotas[np.argmin(np.where(quotas > 0, sizes, np.inf))] -= 1
+    return quotas
