@@ -4,7 +4,9 @@ The baseline is the loop Appendix B describes: for each source token, one edit-d
 target token, keeping the minimum (with our tie-break). It is far too slow to run in full, so it
 is timed on a random sample of source tokens in this same run and extrapolated to the whole
 vocabulary. Both sides use rapidfuzz's Levenshtein, so the ratio measures the search strategy
-(exact-match dict + cutoff passes of rapidfuzz.process.cdist), not a faster distance function.
+(exact-match dict, rare-character masking, a deletion index for distances <= 3, cutoff passes of
+rapidfuzz.process.cdist for the rest; see fedlsm.align.vocab), not a faster distance function.
+The maps are built from scratch (build_vocab_map, not the on-disk cache).
 
     python bench/bench_align.py [--sample 30] [--workers -1]
 """

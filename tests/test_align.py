@@ -45,19 +45,86 @@ def test_fast_map_equals_brute_force(vocabs, direction):
     src, (tgt, tgt_raw, tgt_sp) = (g_norm, (s_norm, s_raw, s_sp)) if direction == "gemma->smol" else \
         (s_norm, (g_norm, g_raw, g_sp))
     rng = random.Random(0)
-    # a sample mixing exact matches, near misses and tokens with no close counterpart
-    sample = [t for t in rng.sample(src, 400) if t][:40] + [" utilize", " dynamique", "ünïcödé", "\n\n\n",
+    # a sample mixing exact matches, near misses (d = 1, 2, 3), scripts the other vocabulary barely has
+    # (masked characters) and tokens with no close counterpart
+    sample = [t for t in rng.sample(src, 400) if t][:40] + [" utilize", " dynamique", " Mombasa", " hicimos",
+                                                          " клини", " เศษ", " यही", "ünïcödé", "\n\n\n",
                                                           "ার", "্য", "\x04"]  # last three: no shared character
-    ids, dist = min_edit_distance_map(sample, tgt, tgt_raw, target_skip=tgt_sp, show_progress=False)
-    for text, i, d in zip(sample, ids, dist):
-        want_id, want_d = brute_force_nearest(text, tgt, tgt_raw, tgt_sp)
-        assert (int(i), int(d)) == (want_id, want_d), (text, tgt[i], tgt[want_id])
+    want = [brute_force_nearest(text, tgt, tgt_raw, tgt_sp) for text in sample]
+    for depth in (None, 2, 0):  # chosen by cost, forced deletion index, cdist passes only
+        ids, dist = min_edit_distance_map(sample, tgt, tgt_raw, target_skip=tgt_sp, index_depth=depth,
+                                          show_progress=False)
+        for text, i, d, (want_id, want_d) in zip(sample, ids, dist, want):
+            assert (int(i), int(d)) == (want_id, want_d), (depth, text, tgt[i], tgt[want_id])
+
+
+def _near_miss_strings(seed: int):
+    """Random targets over a small alphabet (many ties) and sources 0-3 random edits away from them, plus short,
+    long and empty sources; "ж" and "ß" are held by few targets, "ф" by none."""
+    rng = random.Random(seed)
+    alphabet = "abcde " * 4 + "жß"
+    tgt = sorted({"".join(rng.choice(alphabet) for _ in range(rng.randint(1, 9))) for _ in range(1500)})
+    tgt = [t for t in tgt if t != "ф"]
+    raw = [f"raw{i}" for i in range(len(tgt))]
+    tgt, raw = tgt + tgt[:50], raw + [f"dup{i}" for i in range(50)]  # duplicate texts: tie-break on the raw token
+    src = []
+    for _ in range(300):
+        s = list(rng.choice(tgt))
+        for _ in range(rng.choice([1, 1, 2, 2, 3])):
+            op, at = rng.randrange(3), rng.randrange(len(s) + 1)
+            if op == 0:
+                s.insert(at, rng.choice(alphabet + "ф"))
+            elif s and at < len(s):
+                if op == 1:
+                    del s[at]
+                else:
+                    s[at] = rng.choice(alphabet)
+        src.append("".join(s))
+    src += ["", "a", "ф", "жф", "ab", "abcdeabcdeabcdeabcdeabcde", "edcba edcba edcba edcba"]
+    return src, tgt, raw
+
+
+@pytest.mark.parametrize("depth,rare", [(3, 0), (2, 3), (1, 10**9), (None, 100)])
+def test_index_path_equals_brute_force_on_near_misses(depth, rare):
+    from rapidfuzz import process
+    from rapidfuzz.distance import Levenshtein
+
+    src, tgt, raw = _near_miss_strings(depth or 0)
+    all_d = process.cdist(src, tgt, scorer=Levenshtein.distance)
+    best = all_d.min(axis=1)
+    assert {1, 2, 3} <= set(best.tolist())  # the sample has what the test claims
+    assert ((all_d == best[:, None]).sum(axis=1) > 1).sum() > 50  # ties
+    assert sum(len(s) <= 2 for s in src) >= 5
+    ids, dist = min_edit_distance_map(src, tgt, raw, index_depth=depth, rare=rare, show_progress=False)
+    for text, i, d in zip(src, ids, dist):
+        assert (int(i), int(d)) == brute_force_nearest(text, tgt, raw), (text, tgt[i])
+
+
+def test_index_path_returns_the_minimal_first_candidate(monkeypatch):
+    # Without cdist, everything within the index depth must come from the deletion index alone. Traps: "bced"
+    # shares a 1-deletion variant with "bcde" ("bce") but is 2 edits away, while "xcde" is 1 away; "abcx", "abcy"
+    # and "abcw" are all 1 away from "abcz" and the first in order must win, whichever the join finds first;
+    # "pqsr" (2 away from "pqrs") is found at depth 1, but "opqrst", also 2 away and first, only at depth 2.
+    from rapidfuzz import process
+
+    def no_cdist(*a, **k):
+        raise AssertionError("the deletion index should have settled every row")
+
+    monkeypatch.setattr(process, "cdist", no_cdist)
+    tgt = ["abcy", "bced", "abcx", "xcde", "abcw", "zzzzzz", "abyyzz", "pqsr", "opqrst"]
+    src = ["bcde", "abcz", "pqrs", "zzzzzy", "abzzzz", "bcdey", "aabcd"]
+    ids, dist = min_edit_distance_map(src, tgt, tgt, index_depth=2, rare=0, show_progress=False)
+    got = [(tgt[i], int(d)) for i, d in zip(ids, dist)]
+    assert got == [(tgt[j], d) for j, d in (brute_force_nearest(s, tgt, tgt) for s in src)]
+    assert got[:3] == [("xcde", 1), ("abcw", 1), ("opqrst", 2)]
 
 
 def test_ties_go_to_the_lexicographically_smallest():
     tgt = ["cat", "bat", "hat", "mouse"]
     ids, dist = min_edit_distance_map(["xat"], tgt, tgt, show_progress=False)
     assert (tgt[ids[0]], dist[0]) == ("bat", 1)  # bat, cat, hat are all at distance 1
+    ids, dist = min_edit_distance_map(["xat"], tgt, tgt, index_depth=1, rare=0, show_progress=False)
+    assert (tgt[ids[0]], dist[0]) == ("bat", 1)
 
 
 def test_specials_map_by_role_and_map_is_cached(tmp_path, toks):

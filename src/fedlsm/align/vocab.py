@@ -9,19 +9,28 @@ Special tokens are mapped by role (bos->bos, eos->eos, ...) and never used as ca
 ordinary tokens; a special token without a counterpart maps to -1 ("no unique match", which the
 logit projection turns into a one-hot target).
 
-The search itself is rapidfuzz's C++ ``cdist`` run in passes with a growing distance cutoff:
-a pass with cutoff ``c`` settles every source token whose best distance is <= c (distances above
-the cutoff are reported as c+1, so the row minimum is exact whenever it is <= c), and only the
-unsettled tokens go on to the next pass. Exact matches are taken from a dict first. The result
-is identical to the brute-force "min over the other vocabulary" loop (tests check that), at a
-fraction of its cost (``bench/bench_align.py`` measures the ratio).
+The search is exact (tests compare it with the brute-force "min over the other vocabulary" loop, ties
+included) and runs in stages, each handing on only what it could not settle:
+
+1. exact matches, from a dict;
+2. characters that few target tokens contain (or none) are masked with a wildcard that matches nothing, and
+   those few tokens are scored directly: foreign-script tokens collapse onto a handful of distinct queries,
+   and a query of wildcards only has a closed-form answer;
+3. a deletion index (SymSpell-style) settles the queries whose nearest target is 1, 2 or 3 edits away: every
+   target within k edits shares a <=k-deletion variant with the query, so rapidfuzz scores only those;
+4. rapidfuzz's C++ ``cdist`` over length windows, in passes with a growing distance cutoff (a pass with
+   cutoff ``c`` settles every query whose best distance is <= c), for the rest.
+
+``bench/bench_align.py`` measures the cost against the loop.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
+import math
 import os
 import weakref
 from dataclasses import dataclass
@@ -154,80 +163,251 @@ def _candidates(target_norm: Sequence[str], target_raw: Sequence[str], excluded:
     return np.array(ids, dtype=np.int64)
 
 
-def min_edit_distance_map(source_norm: Sequence[str], target_norm: Sequence[str], target_raw: Sequence[str], *,
-                          source_skip: set[int] = frozenset(), target_skip: set[int] = frozenset(),
-                          cutoffs: Sequence[int] = (2, 4, 8), chunk: int = 2048, workers: int = -1,
-                          show_progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest target id (and distance) for every source string; ``source_skip`` rows get -1."""
+# Deletion index (see _index_passes). Measured on Gemma3 <-> SmolLM2 with rapidfuzz 3.14: one index entry
+# (hash, sort, join) costs about as much as 16 cdist comparisons; a fourth deletion level (C(m, 4) variants per
+# string) costs about what it saves; queries shorter than _MIN_VARIANT + k would share 0-1 character variants
+# with most short candidates, and queries longer than _MAX_INDEX_LEN have few candidates in their length
+# window, so both are left to the cdist passes.
+_MAX_INDEX_DEPTH = 3
+_INDEX_COST = 16
+_MIN_VARIANT = 2
+_MAX_INDEX_LEN = 20
+_HASH_BASE = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit multiplier; the hash arithmetic wraps mod 2**64
+
+
+def _codes_by_length(texts: Sequence[str], idx) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """``texts[i]`` for ``i`` in ``idx`` grouped by length: ``{m: (those i, their code points as an n x m matrix)}``."""
+    groups: dict[int, list[int]] = {}
+    for i in idx:
+        groups.setdefault(len(texts[i]), []).append(i)
+    out = {}
+    for m, ids in groups.items():
+        buf = "".join(texts[i] for i in ids).encode("utf-32-le", "surrogatepass")
+        codes = np.frombuffer(buf, dtype=np.uint32).reshape(len(ids), m).astype(np.uint64)
+        out[m] = (np.array(ids, dtype=np.int64), codes)
+    return out
+
+
+def _deletion_hashes(codes: np.ndarray, k: int) -> np.ndarray:
+    """Hashes of the strings left after deleting exactly ``k`` characters from each row (n x C(m, k)).
+
+    A polynomial hash of the kept characters, for all rows and deletion choices at once as one integer matrix
+    product; equal strings hash equally, and a collision only adds a candidate that the exact check rejects."""
+    m = codes.shape[1]
+    kept = list(itertools.combinations(range(m), m - k))
+    powers = np.power(_HASH_BASE, np.arange(1, m - k + 1, dtype=np.uint64), dtype=np.uint64)
+    weights = np.zeros((m, len(kept)), dtype=np.uint64)
+    for c, cols in enumerate(kept):
+        weights[list(cols), c] = powers
+    return codes @ weights + np.uint64(m - k)
+
+
+def _first_minimum(rows: np.ndarray, pos: np.ndarray, dist: np.ndarray):
+    """For each distinct row: its smallest distance and, among those, the first candidate position."""
+    order = np.lexsort((pos, dist, rows))
+    rows, pos, dist = rows[order], pos[order], dist[order]
+    first = np.ones(len(rows), dtype=bool)
+    first[1:] = rows[1:] != rows[:-1]
+    return rows[first], pos[first], dist[first]
+
+
+def _index_passes(queries: Sequence[str], cand_text: Sequence[str], cand_len: np.ndarray, todo: list[int],
+                  best: np.ndarray, best_d: np.ndarray, floor: np.ndarray, *, depth: int | None, workers: int,
+                  show_progress: bool) -> list[int]:
+    """Settle every query whose nearest candidate is within k = 1, 2, ... edits; returns the unsettled ones.
+
+    SymSpell's observation, hand-written here (no library we know returns the exact nearest with our tie-break):
+    if lev(a, b) <= k, deleting at most k characters from each leaves a common string (a substitution is one
+    deletion on each side). So the candidates sharing a <=k-deletion variant with a query include all those within
+    distance k; rapidfuzz scores them exactly, and when the smallest score is <= k every candidate at that distance
+    is among them, so the first of those is the brute-force answer. ``depth=None`` adds a level only while its
+    index costs less than the cdist window it replaces; unsettled queries get ``floor`` = depth + 1."""
     from rapidfuzz import process
     from rapidfuzz.distance import Levenshtein
 
     from fedlsm.progress import progress_iter
 
-    cand = _candidates(target_norm, target_raw, set(target_skip))
-    cand_text = [target_norm[i] for i in cand]
-    out_ids = np.full(len(source_norm), NO_MATCH, dtype=np.int32)
-    out_dist = np.full(len(source_norm), -1, dtype=np.int32)
-    exact: dict[str, int] = {}
-    for pos, text in enumerate(cand_text):  # sorted order: the first seen is the tie-break winner
-        exact.setdefault(text, int(cand[pos]))
-    todo = []
-    for i, text in enumerate(source_norm):
-        if i in source_skip:
-            continue
-        if text in exact:
-            out_ids[i], out_dist[i] = exact[text], 0
-        else:
-            todo.append(i)
-    cand_len = np.array([len(t) for t in cand_text])
-    # A source string sharing no character with any candidate is at distance max(len a, len b) from
-    # every candidate (all substitutions + indels), so its minimum is its own length, reached first
-    # (in sorted order) by the first candidate no longer than it. Exact, and it removes the
-    # scripts the other vocabulary lacks, which are also the rows the cutoff passes handle last.
-    alphabet = set().union(*map(set, cand_text)) if cand_text else set()
-    first_up_to: dict[int, int] = {}
-    shared = []
-    for i in todo:
-        text = source_norm[i]
-        if alphabet.isdisjoint(text):
-            n = len(text)
-            if n not in first_up_to:
-                pos = np.flatnonzero(cand_len <= n)
-                first_up_to[n] = int(pos[0]) if len(pos) else int(np.argmin(cand_len))
-            p = first_up_to[n]
-            out_ids[i], out_dist[i] = int(cand[p]), max(n, int(cand_len[p]))
-        else:
-            shared.append(i)
-    todo = shared
+    max_depth = _MAX_INDEX_DEPTH if depth is None else depth
+    ncand = len(cand_text)
+    cand_codes = _codes_by_length(cand_text, np.flatnonzero(cand_len <= _MAX_INDEX_LEN + max_depth))
+    sorted_len = np.sort(cand_len)
+    keys, owners = np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
+    built = -1
+    for k in range(1, max_depth + 1):
+        rows = [i for i in todo if _MIN_VARIANT + k <= len(queries[i]) <= _MAX_INDEX_LEN]
+        if not rows:
+            break
+        levels = [(j, ids, codes) for j in range(built + 1, k + 1) for m, (ids, codes) in cand_codes.items()
+                  if m - j >= _MIN_VARIANT]
+        if depth is None:  # worth it? new index entries vs the cdist comparisons of a cutoff-k pass
+            lens = np.array([len(queries[i]) for i in rows])
+            window = np.searchsorted(sorted_len, lens + k, "right") - np.searchsorted(sorted_len, lens - k, "left")
+            if _INDEX_COST * sum(len(ids) * math.comb(codes.shape[1], j) for j, ids, codes in levels) > window.sum():
+                break
+        hashes = [_deletion_hashes(codes, j) for j, _, codes in levels]
+        keys = np.concatenate([keys, *(h.ravel() for h in hashes)])
+        owners = np.concatenate([owners, *(np.repeat(ids, h.shape[1]) for (_, ids, _), h in zip(levels, hashes))])
+        order = np.argsort(keys, kind="stable")
+        keys, owners = keys[order], owners[order]
+        built = k
+        settled = []
+        chunks = [rows[s:s + 65536] for s in range(0, len(rows), 65536)]  # bounds the memory of the join
+        for part in progress_iter(chunks, f"vocab map: {len(rows):,} tokens, deletion index <= {k}",
+                                  enabled=show_progress):
+            q_keys, q_rows = [], []
+            for _, (ids, codes) in _codes_by_length(queries, part).items():
+                for j in range(k + 1):
+                    h = _deletion_hashes(codes, j)
+                    q_keys.append(h.ravel())
+                    q_rows.append(np.repeat(ids, h.shape[1]))
+            q_keys, q_rows = np.concatenate(q_keys), np.concatenate(q_rows)
+            order = np.argsort(q_keys)  # sorted lookups stay in cache; random ones into a big index do not
+            q_keys, q_rows = q_keys[order], q_rows[order]
+            lo, hi = np.searchsorted(keys, q_keys, "left"), np.searchsorted(keys, q_keys, "right")
+            count = hi - lo
+            at = np.repeat(lo - (np.cumsum(count) - count), count) + np.arange(count.sum())
+            pair = np.unique(np.repeat(q_rows, count) * ncand + owners[at])
+            p_row, p_pos = pair // ncand, pair % ncand
+            d = process.cpdist([queries[i] for i in p_row], [cand_text[p] for p in p_pos],
+                               scorer=Levenshtein.distance, score_cutoff=k, dtype=np.int32, workers=workers)
+            ok = d <= k
+            r, p, dd = _first_minimum(p_row[ok], p_pos[ok], d[ok])
+            best[r], best_d[r] = p, dd
+            settled.append(r)
+        floor[rows] = k + 1
+        done = set(np.concatenate(settled).tolist())
+        todo = [i for i in todo if i not in done]
+    return todo
+
+
+def _cdist_passes(queries: Sequence[str], cand_text: Sequence[str], cand_len: np.ndarray, todo: list[int],
+                  best: np.ndarray, best_d: np.ndarray, floor: np.ndarray, *, cutoffs: Sequence[int], chunk: int,
+                  workers: int, show_progress: bool) -> None:
+    """rapidfuzz ``cdist`` with a growing cutoff: a pass with cutoff ``c`` settles every query whose best
+    distance is <= c (scores above it come back as c+1, so a row minimum <= c is exact); the last pass has none."""
+    from rapidfuzz import process
+    from rapidfuzz.distance import Levenshtein
+
+    from fedlsm.progress import progress_iter
+
     for cutoff in [*cutoffs, None]:
         if not todo:
             break
-        # Distance <= cutoff needs |len(a) - len(b)| <= cutoff, so each source length is compared only
-        # with the candidates in that length window (kept in sorted order, so the tie-break holds).
+        # Distance <= cutoff needs |len(a) - len(b)| <= cutoff, so each query length is compared only with the
+        # candidates in that length window (kept in order, so the tie-break holds). Queries the index already
+        # proved farther than the cutoff wait for a later pass.
         by_len: dict[int, list[int]] = {}
+        remaining = []
         for i in todo:
-            by_len.setdefault(len(source_norm[i]) if cutoff is not None else 0, []).append(i)
+            if cutoff is not None and floor[i] > cutoff:
+                remaining.append(i)
+            else:
+                by_len.setdefault(len(queries[i]) if cutoff is not None else 0, []).append(i)
         jobs = []
         for length, rows in sorted(by_len.items()):
-            window = np.arange(len(cand)) if cutoff is None else \
+            window = np.arange(len(cand_text)) if cutoff is None else \
                 np.flatnonzero(np.abs(cand_len - length) <= cutoff)
             jobs += [(rows[s:s + chunk], window) for s in range(0, len(rows), chunk)]
-        remaining = []
-        label = f"vocab map: {len(todo):,} tokens, distance <= {cutoff if cutoff is not None else 'any'}"
+        bound = cutoff if cutoff is not None else "any"
+        label = f"vocab map: {len(todo) - len(remaining):,} tokens, distance <= {bound}"
         for rows, window in progress_iter(jobs, label, enabled=show_progress):
             if len(window) == 0:
                 remaining += rows
                 continue
-            d = process.cdist([source_norm[i] for i in rows], [cand_text[w] for w in window],
+            d = process.cdist([queries[i] for i in rows], [cand_text[w] for w in window],
                               scorer=Levenshtein.distance, score_cutoff=cutoff, dtype=np.int32, workers=workers)
-            best = d.argmin(axis=1)  # first minimum = lexicographically smallest candidate
-            best_d = d[np.arange(len(rows)), best]
+            first = d.argmin(axis=1)  # first minimum = first candidate in tie-break order
+            first_d = d[np.arange(len(rows)), first]
             for r, i in enumerate(rows):
-                if cutoff is None or best_d[r] <= cutoff:
-                    out_ids[i], out_dist[i] = int(cand[window[best[r]]]), int(best_d[r])
+                if cutoff is None or first_d[r] <= cutoff:
+                    best[i], best_d[i] = window[first[r]], first_d[r]
                 else:
                     remaining.append(i)
         todo = remaining
+
+
+def _nearest(queries: Sequence[str], cand_text: Sequence[str], wildcard: str, *, index_depth: int | None,
+             cutoffs: Sequence[int], chunk: int, workers: int, show_progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Position in ``cand_text`` (first in order among the nearest) and distance of each query's nearest candidate."""
+    cand_len = np.array([len(t) for t in cand_text])
+    best = np.full(len(queries), -1, dtype=np.int64)
+    best_d = np.full(len(queries), -1, dtype=np.int64)
+    floor = np.zeros(len(queries), dtype=np.int64)  # proven lower bound on each query's best distance
+    todo = []
+    first_up_to: dict[int, int] = {}
+    for i, q in enumerate(queries):
+        # Only wildcards: nothing matches, so the distance to a candidate of length m is max(len q, m); the
+        # minimum is len q, reached first by the first candidate no longer than q (else the first shortest one).
+        if q.count(wildcard) == len(q):
+            n = len(q)
+            if n not in first_up_to:
+                pos = np.flatnonzero(cand_len <= n)
+                first_up_to[n] = int(pos[0]) if len(pos) else int(np.argmin(cand_len))
+            best[i] = first_up_to[n]
+            best_d[i] = max(n, int(cand_len[best[i]]))
+        else:
+            todo.append(i)
+    todo = _index_passes(queries, cand_text, cand_len, todo, best, best_d, floor, depth=index_depth,
+                         workers=workers, show_progress=show_progress)
+    _cdist_passes(queries, cand_text, cand_len, todo, best, best_d, floor, cutoffs=cutoffs, chunk=chunk,
+                  workers=workers, show_progress=show_progress)
+    return best, best_d
+
+
+def min_edit_distance_map(source_norm: Sequence[str], target_norm: Sequence[str], target_raw: Sequence[str], *,
+                          source_skip: set[int] = frozenset(), target_skip: set[int] = frozenset(),
+                          index_depth: int | None = None, rare: int = 100, cutoffs: Sequence[int] = (2, 4, 8),
+                          chunk: int = 2048, workers: int = -1,
+                          show_progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest target id (and distance) for every source string; ``source_skip`` rows get -1.
+
+    ``index_depth``: deletion-index levels (None: chosen by cost, at most 3; 0: cdist passes only). ``rare``:
+    characters held by at most this many candidates are masked (see below); 0 masks only absent ones."""
+    from rapidfuzz import process
+    from rapidfuzz.distance import Levenshtein
+
+    cand = _candidates(target_norm, target_raw, set(target_skip))
+    cand_text = [target_norm[i] for i in cand]
+    out_ids = np.full(len(source_norm), NO_MATCH, dtype=np.int32)
+    out_dist = np.full(len(source_norm), -1, dtype=np.int32)
+    if len(cand) == 0:
+        return out_ids, out_dist
+    exact: dict[str, int] = {}
+    holders: dict[str, list[int]] = {}  # character -> candidate positions containing it
+    for pos, text in enumerate(cand_text):  # in order: the first seen is the tie-break winner
+        exact.setdefault(text, pos)
+        for ch in set(text):
+            holders.setdefault(ch, []).append(pos)
+    # Characters held by few candidates (or none) are replaced by a wildcard that matches nothing. Against a
+    # candidate without any of them the masked text scores exactly like the original; against one with them it
+    # scores no better. So the masked text's nearest candidate plus a direct score of the few holders gives the
+    # exact answer and tie-break, and foreign-script tokens collapse onto few distinct queries (' เศษ' and
+    # ' यही' both become ' ' + 3 wildcards, whose nearest is found once).
+    rare_chars = {ch for ch, pos in holders.items() if len(pos) <= rare}
+    wildcard = next(chr(c) for c in range(0xE000, 0x110000) if chr(c) not in holders)
+    rows, row_query, queries = [], [], {}
+    held_rows, held_pos = [], []
+    for i, text in enumerate(source_norm):
+        if i in source_skip:
+            continue
+        if text in exact:
+            out_ids[i], out_dist[i] = cand[exact[text]], 0
+            continue
+        masked = "".join(wildcard if ch in rare_chars or ch not in holders else ch for ch in text)
+        held = sorted({p for ch in set(text) & rare_chars for p in holders[ch]})
+        held_rows += [i] * len(held)
+        held_pos += held
+        rows.append(i)
+        row_query.append(queries.setdefault(masked, len(queries)))
+    q_best, q_dist = _nearest(list(queries), cand_text, wildcard, index_depth=index_depth, cutoffs=cutoffs,
+                              chunk=chunk, workers=workers, show_progress=show_progress)
+    row_query = np.array(row_query, dtype=np.int64)
+    d_held = process.cpdist([source_norm[i] for i in held_rows], [cand_text[p] for p in held_pos],
+                            scorer=Levenshtein.distance, dtype=np.int64, workers=workers)
+    r, p, d = _first_minimum(np.concatenate([np.array(rows, dtype=np.int64), np.array(held_rows, dtype=np.int64)]),
+                             np.concatenate([q_best[row_query], np.array(held_pos, dtype=np.int64)]),
+                             np.concatenate([q_dist[row_query], np.asarray(d_held, dtype=np.int64)]))
+    out_ids[r], out_dist[r] = cand[p], d
     return out_ids, out_dist
 
 
