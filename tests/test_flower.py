@@ -1,7 +1,11 @@
-"""Federated roles on Flower (flwr 1.42): Simulation Engine, Deployment Engine over TLS, faults, resume.
+"""Federated roles on Flower (flwr 1.42): Simulation Engine, Deployment Engine over TLS with SuperNode
+authentication, a dead SuperNode, a killed and resumed server.
 
-All runs are FedAvg with 2 clients of the bundled SmolLM2 (tiny data, one training step per round),
-on loopback only. The in-process run is the reference every engine must reproduce.
+The slow runs are FedMKT with 2 clients in the one-to-one homogeneous setting (LLM and both SLMs are
+the bundled SmolLM2, so token alignment is the identity), tiny data, one training step per phase,
+2 rounds, no baselines; loopback only. FedMKT clients keep their own LoRA adapters between rounds,
+so these runs also check the client-side checkpoint. The in-process run is the reference every
+engine must reproduce.
 """
 
 from __future__ import annotations
@@ -20,34 +24,25 @@ import pytest
 
 pytest.importorskip("flwr")
 
-SMALL = {"clients": 2, "data.n_train": 8, "data.n_test": 6, "train.max_steps": 1, "train.batch_size": 4,
-         "train.max_length": 80, "method_args.rounds": 2, "seed": 0}
-
-
-def _cfg(out: Path, name: str, **extra):
-    from fedlsm.config import build_config
-
-    return build_config({"method": "fedavg", "name": name, "output_dir": str(out)}, {**SMALL, **extra})
+FEDMKT = {"data.task": "arith", "llm.model": "smollm2-135m", "slm": "smollm2-135m", "data.n_train": 10,
+          "data.n_test": 6, "data.public_fraction": 0.2, "train.max_steps": 1, "train.batch_size": 4,
+          "train.max_length": 80, "method_args.rounds": 2, "method_args.top_k": 8, "method_args.baselines": False}
+ROUND_KEYS = ("round", "clients_answered", "rejected", "dropped", "server_kd_samples", "server_kd_from",
+              "server_loss_last", "client_kd_samples")
 
 
 def _outcome(run_dir: Path) -> dict:
-    """What must match between engines: every round's accuracy, every client's losses, the final adapters."""
+    """What must match between engines: every round's server side, every client's accuracy and its own
+    per-round losses, the LLM's accuracy, who dropped."""
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["run"]["status"] == "done"
-    h = m["fedavg"]
-    with np.load(next((run_dir / "checkpoint").glob("arrays-*.npz"))) as z:
-        arrays = {k: z[k] for k in z.files}
-    return {"zero": h["zero_shot_slm"]["value"], "rounds": [r["value"] for r in h["rounds"]],
-            "losses": [{c: v["loss_first"] for c, v in r["clients"].items()} for r in h["rounds"]],
-            "clients": [sorted(r["clients"]) for r in h["rounds"]], "arrays": arrays, "metrics": m}
+    return {"rounds": [{k: r[k] for k in ROUND_KEYS} for r in m["rounds"]], "clients": m["fedmkt_clients"],
+            "llm": m["fedmkt_llm"], "dropped": m["dropped"], "metrics": m}
 
 
 def _same(a: dict, b: dict) -> None:
-    assert a["zero"] == b["zero"] and a["rounds"] == b["rounds"]
-    assert a["losses"] == b["losses"]
-    assert set(a["arrays"]) == set(b["arrays"])
-    for k in a["arrays"]:
-        np.testing.assert_array_equal(a["arrays"][k], b["arrays"][k])
+    for k in ("rounds", "clients", "llm", "dropped"):
+        assert a[k] == b[k], k
 
 
 def _env() -> dict:
@@ -55,17 +50,9 @@ def _env() -> dict:
             "HF_HUB_OFFLINE": "1"}
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """The uninterrupted in-process run (in a subprocess with one torch thread, like every other engine)."""
-    out = tmp_path_factory.mktemp("ref")
-    _fedlsm(out, "ref", "--engine", "in-process")
-    return _outcome(out / "ref")
-
-
 def _fedlsm(out: Path, name: str, *args: str, wait: bool = True):
-    sets = [a for k, v in SMALL.items() if k not in ("clients", "seed") for a in ("--set", f"{k}={v}")]
-    cmd = [sys.executable, "-m", "fedlsm", "run", "fedavg", "--clients", "2", "--seed", "0", "--name", name,
+    sets = [a for k, v in FEDMKT.items() for a in ("--set", f"{k}={json.dumps(v) if isinstance(v, bool) else v}")]
+    cmd = [sys.executable, "-m", "fedlsm", "run", "fedmkt", "--clients", "2", "--seed", "0", "--name", name,
            "--output-dir", str(out), *sets, *args]
     log = (out / f"{name}.log").open("a")
     p = subprocess.Popen(cmd, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -74,6 +61,19 @@ def _fedlsm(out: Path, name: str, *args: str, wait: bool = True):
         assert p.returncode == 0, (out / f"{name}.log").read_text()[-3000:]
     return p
 
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted in-process run (in a subprocess with one torch thread, like every other engine)."""
+    out = tmp_path_factory.mktemp("ref")
+    _fedlsm(out, "ref", "--engine", "in-process")
+    ref = _outcome(out / "ref")
+    assert ref["dropped"] == [] and all(r["clients_answered"] == ["client-0", "client-1"] for r in ref["rounds"])
+    assert [[h["round"] for h in c["history"]] for c in ref["clients"].values()] == [[0, 1], [0, 1]]
+    return ref
+
+
+# --- fast: wire format, checkpoints, config errors -------------------------------------------------
 
 def test_records_round_trip():
     """Payloads with nested arrays, numbers, strings, lists and inf survive the trip through Flower records."""
@@ -95,48 +95,111 @@ def test_records_round_trip():
     assert st["rounds"] == [1, 2] and st["m"].tolist() == [1.0, 1.0]
 
 
+def test_client_checkpoint_picks_the_state_a_cold_role_needs(tmp_path):
+    """Same run (restarted SuperNode): its latest state. Resumed server at round r: the state before r,
+    from any run. Fresh run: nothing of another run. Only the latest state and the one before stay."""
+    from fedlsm.federation.checkpoint import ClientCheckpoint
+
+    a = ClientCheckpoint(tmp_path, run="A")
+    for r in range(3):
+        a.save(r, {"w": np.full(2, r, dtype=np.float32), "round": r})
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["round-00001.npz", "round-00002.npz"]
+    r, st = a.load(2, resume=False)
+    assert r == 2 and st["round"] == 2 and st["w"].dtype == np.float32 and st["w"].tolist() == [2, 2]
+    b = ClientCheckpoint(tmp_path, run="B")
+    assert b.load(2, resume=False) is None  # a fresh run never picks up another run's files
+    r, st = b.load(2, resume=True)  # the server resumes at round 2: the client as round 1 ended
+    assert r == 1 and st["w"].tolist() == [1, 1]
+    b.save(2, {"w": np.zeros(2, dtype=np.float32), "round": 2})  # redoing round 2 replaces the partial one
+    assert b.load(3, resume=False)[1]["w"].tolist() == [0, 0]
+    b.save(1, {"w": np.zeros(2, dtype=np.float32), "round": 1})  # going back drops the later future
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["round-00001.npz"]
+
+
+def test_in_process_grid_restores_client_state_on_resume(tmp_path):
+    """Any stateful role (here one that counts its requests) gets its checkpointed state back in a
+    resumed run, from the federation layer alone; a fresh run in the same folder starts from zero."""
+    from fedlsm.config import build_config
+    from fedlsm.data.task import Task
+    from fedlsm.federation.grid import client_contexts, in_process_grid
+    from fedlsm.federation.messages import Message, MessageLog
+
+    class Counter:
+        def __init__(self, ctx):
+            self.n = 0
+
+        def handle(self, msg):
+            self.n += 1
+            return Message(msg.receiver, "server", "count", {"n": self.n}, msg.round)
+
+        def state(self):
+            return {"n": self.n}
+
+        def load_state(self, state):
+            self.n = state["n"]
+
+    task = Task("t", "generation", [], [])
+
+    def grid(resume: bool):
+        cfg = build_config({"method": "fedavg", "output_dir": str(tmp_path), "name": "c", "resume": resume}, {})
+        return in_process_grid(Counter, client_contexts(cfg, [], [[], []], task, tmp_path), MessageLog())
+
+    def ask(g, round: int) -> int:
+        return g.send_and_receive([Message("server", "client-1", "count", {}, round)])[0].payload["n"]
+
+    g = grid(False)
+    assert [ask(g, 0), ask(g, 1), ask(g, 1)] == [1, 2, 3]  # killed during round 1 (after two requests of it)
+    assert ask(grid(True), 1) == 2  # resumed at round 1: the state after round 0, plus this request
+    assert ask(grid(False), 0) == 1  # a new run in the same folder
+
+
 def test_fedavg_refuses_heterogeneous_clients(tmp_path):
+    from fedlsm.config import build_config
     from fedlsm.errors import ConfigError
     from fedlsm.methods.fedavg import check_homogeneous
 
-    cfg = _cfg(tmp_path, "x", **{"method_args.client_slms": ["smollm2-135m", "qwen2.5-0.5b"]})
+    cfg = build_config({"method": "fedavg", "name": "x", "output_dir": str(tmp_path)},
+                       {"method_args.client_slms": ["smollm2-135m", "qwen2.5-0.5b"]})
     with pytest.raises(ConfigError, match="^slm: .*same model.*fix: set one `slm`"):
         check_homogeneous(cfg)
 
 
+# --- slow: FedMKT on every engine ------------------------------------------------------------------
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_simulation_engine_matches_in_process(reference, tmp_path):
-    """Same seed: the Flower Simulation Engine (Ray actors) reproduces the in-process run bit for bit."""
+    """Same seed: the Flower Simulation Engine (Ray actors) reproduces the in-process run exactly."""
     _fedlsm(tmp_path, "sim", "--engine", "flower-sim")
     sim = _outcome(tmp_path / "sim")
     _same(sim, reference)
-    assert sim["clients"] == [["client-0", "client-1"]] * 2
     assert sim["metrics"]["summary"]["communication"]["bytes_up"] > 0
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_resume_after_server_killed(reference, tmp_path):
-    """Kill the server process once round 1 is checkpointed; --resume ends exactly like the uninterrupted run."""
+    """Kill the whole run (server and in-process clients) once round 0 is checkpointed; --resume ends
+    exactly like the uninterrupted run, because each client restores its own adapters from its
+    private checkpoint (without it the clients' round-1 losses differ)."""
     p = _fedlsm(tmp_path, "res", wait=False)
     ckpt = tmp_path / "res" / "checkpoint" / "checkpoint.json"
     deadline = time.time() + 600
-    while time.time() < deadline and p.poll() is None:
-        if ckpt.is_file() and json.loads(ckpt.read_text())["round"] >= 1:
-            break
+    while time.time() < deadline and p.poll() is None and not ckpt.is_file():
         time.sleep(0.2)
     assert p.poll() is None, "the run ended before it could be killed"
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
-    assert json.loads(ckpt.read_text())["round"] == 1
+    assert json.loads(ckpt.read_text())["round"] == 0
     _fedlsm(tmp_path, "res", "--resume")
     resumed = _outcome(tmp_path / "res")
     _same(resumed, reference)
-    assert "resuming res after round 1" in (tmp_path / "res.log").read_text()
+    log = (tmp_path / "res.log").read_text()
+    assert "resuming FedMKT after round 0" in log
+    assert "client-0: restored its state after round 0" in log and "client-1: restored its state after round 0" in log
 
 
-# --- Deployment Engine: a real SuperLink and SuperNodes on loopback, over TLS ------------------------
+# --- Deployment Engine: a real SuperLink and SuperNodes on loopback, TLS + SuperNode authentication ----
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -145,26 +208,30 @@ def _free_port() -> int:
 
 
 class Federation:
-    """A SuperLink and N SuperNodes started with `fedlsm superlink` / `fedlsm supernode`, each in its own
-    process group (SuperNodes spawn ClientApp processes; killing the group kills them all)."""
+    """A SuperLink (TLS, SuperNode authentication on) and N SuperNodes with registered keys, started with
+    `fedlsm superlink` / `fedlsm supernode`, each in its own process group (SuperNodes spawn ClientApp
+    processes; killing the group kills them all)."""
 
     def __init__(self, root: Path, clients: int):
-        from fedlsm.federation.deploy import make_certificates
+        from fedlsm.federation.deploy import make_certificates, make_node_key, register_supernode
 
         self.root, self.clients = root, clients
         self.certs = make_certificates(root / "certs")
+        self.keys = [make_node_key(root / "keys", f"node-{k}") for k in range(clients)]
         self.port = _free_port()
         self.procs: dict[str, subprocess.Popen] = {}
-        self._start("superlink", ["superlink", "--certs", str(root / "certs"), "--port", str(self.port)])
+        self._start("superlink", ["superlink", "--certs", str(root / "certs"), "--port", str(self.port),
+                                  "--supernode-auth"])
         self._wait_listening(self.port)
-        for k in range(clients):
-            self.start_node(k)
+        self.node_ids = [register_supernode(k["public"], superlink=f"127.0.0.1:{self.port}",
+                                            root_certificates=self.certs["ca"]) for k in self.keys]
 
-    def _start(self, name: str, args: list[str]) -> None:
+    def _start(self, name: str, args: list[str]) -> subprocess.Popen:
         env = {**_env(), "FLWR_HOME": str(self.root / f"flwr-{name}")}
         log = (self.root / f"{name}.log").open("a")
         self.procs[name] = subprocess.Popen([sys.executable, "-m", "fedlsm", *args], env=env, stdout=log,
                                             stderr=subprocess.STDOUT, start_new_session=True)
+        return self.procs[name]
 
     def _wait_listening(self, port: int, timeout: float = 60) -> None:
         deadline = time.time() + timeout
@@ -175,10 +242,28 @@ class Federation:
             time.sleep(0.3)
         raise AssertionError((self.root / "superlink.log").read_text()[-2000:])
 
-    def start_node(self, k: int) -> None:
-        self._start(f"supernode-{k}", ["supernode", "--partition", str(k), "--clients", str(self.clients),
-                                       "--superlink", f"127.0.0.1:{self.port}", "--root-certificates",
-                                       str(self.certs["ca"]), "--port", str(_free_port())])
+    def log(self, name: str) -> str:
+        return (self.root / f"{name}.log").read_text()
+
+    def start_node(self, k: int, key: Path | None = None, name: str | None = None) -> subprocess.Popen:
+        return self._start(name or f"supernode-{k}",
+                           ["supernode", "--partition", str(k), "--clients", str(self.clients),
+                            "--superlink", f"127.0.0.1:{self.port}", "--root-certificates", str(self.certs["ca"]),
+                            "--port", str(_free_port()), "--auth-key", str(key or self.keys[k]["private"])])
+
+    def join(self, k: int, timeout: float = 180) -> None:
+        """Start SuperNode k until the SuperLink activates it (a registered key is refused while the
+        SuperLink still counts its previous session as online)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            seen = len(self.log(f"supernode-{k}")) if (self.root / f"supernode-{k}.log").exists() else 0
+            p = self.start_node(k)
+            while p.poll() is None and "SuperNode ID" not in self.log(f"supernode-{k}")[seen:]:
+                time.sleep(0.3)
+            if p.poll() is None:
+                return
+            time.sleep(1)
+        raise AssertionError(self.log(f"supernode-{k}")[-2000:])
 
     def kill(self, name: str) -> None:
         p = self.procs.pop(name)
@@ -193,33 +278,74 @@ class Federation:
             self.kill(name)
 
 
+def _wait_for(cond, what: str, run: subprocess.Popen, log: Path, timeout: float = 600) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and run.poll() is None:
+        if cond():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{what}: never happened\n{log.read_text()[-3000:]}")
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_deployment_tls_survives_a_dead_supernode(reference, tmp_path):
-    """SuperLink + 2 SuperNodes over TLS. SuperNode 1 is killed during round 1: the round completes with
-    client-0 and the drop is logged; SuperNode 1 restarts, rejoins, and round 2 has both clients again."""
+def test_deployment_tls_auth_survives_a_dead_supernode(reference, tmp_path):
+    """SuperLink + 2 SuperNodes over TLS, each admitted by its registered key (an unregistered key is
+    refused). SuperNode 1 is killed during round 0's local update, before it saved any state: the
+    round completes with client-0, the drop is logged and recorded; SuperNode 1 restarts (its key keeps
+    its node id, so only once the SuperLink has its old session offline), round 1 waits for it
+    (``federation.rejoin_timeout``), and it takes part from its base model (it has no private
+    checkpoint of this run) and is evaluated."""
+    from fedlsm.federation.deploy import make_node_key
+
     fed = Federation(tmp_path, clients=2)
     try:
+        intruder = fed.start_node(1, make_node_key(tmp_path / "keys", "intruder")["private"], name="intruder")
+        assert intruder.wait(timeout=120) != 0
+        assert "Failed to activate SuperNode" in fed.log("intruder")
+        fed.procs.pop("intruder")
+        for k in range(2):
+            fed.join(k)
+        assert all(f"SuperNode ID: {n}" in fed.log(f"supernode-{k}") for k, n in enumerate(fed.node_ids))
+
         run = _fedlsm(tmp_path, "dep", "--engine", "flower-deploy",
                       "--set", f"federation.superlink=127.0.0.1:{fed.port}",
-                      "--set", f"federation.root_certificates={fed.certs['ca']}", wait=False)
-        work = tmp_path / "dep" / "client-1"  # a client makes its work folder when round 1 reaches it
-        deadline = time.time() + 600
-        while not work.exists() and time.time() < deadline and run.poll() is None:
-            time.sleep(0.2)
-        assert work.exists(), (tmp_path / "dep.log").read_text()[-3000:]
+                      "--set", f"federation.root_certificates={fed.certs['ca']}",
+                      "--set", "federation.rejoin_timeout=300", wait=False)  # round 1 waits for SuperNode 1
+        log, work, metrics = tmp_path / "dep.log", tmp_path / "dep" / "client-1", tmp_path / "dep" / "metrics.json"
+        # client-1's work folder appears when its first request (round 0's local update) reaches it
+        _wait_for(work.exists, "client-1 starting round 0", run, log)
         fed.kill("supernode-1")
-        fed.start_node(1)  # comes back while round 1 is still running; joins from round 2 on
+        assert not list((work / "state").glob("round-*.npz")), "client-1 saved a state before it was killed"
+
+        def dropped() -> bool:
+            try:
+                return bool(json.loads(metrics.read_text()).get("dropped"))
+            except (OSError, ValueError):
+                return False
+
+        _wait_for(dropped, "client-1 recorded as dropped", run, log)
+        fed.join(1)  # possible once the SuperLink has its old session offline, i.e. now
         run.wait(timeout=900)
-        log = (tmp_path / "dep.log").read_text()
-        assert run.returncode == 0, log[-3000:]
+        text = log.read_text()
+        assert run.returncode == 0, text[-3000:]
         dep = _outcome(tmp_path / "dep")
-        assert dep["clients"] == [["client-0"], ["client-0", "client-1"]]
-        dropped = dep["metrics"]["fedavg"]["dropped"]
-        assert [(d["round"], d["client"]) for d in dropped] == [(1, "client-1")]
-        assert "client-1 dropped" in log and "proceeding without client-1" in log
-        # Client 0's first round is the reference's, to the bit (same seed, same global adapters in).
-        assert dep["losses"][0]["client-0"] == reference["losses"][0]["client-0"]
-        assert dep["zero"] == reference["zero"]
+        assert [r["clients_answered"] for r in dep["rounds"]] == [["client-0"], ["client-0", "client-1"]]
+        assert [(d["round"], d["client"], d["step"]) for d in dep["dropped"]] == [(0, "client-1", "local_update")]
+        assert dep["dropped"][0]["reason"].startswith("error")  # the SuperLink's "node unavailable" reply
+        assert "client-1 dropped" in text and "proceeding without client-1" in text
+        ref_hist = {c: v["history"] for c, v in reference["clients"].items()}
+        hist = {c: v["history"] for c, v in dep["clients"].items()}
+        # Client 0's first round is the reference's, to the bit (same seed, nothing from client-1 in it yet).
+        assert hist["client-0"][0]["local_loss_first"] == ref_hist["client-0"][0]["local_loss_first"]
+        # Client 1 took part in round 1 only, starting from its base model: its first loss is the base
+        # model's loss on its data (the reference's round-0 value, up to summation order), not the
+        # loss of a model trained in round 0.
+        assert [h["round"] for h in hist["client-1"]] == [1]
+        first = hist["client-1"][0]["local_loss_first"]
+        assert first == pytest.approx(ref_hist["client-1"][0]["local_loss_first"], abs=1e-4)
+        assert abs(first - ref_hist["client-1"][1]["local_loss_first"]) > 1e-2
+        assert "restored its state" not in fed.log("supernode-1")
+        assert set(dep["clients"]) == {"client-0", "client-1"}
     finally:
         fed.close()

@@ -17,7 +17,7 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-from fedlsm.errors import FedLSMError
+from fedlsm.errors import ConfigError, FedLSMError
 
 app = typer.Typer(help="fedlsm: privacy-preserving collaboration between a server LLM and client SLMs.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -205,14 +205,16 @@ def superlink_command(
     host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0 for other machines)"),
     port: int = typer.Option(9093, help="port for the Fleet, Control and ServerApp APIs"),
     insecure: bool = typer.Option(False, help="no TLS (local tests only)"),
+    supernode_auth: bool = typer.Option(False, help="admit only SuperNodes whose public key was registered "
+                                                    "(`fedlsm register-node`)"),
 ):
     """Start a Flower SuperLink (the server side of a deployment; runs until stopped)."""
     from fedlsm.federation.deploy import superlink_command as cmd
+    from fedlsm.federation.deploy import tool_env
 
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    argv = cmd(None if insecure else certs, host=host, port=port)
+    argv = cmd(None if insecure else certs, host=host, port=port, supernode_auth=supernode_auth)
     console.print(" ".join(argv))
-    os.execv(argv[0], argv)
+    os.execve(argv[0], argv, tool_env())
 
 
 @app.command("supernode")
@@ -224,15 +226,52 @@ def supernode_command(
     root_certificates: Optional[Path] = typer.Option(Path("certs/ca.pem"), help="CA that signed the SuperLink's certificate"),
     port: Optional[int] = typer.Option(None, help="local ClientApp API port (default 9094+partition)"),
     insecure: bool = typer.Option(False, help="no TLS (local tests only)"),
+    auth_key: Optional[Path] = typer.Option(None, help="this SuperNode's private key from `fedlsm node-key` "
+                                                       "(when the SuperLink runs with --supernode-auth)"),
 ):
     """Start a Flower SuperNode for one client (its data never leaves this machine)."""
     from fedlsm.federation.deploy import supernode_command as cmd
+    from fedlsm.federation.deploy import tool_env
 
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    if auth_key is not None and not auth_key.is_file():
+        raise ConfigError("--auth-key", f"{auth_key} is not a file", "make one with `fedlsm node-key` and register "
+                          "its .pub with `fedlsm register-node` on the SuperLink's side")
     argv = cmd(partition, clients, superlink=superlink, root_certificates=None if insecure else root_certificates,
-               port=port)
+               port=port, auth_key=auth_key)
     console.print(" ".join(argv))
-    os.execv(argv[0], argv)
+    os.execve(argv[0], argv, tool_env())
+
+
+@app.command("node-key")
+@user_errors
+def node_key_command(
+    folder: Path = typer.Argument(Path("keys"), help="where <name>.key (private) and <name>.pub go"),
+    name: str = typer.Option("supernode", help="file name stem"),
+):
+    """Make a SuperNode's authentication key pair (keep .key here; give .pub to the SuperLink's operator)."""
+    from fedlsm.federation.deploy import make_node_key
+
+    paths = make_node_key(folder, name)
+    console.print(f"{paths['private']} (private: pass to `fedlsm supernode --auth-key`), "
+                  f"{paths['public']} (public: `fedlsm register-node` on the SuperLink's side)")
+
+
+@app.command("register-node")
+@user_errors
+def register_node_command(
+    public_key: Path = typer.Argument(..., help="a SuperNode's .pub from `fedlsm node-key`"),
+    superlink: str = typer.Option("127.0.0.1:9093", help="SuperLink address host:port"),
+    root_certificates: Optional[Path] = typer.Option(Path("certs/ca.pem"), help="CA that signed the SuperLink's certificate"),
+    insecure: bool = typer.Option(False, help="no TLS (local tests only)"),
+):
+    """Allow a SuperNode to join a SuperLink started with --supernode-auth."""
+    from fedlsm.federation.deploy import register_supernode
+
+    if not public_key.is_file():
+        raise ConfigError("public_key", f"{public_key} is not a file", "pass the .pub written by `fedlsm node-key`")
+    node = register_supernode(public_key, superlink=superlink, root_certificates=None if insecure else root_certificates,
+                              insecure=insecure)
+    console.print(f"registered {public_key} as SuperNode {node}")
 
 
 def _register_optional() -> None:

@@ -88,6 +88,8 @@ class FederationConfig(_Strict):
     min_clients: int = Field(1, gt=0, description="fewest replies a round may proceed with (the rest are logged as dropped)")
     round_timeout: float | None = Field(None, gt=0, description="seconds to wait for replies in one round (null = until all answer or drop)")
     connect_timeout: float = Field(120.0, gt=0, description="seconds the server waits for `clients` SuperNodes to connect")
+    rejoin_timeout: float = Field(0.0, ge=0, description="once a client dropped: seconds each request to all clients "
+                                  "waits for missing ones to come back (a restarting SuperNode) before going on without them")
     superlink: str = Field("127.0.0.1:9093", description="flower-deploy: SuperLink address host:port")
     root_certificates: str | None = Field(None, description="flower-deploy: CA certificate (PEM) that signed the SuperLink's TLS certificate")
     insecure: bool = Field(False, description="flower-deploy: plain HTTP to the SuperLink (local tests only)")

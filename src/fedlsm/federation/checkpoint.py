@@ -1,4 +1,6 @@
-"""Server checkpoints: what a server role needs to continue a killed run from its last round.
+"""Checkpoints that let a killed run continue exactly where it stopped.
+
+Server side, what a server role needs to continue from its last round:
 
 A checkpoint lives in ``<run folder>/checkpoint/`` (by default) and holds
 
@@ -19,6 +21,12 @@ Usage in a server role (``fedlsm run ... --resume`` sets ``cfg.resume``)::
     for t in range(start, rounds + 1):
         ...
         ckpt.save(t, weights, {"history": history})
+
+Client side, :class:`ClientCheckpoint`: a stateful client role (FedMKT's own LoRA adapters) would
+otherwise lose its state whenever its host starts afresh (a resumed run builds new roles; a
+restarted SuperNode has an empty Flower context). The grids (in-process and Flower) save every
+role's ``state()`` in the client's private work folder after each answer (never sent anywhere)
+and restore it into a role that starts cold, so no method has to do it itself.
 """
 
 from __future__ import annotations
@@ -86,6 +94,69 @@ class ServerCheckpoint:
         with np.load(self.dir / meta["arrays"], allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         return Checkpoint(int(meta["round"]), arrays, meta["state"], meta["rng"])
+
+
+class ClientCheckpoint:
+    """A client role's state after each request it answered, in ``<work_dir>/state/round-<r>.npz``.
+
+    One ``.npz`` per round (the arrays plus the JSON rest, written to a temporary file and renamed:
+    the commit point), tagged with the host's ``run`` (a Flower run id; a fresh id per in-process
+    run). A role that starts cold restores, in this order: the latest state of its own run (a
+    SuperNode restarted mid-run carries on where it was), or, when the server resumed, the latest
+    state an earlier run saved *before* the round the server resumes at (the state the client had
+    when the server's last committed round ended, whatever it had begun after). Anything else in a
+    reused folder belongs to another run and is ignored.
+    """
+
+    def __init__(self, work_dir: str | Path, run: str = ""):
+        self.dir = Path(work_dir) / "state"
+        self.run = str(run)
+
+    def _rounds(self) -> dict[int, Path]:
+        out = {}
+        for p in self.dir.glob("round-*.npz"):
+            try:
+                out[int(p.stem.split("-", 1)[1])] = p
+            except ValueError:
+                continue
+        return out
+
+    def save(self, round: int, state: dict[str, Any]) -> Path:
+        """Commit ``state`` as the state after round ``round``; keep only it and the latest earlier one
+        (states of later rounds belong to a future that a resumed server discarded)."""
+        from fedlsm.federation.messages import split_arrays
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        text, arrays = split_arrays(state)
+        path = self.dir / f"round-{round:05d}.npz"
+        tmp = self.dir / (path.name + ".tmp")
+        with tmp.open("wb") as f:
+            np.savez(f, **arrays, **{_STATE: np.array(json.dumps({"run": self.run, "state": text}))})
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        saved = self._rounds()
+        earlier = max((r for r in saved if r < round), default=None)
+        for r, p in saved.items():
+            if r > round or (earlier is not None and r < earlier):
+                p.unlink(missing_ok=True)
+        return path
+
+    def load(self, round: int, *, resume: bool) -> tuple[int, dict[str, Any]] | None:
+        """(round, state) for a role starting cold before a request of round ``round``: the latest
+        state this run saved up to that round; failing that, when the server resumed (``resume``),
+        the latest state an earlier run saved before ``round``. None: start from the base model."""
+        from fedlsm.federation.messages import join_arrays
+
+        for r, p in sorted(self._rounds().items(), reverse=True):
+            with np.load(p, allow_pickle=False) as z:
+                meta = json.loads(str(z[_STATE]))
+                if (meta["run"] == self.run and r <= round) or (resume and r < round):
+                    return r, join_arrays(meta["state"], {k: z[k] for k in z.files if k != _STATE})
+        return None
+
+
+_STATE = "__state__"
 
 
 def _get_rng() -> dict[str, Any]:

@@ -2,6 +2,15 @@
 
 * :func:`make_certificates` writes a CA and a server certificate for the SuperLink's addresses
   (``fedlsm certs``); SuperNodes and the submitting CLI trust the CA.
+* SuperNode authentication (Flower's own, flwr 1.42): TLS proves the SuperLink to the SuperNodes;
+  node keys prove each SuperNode to the SuperLink, so no one else can join as a client and be
+  sent the round's messages. :func:`make_node_key` writes an EC P-384 key pair in OpenSSH format
+  (``fedlsm node-key``, on the client's machine); the SuperLink's operator registers the public
+  key (:func:`register_supernode`, ``fedlsm register-node``: ``flwr supernode register``); the
+  SuperLink refuses unregistered nodes (``--enable-supernode-auth``) and the SuperNode signs its
+  requests with the private key (``--auth-supernode-private-key``). A registered key keeps its
+  Flower node id, so a SuperNode that restarts can rejoin only once the SuperLink has marked its
+  previous session offline (heartbeat patience, about a minute after it died).
 * :func:`superlink_command` / :func:`supernode_command` are the ``flower-superlink`` /
   ``flower-supernode`` invocations (``fedlsm superlink`` / ``fedlsm supernode`` run them): TLS on,
   runtime dependency installation off (the environment is installed already), each SuperNode
@@ -25,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from fedlsm.errors import ConfigError
+from fedlsm.errors import ConfigError, FedLSMError
 
 CA, CERT, KEY = "ca.pem", "server.pem", "server.key"
 
@@ -34,6 +43,14 @@ def _bin(name: str) -> str:
     """An executable installed beside this Python (the venv's flwr tools)."""
     p = Path(sys.executable).parent / name
     return str(p) if p.exists() else name
+
+
+def tool_env(**extra: str) -> dict[str, str]:
+    """The environment for Flower's tools: this Python's bin folder first on PATH (a SuperLink starts
+    ``flower-superexec`` and a SuperNode ``flwr-clientapp`` by name, even from an unactivated venv)
+    and telemetry off."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, "PATH": path, "FLWR_TELEMETRY_ENABLED": "0", **extra}
 
 
 def make_certificates(folder: str | Path, hosts: Sequence[str] = ("127.0.0.1", "localhost"),
@@ -83,10 +100,63 @@ def make_certificates(folder: str | Path, hosts: Sequence[str] = ("127.0.0.1", "
     return {"ca": out / CA, "cert": out / CERT, "key": out / KEY}
 
 
+NODE_KEY, NODE_PUB = "{}.key", "{}.pub"
+
+
+def make_node_key(folder: str | Path, name: str = "supernode") -> dict[str, Path]:
+    """A SuperNode's authentication key pair (EC P-384, OpenSSH format, as flwr 1.42 reads them):
+    ``<name>.key`` stays on the client's machine, ``<name>.pub`` goes to the SuperLink's operator."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP384R1())
+    private, public = out / NODE_KEY.format(name), out / NODE_PUB.format(name)
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                          serialization.NoEncryption()))
+    os.chmod(private, 0o600)
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                     serialization.PublicFormat.OpenSSH) + b"\n")
+    return {"private": private, "public": public}
+
+
+def register_supernode(public_key: str | Path, *, superlink: str = "127.0.0.1:9093",
+                       root_certificates: str | Path | None = None, insecure: bool = False,
+                       home: str | Path | None = None) -> int:
+    """Register a SuperNode's public key with a SuperLink started with ``supernode_auth`` (its Control
+    API, through ``flwr supernode register``); returns the Flower node id the key is bound to."""
+    import tempfile
+
+    if not insecure and not root_certificates:
+        raise ConfigError("root_certificates", "registering a SuperNode talks TLS to the SuperLink",
+                          "pass the CA that signed the SuperLink's certificate (or insecure for a local test)")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = _flower_home(Path(home or tmp), superlink, str(root_certificates) if root_certificates else None,
+                              insecure)
+        proc = subprocess.run([_bin("flwr"), "supernode", "register", str(Path(public_key).resolve()), "fedlsm",
+                               "--format", "json"], env=tool_env(FLWR_HOME=str(folder)),
+                              capture_output=True, text=True)
+    try:
+        return int(json.loads(proc.stdout[proc.stdout.index("{"):])["node-id"])
+    except (ValueError, KeyError):
+        try:
+            why = json.loads(proc.stdout[proc.stdout.index("{"):])["error-message"]
+        except (ValueError, KeyError):
+            why = (proc.stdout + proc.stderr).strip()[-800:]
+        why = why.strip().splitlines()[-1].strip() if why.strip() else f"exit status {proc.returncode}"
+        raise FedLSMError(f"could not register {public_key} with the SuperLink at {superlink}: {why} "
+                          "(fix: check the address and CA, that the SuperLink runs with --supernode-auth, "
+                          "and that this key is not registered already)") from None
+
+
 def superlink_command(certs: str | Path | None, *, host: str = "127.0.0.1", port: int = 9093,
-                      database: str | None = None) -> list[str]:
-    """``flower-superlink`` serving Fleet, Control and ServerAppIo on ``host:port`` (TLS unless certs is None)."""
+                      database: str | None = None, supernode_auth: bool = False) -> list[str]:
+    """``flower-superlink`` serving Fleet, Control and ServerAppIo on ``host:port`` (TLS unless certs is
+    None); with ``supernode_auth`` only SuperNodes whose key was registered may connect."""
     cmd = [_bin("flower-superlink"), "--host", host, "--port", str(port), "--disable-runtime-dependency-installation"]
+    if supernode_auth:
+        cmd.append("--enable-supernode-auth")
     if certs is None:
         cmd.append("--insecure")
     else:
@@ -98,13 +168,16 @@ def superlink_command(certs: str | Path | None, *, host: str = "127.0.0.1", port
 
 
 def supernode_command(partition: int, clients: int, *, superlink: str = "127.0.0.1:9093",
-                      root_certificates: str | Path | None = None, port: int | None = None) -> list[str]:
+                      root_certificates: str | Path | None = None, port: int | None = None,
+                      auth_key: str | Path | None = None) -> list[str]:
     """``flower-supernode`` for client ``partition`` of ``clients``; ``port`` is its local ClientApp API
-    (must differ between SuperNodes sharing a machine)."""
+    (must differ between SuperNodes sharing a machine); ``auth_key``: its private key (registered)."""
     cmd = [_bin("flower-supernode"), "--superlink", superlink,
            "--node-config", f"partition-id={partition} num-partitions={clients}",
            "--port", str(port if port is not None else 9094 + partition)]
     cmd += ["--insecure"] if root_certificates is None else ["--root-certificates", str(root_certificates)]
+    if auth_key is not None:
+        cmd += ["--auth-supernode-private-key", str(auth_key)]
     return cmd
 
 
@@ -156,7 +229,7 @@ def submit_run(cfg, console):
     cfg_text = cfg.model_copy(update={"name": name, "output_dir": str(out)}).to_yaml()
     app = _app_dir(run_dir / "flower-app", cfg_text, ROLES[cfg.method])
     home = _flower_home(run_dir / "flower-home", f.superlink, f.root_certificates, f.insecure)
-    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0"}
+    env = tool_env(FLWR_HOME=str(home))
     console.print(f"submitting {cfg.method} to the SuperLink at {f.superlink} (run folder {run_dir})")
     proc = subprocess.run([_bin("flwr"), "run", str(app), "fedlsm", "--stream"], env=env)
     metrics = run_dir / "metrics.json"

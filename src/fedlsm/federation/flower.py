@@ -7,8 +7,9 @@
 * :class:`FlowerGrid` implements our ``Grid`` over a Flower ``Grid``: it names each SuperNode by
   asking it for its partition index (``node_config["partition-id"]``), returns the replies that
   arrived and records who dropped (error reply, timeout, disconnected) in ``dropped``.
-* The ClientApp rebuilds the method's client role for every message (Flower may run each message
-  in a fresh process) and keeps ``role.state()`` in the node's ``context.state`` between messages.
+* The ClientApp keeps ``role.state()`` in the node's ``context.state`` between messages (Flower may
+  run each message in a fresh process) and in the client's private checkpoint
+  (:func:`~fedlsm.federation.grid.answer`): a restarted SuperNode, or a resumed run, restores it.
   Each client builds its own partition from the run config and its partition index; the server
   role only ever sees :func:`~fedlsm.federation.grid.server_view` (no client data).
 * Engines: ``flower-sim`` runs the ServerApp in this process and the ClientApps on Flower's
@@ -23,7 +24,6 @@ import os
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # never phone home (and no network here anyway)
 
-import json
 import logging
 import time
 from functools import lru_cache
@@ -39,8 +39,9 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid as FlowerGridBase
 from flwr.serverapp import ServerApp
 
-from fedlsm.federation.grid import ClientContext, client_name, run_log, server_view
-from fedlsm.federation.messages import Message, MessageLog
+from fedlsm.federation.checkpoint import ClientCheckpoint
+from fedlsm.federation.grid import ClientContext, answer, client_name, run_log, server_view
+from fedlsm.federation.messages import Message, MessageLog, join_arrays, split_arrays
 
 log = logging.getLogger("fedlsm.federation")
 
@@ -49,43 +50,9 @@ HELLO = "fedlsm_hello"  # the adapter's own handshake: "which client are you?"
 META, ARRAYS = "fedlsm.meta", "fedlsm.arrays"
 STATE_META, STATE_ARRAYS = "fedlsm.state", "fedlsm.state_arrays"
 RUN_CONFIG_KEY, ROLES_KEY = "fedlsm-config", "fedlsm-roles"  # Flower run_config keys (deployment)
-_REF = "__ndarray__"
 
 
 # --- Message <-> RecordDict --------------------------------------------------------------------
-
-def _pack(value: Any) -> tuple[str, dict[str, np.ndarray]]:
-    """JSON text with each numpy array replaced by ``{"__ndarray__": key}``, and the arrays by key."""
-    arrays: dict[str, np.ndarray] = {}
-
-    def walk(x: Any) -> Any:
-        if isinstance(x, np.ndarray):
-            key = str(len(arrays))
-            arrays[key] = x
-            return {_REF: key}
-        if isinstance(x, dict):
-            return {str(k): walk(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [walk(v) for v in x]
-        if isinstance(x, np.generic):
-            return x.item()
-        return x
-
-    return json.dumps(walk(value), ensure_ascii=False), arrays
-
-
-def _unpack(text: str, arrays: dict[str, np.ndarray]) -> Any:
-    def walk(x: Any) -> Any:
-        if isinstance(x, dict):
-            if len(x) == 1 and _REF in x:
-                return arrays[x[_REF]]
-            return {k: walk(v) for k, v in x.items()}
-        if isinstance(x, list):
-            return [walk(v) for v in x]
-        return x
-
-    return walk(json.loads(text))
-
 
 def _array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord({k: Array.from_numpy_ndarray(np.asarray(v)) for k, v in arrays.items()})
@@ -93,7 +60,7 @@ def _array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
 
 def to_records(msg: Message) -> RecordDict:
     """Our message as Flower records (lists come back as lists, tuples as lists)."""
-    text, arrays = _pack(msg.payload)
+    text, arrays = split_arrays(msg.payload)
     meta = ConfigRecord({"sender": msg.sender, "receiver": msg.receiver, "kind": msg.kind,
                          "round": int(msg.round), "payload": text})
     return RecordDict({META: meta, ARRAYS: _array_record(arrays)})
@@ -102,12 +69,12 @@ def to_records(msg: Message) -> RecordDict:
 def from_records(content: RecordDict) -> Message:
     meta = content[META]
     arrays = {k: a.numpy() for k, a in content[ARRAYS].items()} if ARRAYS in content else {}
-    return Message(str(meta["sender"]), str(meta["receiver"]), str(meta["kind"]), _unpack(str(meta["payload"]), arrays),
+    return Message(str(meta["sender"]), str(meta["receiver"]), str(meta["kind"]), join_arrays(str(meta["payload"]), arrays),
                    int(meta["round"]))
 
 
 def _save_state(store: RecordDict, state: dict[str, Any]) -> None:
-    text, arrays = _pack(state)
+    text, arrays = split_arrays(state)
     store[STATE_META] = ConfigRecord({"json": text})
     store[STATE_ARRAYS] = _array_record(arrays)
 
@@ -116,7 +83,7 @@ def _load_state(store: RecordDict) -> dict[str, Any] | None:
     if STATE_META not in store:
         return None
     arrays = {k: a.numpy() for k, a in store[STATE_ARRAYS].items()} if STATE_ARRAYS in store else {}
-    return _unpack(str(store[STATE_META]["json"]), arrays)
+    return join_arrays(str(store[STATE_META]["json"]), arrays)
 
 
 # --- server side: our Grid over Flower's ---------------------------------------------------------
@@ -126,24 +93,30 @@ class FlowerGrid:
     that fails, times out or disconnects is missing from the replies and listed in ``dropped``."""
 
     def __init__(self, grid: FlowerGridBase, log: MessageLog, *, expected: int, round_timeout: float | None = None,
-                 connect_timeout: float = 120.0, hello_timeout: float = 60.0,
+                 connect_timeout: float = 120.0, hello_timeout: float = 60.0, rejoin_timeout: float = 0.0,
                  notify: Callable[[str], None] | None = None):
         self.grid = grid
         self.log = log
+        self.expected = expected
         self.round_timeout = round_timeout
         self.hello_timeout = hello_timeout
+        self.rejoin_timeout = rejoin_timeout
         self.dropped: list[dict[str, Any]] = []
         self._notify = notify or (lambda text: log_warning(text))
         self._nodes: dict[str, int] = {}  # client name -> Flower node id
         self._asked: set[int] = set()
-        deadline = time.monotonic() + connect_timeout
+        self._wait_for_clients(connect_timeout, "connected")
+
+    def _wait_for_clients(self, timeout: float, verb: str) -> None:
+        """Discover nodes until ``expected`` clients are named or ``timeout`` seconds passed."""
+        deadline = time.monotonic() + timeout
         while True:
             self._discover()
-            if len(self._nodes) >= expected or time.monotonic() > deadline:
+            if len(self._nodes) >= self.expected or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
-        if len(self._nodes) < expected:
-            self._notify(f"{len(self._nodes)} of {expected} client(s) connected after {connect_timeout:.0f}s: "
+        if len(self._nodes) < self.expected and timeout > 0:
+            self._notify(f"{len(self._nodes)} of {self.expected} client(s) {verb} after {timeout:.0f}s: "
                          f"{sorted(self._nodes)}")
 
     def _discover(self) -> None:
@@ -161,7 +134,8 @@ class FlowerGrid:
         self._asked &= online
 
     def clients(self) -> list[str]:
-        self._discover()
+        """The clients reachable now (after waiting up to ``rejoin_timeout`` for missing ones to come back)."""
+        self._wait_for_clients(self.rejoin_timeout if self.dropped else 0.0, "back")
         return sorted(self._nodes, key=lambda c: (len(c), c))
 
     def _drop(self, client: str, round: int, reason: str) -> None:
@@ -224,6 +198,21 @@ def _client_context(cfg_text: str, index: int) -> ClientContext:
     return ClientContext(cfg, index, parts[index], split.public, task, work)
 
 
+_ROLES: dict[tuple, Any] = {}  # (run id, roles module, config, partition) -> role, for the last few clients
+
+
+def _role(roles: str, ctx: ClientContext, key: tuple, cold: bool):
+    """The client role for ``key``: built afresh when cold (it must hold no state but what it restores),
+    else reused from this process (Ray actors host many messages; the caller loads the node's state
+    into it, so a reused role answers exactly like a rebuilt one)."""
+    if cold or key not in _ROLES:
+        _ROLES.pop(key, None)
+        while len(_ROLES) >= 2:
+            _ROLES.pop(next(iter(_ROLES)))
+        _ROLES[key] = import_module(roles).make_client(ctx)
+    return _ROLES[key]
+
+
 def _handle(message: FlowerMessage, context: Context, roles: str | None, cfg_text: str | None) -> FlowerMessage:
     index = int(context.node_config["partition-id"])
     if message.content[META]["kind"] == HELLO:
@@ -231,12 +220,14 @@ def _handle(message: FlowerMessage, context: Context, roles: str | None, cfg_tex
                              reply_to=message)
     cfg_text = cfg_text or str(context.run_config[RUN_CONFIG_KEY])
     roles = roles or str(context.run_config[ROLES_KEY])
-    role = import_module(roles).make_client(_client_context(cfg_text, index))
+    ctx = _client_context(cfg_text, index)
     saved = _load_state(context.state)
+    role = _role(roles, ctx, (context.run_id, roles, cfg_text, index), cold=saved is None)
     if saved is not None:
         role.load_state(saved)
-    reply = role.handle(from_records(message.content))
-    _save_state(context.state, role.state())
+    ckpt = ClientCheckpoint(ctx.work_dir, run=f"flower-{context.run_id}")
+    reply, state = answer(role, ctx, from_records(message.content), ckpt, cold=saved is None)
+    _save_state(context.state, state)
     return FlowerMessage(to_records(reply), reply_to=message)
 
 
@@ -262,7 +253,7 @@ def portable_config(ctx) -> str:
 def _flower_grid(grid: FlowerGridBase, ctx) -> FlowerGrid:
     f = ctx.cfg.federation
     return FlowerGrid(grid, run_log(ctx), expected=ctx.cfg.clients, round_timeout=f.round_timeout,
-                      connect_timeout=f.connect_timeout,
+                      connect_timeout=f.connect_timeout, rejoin_timeout=f.rejoin_timeout,
                       notify=lambda text: ctx.console.print(f"[yellow]{text}[/]"))
 
 

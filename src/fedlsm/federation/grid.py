@@ -14,16 +14,23 @@ engines. Methods never import flwr.
 
 Payloads may hold strings, numbers, lists, dicts and numpy arrays (top-K logits, LoRA
 weights); see :mod:`fedlsm.federation.messages` for how each is sized and logged.
+
+Both grids checkpoint every client role's ``state()`` in the client's private work folder after
+each answer (:func:`answer`, :class:`~fedlsm.federation.checkpoint.ClientCheckpoint`), so a
+stateful role survives a resumed server or a restarted SuperNode without code of its own.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
+from fedlsm.federation.checkpoint import ClientCheckpoint
 from fedlsm.federation.messages import Message, MessageLog
 
 if TYPE_CHECKING:
@@ -62,14 +69,61 @@ class ClientRole(Protocol):
         """Answer one request from the server (the reply's receiver is ``"server"``)."""
 
     def state(self) -> dict[str, Any]:
-        """What must survive between rounds when the host process does not keep this object
-        (Flower may rebuild the role for every message): numpy arrays and JSON-able values."""
+        """What must survive between rounds when the host process does not keep this object (Flower
+        may rebuild the role for every message; a resumed run or a restarted SuperNode builds it
+        afresh): numpy arrays and JSON-able values. Saved in the client's private work folder after
+        every answer (:func:`answer`)."""
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state` returned."""
 
 
 ClientFactory = Callable[[ClientContext], ClientRole]
+
+log = logging.getLogger("fedlsm.federation")
+
+
+def answer(role: ClientRole, ctx: ClientContext, msg: Message, ckpt: ClientCheckpoint, *,
+           cold: bool) -> tuple[Message, dict[str, Any]]:
+    """``role.handle(msg)`` with the client-side checkpoint: a ``cold`` role (its host has no state
+    for it in this run) first restores what :meth:`ClientCheckpoint.load` finds; the state after
+    the answer is committed before the reply leaves, so a round the server has committed is
+    always on the client's disk too. Returns the reply and that state."""
+    if cold:
+        resume = bool(getattr(ctx.cfg, "resume", False))
+        saved = ckpt.load(msg.round, resume=resume)
+        if saved is not None:
+            role.load_state(saved[1])
+            log.warning("%s: restored its state after round %d from %s", ctx.name, saved[0], ckpt.dir)
+        else:  # a resumed run expected one; otherwise this is the run's first request, or a restart before any save
+            log.log(logging.WARNING if resume else logging.INFO, "%s: no saved state for round %d in %s: "
+                    "starting from the base model", ctx.name, msg.round, ckpt.dir)
+    reply = role.handle(msg)
+    state = role.state()
+    ckpt.save(msg.round, state)
+    return reply, state
+
+
+class CheckpointedRole:
+    """An in-process client role under :func:`answer` (cold until its first request)."""
+
+    def __init__(self, role: ClientRole, ctx: ClientContext):
+        self.role, self.ctx = role, ctx
+        self.ckpt = ClientCheckpoint(ctx.work_dir, run=f"in-process-{uuid.uuid4().hex}")
+        self._cold = True
+
+    def handle(self, msg: Message) -> Message:
+        # In process, a role is cold only at its run's first request: only a resumed run has state to find.
+        cold = self._cold and bool(getattr(self.ctx.cfg, "resume", False))
+        reply, _ = answer(self.role, self.ctx, msg, self.ckpt, cold=cold)
+        self._cold = False
+        return reply
+
+    def state(self) -> dict[str, Any]:
+        return self.role.state()
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.role.load_state(state)
 
 
 class Grid(Protocol):
@@ -131,15 +185,16 @@ def client_contexts(cfg: "RunConfig", public: list["Example"], clients: list[lis
 
 
 def in_process_grid(make_client: ClientFactory, contexts: Sequence[ClientContext], log: MessageLog) -> InProcessGrid:
-    return InProcessGrid({c.name: make_client(c) for c in contexts}, log)
+    return InProcessGrid({c.name: CheckpointedRole(make_client(c), c) for c in contexts}, log)
 
 
 def broadcast(grid: Grid, kind: str, payload: dict[str, Any], round: int,
               per_client: Callable[[str], dict[str, Any]] | None = None,
-              timeout: float | None = None) -> dict[str, Message]:
-    """Send one request kind to every reachable client; replies keyed by client name."""
+              timeout: float | None = None, to: Sequence[str] | None = None) -> dict[str, Message]:
+    """Send one request kind to every reachable client (or to the clients named in ``to``);
+    replies keyed by client name."""
     msgs = [Message("server", c, kind, {**payload, **(per_client(c) if per_client else {})}, round)
-            for c in grid.clients()]
+            for c in (grid.clients() if to is None else to)]
     return {r.sender: r for r in grid.send_and_receive(msgs, timeout=timeout)}
 
 
@@ -159,6 +214,18 @@ def require_quorum(replies: dict[str, Message], sent: Sequence[str], minimum: in
                           f"(dropped: {', '.join(dropped) or 'none'}); lower federation.min_clients or "
                           f"raise federation.round_timeout")
     return dropped
+
+
+def report_dropped(ctx: Any, grid: Grid, dropped: Sequence[str], round: int, step: str = "") -> list[dict[str, Any]]:
+    """Say which clients a round goes on without, and why (from the grid's ``dropped`` log):
+    ``{"round", "client", "reason"}`` records for the run's metrics (plus ``step`` when given)."""
+    if not dropped:
+        return []
+    reasons = {d["client"]: d["reason"] for d in getattr(grid, "dropped", []) if d.get("round") == round}
+    ctx.console.print(f"[yellow]round {round}: proceeding without {', '.join(dropped)}"
+                      f"{f' ({step})' if step else ''}[/]")
+    return [{"round": round, "client": c, "reason": reasons.get(c, "no reply"), **({"step": step} if step else {})}
+            for c in dropped]
 
 
 def client_rng(ctx: ClientContext, round: int) -> random.Random:

@@ -107,6 +107,47 @@ def _describe_arrays(x: Any) -> Any:
     return x
 
 
+_REF = "__ndarray__"
+
+
+def split_arrays(value: Any) -> tuple[str, dict[str, Any]]:
+    """JSON text with each numpy array replaced by ``{"__ndarray__": key}``, and the arrays by key
+    (how payloads and client states travel as Flower records and sit in client checkpoints)."""
+    import numpy as np
+
+    arrays: dict[str, Any] = {}
+
+    def walk(x: Any) -> Any:
+        if isinstance(x, np.ndarray):
+            key = str(len(arrays))
+            arrays[key] = x
+            return {_REF: key}
+        if isinstance(x, dict):
+            return {str(k): walk(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [walk(v) for v in x]
+        if isinstance(x, np.generic):
+            return x.item()
+        return x
+
+    return json.dumps(walk(value), ensure_ascii=False), arrays
+
+
+def join_arrays(text: str, arrays: dict[str, Any]) -> Any:
+    """Inverse of :func:`split_arrays` (tuples come back as lists)."""
+
+    def walk(x: Any) -> Any:
+        if isinstance(x, dict):
+            if len(x) == 1 and _REF in x:
+                return arrays[x[_REF]]
+            return {k: walk(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [walk(v) for v in x]
+        return x
+
+    return walk(json.loads(text))
+
+
 Handler = Callable[[Message], Message]
 
 

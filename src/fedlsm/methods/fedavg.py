@@ -25,7 +25,7 @@ import numpy as np
 
 from fedlsm.errors import ConfigError
 from fedlsm.federation.checkpoint import ServerCheckpoint
-from fedlsm.federation.grid import ClientContext, Grid, broadcast, require_quorum, run_in_process
+from fedlsm.federation.grid import ClientContext, Grid, broadcast, report_dropped, require_quorum, run_in_process
 from fedlsm.federation.messages import Message
 from fedlsm.methods.common import label_pairs, load_slm, train_settings
 from fedlsm.runner import MethodResult, RunContext
@@ -174,10 +174,7 @@ def server_main(ctx, grid: Grid, *, tag: str = "fedavg") -> MethodResult:
         replies = broadcast(grid, FIT, {"weights": weights, "client_eval": bool(cfg.method_args.get("client_eval"))},
                             round=t)
         dropped = require_quorum(replies, sent, cfg.federation.min_clients, t)
-        if dropped:
-            reasons = {d["client"]: d["reason"] for d in getattr(grid, "dropped", []) if d.get("round") == t}
-            hist["dropped"] += [{"round": t, "client": c, "reason": reasons.get(c, "no reply")} for c in dropped]
-            ctx.console.print(f"[yellow]round {t}: proceeding without {', '.join(dropped)}[/]")
+        hist["dropped"] += report_dropped(ctx, grid, dropped, t)
         for r in replies.values():
             _check_reply(r, weights, cfg.slm)
         weights = average([(r.payload["weights"], int(r.payload["n_examples"])) for r in replies.values()])

@@ -10,10 +10,14 @@ One round, driven by the server over the grid:
    SLM's tokens to the LLM's (:mod:`fedlsm.align`), picks per sample the client with the smallest
    loss if it beats the LLM's own (DualMinCE), and trains its LoRA on lambda*L_FT + (1-lambda)*L_KD
    (Eq. 9).
-3. ``distill`` (server -> clients): the LLM's knowledge after training; each client aligns it to its
-   own vocabulary, keeps the samples where the LLM's loss beats its own, and trains on Eq. 10.
+3. ``distill`` (server -> the round's participants): the LLM's knowledge after training; each client
+   aligns it to its own vocabulary, keeps the samples where the LLM's loss beats its own, and trains
+   on Eq. 10.
 
-After the last round ``evaluate`` asks every client for its test metric. ``run_fedmkt`` adds the
+After the last round ``evaluate`` asks every client for its test metric and its own per-round losses.
+A client that drops is recorded (``dropped``: round, step, reason); clients keep their adapters
+between rounds, and the grid checkpoints them on the client's side, so ``--resume`` and a restarted
+SuperNode continue from them (:mod:`fedlsm.federation.checkpoint`). ``run_fedmkt`` adds the
 paper's baselines (Zero-shot, Standalone, Centralized, FedAvg for homogeneous clients, LLM2SLM)
 to the same table when it runs in-process.
 """
@@ -30,7 +34,7 @@ import numpy as np
 from fedlsm.errors import ConfigError
 from fedlsm.eval.scoring import evaluate
 from fedlsm.federation.checkpoint import ServerCheckpoint
-from fedlsm.federation.grid import ClientContext, Grid, broadcast, require_quorum, run_in_process
+from fedlsm.federation.grid import ClientContext, Grid, broadcast, report_dropped, require_quorum, run_in_process
 from fedlsm.federation.messages import Message
 from fedlsm.methods.common import label_pairs, train_settings
 from fedlsm.methods.fedmkt_knowledge import (Aligner, MalformedKnowledge, dual_min_ce, from_payload, kd_pairs,
@@ -83,10 +87,11 @@ def _settings(ctx, *, epochs: int | None = None, seed: int | None = None) -> Tra
     return replace(base, epochs=epochs or base.epochs, seed=base.seed if seed is None else seed)
 
 
-def _lora_model(cfg, spec: str):
+def _lora_model(cfg, spec: str, seed: int):
+    """``spec`` with fresh LoRA adapters initialised from ``seed`` (the same in every engine and process)."""
     model, tok = load_causal_lm(spec, device=default_device())
     t = cfg.train
-    return apply_lora(model, r=t.lora_r, alpha=t.lora_alpha, dropout=t.lora_dropout), tok
+    return apply_lora(model, r=t.lora_r, alpha=t.lora_alpha, dropout=t.lora_dropout, seed=seed), tok
 
 
 def _evaluate(cfg, task, model, tok) -> dict:
@@ -101,7 +106,7 @@ class FedMKTClient:
         self.ctx = ctx
         self.args = FedMKTArgs.from_cfg(ctx.cfg)
         self.spec = self.args.client_model(ctx.cfg, ctx.index)
-        self.model, self.tok = _lora_model(ctx.cfg, self.spec)
+        self.model, self.tok = _lora_model(ctx.cfg, self.spec, ctx.seed)
         self.public_pairs = label_pairs(ctx.public)
         self.text_ids = [encode_for_kd(self.tok, p, ctx.cfg.train.max_length).target_text_ids
                          for p in self.public_pairs]
@@ -140,6 +145,8 @@ class FedMKTClient:
                           _settings(self.ctx, epochs=int(p.get("kd_epochs", 1)), seed=self.ctx.seed + 7919 * (t + 1)),
                           lam=float(p["lam"]), description=f"{self.ctx.name}: distilling from the LLM (round {t})")
             n_kd = sum(s is not None for s in selection)
+            if not self.history or self.history[-1]["round"] != t:  # restarted after this round's local update
+                self.history.append({"round": t})
             self.history[-1].update(kd_samples=n_kd, kd_loss_first=tr.first_loss, kd_loss_last=tr.last_loss)
             return msg_reply(msg, "distilled", {"kd_samples": n_kd, "kd_loss_last": tr.last_loss})
         if msg.kind == "evaluate":
@@ -184,17 +191,19 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
     if not ctx.public:
         raise ConfigError("data.public_fraction", "FedMKT needs a public dataset to exchange knowledge on",
                           "set data.public_fraction (e.g. 0.2, as in the paper)")
-    llm, tok = _lora_model(cfg, cfg.llm.model)
+    llm, tok = _lora_model(cfg, cfg.llm.model, cfg.seed)
     pairs = label_pairs(ctx.public)
     text_ids = [encode_for_kd(tok, p, cfg.train.max_length).target_text_ids for p in pairs]
     aligners: dict[str, Aligner] = {}
     ckpt = ServerCheckpoint(ctx.run_dir)
     history: list[dict] = []
+    dropped_log: list[dict] = []
     start = 0
     saved = ckpt.load() if getattr(cfg, "resume", False) else None
     if saved:
         load_adapter_arrays(llm, saved.arrays)
         history, start = saved.state["history"], saved.round + 1
+        dropped_log = saved.state.get("dropped", [])
         saved.restore_rng()
         ctx.console.print(f"resuming FedMKT after round {saved.round}")
 
@@ -207,6 +216,8 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
         sent = grid.clients()
         replies = broadcast(grid, "local_update", {"top_k": args.top_k}, t)
         dropped = require_quorum(replies, sent, cfg.federation.min_clients, t)
+        dropped_log += report_dropped(ctx, grid, dropped, t, "local_update")
+        ctx.record("dropped", dropped_log)
         received, rejected = {}, {}
         for name, r in sorted(replies.items()):
             try:
@@ -236,7 +247,9 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
         s0 = knowledge(args.top_k, f"knowledge for the clients (round {t})")
         down = {"model": cfg.llm.model, "vocab_size": len(tok), "lam": args.lam, "kd_epochs": args.kd_epochs,
                 **to_payload(s0)}
-        distilled = broadcast(grid, "distill", down, t, per_client=None)
+        # The round's knowledge goes to its participants; a client that (re)joined mid-round waits for the next.
+        distilled = broadcast(grid, "distill", down, t, to=sorted(replies))
+        dropped_log += report_dropped(ctx, grid, sorted(set(replies) - set(distilled)), t, "distill")
         entry = {"round": t, "clients_answered": sorted(replies), "rejected": rejected,
                  "dropped": dropped,
                  "server_kd_samples": kd_n, "server_kd_from": won,
@@ -245,10 +258,16 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
                  "bytes": _round_bytes(grid, t), "seconds": round(time.time() - t0, 1)}
         history.append(entry)
         ctx.record("rounds", history)
-        ckpt.save(t, adapter_arrays(llm), {"history": history})
+        ctx.record("dropped", dropped_log)
+        ckpt.save(t, adapter_arrays(llm), {"history": history, "dropped": dropped_log})
 
-    evals = broadcast(grid, "evaluate", {}, args.rounds)
-    clients = {n: {k: r.payload[k] for k in ("model", "metric", "value")} for n, r in sorted(evals.items())}
+    asked = grid.clients()
+    evals = broadcast(grid, "evaluate", {}, args.rounds, to=asked)
+    dropped_log += report_dropped(ctx, grid, sorted(set(asked) - set(evals)), args.rounds, "evaluate")
+    ctx.record("dropped", dropped_log)
+    # Each client's own account of its rounds (local and distillation losses), with its test metric.
+    clients = {n: {**{k: r.payload[k] for k in ("model", "metric", "value")}, "history": r.payload.get("history", [])}
+               for n, r in sorted(evals.items())}
     ctx.record("fedmkt_clients", clients)
     llm_res = _evaluate(cfg, ctx.task, llm, tok) if args.server_trains else None
     ctx.record("fedmkt_llm", llm_res)
@@ -262,7 +281,7 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
     return MethodResult([row], f"FedMKT on {ctx.task.name} ({metric}, %)",
                         {"metric": metric, "utility": row["SLM mean"], "llm_utility": row["LLM"], "rounds": history,
                          "communication": comm, "clients": clients,
-                         "llm": llm_res})
+                         "llm": llm_res, "dropped": dropped_log})
 
 
 # ------------------------------------------------------------------------------------------ baselines + table
@@ -312,7 +331,7 @@ def run_fedmkt(ctx: RunContext) -> MethodResult:
         # Standalone: each client alone on its private data, as many local epochs as FedMKT gives it.
         alone = {}
         for k, n in enumerate(names):
-            m, t = _lora_model(cfg, args.client_model(cfg, k))
+            m, t = _lora_model(cfg, args.client_model(cfg, k), cfg.seed * 1000 + k)  # as client k starts
             train_sft(m, t, label_pairs(ctx.clients[k]), _settings(ctx, epochs=cfg.train.epochs * args.rounds,
                                                                     seed=cfg.seed * 1000 + k),
                       description=f"Standalone {n}: training")
@@ -327,7 +346,7 @@ def run_fedmkt(ctx: RunContext) -> MethodResult:
         add(res.rows[0] | {"LLM": zero_llm, "note": "LLM frozen"})
 
         # Centralized: the LLM trained on every client's data plus the public set (upper bound, no privacy).
-        m, t = _lora_model(cfg, cfg.llm.model)
+        m, t = _lora_model(cfg, cfg.llm.model, cfg.seed)
         all_data = [e for c in ctx.clients for e in c] + list(ctx.public)
         train_sft(m, t, label_pairs(all_data), _settings(ctx), description="Centralized LLM: training")
         add({"method": "Centralized", "LLM": _evaluate(cfg, ctx.task, m, t)["value"], "note": "LLM on all data"})

@@ -51,13 +51,21 @@ class TrainResult:
         return sum(tail) / len(tail) if tail else math.nan
 
 
-def apply_lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.05, target_modules="all-linear"):
-    """Wrap ``model`` with fresh LoRA adapters (peft); base weights are frozen."""
+def apply_lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.05, target_modules="all-linear",
+               seed: int | None = None):
+    """Wrap ``model`` with fresh LoRA adapters (peft); base weights are frozen. With ``seed``, the
+    random initialisation depends on it alone (not on what the process drew before), so a role
+    gets the same adapters in any process or engine; the global RNG is left as it was."""
+    import torch
     from peft import LoraConfig, get_peft_model
 
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
                      task_type="CAUSAL_LM")
-    return get_peft_model(model, cfg)
+    if seed is None:
+        return get_peft_model(model, cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return get_peft_model(model, cfg)
 
 
 def encode_pairs(tokenizer, pairs: Sequence[TrainPair], max_length: int):
