@@ -191,6 +191,9 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
     if not ctx.public:
         raise ConfigError("data.public_fraction", "FedMKT needs a public dataset to exchange knowledge on",
                           "set data.public_fraction (e.g. 0.2, as in the paper)")
+    if cfg.engine != "in-process" and args.baselines:
+        ctx.console.print(f"[yellow]{cfg.engine}: the FedMKT rows only; the baselines (Zero-shot, Standalone, "
+                          "LLM2SLM, Centralized, FedAvg) run with --engine in-process[/]")
     llm, tok = _lora_model(cfg, cfg.llm.model, cfg.seed)
     pairs = label_pairs(ctx.public)
     text_ids = [encode_for_kd(tok, p, cfg.train.max_length).target_text_ids for p in pairs]
