@@ -156,7 +156,9 @@ def test_sst2_and_ag_news_presets(shared_data):
 @pytest.mark.parametrize("key,value,field", [("keep_fraction", 0, "method_args.keep_fraction"),
                                              ("gammas", [1, 0.1], "method_args.gammas"),
                                              ("generate", "Write a review.", "method_args.generate"),
-                                             ("n_synthethic", 8, "method_args.n_synthethic")])
+                                             ("n_synthethic", 8, "method_args.n_synthethic"),
+                                             ("llm_lr", "fast", "method_args.llm_lr"),
+                                             ("n_synthetic", 2.5, "method_args.n_synthetic")])
 def test_bad_crosslm_options_name_the_field(key, value, field):
     from fedlsm.data.task import Task
     from fedlsm.errors import ConfigError
@@ -228,3 +230,18 @@ def test_crosslm_run_has_baselines_llm_metrics_and_async_order(tiny_crosslm_run)
     synth = [json.loads(x) for x in (ctx.run_dir / "synthetic.jsonl").read_text().splitlines()]
     assert len(synth) == 8 * 3 and all(s["label"] in ("negative", "positive") for s in synth)
     assert m["run"]["status"] == "done" and m["communication"]["bytes_up"] > 0
+
+
+def test_crosslm_options_from_the_command_line_get_their_declared_types():
+    """YAML reads `--set method_args.llm_lr=1e-3` as the string '1e-3'; the options come out typed."""
+    from fedlsm.config import parse_override
+    from fedlsm.data.task import Task
+    from fedlsm.methods.crosslm import CrossLMArgs
+
+    sets = dict(parse_override(x) for x in ["method_args.llm_lr=1e-3", "method_args.llm_epochs=2",
+                                            "method_args.balance_labels=yes", "method_args.slms=minilm-l6"])
+    assert sets["method_args.llm_lr"] == "1e-3"  # the YAML quirk this guards against
+    cfg = build_config({"method": "crosslm"}, sets, defaults=METHOD_DEFAULTS["crosslm"])
+    args = CrossLMArgs.from_config(cfg, Task("sst2", "classification", [], []))
+    assert args.llm_lr == pytest.approx(1e-3) and args.llm_epochs == 2 and args.balance_labels is True
+    assert args.slms == ["minilm-l6"]

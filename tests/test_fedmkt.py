@@ -107,3 +107,21 @@ def test_heterogeneous_round_survives_a_corrupt_client_and_leaks_no_private_text
     seen = " ".join(t for line in (ctx.run_dir / "messages.jsonl").read_text().splitlines() for t in [line])
     for e in [e for c in ctx.clients for e in c]:
         assert e.question not in seen
+
+
+def test_fedmkt_options_are_typed_and_bad_ones_name_the_field():
+    from fedlsm.config import build_config, parse_override
+    from fedlsm.errors import ConfigError
+    from fedlsm.methods import METHOD_DEFAULTS
+    from fedlsm.methods.fedmkt import FedMKTArgs
+
+    def args(*items):
+        return FedMKTArgs.from_cfg(build_config({"method": "fedmkt"}, dict(parse_override(x) for x in items),
+                                                defaults=METHOD_DEFAULTS["fedmkt"]))
+
+    a = args("method_args.lam=5e-1", "method_args.rounds=3", "method_args.server_trains=false")
+    assert a.lam == 0.5 and a.rounds == 3 and a.server_trains is False
+    for item, field in [("method_args.top_k=many", "method_args.top_k"), ("method_args.lam=2", "method_args.lam"),
+                        ("method_args.rounds=0", "method_args.rounds"), ("method_args.topk=4", "method_args.topk")]:
+        with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+            args(item)

@@ -179,3 +179,28 @@ def build_config(base: dict | None = None, overrides: dict[str, Any] | None = No
     except ValidationError as e:
         raise _explain(e) from None
 
+
+
+def typed_method_args(cls: type, args: dict[str, Any]) -> dict[str, Any]:
+    """``method_args`` values converted to the types ``cls`` (a method's options dataclass) declares.
+
+    ``method_args`` is a free mapping in :class:`RunConfig`, and YAML reads ``1e-3`` as a string (it
+    wants ``1.0e-3``), so each method validates its own options here: pydantic's lax conversion per
+    field, and a ConfigError naming ``method_args.<name>`` when a value does not fit. Names ``cls``
+    does not declare are returned as they are (the method reports unknown names itself)."""
+    import typing
+
+    from pydantic import TypeAdapter
+
+    hints = typing.get_type_hints(cls)
+    out = dict(args)
+    for name, value in args.items():
+        if name not in hints:
+            continue
+        try:
+            out[name] = TypeAdapter(hints[name]).validate_python(value)
+        except ValidationError as e:
+            want = getattr(hints[name], "__name__", str(hints[name]))
+            raise ConfigError(f"method_args.{name}", f"expected {want}, got {value!r} ({e.errors()[0]['msg']})",
+                              f"give a {want} value") from None
+    return out

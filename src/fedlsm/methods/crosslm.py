@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from fedlsm.data.task import answer_continuation, answer_prompt
+from fedlsm.config import typed_method_args
 from fedlsm.errors import ConfigError
 from fedlsm.federation.grid import ClientContext, Grid, client_name, run_in_process
 from fedlsm.federation.messages import Message
@@ -92,17 +93,19 @@ class CrossLMArgs:
         if unknown:
             raise ConfigError(f"method_args.{unknown[0]}", "is not a CrossLM option",
                               f"use one of {', '.join(sorted(known))}")
-        kw = {**{k: v for k, v in prompts.items() if k in known}, "slms": ["minilm-l6", cfg.slm], **a}
-        if isinstance(kw["slms"], str):
-            kw["slms"] = [kw["slms"]]
+        if isinstance(a.get("slms"), str):
+            a["slms"] = [a["slms"]]
+        if "gammas" in a and (not isinstance(a["gammas"], (list, tuple)) or len(a["gammas"]) != 3):
+            raise ConfigError("method_args.gammas", f"needs three weights (γ1, γ2, γ3), got {a['gammas']!r}",
+                              "use e.g. [1, 0.1, 0.05]")
+        kw = {**{k: v for k, v in prompts.items() if k in known}, "slms": ["minilm-l6", cfg.slm],
+              **typed_method_args(cls, a)}
         kw["gammas"] = tuple(float(g) for g in kw.get("gammas", GAMMAS))
         if kw.get("general_task") is None:
             kw["general_task"] = "ag-news" if task.name != "ag-news" else "sst2"
         args = cls(**kw)
         if not 0 < args.keep_fraction <= 1:
             raise ConfigError("method_args.keep_fraction", f"must be in (0, 1], got {args.keep_fraction}", "use e.g. 0.25")
-        if len(args.gammas) != 3:
-            raise ConfigError("method_args.gammas", "needs three weights (γ1, γ2, γ3)", "use e.g. [1, 0.1, 0.05]")
         if "{label}" not in args.generate:
             raise ConfigError("method_args.generate", "must contain {label}", "e.g. 'Write one {label} movie review.'")
         return args

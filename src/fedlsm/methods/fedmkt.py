@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from fedlsm.config import typed_method_args
 from fedlsm.errors import ConfigError
 from fedlsm.eval.scoring import evaluate
 from fedlsm.federation.checkpoint import ServerCheckpoint
@@ -66,7 +67,7 @@ class FedMKTArgs:
         if unknown:
             raise ConfigError(f"method_args.{unknown[0]}", "is not a FedMKT option",
                               f"use one of {', '.join(sorted(known))}")
-        out = cls(**a)
+        out = cls(**typed_method_args(cls, a))
         if not 0 <= out.lam <= 1:
             raise ConfigError("method_args.lam", f"must be in [0, 1] (got {out.lam})", "use e.g. 0.9 as in the paper")
         if out.rounds < 1 or out.top_k < 1:
