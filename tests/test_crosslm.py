@@ -230,6 +230,9 @@ def test_crosslm_run_has_baselines_llm_metrics_and_async_order(tiny_crosslm_run)
     synth = [json.loads(x) for x in (ctx.run_dir / "synthetic.jsonl").read_text().splitlines()]
     assert len(synth) == 8 * 3 and all(s["label"] in ("negative", "positive") for s in synth)
     assert m["run"]["status"] == "done" and m["communication"]["bytes_up"] > 0
+    # LLM query cost: 3 pools of 8 label-conditioned generations, at most 12 new tokens each
+    cost = m["llm_query_cost"]
+    assert cost["requests"] == 3 * 8 and 0 < cost["completion_tokens"] <= 3 * 8 * 12
 
 
 def test_crosslm_options_from_the_command_line_get_their_declared_types():

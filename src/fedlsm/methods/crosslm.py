@@ -429,6 +429,7 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
     ctx.record("llm_after", after)
     comm = grid.log.communication()
     ctx.record("communication", comm)
+    ctx.record("llm_query_cost", server.gen.stats.as_dict())  # every synthetic pool the LLM wrote
 
     def mean(key: str) -> float | None:
         vals = [c[key] for c in per_client if c.get(key) is not None]
