@@ -98,15 +98,18 @@ def test_hf_datasets_loader_on_a_local_folder(tmp_path):
 @pytest.mark.parametrize("name,n_train,n_test,kind", [("cqa", 9741, 1221, "multiple_choice"),
                                                      ("arc-easy", 2251, 2376, "multiple_choice"),
                                                      ("gsm8k", 7473, 1319, "generation"),
-                                                     ("obqa", 4957, 500, "multiple_choice")])
+                                                     ("obqa", 4957, 500, "multiple_choice"),
+                                                     ("dialogsum", 12460, 500, "generation")])
 def test_shared_benchmark_presets(shared_data, name, n_train, n_test, kind):
     task = load_task(name, data_dir=str(shared_data))
     assert (len(task.train), len(task.test), task.type) == (n_train, n_test, kind)
     for e in task.train[:50]:
         if kind == "multiple_choice":
             assert e.choices[e.label] == e.answer
-        else:
+        elif name == "gsm8k":
             assert e.answer.replace(".", "").lstrip("-").isdigit() and e.rationale and "<<" not in e.rationale
+        else:  # dialogsum: a dialogue to summarize, a summary as the reference
+            assert e.question.startswith("Summarize") and "#Person1#" in e.question and len(e.answer.split()) > 3
     small = load_task(name, n_train=20, n_test=5, data_dir=str(shared_data))
     assert (len(small.train), len(small.test)) == (20, 5)
 

@@ -125,3 +125,28 @@ def test_fedmkt_options_are_typed_and_bad_ones_name_the_field():
                         ("method_args.rounds=0", "method_args.rounds"), ("method_args.topk=4", "method_args.topk")]:
         with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
             args(item)
+
+
+@pytest.mark.slow
+def test_generation_task_is_scored_by_rouge_l(tmp_path, shared_data):
+    """DialogSum (dialogue -> summary): the same FedMKT round, with generated summaries scored by Rouge-L."""
+    import json
+
+    from fedlsm.config import build_config
+    from fedlsm.methods import METHOD_DEFAULTS
+    from fedlsm.runner import run
+
+    cfg = build_config(
+        defaults=METHOD_DEFAULTS["fedmkt"],
+        overrides={"method": "fedmkt", "output_dir": str(tmp_path), "name": "ds", "data.task": "dialogsum",
+                   "data.root": str(shared_data), "llm.model": "smollm2", "data.n_train": 12, "data.n_test": 4,
+                   "data.public_fraction": 0.34, "train.max_steps": 2, "train.max_length": 384,
+                   "method_args.rounds": 1, "method_args.baselines": False, "method_args.top_k": 8})
+    ctx, result = run(cfg)
+    m = json.loads((ctx.run_dir / "metrics.json").read_text())
+    assert m["summary"]["metric"] == "rougeL"
+    clients = m["fedmkt_clients"]
+    assert {c["metric"] for c in clients.values()} == {"rougeL"}
+    assert all(0 < c["value"] <= 1 for c in clients.values())  # real overlap with the reference summaries
+    assert m["fedmkt_llm"]["metric"] == "rougeL" and 0 < m["fedmkt_llm"]["value"] <= 1
+    assert m["rounds"][0]["server_kd_samples"] > 0 and m["communication"]["bytes_up"] > 0

@@ -243,6 +243,23 @@ def _classification(name: str, rows: dict[str, list[tuple[str, str]]], labels: l
     return Task(name, "classification", splits["train"], splits["test"])
 
 
+def _dialogsum(root: Path) -> Task:
+    # FedMKT's generation task: dialogue -> one-paragraph summary, scored by Rouge-L. The test file has
+    # three reference summaries per dialogue (summary1..3); the first is the reference here.
+    d = root / "dialogsum"
+
+    def conv(path: Path, split: str) -> list[Example]:
+        out = []
+        for i, r in enumerate(_read_records(path)):
+            summary = r.get("summary") or r.get("summary1")
+            out.append(Example(id=f"dialogsum-{split}-{r.get('fname', i)}",
+                               question="Summarize this dialogue.\n" + r["dialogue"].strip(), answer=summary.strip()))
+        return out
+
+    return Task("dialogsum", "generation", conv(d / "dialogsum.train.jsonl", "train"),
+                conv(d / "dialogsum.test.jsonl", "test"))
+
+
 def _sst2(root: Path) -> Task:
     # alps_resplit: "sentence<TAB>label" with a header; test = GLUE SST-2 dev (labeled).
     d = root / "sst2" / "alps_resplit"
@@ -264,7 +281,7 @@ def _ag_news(root: Path) -> Task:
     return _classification("ag-news", rows, labels)
 
 
-PRESETS = {"gsm8k": _gsm8k, "cqa": _cqa, "arc-easy": _arc_easy, "obqa": _obqa, "sst2": _sst2, "ag-news": _ag_news}
+PRESETS = {"gsm8k": _gsm8k, "dialogsum": _dialogsum, "cqa": _cqa, "arc-easy": _arc_easy, "obqa": _obqa, "sst2": _sst2, "ag-news": _ag_news}
 
 
 def load_task(name: str, *, n_train: int | None = None, n_test: int | None = None, seed: int = 0,
