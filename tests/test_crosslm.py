@@ -89,7 +89,8 @@ def test_duplicate_sample_gets_zero_diversity_and_filter_prefers_reward_times_di
     keep = select_top(np.arange(8.0), np.ones(8), 0.25, labels)
     assert keep.tolist() == [7, 5]
     keep = select_top(np.arange(20.0), np.ones(20), 0.25, np.array([0] * 4 + [1] * 16))
-    assert len(keep) == 5 and set(labels_of := np.where(keep < 4, 0, 1)) == {0, 1} and (labels_of == 1).sum() == 4
+    kept_labels = np.where(keep < 4, 0, 1)
+    assert len(keep) == 5 and set(kept_labels) == {0, 1} and (kept_labels == 1).sum() == 4
 
 
 def test_sentence_encoder_diversity_on_real_text():

@@ -181,22 +181,23 @@ def build_config(base: dict | None = None, overrides: dict[str, Any] | None = No
 
 
 
-def typed_method_args(cls: type, args: dict[str, Any]) -> dict[str, Any]:
-    """``method_args`` values converted to the types ``cls`` (a method's options dataclass) declares.
+def typed_method_args(cls: type, args: dict[str, Any], method: str) -> dict[str, Any]:
+    """``method_args`` values converted to the types ``cls`` (``method``'s options dataclass) declares.
 
     ``method_args`` is a free mapping in :class:`RunConfig`, and YAML reads ``1e-3`` as a string (it
-    wants ``1.0e-3``), so each method validates its own options here: pydantic's lax conversion per
-    field, and a ConfigError naming ``method_args.<name>`` when a value does not fit. Names ``cls``
-    does not declare are returned as they are (the method reports unknown names itself)."""
+    wants ``1.0e-3``), so each method validates its own options here: a ConfigError names
+    ``method_args.<name>`` for a name ``cls`` does not declare or a value that does not fit its type
+    (pydantic's lax conversion per field)."""
     import typing
 
     from pydantic import TypeAdapter
 
     hints = typing.get_type_hints(cls)
+    unknown = sorted(set(args) - set(hints))
+    if unknown:
+        raise ConfigError(f"method_args.{unknown[0]}", f"is not a {method} option", f"use one of {', '.join(sorted(hints))}")
     out = dict(args)
     for name, value in args.items():
-        if name not in hints:
-            continue
         try:
             out[name] = TypeAdapter(hints[name]).validate_python(value)
         except ValidationError as e:

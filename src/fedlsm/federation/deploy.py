@@ -137,17 +137,17 @@ def register_supernode(public_key: str | Path, *, superlink: str = "127.0.0.1:90
         proc = subprocess.run([_bin("flwr"), "supernode", "register", str(Path(public_key).resolve()), "fedlsm",
                                "--format", "json"], env=tool_env(FLWR_HOME=str(folder)),
                               capture_output=True, text=True)
-    try:
-        return int(json.loads(proc.stdout[proc.stdout.index("{"):])["node-id"])
-    except (ValueError, KeyError):
-        try:
-            why = json.loads(proc.stdout[proc.stdout.index("{"):])["error-message"]
-        except (ValueError, KeyError):
-            why = (proc.stdout + proc.stderr).strip()[-800:]
-        why = why.strip().splitlines()[-1].strip() if why.strip() else f"exit status {proc.returncode}"
-        raise FedLSMError(f"could not register {public_key} with the SuperLink at {superlink}: {why} "
-                          "(fix: check the address and CA, that the SuperLink runs with --supernode-auth, "
-                          "and that this key is not registered already)") from None
+    try:  # `--format json` prints {"node-id": ...} or {"error-message": ...} after any log lines
+        reply = json.loads(proc.stdout[proc.stdout.index("{"):])
+    except ValueError:
+        reply = {}
+    if "node-id" in reply:
+        return int(reply["node-id"])
+    why = reply.get("error-message") or (proc.stdout + proc.stderr).strip()[-800:]
+    why = why.strip().splitlines()[-1].strip() if why.strip() else f"exit status {proc.returncode}"
+    raise FedLSMError(f"could not register {public_key} with the SuperLink at {superlink}: {why} "
+                      "(fix: check the address and CA, that the SuperLink runs with --supernode-auth, "
+                      "and that this key is not registered already)")
 
 
 def superlink_command(certs: str | Path | None, *, host: str = "127.0.0.1", port: int = 9093,

@@ -28,8 +28,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from fedlsm.data.task import answer_continuation, answer_prompt
 from fedlsm.config import typed_method_args
+from fedlsm.data.task import answer_continuation, answer_prompt
 from fedlsm.errors import ConfigError
 from fedlsm.federation.grid import ClientContext, Grid, client_name, run_in_process
 from fedlsm.federation.messages import Message
@@ -88,19 +88,14 @@ class CrossLMArgs:
     def from_config(cls, cfg, task) -> "CrossLMArgs":
         a = dict(cfg.method_args)
         prompts = {**GENERIC_PROMPTS, **TASK_PROMPTS.get(task.name, {})}
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(a) - known)
-        if unknown:
-            raise ConfigError(f"method_args.{unknown[0]}", "is not a CrossLM option",
-                              f"use one of {', '.join(sorted(known))}")
         if isinstance(a.get("slms"), str):
             a["slms"] = [a["slms"]]
         if "gammas" in a and (not isinstance(a["gammas"], (list, tuple)) or len(a["gammas"]) != 3):
             raise ConfigError("method_args.gammas", f"needs three weights (γ1, γ2, γ3), got {a['gammas']!r}",
                               "use e.g. [1, 0.1, 0.05]")
-        kw = {**{k: v for k, v in prompts.items() if k in known}, "slms": ["minilm-l6", cfg.slm],
-              **typed_method_args(cls, a)}
-        kw["gammas"] = tuple(float(g) for g in kw.get("gammas", GAMMAS))
+        typed = typed_method_args(cls, a, "CrossLM")  # gammas come back as a tuple of floats
+        kw = {**{k: v for k, v in prompts.items() if k in cls.__dataclass_fields__}, "slms": ["minilm-l6", cfg.slm],
+              **typed}
         if kw.get("general_task") is None:
             kw["general_task"] = "ag-news" if task.name != "ag-news" else "sst2"
         args = cls(**kw)
