@@ -44,6 +44,7 @@ def _with(**kw):
     (_with(methods=[{"name": "fedcot", "epsilons": [-1]}]), "methods[0].epsilons"),
     (_with(methods=[{"name": "fedcot", "sett": {}}]), "methods[0].sett"),
     (_with(data_fractions=[0, 1]), "data_fractions"),
+    (_with(methods=[{"name": "fedcot", "seeds": []}]), "methods[0].seeds"),
     (_with(datasets=[{"task": "arith"}]), "datasets[0].name"),
 ])
 def test_grid_schema_errors_name_the_field(data, field):
@@ -81,6 +82,10 @@ def test_grid_expands_axes_and_names_folders_deterministically(tmp_path):
                                       data_fractions=[0.5, 1.0], base={"data.n_train": 16, "train.lr": 1e-4})),
                      tmp_path)
     assert not set(names) & {c.run_name for c in changed}  # another config never reuses a finished folder
+    one_seed = expand(parse_grid(_with(methods=[{"name": "standalone", "epsilons": None, "seeds": [7]}, "fedcot"])),
+                      tmp_path)
+    assert {c.seed for c in one_seed if c.method == "standalone"} == {7}  # a method's seeds replace the grid's
+    assert {c.seed for c in one_seed if c.method == "fedcot"} == {0, 1}
 
 
 def test_shipped_grids_parse():

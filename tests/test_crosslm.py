@@ -10,6 +10,7 @@ from fedlsm.config import build_config
 from fedlsm.methods import METHOD_DEFAULTS
 from fedlsm.methods.crosslm_filter import diversity, select_top
 from fedlsm.methods.crosslm_losses import (
+    centered_by_label,
     generation_loss,
     kl_regularizer,
     llm_objective,
@@ -48,6 +49,18 @@ def test_generation_loss_sign_follows_the_reward():
         generation_loss(sequence_logprob(x, labels), lp_old, torch.tensor([r, r])).backward()
         stepped = (x - 0.5 * x.grad).detach()
         assert direction * (sequence_logprob(stepped, labels) - lp_old).min() > 0
+
+
+def test_label_centred_rewards_undo_a_judge_that_leans_to_one_label():
+    # the judge calls everything label 0: raw rewards favour every label-0 sample over every label-1 one
+    r = torch.tensor([0.9, 0.7, 0.8, -0.6, -0.9, -0.3])
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    c = centered_by_label(r, labels)
+    assert torch.allclose(c[:3].mean(), torch.tensor(0.0), atol=1e-6)
+    assert torch.allclose(c[3:].mean(), torch.tensor(0.0), atol=1e-6)
+    assert c[5] > 0 > c[4]  # within label 1, the sample the judge found least wrong now counts as good
+    for sel in (slice(0, 3), slice(3, 6)):  # the order within a label is kept
+        assert torch.equal(c[sel].argsort(), r[sel].argsort())
 
 
 def test_kl_regularizer_is_zero_for_identical_models_and_positive_otherwise():
@@ -159,7 +172,8 @@ def test_sst2_and_ag_news_presets(shared_data):
                                              ("generate", "Write a review.", "method_args.generate"),
                                              ("n_synthethic", 8, "method_args.n_synthethic"),
                                              ("llm_lr", "fast", "method_args.llm_lr"),
-                                             ("n_synthetic", 2.5, "method_args.n_synthetic")])
+                                             ("n_synthetic", 2.5, "method_args.n_synthetic"),
+                                             ("reward_baseline", "mean", "method_args.reward_baseline")])
 def test_bad_crosslm_options_name_the_field(key, value, field):
     from fedlsm.data.task import Task
     from fedlsm.errors import ConfigError

@@ -11,7 +11,8 @@
     data_fractions: [0.5, 1.0]                  # optional: share of data.n_train
 
 A method entry may also narrow the grid: ``datasets: [arith]`` (a subset of the grid's),
-``epsilons: [...]`` / ``data_fractions: [...]`` (replace the grid's; null = not varied).
+``epsilons: [...]`` / ``data_fractions: [...]`` (replace the grid's; null = not varied), and
+``seeds: [...]`` (replace the grid's, e.g. fewer seeds for a method whose runs take long).
 
 Overrides (``base``, a dataset's ``set``, a method's ``set``) take dotted keys or nested
 mappings, exactly like ``--set``; later ones win: method defaults < base < dataset < method <
@@ -68,6 +69,7 @@ class MethodEntry(_Strict):
     epsilons: list[float] | None | str = "inherit"
     datasets: list[str] | None = Field(None, description="run only on these of the grid's datasets (default all)")
     data_fractions: list[float] | None | str = "inherit"
+    seeds: list[int] | None = Field(None, min_length=1, description="replace the grid's seeds for this method")
 
     @field_validator("epsilons", "data_fractions")
     @classmethod
@@ -248,7 +250,7 @@ def expand(spec: GridSpec, output_dir: str | Path | None = None) -> list[Cell]:
                 dset = {"data.task": d.task or d.name, **dset}
             for eps in eps_axis or [None]:
                 for frac in fractions or [None]:
-                    for seed in spec.seeds:
+                    for seed in m.seeds or spec.seeds:
                         where = f"cell {m.key} × {d.name}" + (f" × ε={eps:g}" if eps is not None else "")
                         ov = {**base, **dset, **mset, "method": m.name, "seed": seed, "output_dir": out_dir}
                         if eps is not None:

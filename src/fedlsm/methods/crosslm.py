@@ -36,6 +36,7 @@ from fedlsm.federation.messages import Message
 from fedlsm.methods.crosslm_filter import diversity, select_top
 from fedlsm.methods.crosslm_losses import (
     GAMMAS,
+    centered_by_label,
     generation_loss,
     kl_regularizer,
     llm_objective,
@@ -43,7 +44,13 @@ from fedlsm.methods.crosslm_losses import (
     reward,
     sequence_logprob,
 )
-from fedlsm.models.classifier import SentenceEncoder, SLMSpec, build_classifier, slm_kind, verbalized_examples
+from fedlsm.models.classifier import (
+    SentenceEncoder,
+    SLMSpec,
+    build_classifier,
+    slm_kind,
+    verbalized_examples,
+)
 from fedlsm.models.training import TrainSettings
 from fedlsm.progress import progress_iter
 from fedlsm.runner import MethodResult, RunContext
@@ -73,6 +80,7 @@ class CrossLMArgs:
     n_synthetic: int = 64
     keep_fraction: float = 0.25  # α
     balance_labels: bool = False  # take the top α% within each intended label (not in the paper)
+    reward_baseline: str = "none"  # "label_mean": centre L_g's rewards per intended label (not in the paper)
     gammas: tuple[float, float, float] = GAMMAS
     llm_lr: float = 1e-4
     llm_epochs: int = 1
@@ -101,6 +109,9 @@ class CrossLMArgs:
         args = cls(**kw)
         if not 0 < args.keep_fraction <= 1:
             raise ConfigError("method_args.keep_fraction", f"must be in (0, 1], got {args.keep_fraction}", "use e.g. 0.25")
+        if args.reward_baseline not in ("none", "label_mean"):
+            raise ConfigError("method_args.reward_baseline", f"unknown baseline '{args.reward_baseline}'",
+                              "use none (the paper's raw rewards) or label_mean")
         if "{label}" not in args.generate:
             raise ConfigError("method_args.generate", "must contain {label}", "e.g. 'Write one {label} movie review.'")
         return args
@@ -253,6 +264,8 @@ class CrossLMServer:
         lm_rows = [tok(self.m_prime(x, y), add_special_tokens=True)["input_ids"][:ml]
                    for x, y in zip(pool.texts, pool.labels)]
         r_all = torch.tensor(rewards, dtype=torch.float32)
+        if a.reward_baseline == "label_mean":
+            r_all = centered_by_label(r_all, torch.tensor(pool.labels))
         rng = random.Random(self.cfg.seed * 7 + round)
         order: list[int] = []
         for _ in range(a.llm_epochs):

@@ -26,6 +26,19 @@ def reward(prob_of_label: torch.Tensor) -> torch.Tensor:
     return 2 * prob_of_label - 1
 
 
+def centered_by_label(rewards: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Rewards minus the mean reward of their intended label (not in the paper: a policy-gradient
+    baseline). A weak judge often leans to one class, which makes every sample written for that label
+    look good and every other sample bad; L_g would then push the LLM away from whole labels.
+    Centred per label, a sample counts as good only if the judge likes it more than the LLM's other
+    samples for the same label."""
+    out = rewards.clone()
+    for y in labels.unique():
+        sel = labels == y
+        out[sel] = rewards[sel] - rewards[sel].mean()
+    return out
+
+
 def _shifted(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(logits predicting each labelled token, their target ids with -100 → 0, mask of real targets)."""
     lg = logits[:, :-1].float()
