@@ -8,7 +8,7 @@ import pytest
 from fedlsm.config import build_config
 from fedlsm.data.task import Example
 from fedlsm.methods import METHOD_DEFAULTS
-from fedlsm.methods.fedcot import consistent, multitask_pairs, stated_answer
+from fedlsm.methods.fedcot import consistent, multitask_pairs, rationale_body, stated_answer
 
 
 def _ex():
@@ -30,10 +30,16 @@ def test_rationale_filter_keeps_only_rationales_that_state_the_label():
 
 def test_multitask_pairs_use_two_prefixes_and_only_kept_rationales():
     exs = [_ex(), _ex()]
-    pairs = multitask_pairs(exs, ["r1", "r2"], [True, False], rationale_weight=0.5)
+    pairs = multitask_pairs(exs, ["3 x 4 = 12. 12 - 2 = 10. So the answer is 10.", "r2"], [True, False],
+                            rationale_weight=0.5)
     assert len(pairs) == 3
     assert pairs[0].prompt.startswith("[label] ") and pairs[0].target == " 10"
-    assert pairs[2].prompt.startswith("[rationale] ") and pairs[2].target == " r1" and pairs[2].weight == 0.5
+    # the rationale task learns the reasoning; the answer sentence is the label task's business
+    assert pairs[2].prompt.startswith("[rationale] ") and pairs[2].target == " 3 x 4 = 12. 12 - 2 = 10."
+    assert pairs[2].weight == 0.5
+    assert len(multitask_pairs(exs, ["The answer is 10.", "r2"], [True, False], 1.0)) == 2  # no reasoning left
+    assert rationale_body("Cold keeps milk. Thus, the answer is (b) fridge.") == "Cold keeps milk."
+    assert rationale_body("no answer sentence") == "no answer sentence"
 
 
 @pytest.fixture(scope="module")

@@ -123,14 +123,28 @@ class RationaleSet:
         return sum(self.kept) / max(1, len(self.kept))
 
 
+_ANSWER_SENTENCE = re.compile(r"(?:so |thus,? |therefore,? )?the answer is\b", re.IGNORECASE)
+
+
+def rationale_body(rationale: str) -> str:
+    """The reasoning without its closing answer sentence ('... So the answer is (c) fridge.').
+    Distilling step-by-step trains the rationale task on this part only: the answer is the label
+    task's target, and a rationale target that ends in '(c) fridge' teaches the shared model to answer
+    the label prompt with a letter instead of the choice it is scored on."""
+    hits = list(_ANSWER_SENTENCE.finditer(rationale))
+    return (rationale[:hits[-1].start()] if hits else rationale).strip()
+
+
 def multitask_pairs(examples: Sequence[Example], rationales: Sequence[str], keep: Sequence[bool],
                     rationale_weight: float) -> list[TrainPair]:
     """Distilling step-by-step: '[label]' prompt -> answer for every example, '[rationale]' prompt ->
-    rationale where a kept rationale exists (L = L_label + w * L_rationale, Eq. 7)."""
+    the reasoning of a kept rationale (L = L_label + w * L_rationale, Eq. 7); a kept rationale that
+    is only an answer sentence adds no rationale pair."""
     pairs = [TrainPair(LABEL_PREFIX + answer_prompt(e), answer_continuation(e), 1.0) for e in examples]
     for e, r, k in zip(examples, rationales, keep):
-        if k:
-            pairs.append(TrainPair(RATIONALE_PREFIX + format_question(e) + "\nA:", " " + r, rationale_weight))
+        body = rationale_body(r) if k else ""
+        if body:
+            pairs.append(TrainPair(RATIONALE_PREFIX + format_question(e) + "\nA:", " " + body, rationale_weight))
     return pairs
 
 
