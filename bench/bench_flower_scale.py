@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import sys
 import threading
 import time
-import types
 from pathlib import Path
 
 import numpy as np

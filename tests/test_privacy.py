@@ -16,7 +16,7 @@ import torch
 
 from fedlsm.errors import ConfigError, FedLSMError
 from fedlsm.privacy import (AdaptivePerturber, ExponentialMechanism, Perturber, PrivacyReport, TextSanitizer,
-                            compose, model_embeddings, prompt_epsilon)
+                            compose, prompt_epsilon)
 from fedlsm.privacy import mechanism as mechanism_module
 
 SUBSET = 4000  # rows of the real SmolLM2 embedding matrix used where the full 49k is not needed

@@ -10,7 +10,7 @@ import torch
 
 from fedlsm.errors import ConfigError
 from fedlsm.privacy import (ExponentialMechanism, TextSanitizer, attack_sanitized, bayesian_attack, corpus_prior,
-                            model_embeddings, nearest_neighbour_attack, privacy_curve, success_rate, token_ratio,
+                            nearest_neighbour_attack, privacy_curve, success_rate, token_ratio,
                             words)
 
 

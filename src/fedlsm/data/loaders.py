@@ -12,9 +12,9 @@ import json
 import os
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from fedlsm.data.builtin import BUILTIN_TASKS
 from fedlsm.data.task import TASK_TYPES, Example, Task

@@ -20,13 +20,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from fedlsm.data.task import Example, answer_continuation, answer_prompt, format_question, letter
+from fedlsm.data.task import Example, answer_continuation, answer_prompt, format_question
 from fedlsm.errors import ConfigError
 from fedlsm.eval.scoring import evaluate, extract_number
 from fedlsm.federation.messages import InProcessTransport, Message, MessageLog
 from fedlsm.methods.common import eval_slm, finetune, label_pairs, load_slm
 from fedlsm.models.generation import GenerationConfig, HFGenerator, TextGenerator
-from fedlsm.models.loading import default_device, load_causal_lm
 from fedlsm.models.training import TrainPair
 from fedlsm.runner import MethodResult, RunContext
 
