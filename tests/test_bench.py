@@ -88,6 +88,17 @@ def test_grid_expands_axes_and_names_folders_deterministically(tmp_path):
     assert {c.seed for c in one_seed if c.method == "fedcot"} == {0, 1}
 
 
+def test_baseline_rows_keep_both_the_llm_and_the_clients_result():
+    from fedlsm.bench.aggregate import table_rows
+
+    fedmkt = {"summary": {"metric": "accuracy"}, "table": {"rows": [
+        {"method": "FedMKT", "LLM": 0.3, "client-0": 0.2, "SLM mean": 0.25, "note": ""},
+        {"method": "Standalone", "LLM": None, "client-0": 0.2, "SLM mean": 0.2, "note": ""}]}}
+    assert table_rows(fedmkt) == [("FedMKT (LLM)", 0.3), ("FedMKT (SLM mean)", 0.25), ("Standalone (SLM mean)", 0.2)]
+    fedcot = {"summary": {"metric": "accuracy"}, "table": {"rows": [{"method": "Standalone", "value": 0.4}]}}
+    assert table_rows(fedcot) == [("Standalone", 0.4)]
+
+
 def test_shipped_grids_parse():
     for f in sorted((ROOT / "benchmarks").glob("*.yaml")):
         spec = load_grid(f)

@@ -63,6 +63,10 @@ def headline_utility(method: str, metrics: dict) -> float | None:
     return None
 
 
+# Tables with one result for the LLM and one for the clients (FedMKT's) report both, each row once per column.
+SPLIT_COLUMNS = ("LLM", "SLM mean")
+
+
 def table_rows(metrics: dict) -> list[tuple[str, float]]:
     """(method label, value) for each row of a run's table whose first column is ``method``
     (the baselines a method reports beside itself, e.g. FedCoT's Zero-shot, Standalone, Non-Private)."""
@@ -71,6 +75,10 @@ def table_rows(metrics: dict) -> list[tuple[str, float]]:
     out = []
     for r in rows:
         if not isinstance(r, dict) or next(iter(r), None) != "method":
+            continue
+        split = [c for c in SPLIT_COLUMNS if c in r]
+        if metric not in r and split:  # e.g. FedMKT: the server LLM's and the clients' result per row
+            out += [(f"{r['method']} ({c})", _num(r[c])) for c in split if _num(r[c]) is not None]
             continue
         val = _num(r.get(metric)) if metric in r else next((_num(v) for v in list(r.values())[1:2]), None)
         if val is not None:
