@@ -62,3 +62,21 @@ def test_hub_id_without_network_fails_clearly():
     with pytest.raises(FedLSMError) as e:
         load_causal_lm("fedlsm-tests/definitely-not-a-model")
     assert "hub" in str(e.value) and "fix:" in str(e.value)
+
+
+def test_two_processes_dequantize_the_same_gguf_at_once(tmp_path):
+    """Two jobs started together (a user's two runs, bench cells) on a cold cache: both load the model,
+    one folder is written, no half-written folder is left. Before the cross-process lock the second
+    process crashed renaming its copy onto the first one's."""
+    import subprocess
+    import sys
+
+    code = "from fedlsm.models import load_causal_lm; m, t = load_causal_lm('smollm2'); print(m.config.vocab_size)"
+    env = {**__import__("os").environ, "FEDLSM_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    assert all(o[0].strip().endswith("49152") for o in outs)
+    entries = sorted(p.name for p in (tmp_path / "dequantized").iterdir() if not p.name.endswith(".lock"))
+    assert len(entries) == 1 and entries[0].startswith("smollm2-135m-"), entries

@@ -12,7 +12,7 @@ import hashlib
 import importlib.util
 import logging
 import os
-import threading
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,7 +128,13 @@ def _dequantized_cache_dir(src: ModelSource) -> Path:
     return cache_root() / "dequantized" / f"{src.name}-{key}"
 
 
-_cache_lock = threading.Lock()
+def _cache_lock(cached: Path):
+    """A lock shared by threads *and* processes (a bench runs one process per cell; users run two jobs
+    at once), so one of them dequantizes and the others wait and read its result."""
+    from filelock import FileLock
+
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(cached) + ".lock")
 
 
 def load_tokenizer(spec: str | ModelSource):
@@ -173,7 +179,7 @@ def load_causal_lm(spec: str | ModelSource, *, dtype=None, device: str | None = 
     dtype = dtype or torch.float32
     if src.gguf_file:
         cached = _dequantized_cache_dir(src)
-        with _cache_lock:
+        with _cache_lock(cached):
             if not (cached / "config.json").exists():
                 log.info("dequantizing %s once; later loads read %s", src.gguf_file, cached)
                 model = AutoModelForCausalLM.from_pretrained(src.location, gguf_file=src.gguf_file, dtype=dtype)
@@ -183,7 +189,8 @@ def load_causal_lm(spec: str | ModelSource, *, dtype=None, device: str | None = 
                 model.hf_quantizer = None
                 if hasattr(model.config, "quantization_config"):
                     del model.config.quantization_config
-                tmp = cached.with_name(cached.name + ".tmp")
+                tmp = cached.with_name(f"{cached.name}.tmp-{os.getpid()}")
+                shutil.rmtree(tmp, ignore_errors=True)  # left by a process killed mid-write
                 model.save_pretrained(tmp, safe_serialization=True)
                 tok.save_pretrained(tmp)
                 tmp.rename(cached)  # atomic: a half-written cache is never used
