@@ -7,6 +7,7 @@ the same examples and the same training settings. Several seeds, paired, because
 difference on a few hundred questions is within noise.
 
     python bench/bench_recorded_teacher.py --seeds 0 1 2 [--n-train 300] [--n-test 200]
+    python bench/bench_recorded_teacher.py --seeds 0 --n-train 9741 --n-test 1221 --batch-size 32   # all of CQA (GPU)
 """
 
 from __future__ import annotations
@@ -26,31 +27,44 @@ from fedlsm.methods.fedcot import LABEL_PREFIX, consistent, multitask_pairs
 from fedlsm.runner import prepare, seed_everything
 
 
+def _seed_file(a: argparse.Namespace, seed: int) -> Path:
+    return Path(a.output_dir, f"recorded-teacher-{a.task}-seed{seed}.json")
+
+
 def one_seed(seed: int, a: argparse.Namespace, console: Console) -> dict:
     cfg = build_config({"method": "fedcot", "name": f"recorded-teacher-{a.task}-seed{seed}", "output_dir": a.output_dir},
                        {"data.task": a.task, "data.n_train": a.n_train, "data.n_test": a.n_test, "clients": 1,
-                        "seed": seed, "train.epochs": a.epochs, "train.lr": a.lr,
+                        "seed": seed, "train.epochs": a.epochs, "train.lr": a.lr, "train.batch_size": a.batch_size,
+                        "eval_batch_size": a.eval_batch_size,
                         **({"data.root": a.data_root} if a.data_root else {})})
     ctx = prepare(cfg, console)
     private = ctx.clients[0]
     rationales = [e.meta["teacher_rationale"] for e in private]
     keep = [consistent(r, e) for r, e in zip(rationales, private)]
+
+    def save(result: dict) -> None:
+        _seed_file(a, seed).write_text(json.dumps(result, indent=2))
+
     out = {"seed": seed, "n_private": len(private), "n_test": len(ctx.task.test),
            "rationales_kept": sum(keep) / len(keep)}
     t0 = time.time()
     seed_everything(seed)
     model, tok = load_slm(ctx)
-    finetune(ctx, model, tok, label_pairs(private), f"seed {seed}: Standalone")
+    tr = finetune(ctx, model, tok, label_pairs(private), f"seed {seed}: Standalone")
+    out["standalone_loss_first_last"] = [round(tr.first_loss, 4), round(tr.last_loss, 4)]
     out["standalone"] = eval_slm(ctx, model, tok)["value"]
     out["standalone_seconds"] = round(time.time() - t0, 1)
+    save(out)  # Standalone's result survives a multi-task run that is stopped
     del model
     t0 = time.time()
     seed_everything(seed)
     model, tok = load_slm(ctx)
-    finetune(ctx, model, tok, multitask_pairs(private, rationales, keep, a.rationale_weight),
-             f"seed {seed}: multi-task (label + rationale)")
+    tr = finetune(ctx, model, tok, multitask_pairs(private, rationales, keep, a.rationale_weight),
+                  f"seed {seed}: multi-task (label + rationale)")
+    out["multitask_loss_first_last"] = [round(tr.first_loss, 4), round(tr.last_loss, 4)]
     out["multitask"] = eval_slm(ctx, model, tok, LABEL_PREFIX)["value"]
     out["multitask_seconds"] = round(time.time() - t0, 1)
+    save(out)
     return out
 
 
@@ -62,6 +76,8 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=200)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--eval-batch-size", type=int, default=16)
     ap.add_argument("--rationale-weight", type=float, default=1.0)
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--output-dir", default="runs")
@@ -70,7 +86,6 @@ def main() -> None:
     results = []
     for s in a.seeds:  # each seed's result is kept as soon as it exists (a seed takes tens of minutes)
         results.append(one_seed(s, a, console))
-        Path(a.output_dir, f"recorded-teacher-{a.task}-seed{s}.json").write_text(json.dumps(results[-1], indent=2))
         console.print(results[-1])
     table = Table(title=f"{a.task}: Standalone vs multi-task student (recorded teacher rationales)")
     for col in ("seed", "Standalone", "Multi-task", "Δ (points)", "rationales kept"):

@@ -209,4 +209,9 @@ def load_causal_lm(spec: str | ModelSource, *, dtype=None, device: str | None = 
 def default_device() -> str:
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        return "cpu"
+    # Models load in float32; TF32 tensor cores run their matmuls several times faster on Ampere and
+    # later GPUs at a precision loss far below what LoRA fine-tuning and choice scoring notice.
+    torch.set_float32_matmul_precision("high")
+    return "cuda"
