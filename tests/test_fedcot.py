@@ -71,15 +71,25 @@ def test_server_never_receives_private_prompts_and_audit_can_fail(tiny_fedcot_ru
     raw = [format_question(e) for e in private]
     msgs = [json.loads(line) for line in (ctx.run_dir / "messages.jsonl").read_text().splitlines()]
     to_server = [m for m in msgs if m["receiver"] == "server"]
-    fedcot_msgs = [m for m in to_server if m["sender"] == "client-0/fedcot-e"]
-    nonpriv_msgs = [m for m in to_server if m["sender"] == "client-0/non-private"]
+    requests = [m for m in to_server if m["kind"] == "rationale_request"]
+    fedcot_msgs = [m for m in requests if m["payload"]["mode"] == "fedcot-e"]
+    nonpriv_msgs = [m for m in requests if m["payload"]["mode"] == "non-private"]
     assert fedcot_msgs and nonpriv_msgs
 
+    def texts(x):
+        if isinstance(x, str):
+            return [x]
+        if isinstance(x, dict):
+            return [t for v in x.values() for t in texts(v)]
+        return [t for v in x for t in texts(v)] if isinstance(x, list) else []
+
     def leaked(messages):
-        sent = [p for m in messages for p in m["payload"]["prompts"]]
+        sent = [t for m in messages for t in texts(m["payload"])]
         return sum(any(r in s for s in sent) or any(e.question in s for s in sent) for r, e in zip(raw, private))
 
     assert leaked(fedcot_msgs) == 0  # privacy on: no private prompt (nor its question) verbatim
+    # nor anywhere else the server got (results, reports), except the Non-Private baseline's own request
+    assert leaked([m for m in to_server if m not in nonpriv_msgs]) == 0
     assert leaked(nonpriv_msgs) == len(raw)  # the same audit finds every raw prompt when privacy is off
 
     # fraction of private tokens that reached the server unchanged, measured independently on what the
@@ -103,7 +113,7 @@ def test_fedcot_run_saves_rationales_and_the_full_table(tiny_fedcot_run):
     methods = [r["method"].split(" (")[0] for r in result.rows]
     assert methods == ["Zero-shot LLM", "Few-shot LLM", "Zero-shot SLM", "Few-shot SLM", "Standalone",
                        "Non-Private", "FedCoT-E"]
-    rows = [json.loads(x) for x in (ctx.run_dir / "rationales.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (ctx.run_dir / "client-0" / "rationales.jsonl").read_text().splitlines()]
     assert len(rows) == len(ctx.clients[0])
     assert all(r["rationale_perturbed"] is not None and r["perturbed_prompt"] != r["prompt"] for r in rows)
     m = json.loads((ctx.run_dir / "metrics.json").read_text())
@@ -125,12 +135,14 @@ def test_fedcot_a_trains_a_perturber_and_releases_no_private_prompt(tmp_path):
     ctx, result = run(cfg, Console(quiet=True))
     assert result.rows[-1]["method"].startswith("FedCoT-A")
     msgs = [json.loads(x) for x in (ctx.run_dir / "messages.jsonl").read_text().splitlines()]
-    private_msgs = [m for m in msgs if m["receiver"] == "server" and m["sender"] == "client-0/fedcot-a"]
-    public_msgs = [m for m in msgs if m["receiver"] == "server" and m["sender"] == "client-0/fedcot-a-public"]
-    assert private_msgs and len(public_msgs) == 2  # raw public prompts, then the SLM-perturbed ones
+    requests = [m for m in msgs if m["receiver"] == "server" and m["kind"] == "rationale_request"]
+    private_msgs = [m for m in requests if m["payload"]["mode"] == "fedcot-a"]
+    public_msgs = [m for m in requests if m["payload"]["mode"] == "fedcot-a-public"]
+    # one request with the raw public prompts and the SLM-perturbed ones
+    assert private_msgs and len(public_msgs) == 1 and public_msgs[0]["payload"]["perturbed_prompts"]
     sent = [p for m in private_msgs for p in m["payload"]["prompts"]]
     for e in ctx.clients[0]:
         assert all(format_question(e) not in s and e.question not in s for s in sent)
     report = json.loads((ctx.run_dir / "metrics.json").read_text())["privacy"]
     assert report["mechanism"].startswith("fedcot-a-slm") and "guarded" in report["guarantee"]
-    assert (ctx.run_dir / "fedcot_a_public.jsonl").is_file()
+    assert (ctx.run_dir / "client-0" / "fedcot_a_public.jsonl").is_file()

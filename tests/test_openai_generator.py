@@ -184,15 +184,14 @@ def test_fedcot_server_role_over_http_equals_in_process(server, generator):
     greedy rationales as in-process generation."""
     from fedlsm.data.builtin import make_arith
     from fedlsm.data.task import format_question
-    from fedlsm.federation import Message
-    from fedlsm.methods.fedcot import FedCoTServer, cot_demonstrations
+    from fedlsm.methods.fedcot import RationaleWriter, cot_demonstrations
 
     task = make_arith(6, 2, seed=5)
     demos = cot_demonstrations(task.train[:1], 1)
     prompts = [format_question(e) for e in task.train[1:4]]
     cfg = GenerationConfig(max_new_tokens=24, stop=["\n\n"])
     http = OpenAIGenerator(server, MODEL, concurrency=3)
-    over_http = FedCoTServer(http, demos, cfg).handle(Message("c", "server", "rationale_request", {"prompts": prompts}))
-    local = FedCoTServer(generator, demos, cfg).handle(Message("c", "server", "rationale_request", {"prompts": prompts}))
-    assert over_http.payload["rationales"] == local.payload["rationales"]
-    assert all(r.strip() for r in over_http.payload["rationales"]) and http.stats.completion_tokens > 0
+    over_http = RationaleWriter(http, demos, cfg)(prompts)
+    local = RationaleWriter(generator, demos, cfg)(prompts)
+    assert over_http == local
+    assert all(r.strip() for r in over_http) and http.stats.completion_tokens > 0

@@ -2,7 +2,7 @@
 
 from fedlsm.federation.grid import (ClientContext, ClientRole, Grid, InProcessGrid, broadcast, client_name,
                                     run_in_process)
-from fedlsm.federation.messages import InProcessTransport, Message, MessageLog
+from fedlsm.federation.messages import Message, MessageLog
 
-__all__ = ["ClientContext", "ClientRole", "Grid", "InProcessGrid", "InProcessTransport", "Message", "MessageLog",
+__all__ = ["ClientContext", "ClientRole", "Grid", "InProcessGrid", "Message", "MessageLog",
            "broadcast", "client_name", "run_in_process"]

@@ -1,19 +1,18 @@
 """Typed messages that cross the client/server boundary, and the log that audits them.
 
-Methods talk only through :class:`Message` objects handed to a transport. The in-process
-transport delivers them by calling the receiving role directly; the Flower transport (a later
-issue) turns the same payloads into Flower records. Either way every message the server
-receives is recorded, so a test can prove what the semi-honest server saw.
+Methods talk only through :class:`Message` objects handed to a grid (fedlsm.federation.grid). The
+in-process grid delivers them by calling the receiving role directly; the Flower grid turns the same
+payloads into Flower records. Either way every message the server receives is recorded, so a test can
+prove what the semi-honest server saw.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass
@@ -146,26 +145,3 @@ def join_arrays(text: str, arrays: dict[str, Any]) -> Any:
         return x
 
     return walk(json.loads(text))
-
-
-Handler = Callable[[Message], Message]
-
-
-class InProcessTransport:
-    """Delivers a request to a registered role in the same process and logs both directions."""
-
-    def __init__(self, log: MessageLog | None = None):
-        self.log = log or MessageLog()
-        self._roles: dict[str, Handler] = {}
-
-    def register(self, name: str, handler: Handler) -> None:
-        self._roles[name] = handler
-
-    def request(self, msg: Message) -> Message:
-        if msg.receiver not in self._roles:
-            raise KeyError(f"no role named {msg.receiver!r} registered")
-        self.log.add(msg)
-        t0 = time.perf_counter()
-        reply = self._roles[msg.receiver](msg)
-        self.log.add(reply, handle_seconds=time.perf_counter() - t0)
-        return reply

@@ -44,6 +44,7 @@ ROLES: dict[str, str] = {
     "fedavg": "fedlsm.methods.fedavg",
     "fedmkt": "fedlsm.methods.fedmkt",
     "crosslm": "fedlsm.methods.crosslm",
+    "fedcot": "fedlsm.methods.fedcot",
 }
 
 

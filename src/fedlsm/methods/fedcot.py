@@ -1,29 +1,38 @@
-"""FedCoT (fedcot.txt, Algorithm 1): private chain-of-thought distillation from a server LLM to a
-client SLM, with its baselines in one table.
+"""FedCoT (fedcot.txt, Algorithm 1): private chain-of-thought distillation from a server LLM to
+client SLMs, with its baselines in one table.
 
-Roles and messages:
+Written as a server role and a client role on the server-driven grid (fedlsm.federation.grid), so
+the same code runs in-process and on Flower (``--engine flower-sim | flower-deploy``). Every
+request comes from the server; everything a client sends is a reply:
 
-* client -> server ``rationale_request`` {prompts}: the client's prompts, perturbed by the
-  exponential mechanism (FedCoT-E) or by its trained perturber SLM (FedCoT-A); raw only for the
-  Non-Private baseline.
-* server -> client ``rationale_reply`` {rationales}: the LLM's chain-of-thought for each prompt,
-  written with few-shot CoT demonstrations the server holds (public examples).
+* round 0 ``local_baselines``: each client evaluates its untrained SLM and trains Standalone on its
+  own data; it replies with accuracies only.
+* round 1 ``prompts`` (mode ``non-private``): the client replies ``rationale_request`` {prompts} with
+  its raw prompts (the Non-Private baseline; none with ``teacher=recorded``); the server answers
+  ``rationales`` {rationales} and the client trains and evaluates.
+* round 2 ``prompts`` (mode ``fedcot-e``): the client's prompts perturbed by the exponential mechanism,
+  with the privacy report; FedCoT-A first trains its perturber/decoder SLM on public data
+  (``codec_public_prompts`` / ``codec_rationales``, rounds 2-3). The server's ``rationales`` reply is
+  decoded back to the raw prompts (§3.3), filtered (rationales whose stated answer contradicts the
+  label are dropped) and distilled into the task SLM multi-task on label + rationale (§3.4, Eq. 7-9;
+  the two task prefixes of distilling step-by-step).
 
-The client then decodes the perturbed rationales back to its raw prompts (§3.3), keeps the
-rationales whose stated answer agrees with its label, and trains its task SLM multi-task on
-label + rationale (§3.4, Eq. 7-9; the two task prefixes of distilling step-by-step).
+The server writes rationales with few-shot CoT demonstrations from public examples; it never sees a
+client's data, labels or trained weights.
 """
 
 from __future__ import annotations
 
 import re
+import json
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 from fedlsm.data.task import Example, answer_continuation, answer_prompt, format_question
 from fedlsm.errors import ConfigError
 from fedlsm.eval.scoring import evaluate, extract_number
-from fedlsm.federation.messages import InProcessTransport, Message, MessageLog
+from fedlsm.federation.grid import ClientContext, Grid, broadcast, report_dropped, require_quorum, run_in_process
+from fedlsm.federation.messages import Message
 from fedlsm.methods.common import eval_slm, finetune, label_pairs, load_slm
 from fedlsm.models.generation import GenerationConfig, HFGenerator, TextGenerator
 from fedlsm.models.training import TrainPair
@@ -89,24 +98,6 @@ def consistent(rationale: str, ex: Example) -> bool:
     return ans.strip().lower() == ex.answer.strip().lower()
 
 
-# -------------------------------------------------------------------------------------------- roles
-
-
-class FedCoTServer:
-    """Server role: writes CoT rationales for the prompts it receives; it sees nothing else."""
-
-    def __init__(self, generator: TextGenerator, demonstrations: str, gen_cfg: GenerationConfig):
-        self.generator = generator
-        self.demonstrations = demonstrations
-        self.gen_cfg = gen_cfg
-
-    def handle(self, msg: Message) -> Message:
-        prompts = msg.payload["prompts"]
-        full = [f"{COT_INSTRUCTION}\n\n{self.demonstrations}{p}\nA:" for p in prompts]
-        rationales = self.generator.generate(full, self.gen_cfg)
-        return Message("server", msg.sender, "rationale_reply", {"rationales": rationales}, msg.round)
-
-
 @dataclass
 class RationaleSet:
     """Client-side record of one way of obtaining rationales (kept on the client; saved to disk)."""
@@ -147,7 +138,210 @@ def multitask_pairs(examples: Sequence[Example], rationales: Sequence[str], keep
     return pairs
 
 
-# --------------------------------------------------------------------------------------------- method
+# ------------------------------------------------------------------------------------------- shared
+
+
+def _variant(cfg) -> str:
+    variant = str(cfg.method_args.get("variant", "e")).lower()
+    if variant not in ("e", "a"):
+        raise ConfigError("method_args.variant", f"unknown FedCoT variant '{variant}'", "use e or a")
+    return variant
+
+
+def _generation_config(cfg) -> GenerationConfig:
+    return GenerationConfig(max_new_tokens=cfg.llm.max_new_tokens, temperature=cfg.llm.temperature,
+                            stop=["\n\n", "\nQ:"])
+
+
+def _eval(ctx, model, tok, prefix: str = "") -> dict:
+    return evaluate(model, tok, ctx.task, batch_size=ctx.cfg.eval_batch_size, show_progress=True, prefix=prefix)
+
+
+def _reply(msg: Message, kind: str, payload: dict[str, Any]) -> Message:
+    return Message(msg.receiver, msg.sender, kind, payload, msg.round)
+
+
+# -------------------------------------------------------------------------------------------- client
+
+
+class FedCoTClient:
+    """Client role: holds its private examples, perturbs its prompts, decodes and filters the
+    rationales it gets back and trains its task SLM. Everything it sends is in its replies."""
+
+    def __init__(self, ctx: ClientContext):
+        self.ctx = ctx
+        self.args = ctx.cfg.method_args
+        self.raw_prompts = [format_question(e) for e in ctx.data]
+        # what later requests need (kept in state(): Flower may host each request in a fresh process)
+        self.r_raw: list[str] | None = None  # Non-Private rationales: TokenRatio's reference
+        self.sent: list[str] | None = None  # the perturbed private prompts released to the server
+        self.codec_public: dict[str, Any] | None = None  # FedCoT-A: public prompts, their p^ε and p^p
+        self.codec_adapter: dict[str, Any] | None = None  # FedCoT-A: the perturber/decoder SLM's LoRA weights
+        self._codec = None
+
+    # --- pieces
+    def _seed(self, stage: int) -> None:
+        """The same draws for this client and stage on every engine and in every process."""
+        from fedlsm.runner import seed_everything
+
+        seed_everything(self.ctx.seed * 10 + stage)
+
+    def _sanitizer(self):
+        from fedlsm.privacy import TextSanitizer
+
+        p = self.ctx.cfg.privacy
+        return TextSanitizer.from_model(self.ctx.cfg.slm, epsilon=p.epsilon, top_k=p.top_k,
+                                        public_tokens=p.public_tokens or None)
+
+    def _train_and_eval(self, rationales: Sequence[str], keep: Sequence[bool], what: str, stage: int) -> float:
+        self._seed(stage)
+        model, tok = load_slm(self.ctx)
+        finetune(self.ctx, model, tok, multitask_pairs(self.ctx.data, rationales, keep,
+                                                       float(self.args.get("rationale_weight", 1.0))),
+                 f"{self.ctx.name}: {what}: training")
+        return eval_slm(self.ctx, model, tok, LABEL_PREFIX)["value"]
+
+    def _save_rationales(self, fed: RationaleSet | None = None) -> None:
+        """Every rationale (raw, perturbed, decoded) in the client's own folder, as soon as it exists."""
+        n = len(self.ctx.data)
+        f = fed or RationaleSet("", [None] * n, [None] * n, [None] * n, [None] * n)
+        r_raw = self.r_raw or [None] * n
+        kept_np = [consistent(r, e) if r is not None else None for r, e in zip(r_raw, self.ctx.data)]
+        with (self.ctx.work_dir / "rationales.jsonl").open("w") as out:
+            for e, p, pp, rr, rp, rd, kn, kf in zip(self.ctx.data, self.raw_prompts, f.sent_prompts, r_raw,
+                                                    f.received, f.decoded, kept_np, f.kept):
+                out.write(json.dumps({"id": e.id, "prompt": p, "perturbed_prompt": pp, "rationale_non_private": rr,
+                                      "rationale_perturbed": rp, "rationale_decoded": rd, "kept_non_private": kn,
+                                      "kept_fedcot": kf}, ensure_ascii=False) + "\n")
+
+    def _release(self, perturber, sanitizer, mode: str, msg: Message) -> Message:
+        """Perturb the private prompts, measure what an inversion attack recovers, send them."""
+        from fedlsm.privacy.attacks import inversion_success
+
+        san = perturber.sanitize(self.raw_prompts, seed=self.ctx.seed)
+        attack = inversion_success(san, sanitizer, [format_question(e) for e in self.ctx.public])
+        self.sent = list(san.texts)
+        return _reply(msg, "rationale_request", {"mode": mode, "prompts": self.sent,
+                                                 "privacy": {**san.report.as_dict(), "attack": attack}})
+
+    def _codec_model(self):
+        """FedCoT-A's perturber/decoder SLM, rebuilt from its adapters when this process has none."""
+        from fedlsm.methods.fedcot_adaptive import build_codec
+        from fedlsm.models.training import load_adapter_arrays
+
+        if self._codec is None:
+            model, tok = load_slm(self.ctx)
+            load_adapter_arrays(model, self.codec_adapter)
+            self._codec = build_codec(self.ctx, model, tok, self._sanitizer())
+        return self._codec
+
+    # --- requests
+    def handle(self, msg: Message) -> Message:
+        kind, p = msg.kind, msg.payload
+        if kind == "local_baselines":
+            return self._local_baselines(msg)
+        if kind == "prompts" and p["mode"] == "non-private":
+            if str(self.args.get("teacher", "llm")) == "recorded":
+                return _reply(msg, "rationale_request", {"mode": "non-private", "prompts": [], "recorded": True})
+            return _reply(msg, "rationale_request", {"mode": "non-private", "prompts": self.raw_prompts})
+        if kind == "prompts" and p["mode"] == "fedcot-e":
+            sanitizer = self._sanitizer()
+            return self._release(sanitizer, sanitizer, "fedcot-e", msg)
+        if kind == "codec_public_prompts":
+            from fedlsm.methods.fedcot_adaptive import train_encoder
+
+            self._seed(3)
+            self._codec, self.codec_public = train_encoder(self.ctx, self._sanitizer())
+            self.codec_adapter = _adapter(self._codec.gen.model)
+            return _reply(msg, "rationale_request", {"mode": "fedcot-a-public",
+                                                     "prompts": self.codec_public["prompts"],
+                                                     "perturbed_prompts": self.codec_public["slm_perturbed"]})
+        if kind == "codec_rationales":
+            from fedlsm.methods.fedcot_adaptive import train_jointly
+
+            self._seed(4)
+            codec = self._codec_model()
+            train_jointly(self.ctx, codec, self.codec_public, p["rationales"], p["perturbed_rationales"])
+            self.codec_adapter = _adapter(codec.gen.model)
+            return self._release(codec, self._sanitizer(), "fedcot-a", msg)
+        if kind == "rationales":
+            return self._distil(msg)
+        raise ValueError(f"{self.ctx.name}: unknown request {kind!r}")
+
+    def _local_baselines(self, msg: Message) -> Message:
+        c, p = self.ctx, msg.payload
+        if p.get("llm_scores"):  # the server's LLM is this very model: its scores are ours
+            zero, few = p["llm_scores"]["zero_shot"], p["llm_scores"]["few_shot"]
+        else:
+            slm0, tok = load_slm(c, trainable=False)
+            zero, few = _eval(c, slm0, tok)["value"], _eval(c, slm0, tok, p["few_shot"])["value"]
+            del slm0
+        self._seed(0)
+        model, tok = load_slm(c)
+        finetune(c, model, tok, label_pairs(c.data), f"{c.name}: Standalone: training")
+        res = eval_slm(c, model, tok)
+        return _reply(msg, "local_results", {"metric": res["metric"], "zero_shot": zero, "few_shot": few,
+                                             "standalone": res["value"], "n_examples": len(c.data)})
+
+    def _distil(self, msg: Message) -> Message:
+        mode, received = msg.payload["mode"], msg.payload["rationales"]
+        if mode == "non-private":
+            if received is None:  # teacher=recorded: a large LLM's recorded rationales (e.g. PaLM's for CQA)
+                if not all("teacher_rationale" in e.meta for e in self.ctx.data):
+                    raise ConfigError("method_args.teacher", f"task '{self.ctx.task.name}' has no recorded rationales",
+                                      "use teacher=llm, or the cqa preset (PaLM rationales)")
+                received = [e.meta["teacher_rationale"] for e in self.ctx.data]
+            self.r_raw = list(received)
+            keep = [consistent(r, e) for r, e in zip(self.r_raw, self.ctx.data)]
+            self._save_rationales()
+            value = self._train_and_eval(self.r_raw, keep, "Non-Private", stage=1)
+            return _reply(msg, "local_results", {"mode": mode, "value": value,
+                                                 "rationales_kept": sum(keep) / max(1, len(keep))})
+        from fedlsm.privacy import mean_token_ratio
+
+        if mode == "fedcot-a":
+            decoded = self._codec_model().decode(self.raw_prompts, self.sent, received)
+        else:  # FedCoT-E: in-context decoding with the client's untrained SLM, input (p, p^p, r^p)
+            slm0, tok = load_slm(self.ctx, trainable=False)
+            decoder = HFGenerator(slm0, tok, batch_size=self.ctx.cfg.llm.batch_size, use_chat_template=False,
+                                  show_progress=True)
+            decoded = decoder.generate([decode_prompt(p, pp, rp) for p, pp, rp in
+                                        zip(self.raw_prompts, self.sent, received)], _generation_config(self.ctx.cfg))
+            del slm0, decoder
+        fed = RationaleSet(mode, self.sent, list(received), decoded, [consistent(r, e) for r, e in zip(decoded, self.ctx.data)])
+        self._save_rationales(fed)
+        out = {"mode": mode, "value": self._train_and_eval(fed.decoded, fed.kept, mode, stage=2),
+               "rationales_kept": fed.kept_fraction}
+        if self.r_raw is not None:
+            out.update(token_ratio_perturbed=mean_token_ratio(received, self.r_raw),
+                       token_ratio_decoded=mean_token_ratio(decoded, self.r_raw))
+        if self.args.get("ablate_decoding", False):  # Table 5: train on the perturbed rationales as received
+            kept_wo = [consistent(r, e) for r, e in zip(received, self.ctx.data)]
+            out["without_decoding"] = self._train_and_eval(received, kept_wo, f"{mode} w/o decoding", stage=5)
+            out["without_decoding_kept"] = sum(kept_wo) / max(1, len(kept_wo))
+        return _reply(msg, "local_results", out)
+
+    def state(self) -> dict[str, Any]:
+        return {"r_raw": self.r_raw, "sent": self.sent, "codec_public": self.codec_public,
+                "codec_adapter": self.codec_adapter}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.r_raw, self.sent = state.get("r_raw"), state.get("sent")
+        self.codec_public, self.codec_adapter = state.get("codec_public"), state.get("codec_adapter")
+        self._codec = None
+
+
+def _adapter(model) -> dict[str, Any]:
+    from fedlsm.models.training import adapter_arrays
+
+    return adapter_arrays(model)
+
+
+def make_client(ctx: ClientContext) -> FedCoTClient:
+    return FedCoTClient(ctx)
+
+
+# -------------------------------------------------------------------------------------------- server
 
 
 def _llm_generator(ctx: RunContext) -> TextGenerator:
@@ -159,146 +353,130 @@ def _llm_generator(ctx: RunContext) -> TextGenerator:
     return HFGenerator.from_name(c.model, batch_size=c.batch_size, show_progress=True)
 
 
-def run_fedcot(ctx: RunContext) -> MethodResult:
-    from fedlsm.privacy import TextSanitizer, mean_token_ratio
+@dataclass
+class RationaleWriter:
+    """What the server does with the prompts it receives: the LLM's chain-of-thought for each, written
+    after few-shot CoT demonstrations of public examples (in-process model or any OpenAI-compatible endpoint)."""
 
+    generator: TextGenerator
+    demonstrations: str
+    gen_cfg: GenerationConfig
+
+    def __call__(self, prompts: Sequence[str]) -> list[str]:
+        full = [f"{COT_INSTRUCTION}\n\n{self.demonstrations}{p}\nA:" for p in prompts]
+        return self.generator.generate(full, self.gen_cfg) if full else []
+
+
+def _mean(values) -> float | None:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
+    """Server role: the LLM baselines, then each client's baselines, Non-Private and FedCoT, one
+    request kind at a time. It holds the LLM and the public CoT demonstrations, nothing else."""
     cfg, args = ctx.cfg, ctx.cfg.method_args
-    variant = str(args.get("variant", "e")).lower()
-    if variant not in ("e", "a"):
-        raise ConfigError("method_args.variant", f"unknown FedCoT variant '{variant}'", "use e or a")
+    variant = _variant(cfg)
     if not ctx.public or not any(e.rationale for e in ctx.public):
         raise ConfigError("data.public_fraction", "FedCoT needs public examples with rationales for the server's "
                           "CoT demonstrations", "set data.public_fraction (e.g. 0.2) on a task with rationales")
     n_demos = int(args.get("demos", 3))
-    rationale_weight = float(args.get("rationale_weight", 1.0))
-    private = ctx.clients[0] if len(ctx.clients) == 1 else [e for c in ctx.clients for e in c]
-    if len(ctx.clients) > 1:
-        ctx.console.print("[yellow]FedCoT here trains one task SLM on the union of client data; "
-                          "set --clients 1 for the paper's single-client setting[/]")
-    gen_cfg = GenerationConfig(max_new_tokens=cfg.llm.max_new_tokens, temperature=cfg.llm.temperature,
-                               stop=["\n\n", "\nQ:"])
-    raw_prompts = [format_question(e) for e in private]
-
-    # --- server and transport (in-process; every message logged for audit and communication)
-    log = MessageLog(ctx.run_dir / "messages.jsonl")
-    (ctx.run_dir / "messages.jsonl").unlink(missing_ok=True)
-    transport = InProcessTransport(log)
+    gen_cfg = _generation_config(cfg)
     llm = _llm_generator(ctx)
-    server = FedCoTServer(llm, cot_demonstrations(ctx.public, n_demos), gen_cfg)
-    transport.register("server", server.handle)
+    write = RationaleWriter(llm, cot_demonstrations(ctx.public, n_demos), gen_cfg)
 
-    def ask(prompts: list[str], tag: str) -> list[str]:
-        reply = transport.request(Message(f"client-0/{tag}", "server", "rationale_request", {"prompts": prompts}))
-        return reply.payload["rationales"]
-
-    # --- baselines that need no training
     rows: list[dict] = []
     metric_name = None
+    dropped: list[dict] = []
 
-    def add_row(method: str, res: dict | None, **extra):
-        nonlocal metric_name
-        if res is not None:
-            metric_name = res["metric"]
-        rows.append({"method": method, "value": None if res is None else res["value"], **extra})
+    def add_row(method: str, value: float | None, **extra) -> None:
+        rows.append({"method": method, "value": value, **extra})
         ctx.record("results", rows)
 
+    def ask_all(kind: str, payload: dict, rnd: int, to: Sequence[str] | None = None) -> dict[str, Message]:
+        sent = list(grid.clients() if to is None else to)
+        replies = broadcast(grid, kind, payload, rnd, to=sent)
+        dropped.extend(report_dropped(ctx, grid, require_quorum(replies, sent, cfg.federation.min_clients, rnd),
+                                      rnd, kind))
+        ctx.record("dropped", dropped)
+        return replies
+
+    def rationales_for(requests: dict[str, Message], mode: str, rnd: int) -> dict[str, Message]:
+        msgs = [Message("server", c, "rationales",
+                        {"mode": mode, "rationales": None if m.payload.get("recorded") else write(m.payload["prompts"])},
+                        rnd) for c, m in requests.items()]
+        replies = {r.sender: r for r in grid.send_and_receive(msgs)}
+        dropped.extend(report_dropped(ctx, grid, require_quorum(replies, list(requests), cfg.federation.min_clients,
+                                                                rnd), rnd, f"rationales ({mode})"))
+        ctx.record("dropped", dropped)
+        return replies
+
+    # --- the LLM alone (server side)
     few_shot = answer_demonstrations(ctx.public, n_demos)
+    llm_scores = None
     if cfg.llm.base_url:
         add_row("Zero-shot LLM", None, note="LLM behind HTTP: no log-likelihoods")
         add_row("Few-shot LLM", None, note="LLM behind HTTP: no log-likelihoods")
     else:
-        llm_model, llm_tok = llm.model, llm.tokenizer
-        add_row("Zero-shot LLM", _eval(ctx, llm_model, llm_tok))
-        add_row(f"Few-shot LLM ({n_demos}-shot)", _eval(ctx, llm_model, llm_tok, few_shot))
-    slm0, slm_tok = load_slm(ctx, trainable=False)
-    if not cfg.llm.base_url and cfg.llm.model == cfg.slm:  # same weights: same scores, skip the rerun
-        add_row("Zero-shot SLM", {"metric": metric_name, "value": rows[0]["value"]}, note="same model as the LLM")
-        add_row(f"Few-shot SLM ({n_demos}-shot)", {"metric": metric_name, "value": rows[1]["value"]},
-                note="same model as the LLM")
+        zero, few = _eval(ctx, llm.model, llm.tokenizer), _eval(ctx, llm.model, llm.tokenizer, few_shot)
+        metric_name = zero["metric"]
+        add_row("Zero-shot LLM", zero["value"])
+        add_row(f"Few-shot LLM ({n_demos}-shot)", few["value"])
+        if cfg.llm.model == cfg.slm:  # the clients' SLM is this model: they need not score it again
+            llm_scores = {"zero_shot": zero["value"], "few_shot": few["value"]}
+
+    # --- round 0: each client's untrained SLM and Standalone (labels only)
+    local = ask_all("local_baselines", {"few_shot": few_shot, "llm_scores": llm_scores}, 0)
+    metric_name = metric_name or next(iter(local.values())).payload["metric"]
+    note = {"note": "same model as the LLM"} if llm_scores else {}
+    add_row("Zero-shot SLM", _mean(m.payload["zero_shot"] for m in local.values()), **note)
+    add_row(f"Few-shot SLM ({n_demos}-shot)", _mean(m.payload["few_shot"] for m in local.values()), **note)
+    add_row("Standalone", _mean(m.payload["standalone"] for m in local.values()))
+    per_client = {c: {"standalone": m.payload["standalone"], "n_examples": m.payload["n_examples"]}
+                  for c, m in local.items()}
+
+    # --- round 1: Non-Private (raw prompts to the LLM, or recorded rationales: teacher=recorded)
+    nonpriv = rationales_for(ask_all("prompts", {"mode": "non-private"}, 1), "non-private", 1)
+    add_row("Non-Private", _mean(m.payload["value"] for m in nonpriv.values()),
+            rationales_kept=_mean(m.payload["rationales_kept"] for m in nonpriv.values()))
+    for c, m in nonpriv.items():
+        per_client.setdefault(c, {})["non_private"] = m.payload["value"]
+
+    # --- rounds 2-3: FedCoT (perturb, query, decode, filter, distil)
+    mode = f"fedcot-{variant}"
+    if variant == "a":  # the client's perturber/decoder SLM learns on public data first (Eq. 4-6)
+        public = ask_all("codec_public_prompts", {}, 2)
+        msgs = [Message("server", c, "codec_rationales", {"rationales": write(m.payload["prompts"]),
+                                                          "perturbed_rationales": write(m.payload["perturbed_prompts"])},
+                        2) for c, m in public.items()]
+        requests = {r.sender: r for r in grid.send_and_receive(msgs)}
+        rnd = 3
     else:
-        add_row("Zero-shot SLM", _eval(ctx, slm0, slm_tok))
-        add_row(f"Few-shot SLM ({n_demos}-shot)", _eval(ctx, slm0, slm_tok, few_shot))
+        requests, rnd = ask_all("prompts", {"mode": mode}, 2), 2
+    reports = {c: m.payload["privacy"] for c, m in requests.items()}
+    first = reports[sorted(reports)[0]]
+    # one client: its report; several: the first one's, with the attack success averaged over all
+    # (no attack figure where the perturbation is not the exponential mechanism's: FedCoT-A unguarded)
+    attacks = [r["attack"] for r in reports.values() if r.get("attack")]
+    attack = {**attacks[0], "success_rate": _mean(a["success_rate"] for a in attacks)} if attacks else None
+    ctx.record("privacy", {**first, "attack": attack})
+    if len(reports) > 1:
+        ctx.record("privacy_per_client", reports)
+    fed = rationales_for(requests, mode, rnd)
+    vals = list(fed.values())
+    tr_pert = _mean(m.payload.get("token_ratio_perturbed") for m in vals)
+    tr_dec = _mean(m.payload.get("token_ratio_decoded") for m in vals)
+    add_row(f"FedCoT-{variant.upper()} (ε={cfg.privacy.epsilon:g})", _mean(m.payload["value"] for m in vals),
+            rationales_kept=_mean(m.payload["rationales_kept"] for m in vals),
+            token_ratio_perturbed=tr_pert, token_ratio_decoded=tr_dec)
+    if args.get("ablate_decoding", False):
+        add_row(f"FedCoT-{variant.upper()} w/o decoding", _mean(m.payload["without_decoding"] for m in vals),
+                rationales_kept=_mean(m.payload["without_decoding_kept"] for m in vals))
+    for c, m in fed.items():
+        per_client.setdefault(c, {})["fedcot"] = m.payload["value"]
+    ctx.record("clients", per_client)
 
-    # --- Standalone: labels only
-    model, tok = load_slm(ctx)
-    finetune(ctx, model, tok, label_pairs(private), "Standalone: training")
-    add_row("Standalone", eval_slm(ctx, model, tok))
-    del model
-
-    # --- Non-Private: raw prompts to the LLM, no decoding needed. teacher=recorded uses rationales
-    # recorded from a large LLM (e.g. PaLM's for CQA) instead of querying ours: a quick check of the
-    # distillation step with a strong teacher.
-    if args.get("teacher", "llm") == "recorded":
-        if not all("teacher_rationale" in e.meta for e in private):
-            raise ConfigError("method_args.teacher", f"task '{ctx.task.name}' has no recorded rationales",
-                              "use teacher=llm, or the cqa preset (PaLM rationales)")
-        r_raw = [e.meta["teacher_rationale"] for e in private]
-    else:
-        r_raw = ask(raw_prompts, "non-private")
-    nonpriv = RationaleSet("non-private", raw_prompts, r_raw, r_raw, [consistent(r, e) for r, e in zip(r_raw, private)])
-
-    def save_rationales(fed: RationaleSet | None = None) -> None:
-        """Every rationale (raw, perturbed, decoded) to the run folder as soon as it exists."""
-        n = len(private)
-        f = fed or RationaleSet("", [None] * n, [None] * n, [None] * n, [None] * n)
-        ctx.save_jsonl("rationales.jsonl", [
-            {"id": e.id, "prompt": p, "perturbed_prompt": pp, "rationale_non_private": rr,
-             "rationale_perturbed": rp, "rationale_decoded": rd, "kept_non_private": kn, "kept_fedcot": kf}
-            for e, p, pp, rr, rp, rd, kn, kf in zip(private, raw_prompts, f.sent_prompts, r_raw, f.received,
-                                                    f.decoded, nonpriv.kept, f.kept)])
-
-    save_rationales()
-    model, tok = load_slm(ctx)
-    finetune(ctx, model, tok, multitask_pairs(private, nonpriv.decoded, nonpriv.kept, rationale_weight),
-             "Non-Private: training")
-    add_row("Non-Private", eval_slm(ctx, model, tok, LABEL_PREFIX), rationales_kept=nonpriv.kept_fraction)
-    del model
-
-    # --- FedCoT: perturb, query, decode, filter, distil
-    sanitizer = TextSanitizer.from_model(cfg.slm, epsilon=cfg.privacy.epsilon, top_k=cfg.privacy.top_k,
-                                         public_tokens=cfg.privacy.public_tokens or None)
-    if variant == "a":
-        from fedlsm.methods.fedcot_adaptive import train_adaptive_perturber
-
-        perturber = train_adaptive_perturber(ctx, sanitizer, ask, raw_public=ctx.public)
-    else:
-        perturber = sanitizer
-    san = perturber.sanitize(raw_prompts, seed=cfg.seed)
-    ctx.record("privacy", san.report.as_dict())
-    from fedlsm.privacy.attacks import inversion_success  # what the server could recover (benchmark, #8)
-
-    attack = inversion_success(san, sanitizer, [format_question(e) for e in ctx.public])
-    ctx.record("privacy", {**ctx.metrics["privacy"], "attack": attack})
-    r_pert = ask(san.texts, f"fedcot-{variant}")
-    if variant == "a":
-        decoded = perturber.decode(raw_prompts, san.texts, r_pert)
-    else:
-        decoder = HFGenerator(slm0, slm_tok, batch_size=cfg.llm.batch_size, use_chat_template=False,
-                              show_progress=True)
-        decoded = decoder.generate([decode_prompt(p, pp, rp) for p, pp, rp in zip(raw_prompts, san.texts, r_pert)],
-                                   gen_cfg)
-    fed = RationaleSet(f"fedcot-{variant}", san.texts, r_pert, decoded,
-                       [consistent(r, e) for r, e in zip(decoded, private)])
-    save_rationales(fed)
-    model, tok = load_slm(ctx)
-    finetune(ctx, model, tok, multitask_pairs(private, fed.decoded, fed.kept, rationale_weight),
-             f"FedCoT-{variant.upper()}: training")
-    tr_pert = mean_token_ratio(r_pert, r_raw)
-    tr_dec = mean_token_ratio(decoded, r_raw)
-    add_row(f"FedCoT-{variant.upper()} (ε={cfg.privacy.epsilon:g})", eval_slm(ctx, model, tok, LABEL_PREFIX),
-            rationales_kept=fed.kept_fraction, token_ratio_perturbed=tr_pert, token_ratio_decoded=tr_dec)
-    del model
-
-    if args.get("ablate_decoding", False):  # Table 5: train on the perturbed rationales as received
-        kept_wo = [consistent(r, e) for r, e in zip(r_pert, private)]
-        model, tok = load_slm(ctx)
-        finetune(ctx, model, tok, multitask_pairs(private, r_pert, kept_wo, rationale_weight),
-                 f"FedCoT-{variant.upper()} w/o decoding: training")
-        add_row(f"FedCoT-{variant.upper()} w/o decoding", eval_slm(ctx, model, tok, LABEL_PREFIX),
-                rationales_kept=sum(kept_wo) / max(1, len(kept_wo)))
-        del model
-
-    comm = log.communication()
+    comm = grid.log.communication()
     llm_cost = llm.stats.as_dict()
     ctx.record("communication", comm)
     ctx.record("llm_query_cost", llm_cost)
@@ -311,9 +489,11 @@ def run_fedcot(ctx: RunContext) -> MethodResult:
                "standalone": by.get("Standalone"), "non_private": by.get("Non-Private"),
                "fedcot": by.get(f"FedCoT-{variant.upper()}"),
                "token_ratio_perturbed": tr_pert, "token_ratio_decoded": tr_dec,
-               "privacy": san.report.as_dict(), "communication": comm, "llm_query_cost": llm_cost}
-    return MethodResult(table, f"FedCoT-{variant.upper()} on {ctx.task.name} ({metric_name}, %)", summary)
+               "privacy": ctx.metrics["privacy"], "communication": comm, "llm_query_cost": llm_cost}
+    title = f"FedCoT-{variant.upper()} on {ctx.task.name} ({metric_name}, %" + (
+        f"; mean of {len(per_client)} clients)" if len(per_client) > 1 else ")")
+    return MethodResult(table, title, summary)
 
 
-def _eval(ctx: RunContext, model, tok, prefix: str = "") -> dict:
-    return evaluate(model, tok, ctx.task, batch_size=ctx.cfg.eval_batch_size, show_progress=True, prefix=prefix)
+def run_fedcot(ctx: RunContext) -> MethodResult:
+    return run_in_process(ctx, server_main, make_client)

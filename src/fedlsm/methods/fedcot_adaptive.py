@@ -13,14 +13,15 @@ SLM with LoRA and two task prefixes. Training follows Algorithm 1:
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import json
+from typing import Sequence
 
-from fedlsm.data.task import Example, format_question
+from fedlsm.data.task import format_question
+from fedlsm.federation.grid import ClientContext
 from fedlsm.methods.common import finetune, load_slm
 from fedlsm.models.generation import GenerationConfig, HFGenerator
 from fedlsm.models.training import TrainPair
 from fedlsm.privacy import AdaptivePerturber, TextSanitizer
-from fedlsm.runner import RunContext
 
 ENCODE_PREFIX = "[encode] "
 DECODE_PREFIX = "[decode] "
@@ -70,27 +71,43 @@ class AdaptiveCodec:
                                  self.dec_cfg)
 
 
-def train_adaptive_perturber(ctx: RunContext, sanitizer: TextSanitizer, ask: Callable[[list[str], str], list[str]],
-                             raw_public: Sequence[Example]) -> AdaptiveCodec:
-    """``ask(prompts, tag)`` queries the server through the logged transport."""
+def build_codec(ctx, model, tok, sanitizer: TextSanitizer) -> AdaptiveCodec:
+    """The codec around a (trained) SLM; the exponential-mechanism guard unless ``adaptive_guard=false``."""
     cfg = ctx.cfg
-    public_prompts = [format_question(e) for e in raw_public]
-    p_eps = sanitizer.perturb(public_prompts, seed=cfg.seed + 1)
-    enc_pairs = [TrainPair(encode_input(p), " " + pe) for p, pe in zip(public_prompts, p_eps)]
-    model, tok = load_slm(ctx)
-    finetune(ctx, model, tok, enc_pairs, "FedCoT-A: encoder training")
     gen_cfg = GenerationConfig(max_new_tokens=cfg.llm.max_new_tokens, temperature=cfg.llm.temperature,
                                stop=["\n\n", "\nQ:"])
     guard = sanitizer if cfg.method_args.get("adaptive_guard", True) else None
-    codec = AdaptiveCodec(model, tok, gen_cfg, cfg.llm.batch_size, cfg.privacy.epsilon, guard)
-    p_p = codec.perturber.perturb(public_prompts, seed=cfg.seed + 2)
-    # Public data: the client may send raw public prompts; the server sees no private text here.
-    r = ask(public_prompts, "fedcot-a-public")
-    r_p = ask(p_p, "fedcot-a-public")
-    dec_pairs = [TrainPair(decode_input(p, pp, rp), " " + rr) for p, pp, rp, rr in zip(public_prompts, p_p, r_p, r)
+    return AdaptiveCodec(model, tok, gen_cfg, cfg.llm.batch_size, cfg.privacy.epsilon, guard)
+
+
+def _encoding_pairs(public: dict) -> list[TrainPair]:
+    return [TrainPair(encode_input(p), " " + pe) for p, pe in zip(public["prompts"], public["target_perturbed"])]
+
+
+def train_encoder(ctx: ClientContext, sanitizer: TextSanitizer) -> tuple[AdaptiveCodec, dict]:
+    """Algorithm 1, steps 1-2: the SLM learns p -> p^ε on the public prompts, then writes p^p for them.
+    Returns the codec and the public prompts with their p^ε and p^p (what the server is asked about)."""
+    cfg = ctx.cfg
+    prompts = [format_question(e) for e in ctx.public]
+    public = {"prompts": prompts, "target_perturbed": sanitizer.perturb(prompts, seed=cfg.seed + 1)}
+    model, tok = load_slm(ctx)
+    finetune(ctx, model, tok, _encoding_pairs(public), f"{ctx.name}: FedCoT-A: encoder training")
+    codec = build_codec(ctx, model, tok, sanitizer)
+    public["slm_perturbed"] = codec.perturber.perturb(prompts, seed=cfg.seed + 2)
+    return codec, public
+
+
+def train_jointly(ctx: ClientContext, codec: AdaptiveCodec, public: dict, rationales: Sequence[str],
+                  perturbed_rationales: Sequence[str]) -> None:
+    """Algorithm 1, steps 3-4: with the server's r for p and r^p for p^p (public data: raw prompts may
+    be sent), the SLM trains on encoding + decoding (Eq. 6). Keeps the public record in the client's folder."""
+    dec_pairs = [TrainPair(decode_input(p, pp, rp), " " + rr)
+                 for p, pp, rp, rr in zip(public["prompts"], public["slm_perturbed"], perturbed_rationales, rationales)
                  if rr.strip()]
-    finetune(ctx, model, tok, enc_pairs + dec_pairs, "FedCoT-A: joint encoder+decoder training (Eq. 6)")
-    ctx.save_jsonl("fedcot_a_public.jsonl", [
-        {"prompt": p, "target_perturbed": pe, "slm_perturbed": pp, "rationale": rr, "rationale_perturbed": rp}
-        for p, pe, pp, rr, rp in zip(public_prompts, p_eps, p_p, r, r_p)])
-    return codec
+    finetune(ctx, codec.gen.model, codec.gen.tokenizer, _encoding_pairs(public) + dec_pairs,
+             f"{ctx.name}: FedCoT-A: joint encoder+decoder training (Eq. 6)")
+    with (ctx.work_dir / "fedcot_a_public.jsonl").open("w") as f:
+        for p, pe, pp, rr, rp in zip(public["prompts"], public["target_perturbed"], public["slm_perturbed"],
+                                     rationales, perturbed_rationales):
+            f.write(json.dumps({"prompt": p, "target_perturbed": pe, "slm_perturbed": pp, "rationale": rr,
+                                "rationale_perturbed": rp}, ensure_ascii=False) + "\n")
