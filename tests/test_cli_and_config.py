@@ -57,6 +57,14 @@ def test_help_lists_the_commands():
         assert cmd in r.stdout
 
 
+def test_methods_say_which_engines_they_run_on():
+    r = _cli("methods")
+    assert r.returncode == 0
+    lines = {line.split()[0]: line for line in r.stdout.splitlines() if line.strip()}
+    assert "flower-sim" in lines["fedcot"] and "flower-deploy" in lines["fedmkt"]
+    assert "flower" not in lines["standalone"]
+
+
 @pytest.mark.slow
 def test_standalone_run_writes_config_metrics_and_table(tmp_path):
     r = _cli("run", "standalone", "--task", "arith", "--clients", "2", "--n-train", "16", "--n-test", "12",

@@ -134,11 +134,12 @@ def models_command():
 
 @app.command("methods")
 def methods_command():
-    """List methods and baselines."""
-    from fedlsm.methods import METHODS
+    """List methods and the engines each runs on."""
+    from fedlsm.methods import METHODS, ROLES
 
     for name in METHODS:
-        console.print(name)
+        engines = "in-process, flower-sim, flower-deploy" if name in ROLES else "in-process"
+        console.print(f"{name:<12} engines: {engines}")
 
 
 @app.command("bench")
