@@ -31,7 +31,7 @@ from typing import Any, Sequence
 from fedlsm.data.task import Example, answer_continuation, answer_prompt, format_question
 from fedlsm.errors import ConfigError
 from fedlsm.eval.scoring import evaluate, extract_number
-from fedlsm.federation.grid import ClientContext, Grid, broadcast, report_dropped, require_quorum, run_in_process
+from fedlsm.federation.grid import ClientContext, Grid, report_dropped, require_quorum, run_in_process
 from fedlsm.federation.messages import Message
 from fedlsm.methods.common import eval_slm, finetune, label_pairs, load_slm
 from fedlsm.models.generation import GenerationConfig, HFGenerator, TextGenerator
@@ -393,23 +393,23 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
         rows.append({"method": method, "value": value, **extra})
         ctx.record("results", rows)
 
-    def ask_all(kind: str, payload: dict, rnd: int, to: Sequence[str] | None = None) -> dict[str, Message]:
-        sent = list(grid.clients() if to is None else to)
-        replies = broadcast(grid, kind, payload, rnd, to=sent)
-        dropped.extend(report_dropped(ctx, grid, require_quorum(replies, sent, cfg.federation.min_clients, rnd),
-                                      rnd, kind))
+    def exchange(msgs: list[Message], step: str) -> dict[str, Message]:
+        """Send, collect the replies in client order (not Flower's arrival order, so every engine
+        aggregates alike), and go on without clients that dropped if enough answered."""
+        rnd = msgs[0].round if msgs else 0
+        replies = dict(sorted(((r.sender, r) for r in grid.send_and_receive(msgs)), key=lambda kv: kv[0]))
+        missing = require_quorum(replies, [m.receiver for m in msgs], cfg.federation.min_clients, rnd)
+        dropped.extend(report_dropped(ctx, grid, missing, rnd, step))
         ctx.record("dropped", dropped)
         return replies
 
+    def ask_all(kind: str, payload: dict, rnd: int) -> dict[str, Message]:
+        return exchange([Message("server", c, kind, payload, rnd) for c in grid.clients()], kind)
+
     def rationales_for(requests: dict[str, Message], mode: str, rnd: int) -> dict[str, Message]:
-        msgs = [Message("server", c, "rationales",
-                        {"mode": mode, "rationales": None if m.payload.get("recorded") else write(m.payload["prompts"])},
-                        rnd) for c, m in requests.items()]
-        replies = {r.sender: r for r in grid.send_and_receive(msgs)}
-        dropped.extend(report_dropped(ctx, grid, require_quorum(replies, list(requests), cfg.federation.min_clients,
-                                                                rnd), rnd, f"rationales ({mode})"))
-        ctx.record("dropped", dropped)
-        return replies
+        return exchange([Message("server", c, "rationales",
+                                 {"mode": mode, "rationales": None if m.payload.get("recorded") else write(m.payload["prompts"])},
+                                 rnd) for c, m in requests.items()], f"rationales ({mode})")
 
     # --- the LLM alone (server side)
     few_shot = answer_demonstrations(ctx.public, n_demos)
@@ -449,12 +449,11 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
         msgs = [Message("server", c, "codec_rationales", {"rationales": write(m.payload["prompts"]),
                                                           "perturbed_rationales": write(m.payload["perturbed_prompts"])},
                         2) for c, m in public.items()]
-        requests = {r.sender: r for r in grid.send_and_receive(msgs)}
-        rnd = 3
+        requests, rnd = exchange(msgs, "codec_rationales"), 3
     else:
         requests, rnd = ask_all("prompts", {"mode": mode}, 2), 2
     reports = {c: m.payload["privacy"] for c, m in requests.items()}
-    first = reports[sorted(reports)[0]]
+    first = next(iter(reports.values()))
     # one client: its report; several: the first one's, with the attack success averaged over all
     # (no attack figure where the perturbation is not the exponential mechanism's: FedCoT-A unguarded)
     attacks = [r["attack"] for r in reports.values() if r.get("attack")]
