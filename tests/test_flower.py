@@ -370,17 +370,46 @@ def _fedcot(out: Path, name: str, *args: str) -> dict:
     return m
 
 
+FEDCOT_MUST_MATCH = ("results", "clients", "privacy", "dropped")
+
+
+@pytest.fixture(scope="module")
+def fedcot_reference(tmp_path_factory):
+    """FedCoT-E with two clients, in-process (in a subprocess with one torch thread, like every engine)."""
+    ref = _fedcot(tmp_path_factory.mktemp("fedcot-ref"), "ref")
+    assert [r["method"] for r in ref["results"]][-1].startswith("FedCoT-E")
+    assert set(ref["clients"]) == {"client-0", "client-1"} and ref["dropped"] == []
+    return ref
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_fedcot_on_the_simulation_engine_matches_in_process(tmp_path):
-    """FedCoT's server and client roles run unchanged on Flower: with two clients, every row of the
-    table, each client's results and the privacy report equal the in-process run's."""
-    ref = _fedcot(tmp_path, "ref")
+def test_fedcot_on_the_simulation_engine_matches_in_process(fedcot_reference, tmp_path):
+    """FedCoT's server and client roles run unchanged on Flower: every row of the table, each client's
+    results and the privacy report equal the in-process run's."""
     sim = _fedcot(tmp_path, "sim", "--engine", "flower-sim")
-    assert [r["method"] for r in ref["results"]][-1].startswith("FedCoT-E")
-    assert set(ref["clients"]) == {"client-0", "client-1"}
-    for key in ("results", "clients", "privacy", "dropped"):
-        assert sim[key] == ref[key], key
-    assert sim["communication"]["bytes_up"] == ref["communication"]["bytes_up"] > 0
+    for key in FEDCOT_MUST_MATCH:
+        assert sim[key] == fedcot_reference[key], key
+    assert sim["communication"]["bytes_up"] == fedcot_reference["communication"]["bytes_up"] > 0
     # each client kept its own rationales in its own folder
     assert all((tmp_path / "sim" / c / "rationales.jsonl").is_file() for c in ("client-0", "client-1"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_fedcot_on_the_deployment_engine_matches_in_process(fedcot_reference, tmp_path):
+    """The same over TLS with SuperNode authentication. Flower runs each request in a fresh ClientApp
+    process, so the FedCoT rounds only work if a client restores what it released in earlier rounds
+    (its state: the perturbed prompts, the Non-Private rationales) from its own checkpoint."""
+    fed = Federation(tmp_path, clients=2)
+    try:
+        for k in range(2):
+            fed.join(k)
+        dep = _fedcot(tmp_path, "dep", "--engine", "flower-deploy", "--set", f"federation.superlink=127.0.0.1:{fed.port}",
+                      "--set", f"federation.root_certificates={fed.certs['ca']}")
+    finally:
+        fed.close()
+    for key in FEDCOT_MUST_MATCH:
+        assert dep[key] == fedcot_reference[key], key
+    assert dep["communication"] == fedcot_reference["communication"]
+    assert all(list((tmp_path / "dep" / c / "state").glob("round-*.npz")) for c in ("client-0", "client-1"))
