@@ -23,6 +23,10 @@ class Message:
     payload: dict[str, Any]
     round: int = 0
 
+    def reply(self, kind: str, payload: dict[str, Any]) -> "Message":
+        """The answer to this request: from its receiver back to its sender, in the same round."""
+        return Message(self.receiver, self.sender, kind, payload, self.round)
+
     def size_bytes(self) -> int:
         """Bytes on the wire: numpy arrays at their raw size (they travel as typed buffers),
         everything else as compact JSON (what the communication meter counts)."""

@@ -158,10 +158,9 @@ class CrossLMClient:
                           fit_settings(c.cfg, args, self.spec.kind, c.seed),
                           description=f"{c.name}: training its {self.spec.kind} SLM on private data")
             self.standalone_accuracy = clf.accuracy(*self._test(), batch_size=c.cfg.eval_batch_size)
-            return Message(c.name, "server", "slm_upload",
-                           {"spec": self.spec.to_dict(), "arrays": clf.trainable_arrays(),
-                            "standalone_accuracy": self.standalone_accuracy,
-                            "loss_first": fit.first_loss, "loss_last": fit.last_loss}, msg.round)
+            return msg.reply("slm_upload", {"spec": self.spec.to_dict(), "arrays": clf.trainable_arrays(),
+                                            "standalone_accuracy": self.standalone_accuracy,
+                                            "loss_first": fit.first_loss, "loss_last": fit.last_loss})
         if msg.kind == "enhanced_slms":
             if self.spec is None:
                 raise RuntimeError(f"{c.name}: enhanced SLMs before any train_slm request")
@@ -169,7 +168,7 @@ class CrossLMClient:
             for variant, arrays in msg.payload["models"].items():
                 acc[variant] = build_classifier(self.spec, arrays).accuracy(*self._test(),
                                                                             batch_size=c.cfg.eval_batch_size)
-            return Message(c.name, "server", "slm_accuracy", {"accuracy": acc}, msg.round)
+            return msg.reply("slm_accuracy", {"accuracy": acc})
         raise ValueError(f"{c.name}: unknown request kind {msg.kind!r}")
 
     def state(self) -> dict[str, Any]:

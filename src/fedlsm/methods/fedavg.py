@@ -118,9 +118,8 @@ class FedAvgClient:
         if msg.payload.get("client_eval"):
             metrics["local_test"] = evaluate(model, tok, ctx.task, batch_size=ctx.cfg.eval_batch_size)["value"]
         self.rounds.append(msg.round)
-        return Message(ctx.name, "server", FIT_REPLY,
-                       {"weights": adapter_weights(model), "n_examples": len(ctx.data), "slm": ctx.cfg.slm,
-                        "metrics": metrics, "rounds_joined": list(self.rounds)}, msg.round)
+        return msg.reply(FIT_REPLY, {"weights": adapter_weights(model), "n_examples": len(ctx.data), "slm": ctx.cfg.slm,
+                                     "metrics": metrics, "rounds_joined": list(self.rounds)})
 
     def state(self) -> dict[str, Any]:
         return {"rounds": list(self.rounds)}

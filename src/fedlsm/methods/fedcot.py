@@ -35,7 +35,7 @@ from fedlsm.federation.grid import ClientContext, Grid, report_dropped, require_
 from fedlsm.federation.messages import Message
 from fedlsm.methods.common import eval_slm, finetune, label_pairs, load_slm
 from fedlsm.models.generation import GenerationConfig, HFGenerator, TextGenerator
-from fedlsm.models.training import TrainPair
+from fedlsm.models.training import TrainPair, adapter_arrays, load_adapter_arrays
 from fedlsm.runner import MethodResult, RunContext
 
 LABEL_PREFIX = "[label] "
@@ -148,17 +148,13 @@ def _variant(cfg) -> str:
     return variant
 
 
-def _generation_config(cfg) -> GenerationConfig:
+def generation_config(cfg) -> GenerationConfig:
     return GenerationConfig(max_new_tokens=cfg.llm.max_new_tokens, temperature=cfg.llm.temperature,
                             stop=["\n\n", "\nQ:"])
 
 
 def _eval(ctx, model, tok, prefix: str = "") -> dict:
     return evaluate(model, tok, ctx.task, batch_size=ctx.cfg.eval_batch_size, show_progress=True, prefix=prefix)
-
-
-def _reply(msg: Message, kind: str, payload: dict[str, Any]) -> Message:
-    return Message(msg.receiver, msg.sender, kind, payload, msg.round)
 
 
 # -------------------------------------------------------------------------------------------- client
@@ -221,13 +217,12 @@ class FedCoTClient:
         san = perturber.sanitize(self.raw_prompts, seed=self.ctx.seed)
         attack = inversion_success(san, sanitizer, [format_question(e) for e in self.ctx.public])
         self.sent = list(san.texts)
-        return _reply(msg, "rationale_request", {"mode": mode, "prompts": self.sent,
+        return msg.reply("rationale_request", {"mode": mode, "prompts": self.sent,
                                                  "privacy": {**san.report.as_dict(), "attack": attack}})
 
     def _codec_model(self):
         """FedCoT-A's perturber/decoder SLM, rebuilt from its adapters when this process has none."""
         from fedlsm.methods.fedcot_adaptive import build_codec
-        from fedlsm.models.training import load_adapter_arrays
 
         if self._codec is None:
             model, tok = load_slm(self.ctx)
@@ -242,8 +237,8 @@ class FedCoTClient:
             return self._local_baselines(msg)
         if kind == "prompts" and p["mode"] == "non-private":
             if str(self.args.get("teacher", "llm")) == "recorded":
-                return _reply(msg, "rationale_request", {"mode": "non-private", "prompts": [], "recorded": True})
-            return _reply(msg, "rationale_request", {"mode": "non-private", "prompts": self.raw_prompts})
+                return msg.reply("rationale_request", {"mode": "non-private", "prompts": [], "recorded": True})
+            return msg.reply("rationale_request", {"mode": "non-private", "prompts": self.raw_prompts})
         if kind == "prompts" and p["mode"] == "fedcot-e":
             sanitizer = self._sanitizer()
             return self._release(sanitizer, sanitizer, "fedcot-e", msg)
@@ -252,8 +247,8 @@ class FedCoTClient:
 
             self._seed(3)
             self._codec, self.codec_public = train_encoder(self.ctx, self._sanitizer())
-            self.codec_adapter = _adapter(self._codec.gen.model)
-            return _reply(msg, "rationale_request", {"mode": "fedcot-a-public",
+            self.codec_adapter = adapter_arrays(self._codec.gen.model)
+            return msg.reply("rationale_request", {"mode": "fedcot-a-public",
                                                      "prompts": self.codec_public["prompts"],
                                                      "perturbed_prompts": self.codec_public["slm_perturbed"]})
         if kind == "codec_rationales":
@@ -262,7 +257,7 @@ class FedCoTClient:
             self._seed(4)
             codec = self._codec_model()
             train_jointly(self.ctx, codec, self.codec_public, p["rationales"], p["perturbed_rationales"])
-            self.codec_adapter = _adapter(codec.gen.model)
+            self.codec_adapter = adapter_arrays(codec.gen.model)
             return self._release(codec, self._sanitizer(), "fedcot-a", msg)
         if kind == "rationales":
             return self._distil(msg)
@@ -280,7 +275,7 @@ class FedCoTClient:
         model, tok = load_slm(c)
         finetune(c, model, tok, label_pairs(c.data), f"{c.name}: Standalone: training")
         res = eval_slm(c, model, tok)
-        return _reply(msg, "local_results", {"metric": res["metric"], "zero_shot": zero, "few_shot": few,
+        return msg.reply("local_results", {"metric": res["metric"], "zero_shot": zero, "few_shot": few,
                                              "standalone": res["value"], "n_examples": len(c.data)})
 
     def _distil(self, msg: Message) -> Message:
@@ -295,7 +290,7 @@ class FedCoTClient:
             keep = [consistent(r, e) for r, e in zip(self.r_raw, self.ctx.data)]
             self._save_rationales()
             value = self._train_and_eval(self.r_raw, keep, "Non-Private", stage=1)
-            return _reply(msg, "local_results", {"mode": mode, "value": value,
+            return msg.reply("local_results", {"mode": mode, "value": value,
                                                  "rationales_kept": sum(keep) / max(1, len(keep))})
         from fedlsm.privacy import mean_token_ratio
 
@@ -306,7 +301,7 @@ class FedCoTClient:
             decoder = HFGenerator(slm0, tok, batch_size=self.ctx.cfg.llm.batch_size, use_chat_template=False,
                                   show_progress=True)
             decoded = decoder.generate([decode_prompt(p, pp, rp) for p, pp, rp in
-                                        zip(self.raw_prompts, self.sent, received)], _generation_config(self.ctx.cfg))
+                                        zip(self.raw_prompts, self.sent, received)], generation_config(self.ctx.cfg))
             del slm0, decoder
         fed = RationaleSet(mode, self.sent, list(received), decoded, [consistent(r, e) for r, e in zip(decoded, self.ctx.data)])
         self._save_rationales(fed)
@@ -319,7 +314,7 @@ class FedCoTClient:
             kept_wo = [consistent(r, e) for r, e in zip(received, self.ctx.data)]
             out["without_decoding"] = self._train_and_eval(received, kept_wo, f"{mode} w/o decoding", stage=5)
             out["without_decoding_kept"] = sum(kept_wo) / max(1, len(kept_wo))
-        return _reply(msg, "local_results", out)
+        return msg.reply("local_results", out)
 
     def state(self) -> dict[str, Any]:
         return {"r_raw": self.r_raw, "sent": self.sent, "codec_public": self.codec_public,
@@ -329,12 +324,6 @@ class FedCoTClient:
         self.r_raw, self.sent = state.get("r_raw"), state.get("sent")
         self.codec_public, self.codec_adapter = state.get("codec_public"), state.get("codec_adapter")
         self._codec = None
-
-
-def _adapter(model) -> dict[str, Any]:
-    from fedlsm.models.training import adapter_arrays
-
-    return adapter_arrays(model)
 
 
 def make_client(ctx: ClientContext) -> FedCoTClient:
@@ -381,7 +370,7 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
         raise ConfigError("data.public_fraction", "FedCoT needs public examples with rationales for the server's "
                           "CoT demonstrations", "set data.public_fraction (e.g. 0.2) on a task with rationales")
     n_demos = int(args.get("demos", 3))
-    gen_cfg = _generation_config(cfg)
+    gen_cfg = generation_config(cfg)
     llm = _llm_generator(ctx)
     write = RationaleWriter(llm, cot_demonstrations(ctx.public, n_demos), gen_cfg)
 

@@ -73,11 +73,11 @@ class AdaptiveCodec:
 
 def build_codec(ctx, model, tok, sanitizer: TextSanitizer) -> AdaptiveCodec:
     """The codec around a (trained) SLM; the exponential-mechanism guard unless ``adaptive_guard=false``."""
+    from fedlsm.methods.fedcot import generation_config  # the decoder writes rationales as the LLM does
+
     cfg = ctx.cfg
-    gen_cfg = GenerationConfig(max_new_tokens=cfg.llm.max_new_tokens, temperature=cfg.llm.temperature,
-                               stop=["\n\n", "\nQ:"])
     guard = sanitizer if cfg.method_args.get("adaptive_guard", True) else None
-    return AdaptiveCodec(model, tok, gen_cfg, cfg.llm.batch_size, cfg.privacy.epsilon, guard)
+    return AdaptiveCodec(model, tok, generation_config(cfg), cfg.llm.batch_size, cfg.privacy.epsilon, guard)
 
 
 def _encoding_pairs(public: dict) -> list[TrainPair]:

@@ -121,7 +121,7 @@ class FedMKTClient:
                            description=f"{self.ctx.name}: local fine-tuning (round {t})")
             k = self._knowledge(int(msg.payload["top_k"]))
             self.history.append({"round": t, "local_loss_first": tr.first_loss, "local_loss_last": tr.last_loss})
-            return msg_reply(msg, "knowledge", {"model": self.spec, "vocab_size": len(self.tok),
+            return msg.reply("knowledge", {"model": self.spec, "vocab_size": len(self.tok),
                                                 "n_examples": len(self.ctx.data), **to_payload(k)})
         if msg.kind == "distill":
             p = msg.payload
@@ -129,7 +129,7 @@ class FedMKTClient:
                 server = from_payload(p, n_samples=len(self.public_pairs), vocab_size=int(p["vocab_size"]))
             except (MalformedKnowledge, KeyError, TypeError, ValueError) as e:
                 log.warning("%s: rejected the server's knowledge: %s", self.ctx.name, e)
-                return msg_reply(msg, "distilled", {"rejected": str(e), "kd_samples": 0})
+                return msg.reply("distilled", {"rejected": str(e), "kd_samples": 0})
             if p["model"] not in self._aligners:
                 from fedlsm.models.loading import load_tokenizer
 
@@ -144,10 +144,10 @@ class FedMKTClient:
             if not self.history or self.history[-1]["round"] != t:  # restarted after this round's local update
                 self.history.append({"round": t})
             self.history[-1].update(kd_samples=n_kd, kd_loss_first=tr.first_loss, kd_loss_last=tr.last_loss)
-            return msg_reply(msg, "distilled", {"kd_samples": n_kd, "kd_loss_last": tr.last_loss})
+            return msg.reply("distilled", {"kd_samples": n_kd, "kd_loss_last": tr.last_loss})
         if msg.kind == "evaluate":
             res = _evaluate(cfg, self.ctx.task, self.model, self.tok)
-            return msg_reply(msg, "evaluation", {"model": self.spec, **res, "history": self.history})
+            return msg.reply("evaluation", {"model": self.spec, **res, "history": self.history})
         raise ValueError(f"FedMKT client: unknown request kind {msg.kind!r}")
 
     def state(self) -> dict[str, Any]:
@@ -156,10 +156,6 @@ class FedMKTClient:
     def load_state(self, state: dict[str, Any]) -> None:
         load_adapter_arrays(self.model, state["adapter"])
         self.history = list(state.get("history", []))
-
-
-def msg_reply(msg: Message, kind: str, payload: dict) -> Message:
-    return Message(msg.receiver, msg.sender, kind, payload, msg.round)
 
 
 def make_client(ctx: ClientContext) -> FedMKTClient:
