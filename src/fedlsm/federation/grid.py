@@ -135,8 +135,9 @@ class Grid(Protocol):
         """Names of the clients currently reachable."""
 
     def send_and_receive(self, messages: Sequence[Message], *, timeout: float | None = None) -> list[Message]:
-        """Deliver requests and return the replies that arrived (possibly fewer than sent: a client
-        that failed or timed out is missing, and the method decides whether that is enough)."""
+        """Deliver requests and return the replies that arrived, in the order of the requests (possibly
+        fewer than sent: a client that failed or timed out is missing, and the method decides whether
+        that is enough)."""
 
 
 @dataclass

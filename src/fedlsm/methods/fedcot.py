@@ -383,10 +383,10 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
         ctx.record("results", rows)
 
     def exchange(msgs: list[Message], step: str) -> dict[str, Message]:
-        """Send, collect the replies in client order (not Flower's arrival order, so every engine
-        aggregates alike), and go on without clients that dropped if enough answered."""
+        """Send, collect the replies (in the order of the requests on every grid), and go on without
+        clients that dropped if enough answered."""
         rnd = msgs[0].round if msgs else 0
-        replies = dict(sorted(((r.sender, r) for r in grid.send_and_receive(msgs)), key=lambda kv: kv[0]))
+        replies = {r.sender: r for r in grid.send_and_receive(msgs)}
         missing = require_quorum(replies, [m.receiver for m in msgs], cfg.federation.min_clients, rnd)
         dropped.extend(report_dropped(ctx, grid, missing, rnd, step))
         ctx.record("dropped", dropped)
