@@ -62,15 +62,42 @@ def _fedlsm(out: Path, name: str, *args: str, wait: bool = True):
     return p
 
 
+class Background:
+    """A reference run in a subprocess of its own; ``result()`` waits for it (once) and checks it.
+
+    Every run here uses one torch thread and the machine has two cores, so a reference fixture starts
+    its run in the background and the first engine run that needs it goes on alongside it."""
+
+    def __init__(self, proc: subprocess.Popen, log: Path, finish):
+        self.proc, self.log, self.finish, self._value = proc, log, finish, None
+
+    def result(self):
+        if self._value is None:
+            self.proc.wait(timeout=900)
+            assert self.proc.returncode == 0, self.log.read_text()[-3000:]
+            self._value = self.finish()
+        return self._value
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The uninterrupted in-process run (in a subprocess with one torch thread, like every other engine)."""
     out = tmp_path_factory.mktemp("ref")
-    _fedlsm(out, "ref", "--engine", "in-process")
-    ref = _outcome(out / "ref")
-    assert ref["dropped"] == [] and all(r["clients_answered"] == ["client-0", "client-1"] for r in ref["rounds"])
-    assert [[h["round"] for h in c["history"]] for c in ref["clients"].values()] == [[0, 1], [0, 1]]
-    return ref
+
+    def finish() -> dict:
+        ref = _outcome(out / "ref")
+        assert ref["dropped"] == [] and all(r["clients_answered"] == ["client-0", "client-1"] for r in ref["rounds"])
+        assert [[h["round"] for h in c["history"]] for c in ref["clients"].values()] == [[0, 1], [0, 1]]
+        return ref
+
+    run = Background(_fedlsm(out, "ref", "--engine", "in-process", wait=False), out / "ref.log", finish)
+    yield run
+    run.stop()
 
 
 # --- fast: wire format, checkpoints, config errors -------------------------------------------------
@@ -172,7 +199,7 @@ def test_simulation_engine_matches_in_process(reference, tmp_path):
     """Same seed: the Flower Simulation Engine (Ray actors) reproduces the in-process run exactly."""
     _fedlsm(tmp_path, "sim", "--engine", "flower-sim")
     sim = _outcome(tmp_path / "sim")
-    _same(sim, reference)
+    _same(sim, reference.result())
     assert sim["metrics"]["summary"]["communication"]["bytes_up"] > 0
 
 
@@ -193,7 +220,7 @@ def test_resume_after_server_killed(reference, tmp_path):
     assert json.loads(ckpt.read_text())["round"] == 0
     _fedlsm(tmp_path, "res", "--resume")
     resumed = _outcome(tmp_path / "res")
-    _same(resumed, reference)
+    _same(resumed, reference.result())
     log = (tmp_path / "res.log").read_text()
     assert "resuming FedMKT after round 0" in log
     assert "client-0: restored its state after round 0" in log and "client-1: restored its state after round 0" in log
@@ -334,7 +361,7 @@ def test_deployment_tls_auth_survives_a_dead_supernode(reference, tmp_path):
         assert [(d["round"], d["client"], d["step"]) for d in dep["dropped"]] == [(0, "client-1", "local_update")]
         assert dep["dropped"][0]["reason"].startswith("error")  # the SuperLink's "node unavailable" reply
         assert "client-1 dropped" in text and "proceeding without client-1" in text
-        ref_hist = {c: v["history"] for c, v in reference["clients"].items()}
+        ref_hist = {c: v["history"] for c, v in reference.result()["clients"].items()}
         hist = {c: v["history"] for c, v in dep["clients"].items()}
         # Client 0's first round is the reference's, to the bit (same seed, nothing from client-1 in it yet).
         assert hist["client-0"][0]["local_loss_first"] == ref_hist["client-0"][0]["local_loss_first"]
@@ -358,16 +385,25 @@ FEDCOT = {"data.task": "arith", "clients": 2, "data.n_train": 12, "data.n_test":
           "privacy.epsilon": 3.0}
 
 
-def _fedcot(out: Path, name: str, *args: str) -> dict:
+def _fedcot_start(out: Path, name: str, *args: str) -> subprocess.Popen:
     sets = [a for k, v in FEDCOT.items() for a in ("--set", f"{k}={v}")]
     cmd = [sys.executable, "-m", "fedlsm", "run", "fedcot", "--seed", "0", "--name", name, "--output-dir", str(out),
            *sets, *args]
     with (out / f"{name}.log").open("a") as log:
-        p = subprocess.run(cmd, env=_env(), stdout=log, stderr=subprocess.STDOUT, timeout=900)
-    assert p.returncode == 0, (out / f"{name}.log").read_text()[-3000:]
+        return subprocess.Popen(cmd, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _fedcot_metrics(out: Path, name: str) -> dict:
     m = json.loads((out / name / "metrics.json").read_text())
     assert m["run"]["status"] == "done"
     return m
+
+
+def _fedcot(out: Path, name: str, *args: str) -> dict:
+    p = _fedcot_start(out, name, *args)
+    p.wait(timeout=900)
+    assert p.returncode == 0, (out / f"{name}.log").read_text()[-3000:]
+    return _fedcot_metrics(out, name)
 
 
 FEDCOT_MUST_MATCH = ("results", "clients", "privacy", "dropped")
@@ -376,10 +412,17 @@ FEDCOT_MUST_MATCH = ("results", "clients", "privacy", "dropped")
 @pytest.fixture(scope="module")
 def fedcot_reference(tmp_path_factory):
     """FedCoT-E with two clients, in-process (in a subprocess with one torch thread, like every engine)."""
-    ref = _fedcot(tmp_path_factory.mktemp("fedcot-ref"), "ref")
-    assert [r["method"] for r in ref["results"]][-1].startswith("FedCoT-E")
-    assert set(ref["clients"]) == {"client-0", "client-1"} and ref["dropped"] == []
-    return ref
+    out = tmp_path_factory.mktemp("fedcot-ref")
+
+    def finish() -> dict:
+        ref = _fedcot_metrics(out, "ref")
+        assert [r["method"] for r in ref["results"]][-1].startswith("FedCoT-E")
+        assert set(ref["clients"]) == {"client-0", "client-1"} and ref["dropped"] == []
+        return ref
+
+    run = Background(_fedcot_start(out, "ref"), out / "ref.log", finish)
+    yield run
+    run.stop()
 
 
 @pytest.mark.slow
@@ -388,6 +431,7 @@ def test_fedcot_on_the_simulation_engine_matches_in_process(fedcot_reference, tm
     """FedCoT's server and client roles run unchanged on Flower: every row of the table, each client's
     results and the privacy report equal the in-process run's."""
     sim = _fedcot(tmp_path, "sim", "--engine", "flower-sim")
+    fedcot_reference = fedcot_reference.result()
     for key in FEDCOT_MUST_MATCH:
         assert sim[key] == fedcot_reference[key], key
     assert sim["communication"]["bytes_up"] == fedcot_reference["communication"]["bytes_up"] > 0
@@ -409,6 +453,7 @@ def test_fedcot_on_the_deployment_engine_matches_in_process(fedcot_reference, tm
                       "--set", f"federation.root_certificates={fed.certs['ca']}")
     finally:
         fed.close()
+    fedcot_reference = fedcot_reference.result()
     for key in FEDCOT_MUST_MATCH:
         assert dep[key] == fedcot_reference[key], key
     assert dep["communication"] == fedcot_reference["communication"]
