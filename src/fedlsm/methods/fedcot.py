@@ -31,7 +31,7 @@ from typing import Any, Sequence
 from fedlsm.data.task import Example, answer_continuation, answer_prompt, format_question
 from fedlsm.errors import ConfigError
 from fedlsm.eval.scoring import evaluate, extract_number
-from fedlsm.federation.grid import ClientContext, Grid, report_dropped, require_quorum, run_in_process
+from fedlsm.federation.grid import ClientContext, Grid, broadcast, report_dropped, require_quorum, run_in_process
 from fedlsm.federation.messages import Message
 from fedlsm.methods.common import eval_slm, finetune, label_pairs, load_slm
 from fedlsm.models.generation import GenerationConfig, HFGenerator, TextGenerator
@@ -218,7 +218,7 @@ class FedCoTClient:
         attack = inversion_success(san, sanitizer, [format_question(e) for e in self.ctx.public])
         self.sent = list(san.texts)
         return msg.reply("rationale_request", {"mode": mode, "prompts": self.sent,
-                                                 "privacy": {**san.report.as_dict(), "attack": attack}})
+                                               "privacy": {**san.report.as_dict(), "attack": attack}})
 
     def _codec_model(self):
         """FedCoT-A's perturber/decoder SLM, rebuilt from its adapters when this process has none."""
@@ -249,8 +249,8 @@ class FedCoTClient:
             self._codec, self.codec_public = train_encoder(self.ctx, self._sanitizer())
             self.codec_adapter = adapter_arrays(self._codec.gen.model)
             return msg.reply("rationale_request", {"mode": "fedcot-a-public",
-                                                     "prompts": self.codec_public["prompts"],
-                                                     "perturbed_prompts": self.codec_public["slm_perturbed"]})
+                                                   "prompts": self.codec_public["prompts"],
+                                                   "perturbed_prompts": self.codec_public["slm_perturbed"]})
         if kind == "codec_rationales":
             from fedlsm.methods.fedcot_adaptive import train_jointly
 
@@ -276,7 +276,7 @@ class FedCoTClient:
         finetune(c, model, tok, label_pairs(c.data), f"{c.name}: Standalone: training")
         res = eval_slm(c, model, tok)
         return msg.reply("local_results", {"metric": res["metric"], "zero_shot": zero, "few_shot": few,
-                                             "standalone": res["value"], "n_examples": len(c.data)})
+                                           "standalone": res["value"], "n_examples": len(c.data)})
 
     def _distil(self, msg: Message) -> Message:
         mode, received = msg.payload["mode"], msg.payload["rationales"]
@@ -291,7 +291,7 @@ class FedCoTClient:
             self._save_rationales()
             value = self._train_and_eval(self.r_raw, keep, "Non-Private", stage=1)
             return msg.reply("local_results", {"mode": mode, "value": value,
-                                                 "rationales_kept": sum(keep) / max(1, len(keep))})
+                                               "rationales_kept": sum(keep) / max(1, len(keep))})
         from fedlsm.privacy import mean_token_ratio
 
         if mode == "fedcot-a":
@@ -382,23 +382,24 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
         rows.append({"method": method, "value": value, **extra})
         ctx.record("results", rows)
 
-    def exchange(msgs: list[Message], step: str) -> dict[str, Message]:
-        """Send, collect the replies (in the order of the requests on every grid), and go on without
-        clients that dropped if enough answered."""
-        rnd = msgs[0].round if msgs else 0
-        replies = {r.sender: r for r in grid.send_and_receive(msgs)}
-        missing = require_quorum(replies, [m.receiver for m in msgs], cfg.federation.min_clients, rnd)
-        dropped.extend(report_dropped(ctx, grid, missing, rnd, step))
+    def ask(kind: str, payload: dict, rnd: int, *, to: Sequence[str] | None = None, per_client=None,
+            step: str | None = None) -> dict[str, Message]:
+        """Send one request kind (to every client, or to those in ``to``), collect the replies (in the
+        order of the requests on every grid), and go on without clients that dropped if enough answered."""
+        sent = list(grid.clients() if to is None else to)
+        replies = broadcast(grid, kind, payload, rnd, per_client=per_client, to=sent)
+        missing = require_quorum(replies, sent, cfg.federation.min_clients, rnd)
+        dropped.extend(report_dropped(ctx, grid, missing, rnd, step or kind))
         ctx.record("dropped", dropped)
         return replies
 
-    def ask_all(kind: str, payload: dict, rnd: int) -> dict[str, Message]:
-        return exchange([Message("server", c, kind, payload, rnd) for c in grid.clients()], kind)
-
     def rationales_for(requests: dict[str, Message], mode: str, rnd: int) -> dict[str, Message]:
-        return exchange([Message("server", c, "rationales",
-                                 {"mode": mode, "rationales": None if m.payload.get("recorded") else write(m.payload["prompts"])},
-                                 rnd) for c, m in requests.items()], f"rationales ({mode})")
+        def rationales(c: str) -> dict:
+            m = requests[c]
+            return {"rationales": None if m.payload.get("recorded") else write(m.payload["prompts"])}
+
+        return ask("rationales", {"mode": mode}, rnd, to=list(requests), per_client=rationales,
+                   step=f"rationales ({mode})")
 
     # --- the LLM alone (server side)
     few_shot = answer_demonstrations(ctx.public, n_demos)
@@ -415,7 +416,7 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
             llm_scores = {"zero_shot": zero["value"], "few_shot": few["value"]}
 
     # --- round 0: each client's untrained SLM and Standalone (labels only)
-    local = ask_all("local_baselines", {"few_shot": few_shot, "llm_scores": llm_scores}, 0)
+    local = ask("local_baselines", {"few_shot": few_shot, "llm_scores": llm_scores}, 0)
     metric_name = metric_name or next(iter(local.values())).payload["metric"]
     note = {"note": "same model as the LLM"} if llm_scores else {}
     add_row("Zero-shot SLM", _mean(m.payload["zero_shot"] for m in local.values()), **note)
@@ -425,7 +426,7 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
                   for c, m in local.items()}
 
     # --- round 1: Non-Private (raw prompts to the LLM, or recorded rationales: teacher=recorded)
-    nonpriv = rationales_for(ask_all("prompts", {"mode": "non-private"}, 1), "non-private", 1)
+    nonpriv = rationales_for(ask("prompts", {"mode": "non-private"}, 1), "non-private", 1)
     add_row("Non-Private", _mean(m.payload["value"] for m in nonpriv.values()),
             rationales_kept=_mean(m.payload["rationales_kept"] for m in nonpriv.values()))
     for c, m in nonpriv.items():
@@ -434,13 +435,13 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
     # --- rounds 2-3: FedCoT (perturb, query, decode, filter, distil)
     mode = f"fedcot-{variant}"
     if variant == "a":  # the client's perturber/decoder SLM learns on public data first (Eq. 4-6)
-        public = ask_all("codec_public_prompts", {}, 2)
-        msgs = [Message("server", c, "codec_rationales", {"rationales": write(m.payload["prompts"]),
-                                                          "perturbed_rationales": write(m.payload["perturbed_prompts"])},
-                        2) for c, m in public.items()]
-        requests, rnd = exchange(msgs, "codec_rationales"), 3
+        public = ask("codec_public_prompts", {}, 2)
+        requests = ask("codec_rationales", {}, 2, to=list(public),
+                       per_client=lambda c: {"rationales": write(public[c].payload["prompts"]),
+                                             "perturbed_rationales": write(public[c].payload["perturbed_prompts"])})
+        rnd = 3
     else:
-        requests, rnd = ask_all("prompts", {"mode": mode}, 2), 2
+        requests, rnd = ask("prompts", {"mode": mode}, 2), 2
     reports = {c: m.payload["privacy"] for c, m in requests.items()}
     first = next(iter(reports.values()))
     # one client: its report; several: the first one's, with the attack success averaged over all

@@ -122,7 +122,7 @@ class FedMKTClient:
             k = self._knowledge(int(msg.payload["top_k"]))
             self.history.append({"round": t, "local_loss_first": tr.first_loss, "local_loss_last": tr.last_loss})
             return msg.reply("knowledge", {"model": self.spec, "vocab_size": len(self.tok),
-                                                "n_examples": len(self.ctx.data), **to_payload(k)})
+                                           "n_examples": len(self.ctx.data), **to_payload(k)})
         if msg.kind == "distill":
             p = msg.payload
             try:
