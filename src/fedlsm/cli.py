@@ -229,6 +229,10 @@ def supernode_command(
     insecure: bool = typer.Option(False, help="no TLS (local tests only)"),
     auth_key: Optional[Path] = typer.Option(None, help="this SuperNode's private key from `fedlsm node-key` "
                                                        "(when the SuperLink runs with --supernode-auth)"),
+    data: Optional[Path] = typer.Option(None, help="this site's own examples (JSONL/JSON/CSV/TSV); without it, "
+                                                   "its partition of a benchmark every party holds"),
+    max_epsilon: float = typer.Option(10.0, help="refuse runs whose privacy.epsilon is above this (or inf)"),
+    allow_non_private: bool = typer.Option(False, help="take part in raw-data baselines (never on real data)"),
 ):
     """Start a Flower SuperNode for one client (its data never leaves this machine)."""
     from fedlsm.federation.deploy import supernode_command as cmd
@@ -237,8 +241,10 @@ def supernode_command(
     if auth_key is not None and not auth_key.is_file():
         raise ConfigError("--auth-key", f"{auth_key} is not a file", "make one with `fedlsm node-key` and register "
                           "its .pub with `fedlsm register-node` on the SuperLink's side")
+    if data is not None and not data.is_file():
+        raise ConfigError("--data", f"{data} is not a file", "give this site's JSONL/JSON/CSV/TSV file")
     argv = cmd(partition, clients, superlink=superlink, root_certificates=None if insecure else root_certificates,
-               port=port, auth_key=auth_key)
+               port=port, auth_key=auth_key, data=data, max_epsilon=max_epsilon, allow_non_private=allow_non_private)
     console.print(" ".join(argv))
     os.execve(argv[0], argv, tool_env())
 

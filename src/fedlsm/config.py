@@ -45,6 +45,8 @@ class DataConfig(_Strict):
     partition: Literal["iid", "dirichlet"] = "iid"
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (small = skewed)")
     public_fraction: float = Field(0.0, ge=0, lt=1, description="share of training data held out as public")
+    public_path: str | None = Field(None, description="file of public examples every party may hold (overrides "
+                                    "public_fraction); a deployment with per-site data needs it")
 
 
 class TrainConfig(_Strict):
@@ -73,6 +75,10 @@ class PrivacyConfig(_Strict):
     epsilon: float = Field(3.0, description="per-token privacy budget of the exponential mechanism")
     top_k: int | None = Field(None, gt=1, description="candidate set size (None = whole vocabulary)")
     public_tokens: list[str] = Field(default_factory=list, description="tokens allowed to pass unchanged")
+    seeded: bool = Field(False, description="draw the privacy noise from the run seed (reproducible paired "
+                         "experiments, simulation only); default: the OS entropy source, which nobody can predict")
+    client_max_epsilon: float = Field(10.0, gt=0, description="simulated clients' own ceiling on ε: a client "
+                                      "refuses a request above it (a deployed SuperNode sets its own: --max-epsilon)")
 
     @field_validator("epsilon")
     @classmethod

@@ -19,31 +19,17 @@ from rich.console import Console
 from rich.table import Table
 
 from fedlsm.config import RunConfig
-from fedlsm.data.loaders import ColumnMap, load_file_task, load_hf_task, load_task, subsample
-from fedlsm.data.partition import partition, public_private_split
+from fedlsm.data.sources import build_task, server_data, simulation_data  # noqa: F401 - build_task re-exported
 from fedlsm.data.task import Example, Task
 from fedlsm.errors import ConfigError
 
 
-def build_task(cfg: RunConfig) -> Task:
-    d = cfg.data
-    cols = ColumnMap(**d.columns) if d.columns else None
-    if d.columns:
-        unknown = set(d.columns) - {"question", "answer", "choices", "rationale", "id"}
-        if unknown:
-            raise ConfigError("data.columns", f"unknown field(s) {sorted(unknown)}",
-                              "map only question, answer, choices, rationale, id")
-    if d.path:
-        task = load_file_task(d.path, d.test_path, task_type=d.type, columns=cols, numeric=d.numeric, seed=cfg.seed)
-        return subsample(task, d.n_train, d.n_test, cfg.seed)
-    if d.hf_id:
-        task = load_hf_task(d.hf_id, config_name=d.hf_config, task_type=d.type, columns=cols, numeric=d.numeric)
-        return subsample(task, d.n_train, d.n_test, cfg.seed)
-    return load_task(d.task, n_train=d.n_train, n_test=d.n_test, seed=cfg.seed, data_dir=d.root)
-
-
 @dataclass
 class RunContext:
+    """One run as the composition root sees it. ``task`` never holds training examples (only its type,
+    labels and evaluation split); ``clients`` holds each simulated client's partition (empty in a
+    deployed server, and cut away by ``server_view`` before a server role sees the context)."""
+
     cfg: RunConfig
     task: Task
     public: list[Example]
@@ -99,7 +85,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def prepare(cfg: RunConfig, console: Console | None = None) -> RunContext:
+def prepare(cfg: RunConfig, console: Console | None = None, *, server_only: bool = False) -> RunContext:
+    """Validate, load the data each role may hold and open the run folder. ``server_only`` (a deployed
+    ServerApp): the evaluation split and the public examples, never a client's data."""
     from fedlsm.models.loading import resolve_model
 
     console = console or Console()
@@ -109,16 +97,19 @@ def prepare(cfg: RunConfig, console: Console | None = None) -> RunContext:
         resolve_model(cfg.llm.model, "llm.model")
     resolve_model(cfg.slm, "slm")  # fail fast on a bad model path, before any work
     seed_everything(cfg.seed)
-    task = build_task(cfg)
-    split = public_private_split(task.train, cfg.data.public_fraction, cfg.seed)
-    clients = partition(split.private, cfg.clients, cfg.data.partition, cfg.data.alpha, cfg.seed)
+    if server_only:
+        view = server_data(cfg)
+        task, public, clients = view.task, view.public, []
+    else:
+        task, public, clients = simulation_data(cfg)
     name = cfg.name or f"{cfg.method}-{task.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(cfg.output_dir) / name
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
-    ctx = RunContext(cfg, task, split.public, clients, run_dir, console)
+    ctx = RunContext(cfg, task, public, clients, run_dir, console)
     ctx.record("run", {"name": name, "method": cfg.method, "task": task.name, "task_type": task.type,
-                       "n_train": len(task.train), "n_test": len(task.test), "n_public": len(split.public),
+                       "n_train": sum(len(c) for c in clients) if clients else None, "n_test": len(task.test),
+                       "n_public": len(public),
                        "client_sizes": [len(c) for c in clients], "seed": cfg.seed, "status": "running"})
     return ctx
 
@@ -151,9 +142,26 @@ def compute_usage(t0: float, cpu0: float) -> dict[str, float]:
             "peak_rss_mb": round(peak, 1)}
 
 
+def check_engine(cfg: RunConfig) -> None:
+    """What a deployment refuses: predictable noise and baselines that send raw private data."""
+    from fedlsm.federation.policy import NON_PRIVATE_BASELINES
+
+    if cfg.engine != "flower-deploy":
+        return
+    if cfg.privacy.seeded:
+        raise ConfigError("privacy.seeded", "seeded noise can be predicted by whoever knows the seed, and a "
+                          "deployment's server does", "drop privacy.seeded (it exists for paired simulation runs)")
+    if cfg.method in NON_PRIVATE_BASELINES:
+        raise ConfigError("method", f"{cfg.method} sends raw private data to the server, so it runs only as a "
+                          "labelled simulation baseline", "use --engine in-process or flower-sim")
+
+
 def run(cfg: RunConfig, console: Console | None = None) -> tuple[RunContext, MethodResult]:
+    """One run of ``cfg.method``; in simulation also its raw-data baselines, each as its own run."""
     from fedlsm.methods import get_method
 
+    check_engine(cfg)
+    server_only = False
     if cfg.engine == "in-process":
         method = get_method(cfg.method)
     else:  # the method's roles on Flower (fedlsm.federation.flower); methods never import flwr
@@ -164,12 +172,16 @@ def run(cfg: RunConfig, console: Console | None = None) -> tuple[RunContext, Met
 
             return submit_run(cfg, console or Console())  # the run happens in the SuperLink's ServerApp
         method = flower.flower_method(cfg)
-    ctx = prepare(cfg, console)
-    ctx.console.print(f"[bold]{cfg.method}[/] on {ctx.task.summary()}; {cfg.clients} client(s) with "
-                      f"{[len(c) for c in ctx.clients]} examples; run folder {ctx.run_dir}")
+        server_only = cfg.engine == "flower-deploy"  # the ServerApp loads no client's data
+    ctx = prepare(cfg, console, server_only=server_only)
+    who = f"{[len(c) for c in ctx.clients]} examples" if ctx.clients else "their own data"
+    ctx.console.print(f"[bold]{cfg.method}[/] on {ctx.task.name} ({ctx.task.type}); {cfg.clients} client(s) with "
+                      f"{who}; run folder {ctx.run_dir}")
     t0, cpu0 = time.time(), time.process_time()
     try:
         result = method(ctx)
+        if cfg.engine != "flower-deploy":
+            result = _simulation_harness(ctx, result)
     except BaseException:
         ctx.metrics["run"]["status"] = "failed"
         ctx.flush()
@@ -181,3 +193,18 @@ def run(cfg: RunConfig, console: Console | None = None) -> tuple[RunContext, Met
     ctx.console.print(render_table(result))
     ctx.console.print(f"metrics: {ctx.run_dir / 'metrics.json'}")
     return ctx, result
+
+
+def _simulation_harness(ctx: RunContext, result: MethodResult) -> MethodResult:
+    """Simulation only: run the method's raw-data baselines as their own runs (own folder and message log),
+    then let the method complete its table from them and from its clients' own folders."""
+    from fedlsm.methods import SIMULATION_BASELINES, get_harness
+
+    baselines = {}
+    if ctx.cfg.method_args.get("baselines", True):
+        for name in SIMULATION_BASELINES.get(ctx.cfg.method, ()):
+            ctx.console.print(f"[bold]baseline[/] {name}: its own run, {ctx.run_dir.name}.{name}")
+            bcfg = ctx.cfg.model_copy(update={"method": name, "name": f"{ctx.run_dir.name}.{name}"})
+            baselines[name] = run(bcfg, ctx.console)
+    harness = get_harness(ctx.cfg.method)
+    return harness(ctx, result, baselines) if harness else result

@@ -14,7 +14,7 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from fedlsm.data.builtin import BUILTIN_TASKS
 from fedlsm.data.task import TASK_TYPES, Example, Task
@@ -120,6 +120,26 @@ def load_file_task(train: str | Path, test: str | Path | None, *, name: str | No
         for e in tr + te:
             e.choices, e.label = labels, labels.index(e.answer)
     return Task(name=name or train_path.stem, type=task_type, train=tr, test=te, numeric=numeric)
+
+
+def load_examples(path: str | Path, *, task_type: str = "multiple_choice", columns: ColumnMap | None = None,
+                  labels: Sequence[str] | None = None, field: str = "data.path") -> list[Example]:
+    """Examples of one JSONL/JSON/CSV/TSV file (a site's own data, a public or an evaluation file).
+    Classification examples take ``labels`` as their label set (the task's; default: the file's own)."""
+    if task_type not in TASK_TYPES:
+        raise ConfigError("data.type", f"unknown task type '{task_type}'", f"use one of {', '.join(TASK_TYPES)}")
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(field, f"file '{path}' does not exist", "check the path")
+    out = [_normalize(r, columns or ColumnMap(), i, str(p), task_type) for i, r in enumerate(_read_records(p))]
+    if task_type == "classification":
+        label_set = list(labels) if labels else sorted({e.answer for e in out})
+        for e in out:
+            if e.answer not in label_set:
+                raise ConfigError(field, f"label '{e.answer}' of {p} is not in the task's label set {label_set}",
+                                  "use the labels of the evaluation split")
+            e.choices, e.label = label_set, label_set.index(e.answer)
+    return out
 
 
 def load_hf_task(dataset_id: str, *, config_name: str | None = None, train_split: str = "train",

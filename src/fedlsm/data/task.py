@@ -12,7 +12,7 @@ without knowing the task type.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 TaskType = Literal["multiple_choice", "classification", "generation"]
@@ -49,9 +49,15 @@ class Task:
     @property
     def labels(self) -> list[str] | None:
         """The fixed label set of a classification task."""
-        if self.type == "classification" and self.train:
-            return self.train[0].choices
+        examples = self.train or self.test
+        if self.type == "classification" and examples:
+            return examples[0].choices
         return None
+
+    def eval_only(self) -> "Task":
+        """The task without its training examples: type, label set and evaluation split. This is all a
+        server may hold of it, and all a client holds besides its own examples."""
+        return replace(self, train=[])
 
     def summary(self) -> str:
         return f"{self.name} ({self.type}): {len(self.train)} train / {len(self.test)} test"

@@ -183,25 +183,43 @@ def log_warning(text: str) -> None:
 
 # --- client side -----------------------------------------------------------------------------------
 
+DATA_PATH_KEY = "data-path"  # node config: the file of the site's own examples (`fedlsm supernode --data`)
+
+
 @lru_cache(maxsize=2)
-def _client_context(cfg_text: str, index: int) -> ClientContext:
-    """Client ``index``'s view, built on the client's side from the run config (its data never leaves)."""
+def _client_context(cfg_text: str, index: int, data_path: str | None, deployed: bool) -> ClientContext:
+    """Client ``index``'s view, built on the client's side: in a deployment from the file its operator
+    named (or its partition of a benchmark every party holds), in simulation its partition."""
     from fedlsm.config import RunConfig
-    from fedlsm.data.partition import partition, public_private_split
-    from fedlsm.runner import build_task
+    from fedlsm.data.sources import site_data, simulation_data
 
     cfg = RunConfig.model_validate(yaml.safe_load(cfg_text))
-    task = build_task(cfg)
-    split = public_private_split(task.train, cfg.data.public_fraction, cfg.seed)
-    parts = partition(split.private, cfg.clients, cfg.data.partition, cfg.data.alpha, cfg.seed)
-    if not 0 <= index < len(parts):
-        raise ValueError(f"partition-id {index} is outside 0..{len(parts) - 1} (the run has clients={cfg.clients})")
+    if deployed:
+        view = site_data(cfg, index, data_path)
+        task, public, own = view.task, view.public, view.private
+    else:
+        task, public, parts = simulation_data(cfg)
+        if not 0 <= index < len(parts):
+            raise ValueError(f"partition-id {index} is outside 0..{len(parts) - 1} (the run has clients={cfg.clients})")
+        own = parts[index]
     work = Path(cfg.output_dir) / str(cfg.name) / client_name(index)
     work.mkdir(parents=True, exist_ok=True)
-    return ClientContext(cfg, index, parts[index], split.public, task, work)
+    return ClientContext(cfg, index, own, public, task, work)
 
 
 _ROLES: dict[tuple, Any] = {}  # (run id, roles module, config, partition) -> role, for the last few clients
+
+
+def _check_policy(cfg_text: str, roles: str, node_config, deployed: bool) -> None:
+    """The client's own rules before anything is imported or loaded (fedlsm.federation.policy)."""
+    from fedlsm.config import RunConfig
+    from fedlsm.federation.policy import ClientPolicy
+    from fedlsm.methods import ROLES
+
+    ClientPolicy.check_roles(roles, ROLES)
+    cfg = RunConfig.model_validate(yaml.safe_load(cfg_text))
+    policy = ClientPolicy.from_node_config(node_config) if deployed else ClientPolicy.for_simulation(cfg)
+    policy.check(cfg)
 
 
 def _role(roles: str, ctx: ClientContext, key: tuple, cold: bool):
@@ -221,9 +239,12 @@ def _handle(message: FlowerMessage, context: Context, roles: str | None, cfg_tex
     if message.content[META]["kind"] == HELLO:
         return FlowerMessage(RecordDict({META: ConfigRecord({"kind": HELLO, "client": client_name(index)})}),
                              reply_to=message)
+    deployed = cfg_text is None  # a simulation's ClientApp is built with the experiment's config
     cfg_text = cfg_text or str(context.run_config[RUN_CONFIG_KEY])
     roles = roles or str(context.run_config[ROLES_KEY])
-    ctx = _client_context(cfg_text, index)
+    _check_policy(cfg_text, roles, context.node_config, deployed)
+    data_path = context.node_config.get(DATA_PATH_KEY) if deployed else None
+    ctx = _client_context(cfg_text, index, str(data_path) if data_path else None, deployed)
     saved = _load_state(context.state)
     role = _role(roles, ctx, (context.run_id, roles, cfg_text, index), cold=saved is None)
     if saved is not None:
@@ -314,7 +335,7 @@ def _deployed_main(grid: FlowerGridBase, context: Context) -> None:
 
     cfg = RunConfig.model_validate(yaml.safe_load(str(context.run_config[RUN_CONFIG_KEY])))
     _DEPLOYED_GRID = grid
-    try:
+    try:  # the server's own data only: run() prepares a server-only context inside the ServerApp
         run(cfg.model_copy(update={"engine": "flower-deploy"}), Console(force_terminal=False, width=120))
     finally:
         _DEPLOYED_GRID = None

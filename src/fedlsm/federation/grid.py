@@ -22,8 +22,9 @@ stateful role survives a resumed server or a restarted SuperNode without code of
 
 from __future__ import annotations
 
+import json
 import logging
-import random
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -56,12 +57,40 @@ class ClientContext:
 
     @property
     def seed(self) -> int:
-        # Distinct, reproducible stream per client, whichever process or engine hosts it.
+        # Distinct, reproducible stream per client, whichever process or engine hosts it. For training
+        # and evaluation only: privacy noise draws from noise_seed().
         return self.cfg.seed * 1000 + self.index
+
+    def noise_seed(self, stage: int = 0) -> int | None:
+        """The seed of a privacy release: None (the OS entropy source) unless the experiment asked for
+        ``privacy.seeded`` (paired simulation runs; a deployed client refuses it, see ClientPolicy)."""
+        return self.seed * 10 + stage if self.cfg.privacy.seeded else None
+
+    def record_local(self, key: str, value: Any) -> None:
+        """Keep a measurement that needs private data (attack success, kept rationales, ...) in this
+        client's own folder (``measurements.json``); it never travels to the server. In simulation the
+        experiment harness reads it from there (:func:`site_measurements`)."""
+        path = self.work_dir / MEASUREMENTS
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        data[key] = value
+        tmp = path.with_name(f".{MEASUREMENTS}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=2, default=str))
+        os.replace(tmp, path)
+
+
+MEASUREMENTS = "measurements.json"
 
 
 def client_name(index: int) -> str:
     return f"client-{index}"
+
+
+def site_measurements(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Simulation only: what each client kept in its own folder under ``run_dir`` (client name -> dict)."""
+    out = {}
+    for path in sorted(run_dir.glob(f"client-*/{MEASUREMENTS}"), key=lambda p: (len(p.parent.name), p.parent.name)):
+        out[path.parent.name] = json.loads(path.read_text())
+    return out
 
 
 class ClientRole(Protocol):
@@ -181,7 +210,7 @@ def client_contexts(cfg: "RunConfig", public: list["Example"], clients: list[lis
     for k, data in enumerate(clients):
         work = run_dir / client_name(k)
         work.mkdir(parents=True, exist_ok=True)
-        out.append(ClientContext(cfg, k, data, public, task, work))
+        out.append(ClientContext(cfg, k, data, public, task.eval_only(), work))
     return out
 
 
@@ -229,19 +258,16 @@ def report_dropped(ctx: Any, grid: Grid, dropped: Sequence[str], round: int, ste
             for c in dropped]
 
 
-def client_rng(ctx: ClientContext, round: int) -> random.Random:
-    return random.Random(ctx.seed * 100_003 + round)
-
-
 ServerMain = Callable[[Any, Grid], Any]  # (RunContext without client data, Grid) -> MethodResult
 
 
 def server_view(ctx: Any) -> Any:
-    """The run context as the server may see it: no client partitions (in a deployment the server
-    process never has them; in-process we hide them so a method cannot cheat by accident)."""
+    """The run context as the server may see it: the task without training examples, the public
+    examples, no client partitions (a deployed server process never loads them; in simulation they
+    are cut away here, so a server role cannot reach them by accident)."""
     from dataclasses import replace
 
-    return replace(ctx, clients=[])
+    return replace(ctx, clients=[], task=ctx.task.eval_only())
 
 
 def run_log(ctx: Any) -> MessageLog:
@@ -254,6 +280,9 @@ def run_log(ctx: Any) -> MessageLog:
 
 def run_in_process(ctx: Any, server_main: ServerMain, make_client: ClientFactory) -> Any:
     """Run a federated method with every client role in this process (the default engine)."""
+    from fedlsm.federation.policy import ClientPolicy
+
+    ClientPolicy.for_simulation(ctx.cfg).check(ctx.cfg)  # the clients' own rules, before any data is touched
     log = run_log(ctx)
     contexts = client_contexts(ctx.cfg, ctx.public, ctx.clients, ctx.task, ctx.run_dir)
     grid = in_process_grid(make_client, contexts, log)

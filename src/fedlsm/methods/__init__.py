@@ -10,6 +10,7 @@ from fedlsm.errors import ConfigError
 METHODS: dict[str, str] = {
     "standalone": "fedlsm.methods.standalone:run_standalone",
     "fedcot": "fedlsm.methods.fedcot:run_fedcot",
+    "fedcot-nonprivate": "fedlsm.methods.fedcot_nonprivate:run_nonprivate",
     "fedavg": "fedlsm.methods.fedavg:run_fedavg",
     "crosslm": "fedlsm.methods.crosslm:run_crosslm",
     "fedmkt": "fedlsm.methods.fedmkt:run_fedmkt",
@@ -20,6 +21,7 @@ METHOD_DEFAULTS: dict[str, dict] = {
     # The paper's setting: one client; a public split gives the server its CoT demonstrations
     # (and FedCoT-A its perturber training data).
     "fedcot": {"clients": 1, "data.n_train": 80, "data.public_fraction": 0.2, "method_args.variant": "e"},
+    "fedcot-nonprivate": {"clients": 1, "data.n_train": 80, "data.public_fraction": 0.2},
     # Heterogeneous by default (Gemma3 LLM, SmolLM2 SLMs: different tokenizers); one fifth of the
     # training data is public as in the paper (Appendix D), the rest split over the clients.
     "fedmkt": {"clients": 2, "data.task": "arc-easy", "data.n_train": 80, "data.public_fraction": 0.2,
@@ -45,7 +47,22 @@ ROLES: dict[str, str] = {
     "fedmkt": "fedlsm.methods.fedmkt",
     "crosslm": "fedlsm.methods.crosslm",
     "fedcot": "fedlsm.methods.fedcot",
+    "fedcot-nonprivate": "fedlsm.methods.fedcot_nonprivate",
 }
+
+# Baselines that need raw private data at the server run as their own labelled simulation runs beside
+# the method (``method_args.baselines=false`` skips them; a deployment never runs them), and the
+# function that completes the method's table from them and from the clients' own folders.
+SIMULATION_BASELINES: dict[str, tuple[str, ...]] = {"fedcot": ("fedcot-nonprivate",)}
+SIMULATION_HARNESS: dict[str, str] = {"fedcot": "fedlsm.methods.fedcot:simulation_harness"}
+
+
+def get_harness(name: str):
+    """``(ctx, result, baselines) -> MethodResult`` for ``name``, or None."""
+    if name not in SIMULATION_HARNESS:
+        return None
+    mod, fn = SIMULATION_HARNESS[name].split(":")
+    return getattr(import_module(mod), fn)
 
 
 def get_roles(name: str):

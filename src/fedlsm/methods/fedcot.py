@@ -157,19 +157,45 @@ def _eval(ctx, model, tok, prefix: str = "") -> dict:
     return evaluate(model, tok, ctx.task, batch_size=ctx.cfg.eval_batch_size, show_progress=True, prefix=prefix)
 
 
+# ----------------------------------------------------------------------------- what crosses the boundary
+
+# Every field a FedCoT client sends, and why it may leave the client (DESIGN: everything released is
+# declared). Recorded in the privacy report of every run.
+RELEASED = {
+    "rationale_request.prompts": "covered by ε: the private prompts after the mechanism (per token; n·ε for a "
+                                 "prompt of n private tokens)",
+    "local_results.zero_shot, few_shot, standalone, value, without_decoding":
+        "released without noise: accuracy of the client's SLM on the task's evaluation split (the result "
+        "the federation exists to report)",
+    "local_results.n_examples": "released without noise: how many training examples the client holds",
+    "local_results.metric": "data-independent: the task's metric name",
+    "rationale_request.prompts, perturbed_prompts (FedCoT-A, fedcot-a-public)": "public examples only",
+}
+KEPT_ON_SITE = ("the privacy measurements (unchanged tokens, inversion-attack success)", "the share of rationales "
+                "the filter kept", "every prompt and rationale (rationales.jsonl)")
+
+
+def privacy_declaration(cfg, variant: str) -> dict[str, Any]:
+    """What the server can state without any private data: the mechanism's settings and what is released."""
+    p = cfg.privacy
+    return {"variant": f"fedcot-{variant}", "epsilon_per_token": p.epsilon, "candidate_k": p.top_k,
+            "randomness": "seeded (simulation only)" if p.seeded else "os-entropy",
+            "released": RELEASED, "kept_on_the_client": list(KEPT_ON_SITE)}
+
+
 # -------------------------------------------------------------------------------------------- client
 
 
 class FedCoTClient:
     """Client role: holds its private examples, perturbs its prompts, decodes and filters the
-    rationales it gets back and trains its task SLM. Everything it sends is in its replies."""
+    rationales it gets back and trains its task SLM. It replies with perturbed prompts and accuracies
+    only (see RELEASED); everything measured on its private data stays in its own folder."""
 
     def __init__(self, ctx: ClientContext):
         self.ctx = ctx
         self.args = ctx.cfg.method_args
         self.raw_prompts = [format_question(e) for e in ctx.data]
         # what later requests need (kept in state(): Flower may host each request in a fresh process)
-        self.r_raw: list[str] | None = None  # Non-Private rationales: TokenRatio's reference
         self.sent: list[str] | None = None  # the perturbed private prompts released to the server
         self.codec_public: dict[str, Any] | None = None  # FedCoT-A: public prompts, their p^ε and p^p
         self.codec_adapter: dict[str, Any] | None = None  # FedCoT-A: the perturber/decoder SLM's LoRA weights
@@ -177,7 +203,7 @@ class FedCoTClient:
 
     # --- pieces
     def _seed(self, stage: int) -> None:
-        """The same draws for this client and stage on every engine and in every process."""
+        """The same training draws for this client and stage on every engine (not the privacy noise)."""
         from fedlsm.runner import seed_everything
 
         seed_everything(self.ctx.seed * 10 + stage)
@@ -197,28 +223,24 @@ class FedCoTClient:
                  f"{self.ctx.name}: {what}: training")
         return eval_slm(self.ctx, model, tok, LABEL_PREFIX)["value"]
 
-    def _save_rationales(self, fed: RationaleSet | None = None) -> None:
-        """Every rationale (raw, perturbed, decoded) in the client's own folder, as soon as it exists."""
-        n = len(self.ctx.data)
-        f = fed or RationaleSet("", [None] * n, [None] * n, [None] * n, [None] * n)
-        r_raw = self.r_raw or [None] * n
-        kept_np = [consistent(r, e) if r is not None else None for r, e in zip(r_raw, self.ctx.data)]
+    def _save_rationales(self, fed: RationaleSet) -> None:
+        """Every prompt and rationale (raw, perturbed, decoded) in the client's own folder."""
         with (self.ctx.work_dir / "rationales.jsonl").open("w") as out:
-            for e, p, pp, rr, rp, rd, kn, kf in zip(self.ctx.data, self.raw_prompts, f.sent_prompts, r_raw,
-                                                    f.received, f.decoded, kept_np, f.kept):
-                out.write(json.dumps({"id": e.id, "prompt": p, "perturbed_prompt": pp, "rationale_non_private": rr,
-                                      "rationale_perturbed": rp, "rationale_decoded": rd, "kept_non_private": kn,
-                                      "kept_fedcot": kf}, ensure_ascii=False) + "\n")
+            for e, p, pp, rp, rd, k in zip(self.ctx.data, self.raw_prompts, fed.sent_prompts, fed.received,
+                                           fed.decoded, fed.kept):
+                out.write(json.dumps({"id": e.id, "prompt": p, "perturbed_prompt": pp, "rationale_perturbed": rp,
+                                      "rationale_decoded": rd, "kept": k}, ensure_ascii=False) + "\n")
 
     def _release(self, perturber, sanitizer, mode: str, msg: Message) -> Message:
-        """Perturb the private prompts, measure what an inversion attack recovers, send them."""
+        """Perturb the private prompts and send only them; what an inversion attack recovers, and how
+        many tokens came through unchanged, stay in the client's folder."""
         from fedlsm.privacy.attacks import inversion_success
 
-        san = perturber.sanitize(self.raw_prompts, seed=self.ctx.seed)
+        san = perturber.sanitize(self.raw_prompts, seed=self.ctx.noise_seed())
         attack = inversion_success(san, sanitizer, [format_question(e) for e in self.ctx.public])
+        self.ctx.record_local("privacy", {**san.report.as_dict(), "attack": attack})
         self.sent = list(san.texts)
-        return msg.reply("rationale_request", {"mode": mode, "prompts": self.sent,
-                                               "privacy": {**san.report.as_dict(), "attack": attack}})
+        return msg.reply("rationale_request", {"mode": mode, "prompts": self.sent})
 
     def _codec_model(self):
         """FedCoT-A's perturber/decoder SLM, rebuilt from its adapters when this process has none."""
@@ -232,36 +254,36 @@ class FedCoTClient:
 
     # --- requests
     def handle(self, msg: Message) -> Message:
-        kind, p = msg.kind, msg.payload
-        if kind == "local_baselines":
-            return self._local_baselines(msg)
-        if kind == "prompts" and p["mode"] == "non-private":
-            if str(self.args.get("teacher", "llm")) == "recorded":
-                return msg.reply("rationale_request", {"mode": "non-private", "prompts": [], "recorded": True})
-            return msg.reply("rationale_request", {"mode": "non-private", "prompts": self.raw_prompts})
-        if kind == "prompts" and p["mode"] == "fedcot-e":
-            sanitizer = self._sanitizer()
-            return self._release(sanitizer, sanitizer, "fedcot-e", msg)
-        if kind == "codec_public_prompts":
-            from fedlsm.methods.fedcot_adaptive import train_encoder
+        handlers = {"local_baselines": self._local_baselines, "prompts": self._prompts,
+                    "codec_public_prompts": self._codec_public, "codec_rationales": self._codec_release,
+                    "rationales": self._distil}
+        if msg.kind not in handlers:
+            raise ValueError(f"{self.ctx.name}: unknown request {msg.kind!r}")
+        return handlers[msg.kind](msg)
 
-            self._seed(3)
-            self._codec, self.codec_public = train_encoder(self.ctx, self._sanitizer())
-            self.codec_adapter = adapter_arrays(self._codec.gen.model)
-            return msg.reply("rationale_request", {"mode": "fedcot-a-public",
-                                                   "prompts": self.codec_public["prompts"],
-                                                   "perturbed_prompts": self.codec_public["slm_perturbed"]})
-        if kind == "codec_rationales":
-            from fedlsm.methods.fedcot_adaptive import train_jointly
+    def _prompts(self, msg: Message) -> Message:
+        if msg.payload.get("mode") != "fedcot-e":  # raw prompts only ever leave in the Non-Private baseline's run
+            raise ValueError(f"{self.ctx.name}: refused prompts in mode {msg.payload.get('mode')!r}")
+        sanitizer = self._sanitizer()
+        return self._release(sanitizer, sanitizer, "fedcot-e", msg)
 
-            self._seed(4)
-            codec = self._codec_model()
-            train_jointly(self.ctx, codec, self.codec_public, p["rationales"], p["perturbed_rationales"])
-            self.codec_adapter = adapter_arrays(codec.gen.model)
-            return self._release(codec, self._sanitizer(), "fedcot-a", msg)
-        if kind == "rationales":
-            return self._distil(msg)
-        raise ValueError(f"{self.ctx.name}: unknown request {kind!r}")
+    def _codec_public(self, msg: Message) -> Message:
+        from fedlsm.methods.fedcot_adaptive import train_encoder
+
+        self._seed(3)
+        self._codec, self.codec_public = train_encoder(self.ctx, self._sanitizer())
+        self.codec_adapter = adapter_arrays(self._codec.gen.model)
+        return msg.reply("rationale_request", {"mode": "fedcot-a-public", "prompts": self.codec_public["prompts"],
+                                               "perturbed_prompts": self.codec_public["slm_perturbed"]})
+
+    def _codec_release(self, msg: Message) -> Message:
+        from fedlsm.methods.fedcot_adaptive import train_jointly
+
+        self._seed(4)
+        codec = self._codec_model()
+        train_jointly(self.ctx, codec, self.codec_public, msg.payload["rationales"], msg.payload["perturbed_rationales"])
+        self.codec_adapter = adapter_arrays(codec.gen.model)
+        return self._release(codec, self._sanitizer(), "fedcot-a", msg)
 
     def _local_baselines(self, msg: Message) -> Message:
         c, p = self.ctx, msg.payload
@@ -278,51 +300,35 @@ class FedCoTClient:
         return msg.reply("local_results", {"metric": res["metric"], "zero_shot": zero, "few_shot": few,
                                            "standalone": res["value"], "n_examples": len(c.data)})
 
-    def _distil(self, msg: Message) -> Message:
-        mode, received = msg.payload["mode"], msg.payload["rationales"]
-        if mode == "non-private":
-            if received is None:  # teacher=recorded: a large LLM's recorded rationales (e.g. PaLM's for CQA)
-                if not all("teacher_rationale" in e.meta for e in self.ctx.data):
-                    raise ConfigError("method_args.teacher", f"task '{self.ctx.task.name}' has no recorded rationales",
-                                      "use teacher=llm, or the cqa preset (PaLM rationales)")
-                received = [e.meta["teacher_rationale"] for e in self.ctx.data]
-            self.r_raw = list(received)
-            keep = [consistent(r, e) for r, e in zip(self.r_raw, self.ctx.data)]
-            self._save_rationales()
-            value = self._train_and_eval(self.r_raw, keep, "Non-Private", stage=1)
-            return msg.reply("local_results", {"mode": mode, "value": value,
-                                               "rationales_kept": sum(keep) / max(1, len(keep))})
-        from fedlsm.privacy import mean_token_ratio
-
+    def _decode(self, mode: str, received: Sequence[str]) -> list[str]:
         if mode == "fedcot-a":
-            decoded = self._codec_model().decode(self.raw_prompts, self.sent, received)
-        else:  # FedCoT-E: in-context decoding with the client's untrained SLM, input (p, p^p, r^p)
-            slm0, tok = load_slm(self.ctx, trainable=False)
-            decoder = HFGenerator(slm0, tok, batch_size=self.ctx.cfg.llm.batch_size, use_chat_template=False,
-                                  show_progress=True)
-            decoded = decoder.generate([decode_prompt(p, pp, rp) for p, pp, rp in
-                                        zip(self.raw_prompts, self.sent, received)], generation_config(self.ctx.cfg))
-            del slm0, decoder
-        fed = RationaleSet(mode, self.sent, list(received), decoded, [consistent(r, e) for r, e in zip(decoded, self.ctx.data)])
+            return self._codec_model().decode(self.raw_prompts, self.sent, received)
+        # FedCoT-E: in-context decoding with the client's untrained SLM, input (p, p^p, r^p)
+        slm0, tok = load_slm(self.ctx, trainable=False)
+        decoder = HFGenerator(slm0, tok, batch_size=self.ctx.cfg.llm.batch_size, use_chat_template=False,
+                              show_progress=True)
+        return decoder.generate([decode_prompt(p, pp, rp) for p, pp, rp in zip(self.raw_prompts, self.sent, received)],
+                                generation_config(self.ctx.cfg))
+
+    def _distil(self, msg: Message) -> Message:
+        mode, received = msg.payload["mode"], list(msg.payload["rationales"])
+        decoded = self._decode(mode, received)
+        fed = RationaleSet(mode, self.sent, received, decoded, [consistent(r, e) for r, e in zip(decoded, self.ctx.data)])
         self._save_rationales(fed)
-        out = {"mode": mode, "value": self._train_and_eval(fed.decoded, fed.kept, mode, stage=2),
-               "rationales_kept": fed.kept_fraction}
-        if self.r_raw is not None:
-            out.update(token_ratio_perturbed=mean_token_ratio(received, self.r_raw),
-                       token_ratio_decoded=mean_token_ratio(decoded, self.r_raw))
+        self.ctx.record_local("rationales_kept", fed.kept_fraction)
+        out = {"mode": mode, "value": self._train_and_eval(fed.decoded, fed.kept, mode, stage=2)}
         if self.args.get("ablate_decoding", False):  # Table 5: train on the perturbed rationales as received
             kept_wo = [consistent(r, e) for r, e in zip(received, self.ctx.data)]
             out["without_decoding"] = self._train_and_eval(received, kept_wo, f"{mode} w/o decoding", stage=5)
-            out["without_decoding_kept"] = sum(kept_wo) / max(1, len(kept_wo))
+            self.ctx.record_local("without_decoding_kept", sum(kept_wo) / max(1, len(kept_wo)))
         return msg.reply("local_results", out)
 
     def state(self) -> dict[str, Any]:
-        return {"r_raw": self.r_raw, "sent": self.sent, "codec_public": self.codec_public,
-                "codec_adapter": self.codec_adapter}
+        return {"sent": self.sent, "codec_public": self.codec_public, "codec_adapter": self.codec_adapter}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self.r_raw, self.sent = state.get("r_raw"), state.get("sent")
-        self.codec_public, self.codec_adapter = state.get("codec_public"), state.get("codec_adapter")
+        self.sent, self.codec_public = state.get("sent"), state.get("codec_public")
+        self.codec_adapter = state.get("codec_adapter")
         self._codec = None
 
 
@@ -356,133 +362,203 @@ class RationaleWriter:
         return self.generator.generate(full, self.gen_cfg) if full else []
 
 
+def rationale_writer(ctx: RunContext) -> RationaleWriter:
+    """The server's LLM behind few-shot CoT demonstrations of the public examples."""
+    if not ctx.public or not any(e.rationale for e in ctx.public):
+        raise ConfigError("data.public_fraction", "FedCoT needs public examples with rationales for the server's "
+                          "CoT demonstrations", "set data.public_fraction (e.g. 0.2) on a task with rationales, "
+                          "or data.public_path")
+    demos = cot_demonstrations(ctx.public, int(ctx.cfg.method_args.get("demos", 3)))
+    return RationaleWriter(_llm_generator(ctx), demos, generation_config(ctx.cfg))
+
+
 def _mean(values) -> float | None:
     vals = [v for v in values if v is not None]
     return sum(vals) / len(vals) if vals else None
 
 
-def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
-    """Server role: the LLM baselines, then each client's baselines, Non-Private and FedCoT, one
-    request kind at a time. It holds the LLM and the public CoT demonstrations, nothing else."""
-    cfg, args = ctx.cfg, ctx.cfg.method_args
-    variant = _variant(cfg)
-    if not ctx.public or not any(e.rationale for e in ctx.public):
-        raise ConfigError("data.public_fraction", "FedCoT needs public examples with rationales for the server's "
-                          "CoT demonstrations", "set data.public_fraction (e.g. 0.2) on a task with rationales")
-    n_demos = int(args.get("demos", 3))
-    gen_cfg = generation_config(cfg)
-    llm = _llm_generator(ctx)
-    write = RationaleWriter(llm, cot_demonstrations(ctx.public, n_demos), gen_cfg)
+@dataclass
+class Exchange:
+    """The server's side of the protocol: one request kind to many clients, the quorum check, the rows."""
 
-    rows: list[dict] = []
-    metric_name = None
-    dropped: list[dict] = []
+    ctx: RunContext
+    grid: Grid
+    rows: list[dict] = field(default_factory=list)
+    dropped: list[dict] = field(default_factory=list)
 
-    def add_row(method: str, value: float | None, **extra) -> None:
-        rows.append({"method": method, "value": value, **extra})
-        ctx.record("results", rows)
-
-    def ask(kind: str, payload: dict, rnd: int, *, to: Sequence[str] | None = None, per_client=None,
+    def ask(self, kind: str, payload: dict, rnd: int, *, to: Sequence[str] | None = None, per_client=None,
             step: str | None = None) -> dict[str, Message]:
         """Send one request kind (to every client, or to those in ``to``), collect the replies (in the
         order of the requests on every grid), and go on without clients that dropped if enough answered."""
-        sent = list(grid.clients() if to is None else to)
-        replies = broadcast(grid, kind, payload, rnd, per_client=per_client, to=sent)
-        missing = require_quorum(replies, sent, cfg.federation.min_clients, rnd)
-        dropped.extend(report_dropped(ctx, grid, missing, rnd, step or kind))
-        ctx.record("dropped", dropped)
+        sent = list(self.grid.clients() if to is None else to)
+        replies = broadcast(self.grid, kind, payload, rnd, per_client=per_client, to=sent)
+        missing = require_quorum(replies, sent, self.ctx.cfg.federation.min_clients, rnd)
+        self.dropped.extend(report_dropped(self.ctx, self.grid, missing, rnd, step or kind))
+        self.ctx.record("dropped", self.dropped)
         return replies
 
-    def rationales_for(requests: dict[str, Message], mode: str, rnd: int) -> dict[str, Message]:
-        def rationales(c: str) -> dict:
-            m = requests[c]
-            return {"rationales": None if m.payload.get("recorded") else write(m.payload["prompts"])}
+    def add_row(self, method: str, value: float | None, **extra) -> None:
+        self.rows.append({"method": method, "value": value, **extra})
+        self.ctx.record("results", self.rows)
 
-        return ask("rationales", {"mode": mode}, rnd, to=list(requests), per_client=rationales,
-                   step=f"rationales ({mode})")
 
-    # --- the LLM alone (server side)
-    few_shot = answer_demonstrations(ctx.public, n_demos)
-    llm_scores = None
-    if cfg.llm.base_url:
-        add_row("Zero-shot LLM", None, note="LLM behind HTTP: no log-likelihoods")
-        add_row("Few-shot LLM", None, note="LLM behind HTTP: no log-likelihoods")
-    else:
-        zero, few = _eval(ctx, llm.model, llm.tokenizer), _eval(ctx, llm.model, llm.tokenizer, few_shot)
-        metric_name = zero["metric"]
-        add_row("Zero-shot LLM", zero["value"])
-        add_row(f"Few-shot LLM ({n_demos}-shot)", few["value"])
-        if cfg.llm.model == cfg.slm:  # the clients' SLM is this model: they need not score it again
-            llm_scores = {"zero_shot": zero["value"], "few_shot": few["value"]}
+def _llm_rows(ex: Exchange, llm, n_demos: int) -> tuple[str | None, dict | None]:
+    """Zero-/few-shot LLM rows (server side); the LLM's scores when the clients' SLM is the same model."""
+    ctx = ex.ctx
+    if ctx.cfg.llm.base_url:
+        ex.add_row("Zero-shot LLM", None, note="LLM behind HTTP: no log-likelihoods")
+        ex.add_row("Few-shot LLM", None, note="LLM behind HTTP: no log-likelihoods")
+        return None, None
+    zero = _eval(ctx, llm.model, llm.tokenizer)
+    few = _eval(ctx, llm.model, llm.tokenizer, answer_demonstrations(ctx.public, n_demos))
+    ex.add_row("Zero-shot LLM", zero["value"])
+    ex.add_row(f"Few-shot LLM ({n_demos}-shot)", few["value"])
+    same = ctx.cfg.llm.model == ctx.cfg.slm  # the clients' SLM is this model: they need not score it again
+    return zero["metric"], ({"zero_shot": zero["value"], "few_shot": few["value"]} if same else None)
 
-    # --- round 0: each client's untrained SLM and Standalone (labels only)
-    local = ask("local_baselines", {"few_shot": few_shot, "llm_scores": llm_scores}, 0)
-    metric_name = metric_name or next(iter(local.values())).payload["metric"]
+
+def _local_round(ex: Exchange, llm_scores: dict | None, n_demos: int) -> tuple[str, dict[str, dict]]:
+    """Round 0: each client's untrained SLM and Standalone (accuracies only)."""
+    few_shot = answer_demonstrations(ex.ctx.public, n_demos)
+    local = ex.ask("local_baselines", {"few_shot": few_shot, "llm_scores": llm_scores}, 0)
     note = {"note": "same model as the LLM"} if llm_scores else {}
-    add_row("Zero-shot SLM", _mean(m.payload["zero_shot"] for m in local.values()), **note)
-    add_row(f"Few-shot SLM ({n_demos}-shot)", _mean(m.payload["few_shot"] for m in local.values()), **note)
-    add_row("Standalone", _mean(m.payload["standalone"] for m in local.values()))
+    ex.add_row("Zero-shot SLM", _mean(m.payload["zero_shot"] for m in local.values()), **note)
+    ex.add_row(f"Few-shot SLM ({n_demos}-shot)", _mean(m.payload["few_shot"] for m in local.values()), **note)
+    ex.add_row("Standalone", _mean(m.payload["standalone"] for m in local.values()))
     per_client = {c: {"standalone": m.payload["standalone"], "n_examples": m.payload["n_examples"]}
                   for c, m in local.items()}
+    return next(iter(local.values())).payload["metric"], per_client
 
-    # --- round 1: Non-Private (raw prompts to the LLM, or recorded rationales: teacher=recorded)
-    nonpriv = rationales_for(ask("prompts", {"mode": "non-private"}, 1), "non-private", 1)
-    add_row("Non-Private", _mean(m.payload["value"] for m in nonpriv.values()),
-            rationales_kept=_mean(m.payload["rationales_kept"] for m in nonpriv.values()))
-    for c, m in nonpriv.items():
-        per_client.setdefault(c, {})["non_private"] = m.payload["value"]
 
-    # --- rounds 2-3: FedCoT (perturb, query, decode, filter, distil)
-    mode = f"fedcot-{variant}"
+def _fedcot_round(ex: Exchange, write: RationaleWriter, variant: str, per_client: dict[str, dict]) -> None:
+    """Rounds 1-2: perturbed prompts up, rationales down, accuracies back (FedCoT-A: its codec first)."""
+    mode, label = f"fedcot-{variant}", f"FedCoT-{variant.upper()}"
     if variant == "a":  # the client's perturber/decoder SLM learns on public data first (Eq. 4-6)
-        public = ask("codec_public_prompts", {}, 2)
-        requests = ask("codec_rationales", {}, 2, to=list(public),
-                       per_client=lambda c: {"rationales": write(public[c].payload["prompts"]),
-                                             "perturbed_rationales": write(public[c].payload["perturbed_prompts"])})
-        rnd = 3
+        public = ex.ask("codec_public_prompts", {}, 1)
+        requests = ex.ask("codec_rationales", {}, 1, to=list(public),
+                          per_client=lambda c: {"rationales": write(public[c].payload["prompts"]),
+                                                "perturbed_rationales": write(public[c].payload["perturbed_prompts"])})
     else:
-        requests, rnd = ask("prompts", {"mode": mode}, 2), 2
-    reports = {c: m.payload["privacy"] for c, m in requests.items()}
-    first = next(iter(reports.values()))
-    # one client: its report; several: the first one's, with the attack success averaged over all
-    # (no attack figure where the perturbation is not the exponential mechanism's: FedCoT-A unguarded)
-    attacks = [r["attack"] for r in reports.values() if r.get("attack")]
-    attack = {**attacks[0], "success_rate": _mean(a["success_rate"] for a in attacks)} if attacks else None
-    ctx.record("privacy", {**first, "attack": attack})
-    if len(reports) > 1:
-        ctx.record("privacy_per_client", reports)
-    fed = rationales_for(requests, mode, rnd)
-    vals = list(fed.values())
-    tr_pert = _mean(m.payload.get("token_ratio_perturbed") for m in vals)
-    tr_dec = _mean(m.payload.get("token_ratio_decoded") for m in vals)
-    add_row(f"FedCoT-{variant.upper()} (ε={cfg.privacy.epsilon:g})", _mean(m.payload["value"] for m in vals),
-            rationales_kept=_mean(m.payload["rationales_kept"] for m in vals),
-            token_ratio_perturbed=tr_pert, token_ratio_decoded=tr_dec)
-    if args.get("ablate_decoding", False):
-        add_row(f"FedCoT-{variant.upper()} w/o decoding", _mean(m.payload["without_decoding"] for m in vals),
-                rationales_kept=_mean(m.payload["without_decoding_kept"] for m in vals))
+        requests = ex.ask("prompts", {"mode": mode}, 1)
+    fed = ex.ask("rationales", {"mode": mode}, 2, to=list(requests), step=f"rationales ({mode})",
+                 per_client=lambda c: {"rationales": write(requests[c].payload["prompts"])})
+    ex.add_row(f"{label} (ε={ex.ctx.cfg.privacy.epsilon:g})", _mean(m.payload["value"] for m in fed.values()))
+    if ex.ctx.cfg.method_args.get("ablate_decoding", False):
+        ex.add_row(f"{label} w/o decoding", _mean(m.payload["without_decoding"] for m in fed.values()))
     for c, m in fed.items():
         per_client.setdefault(c, {})["fedcot"] = m.payload["value"]
-    ctx.record("clients", per_client)
 
-    comm = grid.log.communication()
-    llm_cost = llm.stats.as_dict()
-    ctx.record("communication", comm)
-    ctx.record("llm_query_cost", llm_cost)
-    table = [{"method": r["method"], metric_name or "metric": r["value"],
-              "rationales kept": r.get("rationales_kept"),
-              "TokenRatio r^p vs r": r.get("token_ratio_perturbed"),
-              "TokenRatio decoded vs r": r.get("token_ratio_decoded")} for r in rows]
-    by = {r["method"].split(" (")[0]: r["value"] for r in rows}
-    summary = {"metric": metric_name, "variant": variant, "epsilon": cfg.privacy.epsilon,
-               "standalone": by.get("Standalone"), "non_private": by.get("Non-Private"),
-               "fedcot": by.get(f"FedCoT-{variant.upper()}"),
-               "token_ratio_perturbed": tr_pert, "token_ratio_decoded": tr_dec,
-               "privacy": ctx.metrics["privacy"], "communication": comm, "llm_query_cost": llm_cost}
-    title = f"FedCoT-{variant.upper()} on {ctx.task.name} ({metric_name}, %" + (
-        f"; mean of {len(per_client)} clients)" if len(per_client) > 1 else ")")
-    return MethodResult(table, title, summary)
+
+def fedcot_table(rows: Sequence[dict], metric: str | None) -> list[dict]:
+    """The printed table: one row per method; the columns a simulation harness fills from the clients' folders."""
+    return [{"method": r["method"], metric or "metric": r["value"], "rationales kept": r.get("rationales_kept"),
+             "TokenRatio r^p vs r": r.get("token_ratio_perturbed"),
+             "TokenRatio decoded vs r": r.get("token_ratio_decoded")} for r in rows]
+
+
+def fedcot_summary(rows: Sequence[dict], metric: str | None, variant: str, cfg) -> dict[str, Any]:
+    by = {r["method"].split(" (")[0]: r for r in rows}
+    fed = by.get(f"FedCoT-{variant.upper()}", {})
+    return {"metric": metric, "variant": variant, "epsilon": cfg.privacy.epsilon,
+            "standalone": by.get("Standalone", {}).get("value"), "non_private": by.get("Non-Private", {}).get("value"),
+            "fedcot": fed.get("value"), "token_ratio_perturbed": fed.get("token_ratio_perturbed"),
+            "token_ratio_decoded": fed.get("token_ratio_decoded")}
+
+
+def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
+    """Server role: the LLM baselines, each client's local baselines, then FedCoT. It holds the LLM, the
+    public CoT demonstrations and the evaluation split, and receives perturbed prompts and accuracies."""
+    variant = _variant(ctx.cfg)
+    n_demos = int(ctx.cfg.method_args.get("demos", 3))
+    write = rationale_writer(ctx)
+    ex = Exchange(ctx, grid)
+    ctx.record("privacy", privacy_declaration(ctx.cfg, variant))
+    metric, llm_scores = _llm_rows(ex, write.generator, n_demos)
+    local_metric, per_client = _local_round(ex, llm_scores, n_demos)
+    metric = metric or local_metric
+    _fedcot_round(ex, write, variant, per_client)
+    ctx.record("clients", per_client)
+    ctx.record("communication", grid.log.communication())
+    ctx.record("llm_query_cost", write.generator.stats.as_dict())
+    summary = {**fedcot_summary(ex.rows, metric, variant, ctx.cfg), "privacy": ctx.metrics["privacy"],
+               "communication": ctx.metrics["communication"], "llm_query_cost": ctx.metrics["llm_query_cost"]}
+    n = len(per_client)
+    title = f"FedCoT-{variant.upper()} on {ctx.task.name} ({metric}, %" + (f"; mean of {n} clients)" if n > 1 else ")")
+    return MethodResult(fedcot_table(ex.rows, metric), title, summary)
 
 
 def run_fedcot(ctx: RunContext) -> MethodResult:
     return run_in_process(ctx, server_main, make_client)
+
+
+# ------------------------------------------------------------------------------ simulation harness
+
+
+def _site_rationales(folder, key: str) -> dict[str, str]:
+    path = folder / "rationales.jsonl"
+    if not path.is_file():
+        return {}
+    return {r["id"]: r[key] for r in map(json.loads, path.read_text().splitlines()) if r.get(key) is not None}
+
+
+def _token_ratios(run_dir, baseline_dir) -> tuple[float | None, float | None]:
+    """Mean over clients of TokenRatio(r^p, r) and TokenRatio(decoded, r), r the Non-Private rationale of the
+    same private example: read from each client's own folder of both runs (simulation only)."""
+    from fedlsm.privacy import mean_token_ratio
+
+    per_client = []
+    for site in sorted(p for p in run_dir.glob("client-*") if p.is_dir()):
+        ref = _site_rationales(baseline_dir / site.name, "rationale_non_private")
+        pert, dec = _site_rationales(site, "rationale_perturbed"), _site_rationales(site, "rationale_decoded")
+        ids = [i for i in pert if i in ref and i in dec]
+        if ids:
+            per_client.append((mean_token_ratio([pert[i] for i in ids], [ref[i] for i in ids]),
+                               mean_token_ratio([dec[i] for i in ids], [ref[i] for i in ids])))
+    return _mean(p for p, _ in per_client), _mean(d for _, d in per_client)
+
+
+def _site_privacy(ctx: RunContext, sites: dict[str, dict]) -> None:
+    """The privacy measurements each client kept (one client: its report; several: the first one's,
+    with the attack success averaged over all), beside the server's declaration."""
+    reports = {c: m["privacy"] for c, m in sites.items() if "privacy" in m}
+    if not reports:
+        return
+    attacks = [r["attack"] for r in reports.values() if r.get("attack")]
+    attack = {**attacks[0], "success_rate": _mean(a["success_rate"] for a in attacks)} if attacks else None
+    ctx.record("privacy", {**ctx.metrics.get("privacy", {}), **next(iter(reports.values())), "attack": attack,
+                           "measured_by": "the simulation harness, from each client's own folder"})
+    if len(reports) > 1:
+        ctx.record("privacy_per_client", reports)
+
+
+def simulation_harness(ctx: RunContext, result: MethodResult, baselines: dict[str, tuple]) -> MethodResult:
+    """Simulation only (the experimenter plays every party): the FedCoT run's table completed with what
+    never travels to the server: the Non-Private baseline's separate run, the share of rationales kept and
+    TokenRatio (from the clients' folders) and the clients' privacy measurements."""
+    from fedlsm.federation.grid import site_measurements
+
+    variant = _variant(ctx.cfg)
+    sites = site_measurements(ctx.run_dir)
+    _site_privacy(ctx, sites)
+    rows = [dict(r) for r in ctx.metrics["results"]]
+    label = f"FedCoT-{variant.upper()}"
+    for r in rows:
+        if r["method"].startswith(label + " (ε"):
+            r["rationales_kept"] = _mean(m.get("rationales_kept") for m in sites.values())
+        elif r["method"] == f"{label} w/o decoding":
+            r["rationales_kept"] = _mean(m.get("without_decoding_kept") for m in sites.values())
+    if "fedcot-nonprivate" in baselines:
+        bctx, _ = baselines["fedcot-nonprivate"]
+        base = bctx.metrics["results"][0]
+        kept = _mean(m.get("rationales_kept") for m in site_measurements(bctx.run_dir).values())
+        at = next(i for i, r in enumerate(rows) if r["method"].startswith(label))
+        rows.insert(at, {**base, "rationales_kept": kept, "note": f"separate run: {bctx.run_dir.name}"})
+        tr_p, tr_d = _token_ratios(ctx.run_dir, bctx.run_dir)
+        rows[at + 1].update(token_ratio_perturbed=tr_p, token_ratio_decoded=tr_d)
+        for c, v in bctx.metrics.get("clients", {}).items():
+            ctx.metrics.setdefault("clients", {}).setdefault(c, {})["non_private"] = v.get("non_private")
+        ctx.record("clients", ctx.metrics.get("clients", {}))
+    ctx.record("results", rows)
+    metric = result.summary.get("metric")
+    summary = {**result.summary, **fedcot_summary(rows, metric, variant, ctx.cfg), "privacy": ctx.metrics["privacy"]}
+    return MethodResult(fedcot_table(rows, metric), result.title, summary)

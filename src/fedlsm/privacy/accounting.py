@@ -85,6 +85,7 @@ class PrivacyReport:
     sensitivity: float | None = 2.0
     neighbouring: str = NEIGHBOURING_RELATION
     guarantee: str = ""
+    randomness: str = "os-entropy"  # or "seeded: ..." (simulation only): see sanitizer.randomness
 
     @property
     def unchanged_fraction(self) -> float:
@@ -140,4 +141,5 @@ class PrivacyReport:
         return cls(mechanism=first.mechanism, epsilon_per_token=first.epsilon_per_token,
                    candidate_k=first.candidate_k, **counts,
                    prompt_private_tokens=[n for r in reports for n in r.prompt_private_tokens],
-                   sensitivity=first.sensitivity, neighbouring=first.neighbouring, guarantee=first.guarantee)
+                   sensitivity=first.sensitivity, neighbouring=first.neighbouring, guarantee=first.guarantee,
+                   randomness=first.randomness)

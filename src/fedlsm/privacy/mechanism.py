@@ -68,6 +68,14 @@ def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def os_entropy_seed() -> int:
+    """A 63-bit seed from the OS entropy source (``secrets``), never from the run's seed: torch's own
+    ``Generator.seed()`` may fall back to the clock, which an observer can guess."""
+    import secrets
+
+    return secrets.randbits(63)
+
+
 class ExponentialMechanism:
     """Token-level exponential mechanism over cosine similarity of embeddings.
 
@@ -269,7 +277,9 @@ class ExponentialMechanism:
     def sample(self, token_ids, *, seed: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """Perturb every token of ``token_ids`` (any shape) independently; returns the same shape.
 
-        Pass ``seed`` (or a ``generator`` on the mechanism's device) for reproducible draws.
+        Without ``seed`` the draws come from the operating system's entropy source (:func:`os_entropy_seed`),
+        so nobody who knows the run's configuration can predict them; pass ``seed`` (or a ``generator`` on
+        the mechanism's device) only for reproducible draws in a simulation.
         """
         ids = self._check_ids(token_ids)
         shape, home = ids.shape, ids.device
@@ -278,10 +288,7 @@ class ExponentialMechanism:
             return ids.clone()
         if generator is None:
             generator = torch.Generator(device=self.device)
-            if seed is None:
-                generator.seed()  # fresh entropy, without touching torch's global RNG
-            else:
-                generator.manual_seed(int(seed))
+            generator.manual_seed(os_entropy_seed() if seed is None else int(seed))
         if self._table is not None:
             out = self._sample_topk(flat, generator)
         else:

@@ -24,7 +24,7 @@ import torch
 
 from fedlsm.errors import ConfigError, FedLSMError
 from fedlsm.privacy.accounting import PrivacyReport
-from fedlsm.privacy.mechanism import ExponentialMechanism
+from fedlsm.privacy.mechanism import ExponentialMechanism, os_entropy_seed
 from fedlsm.privacy.public import PublicSpec, resolve_public_ids
 
 
@@ -158,11 +158,12 @@ class TextSanitizer:
         other.mechanism = self.mechanism.with_epsilon(epsilon)
         return other
 
-    def perturb(self, texts: list[str], seed: int = 0) -> list[str]:
+    def perturb(self, texts: list[str], seed: int | None = None) -> list[str]:
         return self.sanitize(texts, seed).texts
 
-    def sanitize(self, texts: list[str], seed: int = 0) -> SanitizeResult:
-        """Perturb a batch of prompts; all their tokens are sampled in one vectorized call."""
+    def sanitize(self, texts: list[str], seed: int | None = None) -> SanitizeResult:
+        """Perturb a batch of prompts; all their tokens are sampled in one vectorized call. Without
+        ``seed`` the noise comes from the OS entropy source (the only mode a deployment allows)."""
         texts = check_texts(texts)
         mech = self.mechanism
         enc = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
@@ -207,10 +208,18 @@ class TextSanitizer:
             prompt_private_tokens=private_per_prompt,
             sensitivity=mech.sensitivity,
             guarantee=mech.guarantee,
+            randomness=randomness(seed),
         )
         return SanitizeResult(texts=decoded, input_ids=[list(x) for x in enc], token_ids=out_ids,
                               perturbed=_split(private.tolist(), lengths), unchanged=_split(same.tolist(), lengths),
                               report=report)
+
+
+def randomness(seed: int | None) -> str:
+    """How a release's noise was drawn, for the privacy report."""
+    if seed is None:
+        return "os-entropy"
+    return "seeded: reproducible by anyone who knows the run's seed (paired experiments in simulation only)"
 
 
 def _accepts_seed(fn: Callable) -> bool:
@@ -249,16 +258,17 @@ class AdaptivePerturber:
 
         return [words(t) for t in texts]
 
-    def perturb(self, texts: list[str], seed: int = 0) -> list[str]:
+    def perturb(self, texts: list[str], seed: int | None = None) -> list[str]:
         return self.sanitize(texts, seed).texts
 
-    def sanitize(self, texts: list[str], seed: int = 0) -> SanitizeResult:
+    def sanitize(self, texts: list[str], seed: int | None = None) -> SanitizeResult:
         texts = check_texts(texts)
         if _accepts_seed(self.fn):
             outs = self.fn(list(texts), seed=seed)
         else:
             import numpy as np
 
+            seed = os_entropy_seed() if seed is None else seed
             random.seed(seed)
             np.random.seed(seed % 2**32)
             torch.manual_seed(seed)
@@ -282,6 +292,7 @@ class AdaptivePerturber:
             tokens_total=total, tokens_perturbed=total, tokens_public=0, tokens_special=0, tokens_fallback=0,
             tokens_unchanged=n_same, perturbed_unchanged=n_same, prompt_private_tokens=[len(a) for a in ins],
             sensitivity=None, guarantee="none: a learned perturber has no formal DP guarantee" + nominal,
+            randomness=randomness(seed),
         )
         token_ids = [list(x) for x in outs_tok] if self.tokenizer is not None else None
         input_ids = [list(x) for x in ins] if self.tokenizer is not None else []
