@@ -5,6 +5,8 @@ import json
 
 import pytest
 
+from conftest import needs_shared
+
 from fedlsm.config import build_config
 from fedlsm.data.task import Example
 from fedlsm.methods import METHOD_DEFAULTS
@@ -69,12 +71,16 @@ def test_server_never_receives_private_prompts_and_audit_can_fail(tiny_fedcot_ru
     ctx, result = tiny_fedcot_run
     private = ctx.clients[0]
     raw = [format_question(e) for e in private]
-    msgs = [json.loads(line) for line in (ctx.run_dir / "messages.jsonl").read_text().splitlines()]
-    to_server = [m for m in msgs if m["receiver"] == "server"]
-    requests = [m for m in to_server if m["kind"] == "rationale_request"]
-    fedcot_msgs = [m for m in requests if m["payload"]["mode"] == "fedcot-e"]
-    nonpriv_msgs = [m for m in requests if m["payload"]["mode"] == "non-private"]
-    assert fedcot_msgs and nonpriv_msgs
+
+    def to_server(run_dir):
+        msgs = [json.loads(line) for line in (run_dir / "messages.jsonl").read_text().splitlines()]
+        return [m for m in msgs if m["receiver"] == "server"]
+
+    fedcot_msgs = [m for m in to_server(ctx.run_dir) if m["kind"] == "rationale_request"]
+    assert fedcot_msgs and all(m["payload"]["mode"] == "fedcot-e" for m in fedcot_msgs)
+    # the Non-Private baseline is its own run, with its own message log
+    nonpriv_msgs = [m for m in to_server(ctx.run_dir.with_name("audit.fedcot-nonprivate"))
+                    if m["kind"] == "rationale_request"]
 
     def texts(x):
         if isinstance(x, str):
@@ -88,9 +94,11 @@ def test_server_never_receives_private_prompts_and_audit_can_fail(tiny_fedcot_ru
         return sum(any(r in s for s in sent) or any(e.question in s for s in sent) for r, e in zip(raw, private))
 
     assert leaked(fedcot_msgs) == 0  # privacy on: no private prompt (nor its question) verbatim
-    # nor anywhere else the server got (results, reports), except the Non-Private baseline's own request
-    assert leaked([m for m in to_server if m not in nonpriv_msgs]) == 0
+    assert leaked(to_server(ctx.run_dir)) == 0  # nor anywhere else the server got (results)
     assert leaked(nonpriv_msgs) == len(raw)  # the same audit finds every raw prompt when privacy is off
+    # what the server got back is the declared release only: perturbed prompts and accuracies
+    assert {k for m in to_server(ctx.run_dir) for k in m["payload"]} <= {
+        "mode", "prompts", "metric", "zero_shot", "few_shot", "standalone", "n_examples", "value"}
 
     # fraction of private tokens that reached the server unchanged, measured independently on what the
     # server got: re-tokenize each received prompt and align it with the raw one (matching blocks)
@@ -102,6 +110,7 @@ def test_server_never_receives_private_prompts_and_audit_can_fail(tiny_fedcot_ru
         same += sum(m.size for m in difflib.SequenceMatcher(None, a, b, autojunk=False).get_matching_blocks())
         total += len(a)
     report = json.loads((ctx.run_dir / "metrics.json").read_text())["privacy"]
+    assert report["randomness"] == "os-entropy" and report["released"]  # and what is released, declared
     assert 0.2 < report["unchanged_fraction"] < 0.8
     assert abs(same / total - report["unchanged_fraction"]) < 0.08, (same / total, report)
     assert report["tokens_perturbed"] == report["tokens_total"]  # every token went through the mechanism
@@ -146,3 +155,30 @@ def test_fedcot_a_trains_a_perturber_and_releases_no_private_prompt(tmp_path):
     report = json.loads((ctx.run_dir / "metrics.json").read_text())["privacy"]
     assert report["mechanism"].startswith("fedcot-a-slm") and "guarded" in report["guarantee"]
     assert (ctx.run_dir / "client-0" / "fedcot_a_public.jsonl").is_file()
+
+
+@needs_shared
+@pytest.mark.slow
+def test_in_process_canaries_never_reach_the_server(shared_data, tmp_path):
+    """Canaries in every private question and gold answer (CommonsenseQA files, two clients): nothing the
+    server received or wrote (messages, metrics, config, its log) holds a canary or a 6-word window of a
+    private question. The same audit flags the Non-Private baseline's own run, which sends raw prompts."""
+    from rich.console import Console
+
+    from canaries import canary_config, write_canary_sites
+    from fedlsm.runner import run
+
+    sites = write_canary_sites(shared_data, tmp_path / "data")
+    cfg = build_config({"method": "fedcot", "name": "canary", "output_dir": str(tmp_path / "runs")},
+                       {**canary_config(sites), "clients": 2, "train.max_steps": 1, "train.batch_size": 4,
+                        "llm.max_new_tokens": 16, "method_args.demos": 1},
+                       defaults=METHOD_DEFAULTS["fedcot"])
+    console = Console(record=True, width=200, force_terminal=False)
+    ctx, result = run(cfg, console)
+    log = tmp_path / "server.log"
+    log.write_text(console.export_text())
+    assert [r["method"].split(" (")[0] for r in result.rows][-2:] == ["Non-Private", "FedCoT-E"]
+    assert sites.audit_folder(ctx.run_dir, log) == []
+    # the clients' own folders hold their data (the audit sees it there), and the raw-data baseline leaks it
+    assert sites.audit_folder(ctx.run_dir, skip_sites=False)
+    assert any("canary" in f for f in sites.audit_folder(ctx.run_dir.with_name("canary.fedcot-nonprivate")))

@@ -272,19 +272,21 @@ class Federation:
     def log(self, name: str) -> str:
         return (self.root / f"{name}.log").read_text()
 
-    def start_node(self, k: int, key: Path | None = None, name: str | None = None) -> subprocess.Popen:
+    def start_node(self, k: int, key: Path | None = None, name: str | None = None,
+                   data: list[str] | None = None) -> subprocess.Popen:
         return self._start(name or f"supernode-{k}",
                            ["supernode", "--partition", str(k), "--clients", str(self.clients),
                             "--superlink", f"127.0.0.1:{self.port}", "--root-certificates", str(self.certs["ca"]),
-                            "--port", str(_free_port()), "--auth-key", str(key or self.keys[k]["private"])])
+                            "--port", str(_free_port()), "--auth-key", str(key or self.keys[k]["private"]),
+                            *(data or [])])
 
-    def join(self, k: int, timeout: float = 180) -> None:
+    def join(self, k: int, timeout: float = 180, data: list[str] | None = None) -> None:
         """Start SuperNode k until the SuperLink activates it (a registered key is refused while the
         SuperLink still counts its previous session as online)."""
         deadline = time.time() + timeout
         while time.time() < deadline:
             seen = len(self.log(f"supernode-{k}")) if (self.root / f"supernode-{k}.log").exists() else 0
-            p = self.start_node(k)
+            p = self.start_node(k, data=data)
             while p.poll() is None and "SuperNode ID" not in self.log(f"supernode-{k}")[seen:]:
                 time.sleep(0.3)
             if p.poll() is None:
@@ -378,15 +380,20 @@ def test_deployment_tls_auth_survives_a_dead_supernode(reference, tmp_path):
         fed.close()
 
 
-# --- slow: FedCoT, the same roles in-process and on the Simulation Engine --------------------------
+# --- slow: FedCoT on every engine, with canaries in every private example ------------------------
 
-FEDCOT = {"data.task": "arith", "clients": 2, "data.n_train": 12, "data.n_test": 4, "data.public_fraction": 0.25,
-          "train.max_steps": 1, "train.batch_size": 4, "llm.max_new_tokens": 16, "method_args.demos": 1,
-          "privacy.epsilon": 3.0}
+# Two clients on CommonsenseQA files with a canary in every private question and gold answer
+# (tests/canaries.py). Seeded noise, so that the Simulation Engine can reproduce the in-process run
+# exactly; the raw-data baseline is not scheduled (tests/test_fedcot.py runs it).
+FEDCOT = {"clients": 2, "train.max_steps": 1, "train.batch_size": 4, "llm.max_new_tokens": 16, "method_args.demos": 1,
+          "privacy.epsilon": 3.0, "method_args.baselines": False}
 
 
-def _fedcot_start(out: Path, name: str, *args: str) -> subprocess.Popen:
-    sets = [a for k, v in FEDCOT.items() for a in ("--set", f"{k}={v}")]
+def _fedcot_start(out: Path, name: str, sites, *args: str, deployed: bool = False) -> subprocess.Popen:
+    from canaries import canary_config
+
+    over = {**FEDCOT, **canary_config(sites, deployed=deployed), **({} if deployed else {"privacy.seeded": True})}
+    sets = [a for k, v in over.items() for a in ("--set", f"{k}={json.dumps(v) if v is None or isinstance(v, bool) else v}")]
     cmd = [sys.executable, "-m", "fedlsm", "run", "fedcot", "--seed", "0", "--name", name, "--output-dir", str(out),
            *sets, *args]
     with (out / f"{name}.log").open("a") as log:
@@ -399,8 +406,8 @@ def _fedcot_metrics(out: Path, name: str) -> dict:
     return m
 
 
-def _fedcot(out: Path, name: str, *args: str) -> dict:
-    p = _fedcot_start(out, name, *args)
+def _fedcot(out: Path, name: str, sites, *args: str, deployed: bool = False) -> dict:
+    p = _fedcot_start(out, name, sites, *args, deployed=deployed)
     p.wait(timeout=900)
     assert p.returncode == 0, (out / f"{name}.log").read_text()[-3000:]
     return _fedcot_metrics(out, name)
@@ -410,7 +417,17 @@ FEDCOT_MUST_MATCH = ("results", "clients", "privacy", "dropped")
 
 
 @pytest.fixture(scope="module")
-def fedcot_reference(tmp_path_factory):
+def canary_sites(tmp_path_factory):
+    from canaries import write_canary_sites
+    from conftest import SHARED_DATA
+
+    if SHARED_DATA is None:
+        pytest.skip("../shared/data is not present")
+    return write_canary_sites(SHARED_DATA, tmp_path_factory.mktemp("canary-data"))
+
+
+@pytest.fixture(scope="module")
+def fedcot_reference(tmp_path_factory, canary_sites):
     """FedCoT-E with two clients, in-process (in a subprocess with one torch thread, like every engine)."""
     out = tmp_path_factory.mktemp("fedcot-ref")
 
@@ -418,43 +435,56 @@ def fedcot_reference(tmp_path_factory):
         ref = _fedcot_metrics(out, "ref")
         assert [r["method"] for r in ref["results"]][-1].startswith("FedCoT-E")
         assert set(ref["clients"]) == {"client-0", "client-1"} and ref["dropped"] == []
+        assert canary_sites.audit_folder(out / "ref", out / "ref.log") == []
         return ref
 
-    run = Background(_fedcot_start(out, "ref"), out / "ref.log", finish)
+    run = Background(_fedcot_start(out, "ref", canary_sites), out / "ref.log", finish)
     yield run
     run.stop()
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_fedcot_on_the_simulation_engine_matches_in_process(fedcot_reference, tmp_path):
+def test_fedcot_on_the_simulation_engine_matches_in_process(fedcot_reference, canary_sites, tmp_path):
     """FedCoT's server and client roles run unchanged on Flower: every row of the table, each client's
-    results and the privacy report equal the in-process run's."""
-    sim = _fedcot(tmp_path, "sim", "--engine", "flower-sim")
+    results and the privacy report equal the in-process run's; no canary reaches the server."""
+    sim = _fedcot(tmp_path, "sim", canary_sites, "--engine", "flower-sim")
     fedcot_reference = fedcot_reference.result()
     for key in FEDCOT_MUST_MATCH:
         assert sim[key] == fedcot_reference[key], key
     assert sim["communication"]["bytes_up"] == fedcot_reference["communication"]["bytes_up"] > 0
-    # each client kept its own rationales in its own folder
+    # each client kept its own rationales and measurements in its own folder
     assert all((tmp_path / "sim" / c / "rationales.jsonl").is_file() for c in ("client-0", "client-1"))
+    assert all((tmp_path / "sim" / c / "measurements.json").is_file() for c in ("client-0", "client-1"))
+    assert canary_sites.audit_folder(tmp_path / "sim", tmp_path / "sim.log") == []
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_fedcot_on_the_deployment_engine_matches_in_process(fedcot_reference, tmp_path):
-    """The same over TLS with SuperNode authentication. Flower runs each request in a fresh ClientApp
-    process, so the FedCoT rounds only work if a client restores what it released in earlier rounds
-    (its state: the perturbed prompts, the Non-Private rationales) from its own checkpoint."""
+def test_fedcot_on_the_deployment_engine_with_one_data_file_per_site(fedcot_reference, canary_sites, tmp_path):
+    """Over TLS with SuperNode authentication, each SuperNode loading its own file (``--data``); the
+    server's config names only its test and public files, so its ServerApp cannot open a client's data.
+    Flower runs each request in a fresh ClientApp process, so the rounds only work if a client restores
+    what it released earlier from its own checkpoint. Noise is the OS's, so only the rows that no noise
+    and no partition touch (the LLM's, the untrained SLM's) equal the in-process run's; no canary
+    reaches the server, its logs or its run folder, and there is no Non-Private row."""
     fed = Federation(tmp_path, clients=2)
     try:
         for k in range(2):
-            fed.join(k)
-        dep = _fedcot(tmp_path, "dep", "--engine", "flower-deploy", "--set", f"federation.superlink=127.0.0.1:{fed.port}",
-                      "--set", f"federation.root_certificates={fed.certs['ca']}")
+            fed.join(k, data=["--data", str(canary_sites.sites[k]), "--public", str(canary_sites.public),
+                              "--test", str(canary_sites.test)])
+        dep = _fedcot(tmp_path, "dep", canary_sites, "--engine", "flower-deploy", "--set",
+                      f"federation.superlink=127.0.0.1:{fed.port}", "--set",
+                      f"federation.root_certificates={fed.certs['ca']}", deployed=True)
     finally:
         fed.close()
-    fedcot_reference = fedcot_reference.result()
-    for key in FEDCOT_MUST_MATCH:
-        assert dep[key] == fedcot_reference[key], key
-    assert dep["communication"] == fedcot_reference["communication"]
+    ref = {r["method"]: r["value"] for r in fedcot_reference.result()["results"]}
+    rows = {r["method"]: r["value"] for r in dep["results"]}
+    assert [m.split(" (")[0] for m in rows] == ["Zero-shot LLM", "Few-shot LLM", "Zero-shot SLM", "Few-shot SLM",
+                                                "Standalone", "FedCoT-E"]
+    for m in list(rows)[:4]:
+        assert rows[m] == ref[m], m
+    assert dep["privacy"]["randomness"] == "os-entropy" and "unchanged_fraction" not in dep["privacy"]
+    assert "site-" not in (tmp_path / "dep" / "config.yaml").read_text()
     assert all(list((tmp_path / "dep" / c / "state").glob("round-*.npz")) for c in ("client-0", "client-1"))
+    assert canary_sites.audit_folder(tmp_path / "dep", tmp_path / "dep.log", tmp_path / "superlink.log") == []

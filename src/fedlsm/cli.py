@@ -135,11 +135,15 @@ def models_command():
 @app.command("methods")
 def methods_command():
     """List methods and the engines each runs on."""
+    from fedlsm.federation.policy import NON_PRIVATE_BASELINES
     from fedlsm.methods import METHODS, ROLES
 
     for name in METHODS:
-        engines = "in-process, flower-sim, flower-deploy" if name in ROLES else "in-process"
-        console.print(f"{name:<12} engines: {engines}")
+        if name in NON_PRIVATE_BASELINES:
+            engines = "in-process, flower-sim (a raw-data baseline: never deployed)"
+        else:
+            engines = "in-process, flower-sim, flower-deploy" if name in ROLES else "in-process"
+        console.print(f"{name:<18} engines: {engines}")
 
 
 @app.command("bench")
@@ -231,6 +235,8 @@ def supernode_command(
                                                        "(when the SuperLink runs with --supernode-auth)"),
     data: Optional[Path] = typer.Option(None, help="this site's own examples (JSONL/JSON/CSV/TSV); without it, "
                                                    "its partition of a benchmark every party holds"),
+    public: Optional[Path] = typer.Option(None, help="this site's copy of the public examples (the run's data.public_path)"),
+    test: Optional[Path] = typer.Option(None, help="this site's copy of the evaluation split (the run's data.test_path)"),
     max_epsilon: float = typer.Option(10.0, help="refuse runs whose privacy.epsilon is above this (or inf)"),
     allow_non_private: bool = typer.Option(False, help="take part in raw-data baselines (never on real data)"),
 ):
@@ -241,10 +247,12 @@ def supernode_command(
     if auth_key is not None and not auth_key.is_file():
         raise ConfigError("--auth-key", f"{auth_key} is not a file", "make one with `fedlsm node-key` and register "
                           "its .pub with `fedlsm register-node` on the SuperLink's side")
-    if data is not None and not data.is_file():
-        raise ConfigError("--data", f"{data} is not a file", "give this site's JSONL/JSON/CSV/TSV file")
+    for flag, path in (("--data", data), ("--public", public), ("--test", test)):
+        if path is not None and not path.is_file():
+            raise ConfigError(flag, f"{path} is not a file", "give this site's JSONL/JSON/CSV/TSV file")
     argv = cmd(partition, clients, superlink=superlink, root_certificates=None if insecure else root_certificates,
-               port=port, auth_key=auth_key, data=data, max_epsilon=max_epsilon, allow_non_private=allow_non_private)
+               port=port, auth_key=auth_key, data=data, public=public, test=test, max_epsilon=max_epsilon,
+               allow_non_private=allow_non_private)
     console.print(" ".join(argv))
     os.execve(argv[0], argv, tool_env())
 

@@ -30,7 +30,7 @@ class ColumnMap:
     question: str = "question"
     answer: str = "answer"
     choices: str | None = "choices"
-    rationale: str | None = None
+    rationale: str | None = "rationale"  # optional: a record without this column has no rationale
     id: str | None = "id"
 
 
@@ -93,8 +93,8 @@ def _normalize(rec: dict, cols: ColumnMap, idx: int, source: str, task_type: str
                               "map data.columns.answer to the column with the gold choice")
         answer = choices[label]
     rationale = None
-    if cols.rationale:
-        rationale = str(get(cols.rationale, "rationale")).strip() or None
+    if cols.rationale and rec.get(cols.rationale) is not None:
+        rationale = str(rec[cols.rationale]).strip() or None
     ex_id = str(rec.get(cols.id, idx)) if cols.id else str(idx)
     return Example(id=ex_id, question=question, answer=answer, choices=choices, label=label, rationale=rationale)
 

@@ -94,17 +94,27 @@ def server_data(cfg) -> SiteView:
     return SiteView(task.eval_only(), public, [])
 
 
-def site_data(cfg, index: int, local_path: str | None) -> SiteView:
+def site_data(cfg, index: int, local_path: str | None, public_path: str | None = None,
+              test_path: str | None = None) -> SiteView:
     """What deployed client ``index`` holds: the examples of ``local_path`` (the file its operator named),
-    or, without one, its partition of a benchmark every party holds (never a file the server's config names)."""
+    or, without one, its partition of a benchmark every party holds. Every file it opens is one its own
+    operator named (``public_path``, ``test_path``), never one the server's config names: a hostile
+    server could name the site's private file as "public" data."""
+    d = cfg.data
+    named = {"data.path": d.path, "data.public_path": d.public_path, "data.test_path": d.test_path}
+    own = {"data.path": local_path, "data.public_path": public_path, "data.test_path": test_path}
+    for field, path in named.items():
+        if path and not own[field]:
+            flag = {"data.path": "--data", "data.public_path": "--public", "data.test_path": "--test"}[field]
+            raise ConfigError(field, "a client loads only files its own operator named, not one the server's "
+                              f"config names", f"start the SuperNode with {flag} PATH (this site's copy)")
+    cfg = cfg.model_copy(update={"data": d.model_copy(update={"path": None, "public_path": public_path,
+                                                             "test_path": test_path})})
     if local_path:
         view = server_data(cfg)
-        own = load_examples(local_path, task_type=cfg.data.type, columns=column_map(cfg), labels=view.task.labels,
-                            field="--data")
-        return SiteView(view.task, view.public, own)
-    if cfg.data.path:
-        raise ConfigError("data.path", "a client loads only data its own operator chose, not a file named by the "
-                          "server's config", "start the SuperNode with --data PATH (its local file)")
+        own_examples = load_examples(local_path, task_type=d.type, columns=column_map(cfg), labels=view.task.labels,
+                                     field="--data")
+        return SiteView(view.task, view.public, own_examples)
     task, public, clients = simulation_data(cfg)
     if not 0 <= index < len(clients):
         raise ConfigError("partition-id", f"{index} is outside 0..{len(clients) - 1}",

@@ -170,15 +170,18 @@ def superlink_command(certs: str | Path | None, *, host: str = "127.0.0.1", port
 def supernode_command(partition: int, clients: int, *, superlink: str = "127.0.0.1:9093",
                       root_certificates: str | Path | None = None, port: int | None = None,
                       auth_key: str | Path | None = None, data: str | Path | None = None,
+                      public: str | Path | None = None, test: str | Path | None = None,
                       max_epsilon: float = 10.0, allow_non_private: bool = False) -> list[str]:
     """``flower-supernode`` for client ``partition`` of ``clients``; ``port`` is its local ClientApp API
     (must differ between SuperNodes sharing a machine); ``auth_key``: its private key (registered).
     The node config carries the site's own choices, which no run config overrides: ``data`` (its own
-    examples), ``max_epsilon`` and ``allow_non_private`` (fedlsm.federation.policy)."""
+    examples; ``public`` and ``test``: its copies of the public examples and the evaluation split),
+    ``max_epsilon`` and ``allow_non_private`` (fedlsm.federation.policy)."""
     node = f"partition-id={partition} num-partitions={clients} max-epsilon={float(max_epsilon)!r} " \
            f"allow-non-private={'true' if allow_non_private else 'false'}"
-    if data is not None:
-        node += f" data-path={json.dumps(str(Path(data).resolve()))}"
+    for key, path in (("data-path", data), ("public-path", public), ("test-path", test)):
+        if path is not None:
+            node += f" {key}={json.dumps(str(Path(path).resolve()))}"
     cmd = [_bin("flower-supernode"), "--superlink", superlink, "--node-config", node,
            "--port", str(port if port is not None else 9094 + partition)]
     cmd += ["--insecure"] if root_certificates is None else ["--root-certificates", str(root_certificates)]

@@ -183,19 +183,20 @@ def log_warning(text: str) -> None:
 
 # --- client side -----------------------------------------------------------------------------------
 
-DATA_PATH_KEY = "data-path"  # node config: the file of the site's own examples (`fedlsm supernode --data`)
+# node config: the site's own files (`fedlsm supernode --data / --public / --test`)
+DATA_PATH_KEY, PUBLIC_PATH_KEY, TEST_PATH_KEY = "data-path", "public-path", "test-path"
 
 
 @lru_cache(maxsize=2)
-def _client_context(cfg_text: str, index: int, data_path: str | None, deployed: bool) -> ClientContext:
+def _client_context(cfg_text: str, index: int, files: tuple[str | None, str | None, str | None] | None) -> ClientContext:
     """Client ``index``'s view, built on the client's side: in a deployment from the file its operator
     named (or its partition of a benchmark every party holds), in simulation its partition."""
     from fedlsm.config import RunConfig
     from fedlsm.data.sources import site_data, simulation_data
 
     cfg = RunConfig.model_validate(yaml.safe_load(cfg_text))
-    if deployed:
-        view = site_data(cfg, index, data_path)
+    if files is not None:  # deployed: (data, public, test) as the site's operator named them
+        view = site_data(cfg, index, *files)
         task, public, own = view.task, view.public, view.private
     else:
         task, public, parts = simulation_data(cfg)
@@ -243,8 +244,9 @@ def _handle(message: FlowerMessage, context: Context, roles: str | None, cfg_tex
     cfg_text = cfg_text or str(context.run_config[RUN_CONFIG_KEY])
     roles = roles or str(context.run_config[ROLES_KEY])
     _check_policy(cfg_text, roles, context.node_config, deployed)
-    data_path = context.node_config.get(DATA_PATH_KEY) if deployed else None
-    ctx = _client_context(cfg_text, index, str(data_path) if data_path else None, deployed)
+    files = tuple(str(context.node_config[k]) if context.node_config.get(k) else None
+                  for k in (DATA_PATH_KEY, PUBLIC_PATH_KEY, TEST_PATH_KEY)) if deployed else None
+    ctx = _client_context(cfg_text, index, files)
     saved = _load_state(context.state)
     role = _role(roles, ctx, (context.run_id, roles, cfg_text, index), cold=saved is None)
     if saved is not None:
