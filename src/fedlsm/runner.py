@@ -206,5 +206,7 @@ def _simulation_harness(ctx: RunContext, result: MethodResult) -> MethodResult:
             ctx.console.print(f"[bold]baseline[/] {name}: its own run, {ctx.run_dir.name}.{name}")
             bcfg = ctx.cfg.model_copy(update={"method": name, "name": f"{ctx.run_dir.name}.{name}"})
             baselines[name] = run(bcfg, ctx.console)
+            baselines[name][0].metrics["run"]["baseline_of"] = ctx.run_dir.name
+            baselines[name][0].flush()
     harness = get_harness(ctx.cfg.method)
     return harness(ctx, result, baselines) if harness else result

@@ -149,6 +149,8 @@ def load_run(run_dir: Path) -> RunRecord | None:
         cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
     cell = json.loads((run_dir / "cell.json").read_text()) if (run_dir / "cell.json").is_file() else {}
     run = metrics.get("run", {})
+    if run.get("baseline_of"):  # a raw-data baseline's own run: its row is in the method's table already
+        return None
     method_name = cell.get("method_name") or run.get("method") or cfg.get("method", "?")
     privacy = metrics.get("privacy") if isinstance(metrics.get("privacy"), dict) else None
     eps = _num(_get(privacy, "epsilon_per_token")) if privacy else None
