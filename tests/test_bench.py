@@ -203,9 +203,13 @@ def test_smoke_grid_end_to_end_and_resume(tmp_path):
     out = tmp_path / "smoke"
     r = _cli("bench", str(SMOKE), "--output-dir", str(out))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    runs = sorted(p for p in out.iterdir() if p.is_dir())
+    folders = {p: json.loads((p / "metrics.json").read_text()) for p in out.iterdir() if p.is_dir()}
+    # each FedCoT cell ran its Non-Private baseline as a run of its own, beside it (not a cell of the grid)
+    baselines = sorted(p.name for p, m in folders.items() if m["run"].get("baseline_of"))
+    assert len(baselines) == 2 and all(b.endswith(".fedcot-nonprivate") for b in baselines)
+    runs = sorted(p for p, m in folders.items() if not m["run"].get("baseline_of"))
     assert len(runs) == 3
-    metrics = {p.name: json.loads((p / "metrics.json").read_text()) for p in runs}
+    metrics = {p.name: folders[p] for p in runs}
     assert all(m["run"]["status"] == "done" and m["compute"]["peak_rss_mb"] > 100 for m in metrics.values())
     mtimes = {p.name: (p / "metrics.json").stat().st_mtime_ns for p in runs}
 

@@ -63,7 +63,7 @@ def test_methods_say_which_engines_they_run_on():
     lines = {line.split()[0]: line for line in r.stdout.splitlines() if line.strip()}
     assert "flower-sim" in lines["fedcot"] and "flower-deploy" in lines["fedmkt"]
     assert "flower" not in lines["standalone"]
-    assert "flower-deploy" not in lines["fedcot-nonprivate"] and "never deployed" in lines["fedcot-nonprivate"]
+    assert "flower-deploy" not in lines["fedcot-nonprivate"] and "raw-data baseline" in lines["fedcot-nonprivate"]
 
 
 @pytest.mark.slow

@@ -140,7 +140,7 @@ def methods_command():
 
     for name in METHODS:
         if name in NON_PRIVATE_BASELINES:
-            engines = "in-process, flower-sim (a raw-data baseline: never deployed)"
+            engines = "in-process, flower-sim (raw-data baseline)"
         else:
             engines = "in-process, flower-sim, flower-deploy" if name in ROLES else "in-process"
         console.print(f"{name:<18} engines: {engines}")

@@ -1,24 +1,26 @@
 """FedCoT (fedcot.txt, Algorithm 1): private chain-of-thought distillation from a server LLM to
-client SLMs, with its baselines in one table.
+client SLMs.
 
 Written as a server role and a client role on the server-driven grid (fedlsm.federation.grid), so
 the same code runs in-process and on Flower (``--engine flower-sim | flower-deploy``). Every
-request comes from the server; everything a client sends is a reply:
+request comes from the server; everything a client sends is a reply, and each field of it is
+declared in :data:`RELEASED`:
 
 * round 0 ``local_baselines``: each client evaluates its untrained SLM and trains Standalone on its
   own data; it replies with accuracies only.
-* round 1 ``prompts`` (mode ``non-private``): the client replies ``rationale_request`` {prompts} with
-  its raw prompts (the Non-Private baseline; none with ``teacher=recorded``); the server answers
-  ``rationales`` {rationales} and the client trains and evaluates.
-* round 2 ``prompts`` (mode ``fedcot-e``): the client's prompts perturbed by the exponential mechanism,
-  with the privacy report; FedCoT-A first trains its perturber/decoder SLM on public data
-  (``codec_public_prompts`` / ``codec_rationales``, rounds 2-3). The server's ``rationales`` reply is
-  decoded back to the raw prompts (§3.3), filtered (rationales whose stated answer contradicts the
-  label are dropped) and distilled into the task SLM multi-task on label + rationale (§3.4, Eq. 7-9;
-  the two task prefixes of distilling step-by-step).
+* round 1 ``prompts`` (mode ``fedcot-e``): the client's prompts perturbed by the exponential mechanism
+  (noise from the OS entropy source unless ``privacy.seeded``); FedCoT-A first trains its
+  perturber/decoder SLM on public data (``codec_public_prompts`` / ``codec_rationales``).
+* round 2 ``rationales``: the server's rationales are decoded back to the raw prompts (§3.3), filtered
+  (rationales whose stated answer contradicts the label are dropped) and distilled into the task SLM
+  multi-task on label + rationale (§3.4, Eq. 7-9; the two task prefixes of distilling step-by-step);
+  the client replies with its accuracy.
 
-The server writes rationales with few-shot CoT demonstrations from public examples; it never sees a
-client's data, labels or trained weights.
+What needs private data to measure (the privacy report's attack and unchanged-token figures, the share
+of rationales kept, TokenRatio) stays in the client's folder; in simulation
+:func:`simulation_harness` reads it from there, and adds the Non-Private baseline, which is its own
+run (:mod:`fedlsm.methods.fedcot_nonprivate`), to the table. The server writes rationales with
+few-shot CoT demonstrations from public examples; it never sees a client's data, labels or weights.
 """
 
 from __future__ import annotations
