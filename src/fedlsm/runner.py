@@ -8,7 +8,6 @@ finished step, so a crash loses nothing already measured) and whatever the metho
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from fedlsm.config import RunConfig
 from fedlsm.data.sources import build_task, server_data, simulation_data  # noqa: F401 - build_task re-exported
 from fedlsm.data.task import Example, Task
 from fedlsm.errors import ConfigError
+from fedlsm.jsonfile import write_json_atomic
 
 
 @dataclass
@@ -44,9 +44,7 @@ class RunContext:
         self.flush()
 
     def flush(self) -> None:
-        tmp = self.run_dir / "metrics.json.tmp"
-        tmp.write_text(json.dumps(self.metrics, indent=2, default=_jsonable))
-        os.replace(tmp, self.run_dir / "metrics.json")
+        write_json_atomic(self.run_dir / "metrics.json", self.metrics, default=_jsonable)
 
     def save_jsonl(self, name: str, rows: list[dict]) -> Path:
         p = self.run_dir / name

@@ -34,9 +34,9 @@ class ColumnMap:
     id: str | None = "id"
 
 
-def _read_records(path: Path) -> list[dict]:
+def _read_records(path: Path, field: str = "data.path") -> list[dict]:
     if not path.is_file():
-        raise ConfigError("data.path", f"file '{path}' does not exist", "check the path")
+        raise ConfigError(field, f"file '{path}' does not exist", "check the path")
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         with path.open() as f:
@@ -103,8 +103,7 @@ def load_file_task(train: str | Path, test: str | Path | None, *, name: str | No
                    task_type: str = "multiple_choice", columns: ColumnMap | None = None,
                    numeric: bool = False, test_fraction: float = 0.2, seed: int = 0) -> Task:
     """Load a task from JSONL/JSON/CSV/TSV files. Without a test file, ``test_fraction`` is held out."""
-    if task_type not in TASK_TYPES:
-        raise ConfigError("data.type", f"unknown task type '{task_type}'", f"use one of {', '.join(TASK_TYPES)}")
+    _check_type(task_type)
     cols = columns or ColumnMap()
     train_path = Path(train)
     tr = [_normalize(r, cols, i, str(train_path), task_type) for i, r in enumerate(_read_records(train_path))]
@@ -116,9 +115,7 @@ def load_file_task(train: str | Path, test: str | Path | None, *, name: str | No
         n_test = max(1, int(len(tr) * test_fraction))
         te, tr = tr[:n_test], tr[n_test:]
     if task_type == "classification":
-        labels = sorted({e.answer for e in tr + te})
-        for e in tr + te:
-            e.choices, e.label = labels, labels.index(e.answer)
+        _set_labels(tr + te, sorted({e.answer for e in tr + te}), str(train_path), "data.path")
     return Task(name=name or train_path.stem, type=task_type, train=tr, test=te, numeric=numeric)
 
 
@@ -126,20 +123,26 @@ def load_examples(path: str | Path, *, task_type: str = "multiple_choice", colum
                   labels: Sequence[str] | None = None, field: str = "data.path") -> list[Example]:
     """Examples of one JSONL/JSON/CSV/TSV file (a site's own data, a public or an evaluation file).
     Classification examples take ``labels`` as their label set (the task's; default: the file's own)."""
+    _check_type(task_type)
+    p = Path(path)
+    out = [_normalize(r, columns or ColumnMap(), i, str(p), task_type) for i, r in enumerate(_read_records(p, field))]
+    if task_type == "classification":
+        _set_labels(out, list(labels) if labels else sorted({e.answer for e in out}), str(p), field)
+    return out
+
+
+def _check_type(task_type: str) -> None:
     if task_type not in TASK_TYPES:
         raise ConfigError("data.type", f"unknown task type '{task_type}'", f"use one of {', '.join(TASK_TYPES)}")
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(field, f"file '{path}' does not exist", "check the path")
-    out = [_normalize(r, columns or ColumnMap(), i, str(p), task_type) for i, r in enumerate(_read_records(p))]
-    if task_type == "classification":
-        label_set = list(labels) if labels else sorted({e.answer for e in out})
-        for e in out:
-            if e.answer not in label_set:
-                raise ConfigError(field, f"label '{e.answer}' of {p} is not in the task's label set {label_set}",
-                                  "use the labels of the evaluation split")
-            e.choices, e.label = label_set, label_set.index(e.answer)
-    return out
+
+
+def _set_labels(examples: list[Example], label_set: list[str], source: str, field: str) -> None:
+    """Classification: every example's choices are the task's label set, its label the gold one's index."""
+    for e in examples:
+        if e.answer not in label_set:
+            raise ConfigError(field, f"label '{e.answer}' of {source} is not in the task's label set {label_set}",
+                              "use the labels of the evaluation split")
+        e.choices, e.label = label_set, label_set.index(e.answer)
 
 
 def load_hf_task(dataset_id: str, *, config_name: str | None = None, train_split: str = "train",

@@ -94,27 +94,32 @@ def server_data(cfg) -> SiteView:
     return SiteView(task.eval_only(), public, [])
 
 
+# (the server config's field, the SuperNode flag that names the site's own copy)
+_SITE_FILES = (("path", "--data"), ("public_path", "--public"), ("test_path", "--test"))
+
+
 def site_data(cfg, index: int, local_path: str | None, public_path: str | None = None,
               test_path: str | None = None) -> SiteView:
     """What deployed client ``index`` holds: the examples of ``local_path`` (the file its operator named),
     or, without one, its partition of a benchmark every party holds. Every file it opens is one its own
     operator named (``public_path``, ``test_path``), never one the server's config names: a hostile
     server could name the site's private file as "public" data."""
-    d = cfg.data
-    named = {"data.path": d.path, "data.public_path": d.public_path, "data.test_path": d.test_path}
-    own = {"data.path": local_path, "data.public_path": public_path, "data.test_path": test_path}
-    for field, path in named.items():
-        if path and not own[field]:
-            flag = {"data.path": "--data", "data.public_path": "--public", "data.test_path": "--test"}[field]
-            raise ConfigError(field, "a client loads only files its own operator named, not one the server's "
-                              f"config names", f"start the SuperNode with {flag} PATH (this site's copy)")
-    cfg = cfg.model_copy(update={"data": d.model_copy(update={"path": None, "public_path": public_path,
-                                                             "test_path": test_path})})
-    if local_path:
-        view = server_data(cfg)
-        own_examples = load_examples(local_path, task_type=d.type, columns=column_map(cfg), labels=view.task.labels,
-                                     field="--data")
-        return SiteView(view.task, view.public, own_examples)
+    own = dict(zip(("path", "public_path", "test_path"), (local_path, public_path, test_path)))
+    for field, flag in _SITE_FILES:
+        if getattr(cfg.data, field) and not own[field]:
+            raise ConfigError(f"data.{field}", "a client loads only files its own operator named, not one the "
+                              "server's config names", f"start the SuperNode with {flag} PATH (this site's copy)")
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={**own, "path": None})})
+    if not local_path:
+        return partition_view(cfg, index)
+    view = server_data(cfg)
+    mine = load_examples(local_path, task_type=cfg.data.type, columns=column_map(cfg), labels=view.task.labels,
+                         field="--data")
+    return SiteView(view.task, view.public, mine)
+
+
+def partition_view(cfg, index: int) -> SiteView:
+    """Client ``index``'s partition of the experiment's data (simulation, or a benchmark every party holds)."""
     task, public, clients = simulation_data(cfg)
     if not 0 <= index < len(clients):
         raise ConfigError("partition-id", f"{index} is outside 0..{len(clients) - 1}",

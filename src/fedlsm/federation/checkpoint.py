@@ -42,6 +42,8 @@ from typing import Any
 
 import numpy as np
 
+from fedlsm.jsonfile import write_json_atomic
+
 _POINTER = "checkpoint.json"
 
 
@@ -77,9 +79,7 @@ class ServerCheckpoint:
         from fedlsm.runner import _jsonable  # metrics.json's encoder: numpy values, report objects
 
         pointer = {"round": round, "arrays": name, "state": state, "rng": _get_rng()}
-        tmp = self.dir / (_POINTER + ".tmp")
-        tmp.write_text(json.dumps(pointer, default=_jsonable))
-        os.replace(tmp, self.dir / _POINTER)  # the commit point
+        write_json_atomic(self.dir / _POINTER, pointer, default=_jsonable, indent=None)  # the commit point
         for old in self.dir.glob("arrays-*.npz"):  # keep only the committed one
             if old.name != name:
                 old.unlink(missing_ok=True)

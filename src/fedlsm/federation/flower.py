@@ -187,25 +187,26 @@ def log_warning(text: str) -> None:
 DATA_PATH_KEY, PUBLIC_PATH_KEY, TEST_PATH_KEY = "data-path", "public-path", "test-path"
 
 
+@lru_cache(maxsize=4)
+def _run_config(cfg_text: str):
+    """The run config a request carries, parsed once per process (every message carries the same text)."""
+    from fedlsm.config import RunConfig
+
+    return RunConfig.model_validate(yaml.safe_load(cfg_text))
+
+
 @lru_cache(maxsize=2)
 def _client_context(cfg_text: str, index: int, files: tuple[str | None, str | None, str | None] | None) -> ClientContext:
     """Client ``index``'s view, built on the client's side: in a deployment from the file its operator
     named (or its partition of a benchmark every party holds), in simulation its partition."""
-    from fedlsm.config import RunConfig
-    from fedlsm.data.sources import site_data, simulation_data
+    from fedlsm.data.sources import partition_view, site_data
 
-    cfg = RunConfig.model_validate(yaml.safe_load(cfg_text))
-    if files is not None:  # deployed: (data, public, test) as the site's operator named them
-        view = site_data(cfg, index, *files)
-        task, public, own = view.task, view.public, view.private
-    else:
-        task, public, parts = simulation_data(cfg)
-        if not 0 <= index < len(parts):
-            raise ValueError(f"partition-id {index} is outside 0..{len(parts) - 1} (the run has clients={cfg.clients})")
-        own = parts[index]
+    cfg = _run_config(cfg_text)
+    # deployed: (data, public, test) as the site's operator named them
+    view = site_data(cfg, index, *files) if files is not None else partition_view(cfg, index)
     work = Path(cfg.output_dir) / str(cfg.name) / client_name(index)
     work.mkdir(parents=True, exist_ok=True)
-    return ClientContext(cfg, index, own, public, task, work)
+    return ClientContext(cfg, index, view.private, view.public, view.task, work)
 
 
 _ROLES: dict[tuple, Any] = {}  # (run id, roles module, config, partition) -> role, for the last few clients
@@ -213,12 +214,11 @@ _ROLES: dict[tuple, Any] = {}  # (run id, roles module, config, partition) -> ro
 
 def _check_policy(cfg_text: str, roles: str, node_config, deployed: bool) -> None:
     """The client's own rules before anything is imported or loaded (fedlsm.federation.policy)."""
-    from fedlsm.config import RunConfig
     from fedlsm.federation.policy import ClientPolicy
     from fedlsm.methods import ROLES
 
     ClientPolicy.check_roles(roles, ROLES)
-    cfg = RunConfig.model_validate(yaml.safe_load(cfg_text))
+    cfg = _run_config(cfg_text)
     policy = ClientPolicy.from_node_config(node_config) if deployed else ClientPolicy.for_simulation(cfg)
     policy.check(cfg)
 

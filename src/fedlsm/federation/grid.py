@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from fedlsm.federation.checkpoint import ClientCheckpoint
 from fedlsm.federation.messages import Message, MessageLog
+from fedlsm.jsonfile import write_json_atomic
 
 if TYPE_CHECKING:
     from fedlsm.config import RunConfig
@@ -72,10 +72,7 @@ class ClientContext:
         experiment harness reads it from there (:func:`site_measurements`)."""
         path = self.work_dir / MEASUREMENTS
         data = json.loads(path.read_text()) if path.is_file() else {}
-        data[key] = value
-        tmp = path.with_name(f".{MEASUREMENTS}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=2, default=str))
-        os.replace(tmp, path)
+        write_json_atomic(path, {**data, key: value}, default=str)
 
 
 MEASUREMENTS = "measurements.json"
