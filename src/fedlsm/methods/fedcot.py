@@ -33,7 +33,8 @@ from typing import Any, Sequence
 from fedlsm.data.task import Example, answer_continuation, answer_prompt, format_question
 from fedlsm.errors import ConfigError
 from fedlsm.eval.scoring import evaluate, extract_number
-from fedlsm.federation.grid import ClientContext, Grid, broadcast, report_dropped, require_quorum, run_in_process
+from fedlsm.federation.grid import (ClientContext, Grid, broadcast, report_dropped, require_quorum, run_in_process,
+                                   site_measurements)
 from fedlsm.federation.messages import Message
 from fedlsm.methods.common import eval_slm, finetune, label_pairs, load_slm
 from fedlsm.models.generation import GenerationConfig, HFGenerator, TextGenerator
@@ -533,12 +534,24 @@ def _site_privacy(ctx: RunContext, sites: dict[str, dict]) -> None:
         ctx.record("privacy_per_client", reports)
 
 
+def _add_nonprivate_row(ctx: RunContext, rows: list[dict], label: str, bctx: RunContext) -> None:
+    """The Non-Private baseline's row (from its own run) before the FedCoT row, and TokenRatio against
+    its rationales on that row; each client's Non-Private result beside its others."""
+    kept = _mean(m.get("rationales_kept") for m in site_measurements(bctx.run_dir).values())
+    at = next(i for i, r in enumerate(rows) if r["method"].startswith(label))
+    rows.insert(at, {**bctx.metrics["results"][0], "rationales_kept": kept, "note": f"separate run: {bctx.run_dir.name}"})
+    tr_p, tr_d = _token_ratios(ctx.run_dir, bctx.run_dir)
+    rows[at + 1].update(token_ratio_perturbed=tr_p, token_ratio_decoded=tr_d)
+    clients = ctx.metrics.get("clients", {})
+    for c, v in bctx.metrics.get("clients", {}).items():
+        clients.setdefault(c, {})["non_private"] = v["non_private"]
+    ctx.record("clients", clients)
+
+
 def simulation_harness(ctx: RunContext, result: MethodResult, baselines: dict[str, tuple]) -> MethodResult:
     """Simulation only (the experimenter plays every party): the FedCoT run's table completed with what
     never travels to the server: the Non-Private baseline's separate run, the share of rationales kept and
     TokenRatio (from the clients' folders) and the clients' privacy measurements."""
-    from fedlsm.federation.grid import site_measurements
-
     variant = _variant(ctx.cfg)
     sites = site_measurements(ctx.run_dir)
     _site_privacy(ctx, sites)
@@ -550,16 +563,7 @@ def simulation_harness(ctx: RunContext, result: MethodResult, baselines: dict[st
         elif r["method"] == f"{label} w/o decoding":
             r["rationales_kept"] = _mean(m.get("without_decoding_kept") for m in sites.values())
     if "fedcot-nonprivate" in baselines:
-        bctx, _ = baselines["fedcot-nonprivate"]
-        base = bctx.metrics["results"][0]
-        kept = _mean(m.get("rationales_kept") for m in site_measurements(bctx.run_dir).values())
-        at = next(i for i, r in enumerate(rows) if r["method"].startswith(label))
-        rows.insert(at, {**base, "rationales_kept": kept, "note": f"separate run: {bctx.run_dir.name}"})
-        tr_p, tr_d = _token_ratios(ctx.run_dir, bctx.run_dir)
-        rows[at + 1].update(token_ratio_perturbed=tr_p, token_ratio_decoded=tr_d)
-        for c, v in bctx.metrics.get("clients", {}).items():
-            ctx.metrics.setdefault("clients", {}).setdefault(c, {})["non_private"] = v.get("non_private")
-        ctx.record("clients", ctx.metrics.get("clients", {}))
+        _add_nonprivate_row(ctx, rows, label, baselines["fedcot-nonprivate"][0])
     ctx.record("results", rows)
     metric = result.summary.get("metric")
     summary = {**result.summary, **fedcot_summary(rows, metric, variant, ctx.cfg), "privacy": ctx.metrics["privacy"]}
