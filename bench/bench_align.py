@@ -47,13 +47,23 @@ def main() -> None:
         fast = time.perf_counter() - t0
         per_tok = loop_seconds_per_token(normalized_vocabulary(src), tgt, args.sample)
         loop = per_tok * len(src)
-        rows.append({"direction": name, "source_vocab": len(src), "target_vocab": len(tgt),
-                     "fast_seconds": round(fast, 1), "loop_seconds_extrapolated": round(loop, 0),
-                     "speedup": round(loop / fast, 1), "exact_matches": int((vm.distance == 0).sum())})
+        rows.append(
+            {
+                "direction": name,
+                "source_vocab": len(src),
+                "target_vocab": len(tgt),
+                "fast_seconds": round(fast, 1),
+                "loop_seconds_extrapolated": round(loop, 0),
+                "speedup": round(loop / fast, 1),
+                "exact_matches": int((vm.distance == 0).sum()),
+            }
+        )
     print(f"{'direction':<20}{'fast (s)':>10}{'loop (s, extrap.)':>20}{'speedup':>10}{'exact':>10}")
     for r in rows:
-        print(f"{r['direction']:<20}{r['fast_seconds']:>10}{r['loop_seconds_extrapolated']:>20.0f}"
-              f"{r['speedup']:>9}x{r['exact_matches']:>10}")
+        print(
+            f"{r['direction']:<20}{r['fast_seconds']:>10}{r['loop_seconds_extrapolated']:>20.0f}"
+            f"{r['speedup']:>9}x{r['exact_matches']:>10}"
+        )
     total = sum(r["fast_seconds"] for r in rows)
     print(f"both directions: {total:.1f} s fast vs {sum(r['loop_seconds_extrapolated'] for r in rows):.0f} s loop")
     print(json.dumps(rows))

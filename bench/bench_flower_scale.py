@@ -41,7 +41,9 @@ class TinyClient:
         rng = np.random.default_rng(self.ctx.seed + msg.round)
         w = {k: v + rng.normal(0, 0.01, v.shape).astype(np.float32) for k, v in msg.payload["weights"].items()}
         self.seen += 1
-        return Message(self.ctx.name, "server", "tiny_reply", {"weights": w, "n_examples": 1 + self.ctx.index % 3}, msg.round)
+        return Message(
+            self.ctx.name, "server", "tiny_reply", {"weights": w, "n_examples": 1 + self.ctx.index % 3}, msg.round
+        )
 
     def state(self):
         return {"seen": self.seen}
@@ -63,8 +65,9 @@ def server_main(ctx, grid):
         t0 = time.perf_counter()
         replies = broadcast(grid, "tiny_fit", {"weights": weights}, round=t)
         total = sum(r.payload["n_examples"] for r in replies.values())
-        weights = {k: sum(r.payload["weights"][k] * r.payload["n_examples"] for r in replies.values()) / total
-                   for k in weights}
+        weights = {
+            k: sum(r.payload["weights"][k] * r.payload["n_examples"] for r in replies.values()) / total for k in weights
+        }
         times.append(time.perf_counter() - t0)
     return {"round_seconds": times, "replies": len(replies), "bytes": grid.log.communication()}
 
@@ -111,9 +114,15 @@ def bench(n: int, rounds: int, out: Path) -> dict:
     from fedlsm.federation.flower import run_simulation_engine
     from fedlsm.runner import RunContext
 
-    cfg = RunConfig(method="fedavg", clients=n, name=f"scale-{n}", output_dir=str(out),
-                    data={"n_train": n, "n_test": 1}, method_args={"rounds": rounds},
-                    federation={"connect_timeout": 60})
+    cfg = RunConfig(
+        method="fedavg",
+        clients=n,
+        name=f"scale-{n}",
+        output_dir=str(out),
+        data={"n_train": n, "n_test": 1},
+        method_args={"rounds": rounds},
+        federation={"connect_timeout": 60},
+    )
     run_dir = out / cfg.name
     run_dir.mkdir(parents=True, exist_ok=True)
     task = load_task("arith", n_train=n, n_test=1, seed=0)
@@ -123,9 +132,15 @@ def bench(n: int, rounds: int, out: Path) -> dict:
         res = run_simulation_engine(ctx, ROLE_MODULE)
     wall = time.perf_counter() - t0
     per_round = float(np.median(res["round_seconds"]))
-    return {"clients": n, "replies": res["replies"], "wall_s": wall, "round_s": per_round,
-            "rounds_per_s": 1 / per_round, "peak_mb": peak.peak / 2**20,
-            "up_mb_per_round": res["bytes"]["bytes_up"] / rounds / 2**20}
+    return {
+        "clients": n,
+        "replies": res["replies"],
+        "wall_s": wall,
+        "round_s": per_round,
+        "rounds_per_s": 1 / per_round,
+        "peak_mb": peak.peak / 2**20,
+        "up_mb_per_round": res["bytes"]["bytes_up"] / rounds / 2**20,
+    }
 
 
 def main() -> None:
@@ -135,20 +150,27 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/fedlsm-bench-flower")
     a = ap.parse_args()
     sys.modules.setdefault(ROLE_MODULE, sys.modules["__main__"])
-    print("Flower Simulation Engine (flwr 1.42, Ray backend, 127.0.0.1), TINY NON-LLM client role "
-          f"(no model: {SHAPE} float32 LoRA-shaped update per client); {a.rounds} rounds each")
+    print(
+        "Flower Simulation Engine (flwr 1.42, Ray backend, 127.0.0.1), TINY NON-LLM client role "
+        f"(no model: {SHAPE} float32 LoRA-shaped update per client); {a.rounds} rounds each"
+    )
     rows = []
     for n in (int(x) for x in a.clients.split(",")):
         r = bench(n, a.rounds, Path(a.out))
         rows.append(r)
-        print(f"{n:4d} clients: {r['replies']} replies/round, {r['round_s']:.2f} s/round "
-              f"({r['rounds_per_s']:.2f} rounds/s), wall {r['wall_s']:.1f} s incl. Ray start, "
-              f"peak RSS {r['peak_mb']:.0f} MB, up {r['up_mb_per_round']:.1f} MB/round", flush=True)
+        print(
+            f"{n:4d} clients: {r['replies']} replies/round, {r['round_s']:.2f} s/round "
+            f"({r['rounds_per_s']:.2f} rounds/s), wall {r['wall_s']:.1f} s incl. Ray start, "
+            f"peak RSS {r['peak_mb']:.0f} MB, up {r['up_mb_per_round']:.1f} MB/round",
+            flush=True,
+        )
     base = rows[0]
     for r in rows[1:]:
-        print(f"{r['clients']}/{base['clients']} clients = {r['clients'] / base['clients']:.0f}x -> time per round "
-              f"{r['round_s'] / base['round_s']:.1f}x, per client per round {1000 * r['round_s'] / r['clients']:.0f} ms "
-              f"(vs {1000 * base['round_s'] / base['clients']:.0f} ms)")
+        print(
+            f"{r['clients']}/{base['clients']} clients = {r['clients'] / base['clients']:.0f}x -> time per round "
+            f"{r['round_s'] / base['round_s']:.1f}x, per client per round {1000 * r['round_s'] / r['clients']:.0f} ms "
+            f"(vs {1000 * base['round_s'] / base['clients']:.0f} ms)"
+        )
 
 
 if __name__ == "__main__":

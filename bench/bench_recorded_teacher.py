@@ -32,11 +32,21 @@ def _seed_file(a: argparse.Namespace, seed: int) -> Path:
 
 
 def one_seed(seed: int, a: argparse.Namespace, console: Console) -> dict:
-    cfg = build_config({"method": "fedcot", "name": f"recorded-teacher-{a.task}-seed{seed}", "output_dir": a.output_dir},
-                       {"data.task": a.task, "data.n_train": a.n_train, "data.n_test": a.n_test, "clients": 1,
-                        "seed": seed, "train.epochs": a.epochs, "train.lr": a.lr, "train.batch_size": a.batch_size,
-                        "eval_batch_size": a.eval_batch_size,
-                        **({"data.root": a.data_root} if a.data_root else {})})
+    cfg = build_config(
+        {"method": "fedcot", "name": f"recorded-teacher-{a.task}-seed{seed}", "output_dir": a.output_dir},
+        {
+            "data.task": a.task,
+            "data.n_train": a.n_train,
+            "data.n_test": a.n_test,
+            "clients": 1,
+            "seed": seed,
+            "train.epochs": a.epochs,
+            "train.lr": a.lr,
+            "train.batch_size": a.batch_size,
+            "eval_batch_size": a.eval_batch_size,
+            **({"data.root": a.data_root} if a.data_root else {}),
+        },
+    )
     ctx = prepare(cfg, console)
     private = ctx.clients[0]
     rationales = [e.meta["teacher_rationale"] for e in private]
@@ -45,8 +55,12 @@ def one_seed(seed: int, a: argparse.Namespace, console: Console) -> dict:
     def save(result: dict) -> None:
         _seed_file(a, seed).write_text(json.dumps(result, indent=2))
 
-    out = {"seed": seed, "n_private": len(private), "n_test": len(ctx.task.test),
-           "rationales_kept": sum(keep) / len(keep)}
+    out = {
+        "seed": seed,
+        "n_private": len(private),
+        "n_test": len(ctx.task.test),
+        "rationales_kept": sum(keep) / len(keep),
+    }
     t0 = time.time()
     seed_everything(seed)
     model, tok = load_slm(ctx)
@@ -59,8 +73,13 @@ def one_seed(seed: int, a: argparse.Namespace, console: Console) -> dict:
     t0 = time.time()
     seed_everything(seed)
     model, tok = load_slm(ctx)
-    tr = finetune(ctx, model, tok, multitask_pairs(private, rationales, keep, a.rationale_weight),
-                  f"seed {seed}: multi-task (label + rationale)")
+    tr = finetune(
+        ctx,
+        model,
+        tok,
+        multitask_pairs(private, rationales, keep, a.rationale_weight),
+        f"seed {seed}: multi-task (label + rationale)",
+    )
     out["multitask_loss_first_last"] = [round(tr.first_loss, 4), round(tr.last_loss, 4)]
     out["multitask"] = eval_slm(ctx, model, tok, LABEL_PREFIX)["value"]
     out["multitask_seconds"] = round(time.time() - t0, 1)
@@ -91,14 +110,25 @@ def main() -> None:
     for col in ("seed", "Standalone", "Multi-task", "Δ (points)", "rationales kept"):
         table.add_column(col, justify="right")
     for r in results:
-        table.add_row(str(r["seed"]), f"{100 * r['standalone']:.1f}", f"{100 * r['multitask']:.1f}",
-                      f"{100 * (r['multitask'] - r['standalone']):+.1f}", f"{r['rationales_kept']:.2f}")
+        table.add_row(
+            str(r["seed"]),
+            f"{100 * r['standalone']:.1f}",
+            f"{100 * r['multitask']:.1f}",
+            f"{100 * (r['multitask'] - r['standalone']):+.1f}",
+            f"{r['rationales_kept']:.2f}",
+        )
     deltas = [100 * (r["multitask"] - r["standalone"]) for r in results]
     mean = lambda k: 100 * statistics.mean(r[k] for r in results)  # noqa: E731
-    table.add_row("mean", f"{mean('standalone'):.1f}", f"{mean('multitask'):.1f}", f"{statistics.mean(deltas):+.1f}", "")
+    table.add_row(
+        "mean", f"{mean('standalone'):.1f}", f"{mean('multitask'):.1f}", f"{statistics.mean(deltas):+.1f}", ""
+    )
     console.print(table)
-    summary = {"args": vars(a), "seeds": results, "mean_delta_points": statistics.mean(deltas),
-               "multitask_wins": sum(d > 0 for d in deltas)}
+    summary = {
+        "args": vars(a),
+        "seeds": results,
+        "mean_delta_points": statistics.mean(deltas),
+        "multitask_wins": sum(d > 0 for d in deltas),
+    }
     path = Path(a.output_dir) / f"recorded-teacher-{a.task}.json"
     path.write_text(json.dumps(summary, indent=2))
     console.print(f"wrote {path}")

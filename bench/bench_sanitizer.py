@@ -82,8 +82,9 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=50_000, help="tokens sanitized per measurement")
     ap.add_argument("--baseline-tokens", type=int, default=300, help="tokens the per-token loop is timed on")
     ap.add_argument("--top-k", type=int, default=50)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch intra-op threads (1 = like the single-threaded numpy loop)")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads (1 = like the single-threaded numpy loop)"
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--skip-table", action="store_true", help="skip building the full top-k table")
     args = ap.parse_args()
@@ -91,19 +92,24 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     epsilons = [float(e) for e in args.epsilons.split(",")]
 
-    print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} thread(s), "
-          f"{os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} thread(s), "
+        f"{os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.2f}"
+    )
     t_load, (emb, vocab, tok) = timed(lambda: model_embeddings("smollm2"))
     print(f"SmolLM2 embeddings: {emb.shape[0]} tokens × {emb.shape[1]} dims (model load {t_load:.1f}s, not counted)")
     special = list(tok.all_special_ids)
 
     # ---------------------------------------------------------------- build
-    t_full, mech = timed(lambda: ExponentialMechanism(emb, vocab, epsilon=3.0, exclude_outputs=special,
-                                                      device=args.device))
-    t_san, _ = timed(lambda: TextSanitizer.from_model("smollm2", epsilon=3.0, public_tokens=["punctuation"],
-                                                      device=args.device))
-    mech_k = ExponentialMechanism(emb, vocab, epsilon=3.0, top_k=args.top_k, exclude_outputs=special,
-                                  device=args.device)
+    t_full, mech = timed(
+        lambda: ExponentialMechanism(emb, vocab, epsilon=3.0, exclude_outputs=special, device=args.device)
+    )
+    t_san, _ = timed(
+        lambda: TextSanitizer.from_model("smollm2", epsilon=3.0, public_tokens=["punctuation"], device=args.device)
+    )
+    mech_k = ExponentialMechanism(
+        emb, vocab, epsilon=3.0, top_k=args.top_k, exclude_outputs=special, device=args.device
+    )
     t_table = None
     if not args.skip_table:
         t_table, _ = timed(mech_k.precompute)
@@ -119,8 +125,10 @@ def main() -> None:
     reps = math.ceil(args.tokens / len(ids))
     stream = torch.tensor((ids * reps)[: args.tokens], dtype=torch.long)
     sample_tokens = stream[: args.baseline_tokens].numpy()
-    print(f"\ntokens: {len(stream)} from {source} ({len(set(stream.tolist()))} distinct); "
-          f"the loop is timed on the first {len(sample_tokens)}")
+    print(
+        f"\ntokens: {len(stream)} from {source} ({len(set(stream.tolist()))} distinct); "
+        f"the loop is timed on the first {len(sample_tokens)}"
+    )
 
     table_full = inferdpt_style_table(mech, sample_tokens, None)
     table_k = inferdpt_style_table(mech_k, sample_tokens, args.top_k)
@@ -131,7 +139,7 @@ def main() -> None:
         for eps in epsilons:
             me = m.with_epsilon(eps)
             me.sample(stream[:2000], seed=0)  # warm-up (lazy top-k rows, allocator)
-            t_ours, out = timed(lambda: me.sample(stream, seed=1), repeat=2)
+            t_ours, out = timed(lambda me=me: me.sample(stream, seed=1), repeat=2)
             t_loop, _ = baseline_loop(table, sample_tokens, eps, seed=1)
             ours, loop = len(stream) / t_ours, len(sample_tokens) / t_loop
             unchanged = float((out == stream).double().mean())
@@ -143,12 +151,16 @@ def main() -> None:
     batch = prompts[:1000]
     n_tok = sum(len(r) for r in tok(batch, add_special_tokens=False)["input_ids"])
     t_text, _ = timed(lambda: san.sanitize(batch, seed=0), repeat=2)
-    print(f"\ntext level (tokenize + sample + decode), ε=3, {len(batch)} prompts / {n_tok} tokens: "
-          f"{n_tok / t_text:,.0f} tokens/s")
+    print(
+        f"\ntext level (tokenize + sample + decode), ε=3, {len(batch)} prompts / {n_tok} tokens: "
+        f"{n_tok / t_text:,.0f} tokens/s"
+    )
     best = min(v for (mode, e), v in summary.items() if mode == "full vocabulary" and e <= 10)
-    print(f"\nsummary: full vocabulary ε ≤ 10 at least {best:.0f}× the per-token loop; "
-          f"top-{args.top_k} at least {min(v for (mode, _), v in summary.items() if mode != 'full vocabulary'):.0f}×; "
-          f"build {t_full:.2f}s (full) / {t_table if t_table is not None else float('nan'):.1f}s (top-{args.top_k} table)")
+    print(
+        f"\nsummary: full vocabulary ε ≤ 10 at least {best:.0f}× the per-token loop; "
+        f"top-{args.top_k} at least {min(v for (mode, _), v in summary.items() if mode != 'full vocabulary'):.0f}×; "
+        f"build {t_full:.2f}s (full) / {t_table if t_table is not None else float('nan'):.1f}s (top-{args.top_k} table)"
+    )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ def words(text: str) -> list[str]:
 
 def windows(text: str) -> set[str]:
     w = words(text)
-    return {" ".join(w[i:i + WINDOW]) for i in range(len(w) - WINDOW + 1)}
+    return {" ".join(w[i : i + WINDOW]) for i in range(len(w) - WINDOW + 1)}
 
 
 @dataclass
@@ -50,8 +50,12 @@ class CanarySites:
 
     def audit_folder(self, run_dir: Path, *extra: Path, skip_sites: bool = True) -> list[str]:
         """Findings in every file under ``run_dir`` (but the clients' own folders, client-*) and in ``extra``."""
-        files = [p for p in run_dir.rglob("*") if p.is_file()
-                 and not (skip_sites and any(part.startswith("client-") for part in p.relative_to(run_dir).parts))]
+        files = [
+            p
+            for p in run_dir.rglob("*")
+            if p.is_file()
+            and not (skip_sites and any(part.startswith("client-") for part in p.relative_to(run_dir).parts))
+        ]
         return self.findings({str(p): p.read_bytes().decode("utf-8", "ignore") for p in [*files, *extra]})
 
 
@@ -62,15 +66,16 @@ def _record(e, question: str, choices: list[str], answer: str, rationale: str | 
     return rec
 
 
-def write_canary_sites(shared_data: Path, folder: Path, clients: int = 2, per_client: int = 6, n_public: int = 3,
-                       n_test: int = 4) -> CanarySites:
+def write_canary_sites(
+    shared_data: Path, folder: Path, clients: int = 2, per_client: int = 6, n_public: int = 3, n_test: int = 4
+) -> CanarySites:
     from fedlsm.data.loaders import load_task
 
     task = load_task("cqa", data_dir=str(shared_data))
     public = [e for e in task.train if e.rationale][:n_public]
     test = task.test[:n_test]
     seen = {w for e in public + test for w in windows(e.question)}
-    private = [e for e in task.train[200:] if not windows(e.question) & seen][:clients * per_client]
+    private = [e for e in task.train[200:] if not windows(e.question) & seen][: clients * per_client]
     folder.mkdir(parents=True, exist_ok=True)
     out = CanarySites(folder, [], folder / "all-sites.jsonl", folder / "public.jsonl", folder / "test.jsonl")
     rows = []
@@ -84,10 +89,11 @@ def write_canary_sites(shared_data: Path, folder: Path, clients: int = 2, per_cl
         out.questions.append(question)
     for k in range(clients):
         out.sites.append(folder / f"site-{k}.jsonl")
-        out.sites[k].write_text("".join(json.dumps(r) + "\n" for r in rows[k * per_client:(k + 1) * per_client]))
+        out.sites[k].write_text("".join(json.dumps(r) + "\n" for r in rows[k * per_client : (k + 1) * per_client]))
     out.all_private.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out.public.write_text("".join(json.dumps(_record(e, e.question, e.choices, e.answer, e.rationale)) + "\n"
-                                  for e in public))
+    out.public.write_text(
+        "".join(json.dumps(_record(e, e.question, e.choices, e.answer, e.rationale)) + "\n" for e in public)
+    )
     out.test.write_text("".join(json.dumps(_record(e, e.question, e.choices, e.answer)) + "\n" for e in test))
     return out
 
@@ -95,8 +101,13 @@ def write_canary_sites(shared_data: Path, folder: Path, clients: int = 2, per_cl
 def canary_config(sites: CanarySites, *, deployed: bool = False) -> dict:
     """Config overrides for a run on these files: in simulation the union is partitioned (iid, in file
     order per client is not guaranteed); a deployed server names only the test and public files."""
-    cfg = {"data.type": "multiple_choice", "data.test_path": str(sites.test), "data.public_path": str(sites.public),
-           "data.n_train": None, "data.n_test": None}
+    cfg = {
+        "data.type": "multiple_choice",
+        "data.test_path": str(sites.test),
+        "data.public_path": str(sites.public),
+        "data.n_train": None,
+        "data.n_test": None,
+    }
     if not deployed:
         cfg["data.path"] = str(sites.all_private)
     return cfg

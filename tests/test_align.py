@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 
 from fedlsm.align.sequence import dp_align, project_topk, receiver_matches
-from fedlsm.align.vocab import (VocabMap, brute_force_nearest, cached_vocab_map, min_edit_distance_map,
-                                normalized_vocabulary, special_ids, tokenizer_fingerprint)
+from fedlsm.align.vocab import (
+    VocabMap,
+    brute_force_nearest,
+    cached_vocab_map,
+    min_edit_distance_map,
+    normalized_vocabulary,
+    special_ids,
+    tokenizer_fingerprint,
+)
 
 PAPER_SENTENCE = "we utilize the dynamic programming approach to align tokens"
 
@@ -42,18 +49,31 @@ def test_normalization_makes_space_markers_comparable(toks):
 @pytest.mark.parametrize("direction", ["gemma->smol", "smol->gemma"])
 def test_fast_map_equals_brute_force(vocabs, direction):
     (g_norm, g_raw, g_sp), (s_norm, s_raw, s_sp) = vocabs
-    src, (tgt, tgt_raw, tgt_sp) = (g_norm, (s_norm, s_raw, s_sp)) if direction == "gemma->smol" else \
-        (s_norm, (g_norm, g_raw, g_sp))
+    src, (tgt, tgt_raw, tgt_sp) = (
+        (g_norm, (s_norm, s_raw, s_sp)) if direction == "gemma->smol" else (s_norm, (g_norm, g_raw, g_sp))
+    )
     rng = random.Random(0)
     # a sample mixing exact matches, near misses (d = 1, 2, 3), scripts the other vocabulary barely has
     # (masked characters) and tokens with no close counterpart
-    sample = [t for t in rng.sample(src, 400) if t][:40] + [" utilize", " dynamique", " Mombasa", " hicimos",
-                                                          " клини", " เศษ", " यही", "ünïcödé", "\n\n\n",
-                                                          "ার", "্য", "\x04"]  # last three: no shared character
+    sample = [t for t in rng.sample(src, 400) if t][:40] + [
+        " utilize",
+        " dynamique",
+        " Mombasa",
+        " hicimos",
+        " клини",
+        " เศษ",
+        " यही",
+        "ünïcödé",
+        "\n\n\n",
+        "ার",
+        "্য",
+        "\x04",
+    ]  # last three: no shared character
     want = [brute_force_nearest(text, tgt, tgt_raw, tgt_sp) for text in sample]
     for depth in (None, 2, 0):  # chosen by cost, forced deletion index, cdist passes only
-        ids, dist = min_edit_distance_map(sample, tgt, tgt_raw, target_skip=tgt_sp, index_depth=depth,
-                                          show_progress=False)
+        ids, dist = min_edit_distance_map(
+            sample, tgt, tgt_raw, target_skip=tgt_sp, index_depth=depth, show_progress=False
+        )
         for text, i, d, (want_id, want_d) in zip(sample, ids, dist, want):
             assert (int(i), int(d)) == (want_id, want_d), (depth, text, tgt[i], tgt[want_id])
 

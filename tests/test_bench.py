@@ -22,44 +22,56 @@ SMOKE = ROOT / "benchmarks" / "smoke.yaml"
 
 
 def _cli(*args, cwd=None, timeout=1800):  # generous: a shared 2-core CI machine can be slow
-    return subprocess.run([sys.executable, "-m", "fedlsm.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "fedlsm.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout
+    )
 
 
-GOOD = {"methods": ["standalone", {"name": "fedcot", "set": {"method_args.variant": "e"}}],
-        "datasets": ["arith"], "epsilons": [1, 3], "seeds": [0, 1], "base": {"data": {"n_train": 16}}}
+GOOD = {
+    "methods": ["standalone", {"name": "fedcot", "set": {"method_args.variant": "e"}}],
+    "datasets": ["arith"],
+    "epsilons": [1, 3],
+    "seeds": [0, 1],
+    "base": {"data": {"n_train": 16}},
+}
 
 
 def _with(**kw):
     return {**GOOD, **kw}
 
 
-@pytest.mark.parametrize("data,field", [
-    ({k: v for k, v in GOOD.items() if k != "methods"}, "methods"),
-    (_with(methods=[]), "methods"),
-    (_with(epsilons=[0]), "epsilons"),
-    (_with(epsilons=[3, float("nan")]), "epsilons"),
-    (_with(seedz=[1]), "seedz"),
-    (_with(seeds="zero"), "seeds"),
-    (_with(methods=[{"name": "fedcot", "epsilons": [-1]}]), "methods[0].epsilons"),
-    (_with(methods=[{"name": "fedcot", "sett": {}}]), "methods[0].sett"),
-    (_with(data_fractions=[0, 1]), "data_fractions"),
-    (_with(methods=[{"name": "fedcot", "seeds": []}]), "methods[0].seeds"),
-    (_with(datasets=[{"task": "arith"}]), "datasets[0].name"),
-])
+@pytest.mark.parametrize(
+    "data,field",
+    [
+        ({k: v for k, v in GOOD.items() if k != "methods"}, "methods"),
+        (_with(methods=[]), "methods"),
+        (_with(epsilons=[0]), "epsilons"),
+        (_with(epsilons=[3, float("nan")]), "epsilons"),
+        (_with(seedz=[1]), "seedz"),
+        (_with(seeds="zero"), "seeds"),
+        (_with(methods=[{"name": "fedcot", "epsilons": [-1]}]), "methods[0].epsilons"),
+        (_with(methods=[{"name": "fedcot", "sett": {}}]), "methods[0].sett"),
+        (_with(data_fractions=[0, 1]), "data_fractions"),
+        (_with(methods=[{"name": "fedcot", "seeds": []}]), "methods[0].seeds"),
+        (_with(datasets=[{"task": "arith"}]), "datasets[0].name"),
+    ],
+)
 def test_grid_schema_errors_name_the_field(data, field):
     with pytest.raises(ConfigError) as e:
         parse_grid(data)
     assert e.value.field == field, str(e.value)
 
 
-@pytest.mark.parametrize("data,field,words", [
-    (_with(methods=["standalone", "no-such-method"]), "methods[1].name", "not registered"),
-    (_with(methods=["fedcot", "fedcot"]), "methods[1].label", "more than once"),
-    (_with(base={"train.lr": -1}), "train.lr", "cell standalone × arith"),
-    (_with(base={"trian.lr": 1}), "trian", "cell"),
-    (_with(base={"data.n_train": None}, data_fractions=[0.5]), "data.n_train", "data_fractions"),
-])
+@pytest.mark.parametrize(
+    "data,field,words",
+    [
+        (_with(methods=["standalone", "no-such-method"]), "methods[1].name", "not registered"),
+        (_with(methods=["fedcot", "fedcot"]), "methods[1].label", "more than once"),
+        (_with(base={"train.lr": -1}), "train.lr", "cell standalone × arith"),
+        (_with(base={"trian.lr": 1}), "trian", "cell"),
+        (_with(base={"data.n_train": None}, data_fractions=[0.5]), "data.n_train", "data_fractions"),
+    ],
+)
 def test_grid_cells_are_validated_before_anything_runs(data, field, words):
     with pytest.raises(ConfigError) as e:
         expand(parse_grid(data), "/tmp/never")
@@ -78,12 +90,20 @@ def test_grid_expands_axes_and_names_folders_deterministically(tmp_path):
     names = [c.run_name for c in cells]
     assert len(set(names)) == len(names)
     assert names == [c.run_name for c in expand(parse_grid(spec.model_dump()), tmp_path)]
-    changed = expand(parse_grid(_with(methods=[{"name": "standalone", "epsilons": None}, "fedcot"],
-                                      data_fractions=[0.5, 1.0], base={"data.n_train": 16, "train.lr": 1e-4})),
-                     tmp_path)
+    changed = expand(
+        parse_grid(
+            _with(
+                methods=[{"name": "standalone", "epsilons": None}, "fedcot"],
+                data_fractions=[0.5, 1.0],
+                base={"data.n_train": 16, "train.lr": 1e-4},
+            )
+        ),
+        tmp_path,
+    )
     assert not set(names) & {c.run_name for c in changed}  # another config never reuses a finished folder
-    one_seed = expand(parse_grid(_with(methods=[{"name": "standalone", "epsilons": None, "seeds": [7]}, "fedcot"])),
-                      tmp_path)
+    one_seed = expand(
+        parse_grid(_with(methods=[{"name": "standalone", "epsilons": None, "seeds": [7]}, "fedcot"])), tmp_path
+    )
     assert {c.seed for c in one_seed if c.method == "standalone"} == {7}  # a method's seeds replace the grid's
     assert {c.seed for c in one_seed if c.method == "fedcot"} == {0, 1}
 
@@ -91,9 +111,15 @@ def test_grid_expands_axes_and_names_folders_deterministically(tmp_path):
 def test_baseline_rows_keep_both_the_llm_and_the_clients_result():
     from fedlsm.bench.aggregate import table_rows
 
-    fedmkt = {"summary": {"metric": "accuracy"}, "table": {"rows": [
-        {"method": "FedMKT", "LLM": 0.3, "client-0": 0.2, "SLM mean": 0.25, "note": ""},
-        {"method": "Standalone", "LLM": None, "client-0": 0.2, "SLM mean": 0.2, "note": ""}]}}
+    fedmkt = {
+        "summary": {"metric": "accuracy"},
+        "table": {
+            "rows": [
+                {"method": "FedMKT", "LLM": 0.3, "client-0": 0.2, "SLM mean": 0.25, "note": ""},
+                {"method": "Standalone", "LLM": None, "client-0": 0.2, "SLM mean": 0.2, "note": ""},
+            ]
+        },
+    }
     assert table_rows(fedmkt) == [("FedMKT (LLM)", 0.3), ("FedMKT (SLM mean)", 0.25), ("Standalone (SLM mean)", 0.2)]
     fedcot = {"summary": {"metric": "accuracy"}, "table": {"rows": [{"method": "Standalone", "value": 0.4}]}}
     assert table_rows(fedcot) == [("Standalone", 0.4)]
@@ -120,35 +146,68 @@ def test_bad_grid_is_one_clear_line(tmp_path):
 # ---------------------------------------------------------------------------------------- aggregate
 
 
-def _fake_run(root: Path, name: str, *, method: str, eps: float | None, seed: int, utility: float, wall: float,
-              attack: float | None = None, bytes_up: int | None = None, tokens: int | None = None,
-              fraction: float | None = None) -> None:
+def _fake_run(
+    root: Path,
+    name: str,
+    *,
+    method: str,
+    eps: float | None,
+    seed: int,
+    utility: float,
+    wall: float,
+    attack: float | None = None,
+    bytes_up: int | None = None,
+    tokens: int | None = None,
+    fraction: float | None = None,
+) -> None:
     d = root / name
     d.mkdir(parents=True)
-    m = {"run": {"method": method, "task": "arith", "status": "done", "seed": seed, "n_train": 16},
-         "summary": {"metric": "accuracy", method: utility},
-         "table": {"title": "t", "rows": [{"method": "Standalone", "accuracy": 0.25},
-                                         {"method": method, "accuracy": utility}]},
-         "compute": {"wall_seconds": wall, "cpu_seconds": wall, "peak_rss_mb": 1000.0}}
+    m = {
+        "run": {"method": method, "task": "arith", "status": "done", "seed": seed, "n_train": 16},
+        "summary": {"metric": "accuracy", method: utility},
+        "table": {
+            "title": "t",
+            "rows": [{"method": "Standalone", "accuracy": 0.25}, {"method": method, "accuracy": utility}],
+        },
+        "compute": {"wall_seconds": wall, "cpu_seconds": wall, "peak_rss_mb": 1000.0},
+    }
     if eps is not None:
         m["privacy"] = {"epsilon_per_token": eps, "attack": {"success_rate": attack}}
     if bytes_up is not None:
         m["communication"] = {"bytes_up": bytes_up, "bytes_down": 100, "messages": 2}
-        rows = [{"sender": "client-0/x", "receiver": "server", "round": 0, "bytes": bytes_up},
-                {"sender": "server", "receiver": "client-0/x", "round": 0, "bytes": 100, "handle_seconds": 2.0}]
+        rows = [
+            {"sender": "client-0/x", "receiver": "server", "round": 0, "bytes": bytes_up},
+            {"sender": "server", "receiver": "client-0/x", "round": 0, "bytes": 100, "handle_seconds": 2.0},
+        ]
         (d / "messages.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if tokens is not None:
         m["llm_query_cost"] = {"requests": 1, "prompt_tokens": 10, "completion_tokens": tokens}
     (d / "metrics.json").write_text(json.dumps(m))
-    (d / "cell.json").write_text(json.dumps({"method": method, "method_name": method, "dataset": "arith",
-                                             "epsilon": eps, "fraction": fraction, "seed": seed}))
+    (d / "cell.json").write_text(
+        json.dumps(
+            {
+                "method": method,
+                "method_name": method,
+                "dataset": "arith",
+                "epsilon": eps,
+                "fraction": fraction,
+                "seed": seed,
+            }
+        )
+    )
 
 
 def test_mean_std_and_pareto_front_on_hand_made_runs(tmp_path):
-    _fake_run(tmp_path, "a0", method="fedcot", eps=3.0, seed=0, utility=0.30, wall=10, attack=0.1, bytes_up=1000, tokens=50)
-    _fake_run(tmp_path, "a1", method="fedcot", eps=3.0, seed=1, utility=0.50, wall=12, attack=0.1, bytes_up=1000, tokens=50)
+    _fake_run(
+        tmp_path, "a0", method="fedcot", eps=3.0, seed=0, utility=0.30, wall=10, attack=0.1, bytes_up=1000, tokens=50
+    )
+    _fake_run(
+        tmp_path, "a1", method="fedcot", eps=3.0, seed=1, utility=0.50, wall=12, attack=0.1, bytes_up=1000, tokens=50
+    )
     # worse than fedcot ε=3 on every objective: dominated
-    _fake_run(tmp_path, "b0", method="fedcot", eps=5.0, seed=0, utility=0.20, wall=20, attack=0.2, bytes_up=2000, tokens=60)
+    _fake_run(
+        tmp_path, "b0", method="fedcot", eps=5.0, seed=0, utility=0.20, wall=20, attack=0.2, bytes_up=2000, tokens=60
+    )
     # measures no privacy/communication: compared on utility, wall and memory only; best utility -> on the front
     _fake_run(tmp_path, "s0", method="standalone", eps=None, seed=0, utility=0.60, wall=30)
     (tmp_path / "broken").mkdir()
@@ -190,8 +249,9 @@ def test_dominance_rules():
     assert not dominates({"utility": 0.5, "wall_seconds": 3}, {"utility": 0.4, "wall_seconds": 2})  # trade-off
     assert not dominates({"utility": 0.5}, {"utility": 0.5})  # equal is not better
     assert not dominates({"utility": 0.5}, {"epsilon": 1.0})  # nothing shared
-    assert pareto_front([{"utility": 0.5, "epsilon": 3}, {"utility": 0.4, "epsilon": 3},
-                         {"utility": 0.3, "epsilon": 1}]) == [True, False, True]
+    assert pareto_front(
+        [{"utility": 0.5, "epsilon": 3}, {"utility": 0.4, "epsilon": 3}, {"utility": 0.3, "epsilon": 1}]
+    ) == [True, False, True]
     assert mean_std([None, None]) is None and mean_std([0.5]).std == 0.0
 
 
@@ -217,9 +277,21 @@ def test_smoke_grid_end_to_end_and_resume(tmp_path):
     assert r2.returncode == 0, r2.stderr
     md = (out / "report.md").read_text()
     header = next(ln for ln in md.splitlines() if ln.startswith("| method | dataset | utility %"))
-    for col in ("utility %", "ε", "attack success %", "TokenRatio", "bytes up / client·round",
-                "bytes down / client·round", "wall s", "client s", "server s", "CPU s", "peak MB", "LLM tokens",
-                "Pareto"):
+    for col in (
+        "utility %",
+        "ε",
+        "attack success %",
+        "TokenRatio",
+        "bytes up / client·round",
+        "bytes down / client·round",
+        "wall s",
+        "client s",
+        "server s",
+        "CPU s",
+        "peak MB",
+        "LLM tokens",
+        "Pareto",
+    ):
         assert col in header
     for eps in ("1", "3"):
         row = next(ln for ln in md.splitlines() if ln.startswith(f"| fedcot (ε={eps}) | arith"))

@@ -12,19 +12,23 @@ from fedlsm.errors import ConfigError
 
 
 def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "fedlsm.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "fedlsm.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
 
 
-@pytest.mark.parametrize("args,field", [
-    (["--set", "privacy.epsilon=0"], "privacy.epsilon"),
-    (["--set", "privacy.epsilon=-2"], "privacy.epsilon"),
-    (["--task", "nope"], "data.task"),
-    (["--set", "data.path=/does/not/exist.jsonl"], "data.path"),
-    (["--slm", "/tmp"], "slm"),
-    (["--set", "train.lr=-1"], "train.lr"),
-    (["--set", "trian.lr=1"], "trian"),
-])
+@pytest.mark.parametrize(
+    "args,field",
+    [
+        (["--set", "privacy.epsilon=0"], "privacy.epsilon"),
+        (["--set", "privacy.epsilon=-2"], "privacy.epsilon"),
+        (["--task", "nope"], "data.task"),
+        (["--set", "data.path=/does/not/exist.jsonl"], "data.path"),
+        (["--slm", "/tmp"], "slm"),
+        (["--set", "train.lr=-1"], "train.lr"),
+        (["--set", "trian.lr=1"], "trian"),
+    ],
+)
 def test_bad_values_stop_with_one_clear_line(args, field, tmp_path):
     r = _cli("run", "standalone", "--output-dir", str(tmp_path), *args)
     assert r.returncode == 2
@@ -36,8 +40,9 @@ def test_bad_values_stop_with_one_clear_line(args, field, tmp_path):
 def test_column_not_found_is_reported(tmp_path):
     f = tmp_path / "d.jsonl"
     f.write_text(json.dumps({"q": "x", "a": "y"}) + "\n")
-    r = _cli("run", "standalone", "--output-dir", str(tmp_path), "--set", f"data.path={f}",
-             "--set", "data.type=generation")
+    r = _cli(
+        "run", "standalone", "--output-dir", str(tmp_path), "--set", f"data.path={f}", "--set", "data.type=generation"
+    )
     assert r.returncode == 2 and "data.columns.question" in r.stderr and "fix:" in r.stderr
 
 
@@ -68,8 +73,24 @@ def test_methods_say_which_engines_they_run_on():
 
 @pytest.mark.slow
 def test_standalone_run_writes_config_metrics_and_table(tmp_path):
-    r = _cli("run", "standalone", "--task", "arith", "--clients", "2", "--n-train", "16", "--n-test", "12",
-             "--epochs", "3", "--name", "t", "--output-dir", str(tmp_path))
+    r = _cli(
+        "run",
+        "standalone",
+        "--task",
+        "arith",
+        "--clients",
+        "2",
+        "--n-train",
+        "16",
+        "--n-test",
+        "12",
+        "--epochs",
+        "3",
+        "--name",
+        "t",
+        "--output-dir",
+        str(tmp_path),
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     run_dir = tmp_path / "t"
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())

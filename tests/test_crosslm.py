@@ -109,8 +109,12 @@ def test_duplicate_sample_gets_zero_diversity_and_filter_prefers_reward_times_di
 def test_sentence_encoder_diversity_on_real_text():
     from fedlsm.models.classifier import SentenceEncoder
 
-    texts = ["A wonderful, moving film.", "The plot was dull and the acting wooden.", "A wonderful, moving film.",
-             "Stock markets fell sharply on Monday."]
+    texts = [
+        "A wonderful, moving film.",
+        "The plot was dull and the acting wooden.",
+        "A wonderful, moving film.",
+        "Stock markets fell sharply on Monday.",
+    ]
     d = diversity(SentenceEncoder().encode(texts))
     assert d[0] == pytest.approx(0, abs=1e-5) and d[2] == pytest.approx(0, abs=1e-5)
     assert d[3] > 0.5  # unrelated to the reviews
@@ -124,8 +128,16 @@ def test_encoder_classifier_learns_and_travels_as_arrays():
     from fedlsm.models.training import TrainSettings
 
     spec = SLMSpec("encoder", "minilm-l6", ["negative", "positive"])
-    texts = ["great fun", "a delight", "wonderful acting", "loved it", "boring mess", "awful", "a dull bore",
-             "terrible script"]
+    texts = [
+        "great fun",
+        "a delight",
+        "wonderful acting",
+        "loved it",
+        "boring mess",
+        "awful",
+        "a dull bore",
+        "terrible script",
+    ]
     ys = [1, 1, 1, 1, 0, 0, 0, 0]
     clf = build_classifier(spec, seed=0)
     fit = clf.fit(texts, ys, TrainSettings(epochs=15, lr=2e-3, batch_size=4))
@@ -157,8 +169,12 @@ def test_sst2_and_ag_news_presets(shared_data):
     from fedlsm.data.loaders import load_task
 
     sst = load_task("sst2", data_dir=str(shared_data))
-    assert (len(sst.train), len(sst.test), sst.type, sst.labels) == (60614, 872, "classification",
-                                                                     ["negative", "positive"])
+    assert (len(sst.train), len(sst.test), sst.type, sst.labels) == (
+        60614,
+        872,
+        "classification",
+        ["negative", "positive"],
+    )
     ag = load_task("ag-news", n_train=50, data_dir=str(shared_data))
     assert ag.labels == ["World", "Sports", "Business", "Sci/Tech"] and len(ag.test) == 7600
     assert not any("#39;" in e.question or "\\" in e.question for e in ag.test)
@@ -167,13 +183,18 @@ def test_sst2_and_ag_news_presets(shared_data):
 # ------------------------------------------------------------------------------------ the method
 
 
-@pytest.mark.parametrize("key,value,field", [("keep_fraction", 0, "method_args.keep_fraction"),
-                                             ("gammas", [1, 0.1], "method_args.gammas"),
-                                             ("generate", "Write a review.", "method_args.generate"),
-                                             ("n_synthethic", 8, "method_args.n_synthethic"),
-                                             ("llm_lr", "fast", "method_args.llm_lr"),
-                                             ("n_synthetic", 2.5, "method_args.n_synthetic"),
-                                             ("reward_baseline", "mean", "method_args.reward_baseline")])
+@pytest.mark.parametrize(
+    "key,value,field",
+    [
+        ("keep_fraction", 0, "method_args.keep_fraction"),
+        ("gammas", [1, 0.1], "method_args.gammas"),
+        ("generate", "Write a review.", "method_args.generate"),
+        ("n_synthethic", 8, "method_args.n_synthethic"),
+        ("llm_lr", "fast", "method_args.llm_lr"),
+        ("n_synthetic", 2.5, "method_args.n_synthetic"),
+        ("reward_baseline", "mean", "method_args.reward_baseline"),
+    ],
+)
 def test_bad_crosslm_options_name_the_field(key, value, field):
     from fedlsm.data.task import Task
     from fedlsm.errors import ConfigError
@@ -192,12 +213,25 @@ def tiny_crosslm_run(tmp_path_factory, shared_data):
     from fedlsm.runner import run
 
     out = tmp_path_factory.mktemp("runs")
-    cfg = build_config({"method": "crosslm", "name": "tiny", "output_dir": str(out)},
-                       {"clients": 2, "data.n_train": 16, "data.n_test": 8, "data.alpha": 5.0, "data.root": str(shared_data),
-                        "train.epochs": 1, "llm.max_new_tokens": 12, "eval_batch_size": 8,
-                        "method_args.n_synthetic": 8, "method_args.n_general": 6, "method_args.llm_batch_size": 4,
-                        "method_args.encoder_epochs": 2, "method_args.arrival": [1, 0]},
-                       defaults=METHOD_DEFAULTS["crosslm"])
+    cfg = build_config(
+        {"method": "crosslm", "name": "tiny", "output_dir": str(out)},
+        {
+            "clients": 2,
+            "data.n_train": 16,
+            "data.n_test": 8,
+            "data.alpha": 5.0,
+            "data.root": str(shared_data),
+            "train.epochs": 1,
+            "llm.max_new_tokens": 12,
+            "eval_batch_size": 8,
+            "method_args.n_synthetic": 8,
+            "method_args.n_general": 6,
+            "method_args.llm_batch_size": 4,
+            "method_args.encoder_epochs": 2,
+            "method_args.arrival": [1, 0],
+        },
+        defaults=METHOD_DEFAULTS["crosslm"],
+    )
     return run(cfg, Console(quiet=True))
 
 
@@ -213,8 +247,11 @@ def test_server_never_receives_private_text_and_the_audit_can_fail(tiny_crosslm_
 
     ctx, _ = tiny_crosslm_run
     rows = [json.loads(x) for x in (ctx.run_dir / "messages.jsonl").read_text().splitlines()]
-    to_server = [Message(r["sender"], r["receiver"], r["kind"], r["payload"], r["round"]) for r in rows
-                 if r["receiver"] == "server"]
+    to_server = [
+        Message(r["sender"], r["receiver"], r["kind"], r["payload"], r["round"])
+        for r in rows
+        if r["receiver"] == "server"
+    ]
     assert {m.kind for m in to_server} == {"slm_upload", "slm_accuracy"}
     uploads = [r for r in rows if r["kind"] == "slm_upload"]
     assert all(r["payload"]["arrays"] and all("array" in v for v in r["payload"]["arrays"].values()) for r in uploads)
@@ -256,8 +293,15 @@ def test_crosslm_options_from_the_command_line_get_their_declared_types():
     from fedlsm.data.task import Task
     from fedlsm.methods.crosslm import CrossLMArgs
 
-    sets = dict(parse_override(x) for x in ["method_args.llm_lr=1e-3", "method_args.llm_epochs=2",
-                                            "method_args.balance_labels=yes", "method_args.slms=minilm-l6"])
+    sets = dict(
+        parse_override(x)
+        for x in [
+            "method_args.llm_lr=1e-3",
+            "method_args.llm_epochs=2",
+            "method_args.balance_labels=yes",
+            "method_args.slms=minilm-l6",
+        ]
+    )
     assert sets["method_args.llm_lr"] == "1e-3"  # the YAML quirk this guards against
     cfg = build_config({"method": "crosslm"}, sets, defaults=METHOD_DEFAULTS["crosslm"])
     args = CrossLMArgs.from_config(cfg, Task("sst2", "classification", [], []))

@@ -5,8 +5,15 @@ from collections import Counter
 
 import pytest
 
-from fedlsm.data import (ColumnMap, dirichlet_partition, iid_partition, load_file_task, load_hf_task, load_task,
-                         public_private_split)
+from fedlsm.data import (
+    ColumnMap,
+    dirichlet_partition,
+    iid_partition,
+    load_file_task,
+    load_hf_task,
+    load_task,
+    public_private_split,
+)
 from fedlsm.data.builtin import make_arith
 from fedlsm.errors import ConfigError
 
@@ -59,8 +66,12 @@ def test_jsonl_loader_with_column_mapping(tmp_path):
     rows = [{"qid": i, "q": f"question {i}", "opts": ["x", "y", "z"], "gold": "B", "why": "because"} for i in range(5)]
     f = tmp_path / "train.jsonl"
     f.write_text("\n".join(json.dumps(r) for r in rows))
-    task = load_file_task(f, None, columns=ColumnMap(question="q", answer="gold", choices="opts", rationale="why",
-                                                      id="qid"), test_fraction=0.4)
+    task = load_file_task(
+        f,
+        None,
+        columns=ColumnMap(question="q", answer="gold", choices="opts", rationale="why", id="qid"),
+        test_fraction=0.4,
+    )
     assert len(task.train) == 3 and len(task.test) == 2
     e = task.train[0]
     assert e.answer == "y" and e.label == 1 and e.rationale == "because"
@@ -74,8 +85,13 @@ def test_jsonl_loader_with_column_mapping(tmp_path):
 def test_csv_classification_loader(tmp_path):
     f = tmp_path / "d.csv"
     f.write_text("text,label\ngreat movie,positive\nawful,negative\nfine film,positive\nbad,negative\n")
-    task = load_file_task(f, None, task_type="classification", columns=ColumnMap(question="text", answer="label",
-                                                                                  choices=None), test_fraction=0.5)
+    task = load_file_task(
+        f,
+        None,
+        task_type="classification",
+        columns=ColumnMap(question="text", answer="label", choices=None),
+        test_fraction=0.5,
+    )
     assert task.labels == ["negative", "positive"]
     assert all(e.choices[e.label] == e.answer for e in task.train + task.test)
 
@@ -83,10 +99,12 @@ def test_csv_classification_loader(tmp_path):
 def test_hf_datasets_loader_on_a_local_folder(tmp_path):
     import datasets
 
-    d = datasets.DatasetDict({
-        "train": datasets.Dataset.from_list([{"question": "2+2?", "choices": ["3", "4"], "answer": "4"}] * 3),
-        "test": datasets.Dataset.from_list([{"question": "1+1?", "choices": ["2", "5"], "answer": "2"}]),
-    })
+    d = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_list([{"question": "2+2?", "choices": ["3", "4"], "answer": "4"}] * 3),
+            "test": datasets.Dataset.from_list([{"question": "1+1?", "choices": ["2", "5"], "answer": "2"}]),
+        }
+    )
     d.save_to_disk(str(tmp_path / "ds"))
     task = load_hf_task(str(tmp_path / "ds"))
     assert len(task.train) == 3 and task.test[0].label == 0
@@ -95,11 +113,16 @@ def test_hf_datasets_loader_on_a_local_folder(tmp_path):
 
 
 @pytest.mark.usefixtures("shared_data")
-@pytest.mark.parametrize("name,n_train,n_test,kind", [("cqa", 9741, 1221, "multiple_choice"),
-                                                     ("arc-easy", 2251, 2376, "multiple_choice"),
-                                                     ("gsm8k", 7473, 1319, "generation"),
-                                                     ("obqa", 4957, 500, "multiple_choice"),
-                                                     ("dialogsum", 12460, 500, "generation")])
+@pytest.mark.parametrize(
+    "name,n_train,n_test,kind",
+    [
+        ("cqa", 9741, 1221, "multiple_choice"),
+        ("arc-easy", 2251, 2376, "multiple_choice"),
+        ("gsm8k", 7473, 1319, "generation"),
+        ("obqa", 4957, 500, "multiple_choice"),
+        ("dialogsum", 12460, 500, "generation"),
+    ],
+)
 def test_shared_benchmark_presets(shared_data, name, n_train, n_test, kind):
     task = load_task(name, data_dir=str(shared_data))
     assert (len(task.train), len(task.test), task.type) == (n_train, n_test, kind)

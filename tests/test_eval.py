@@ -6,8 +6,28 @@ from fedlsm.data.task import Example
 from fedlsm.eval import choice_accuracy, continuation_logprobs, exact_match, rouge_l
 from fedlsm.eval.scoring import shared_context_logprobs
 
-WORDS = ["tulip", "granite", "violin", "harbor", "pepper", "lantern", "walrus", "meadow", "saddle", "comet",
-         "marble", "orchid", "falcon", "cactus", "velvet", "glacier", "kettle", "puzzle", "cobalt", "juniper"]
+WORDS = [
+    "tulip",
+    "granite",
+    "violin",
+    "harbor",
+    "pepper",
+    "lantern",
+    "walrus",
+    "meadow",
+    "saddle",
+    "comet",
+    "marble",
+    "orchid",
+    "falcon",
+    "cactus",
+    "velvet",
+    "glacier",
+    "kettle",
+    "puzzle",
+    "cobalt",
+    "juniper",
+]
 
 
 def _copy_questions():
@@ -18,8 +38,15 @@ def _copy_questions():
         others = rng.sample([x for x in WORDS if x != w], 3)
         choices = others + [w]
         rng.shuffle(choices)
-        exs.append(Example(id=str(i), question=f"The password is {w}. What is the password?", answer=w,
-                           choices=choices, label=choices.index(w)))
+        exs.append(
+            Example(
+                id=str(i),
+                question=f"The password is {w}. What is the password?",
+                answer=w,
+                choices=choices,
+                label=choices.index(w),
+            )
+        )
     return exs
 
 

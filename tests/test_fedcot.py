@@ -6,7 +6,6 @@ import json
 import pytest
 
 from conftest import needs_shared
-
 from fedlsm.config import build_config
 from fedlsm.data.task import Example
 from fedlsm.methods import METHOD_DEFAULTS
@@ -14,8 +13,13 @@ from fedlsm.methods.fedcot import consistent, multitask_pairs, rationale_body, s
 
 
 def _ex():
-    return Example("1", "Ava has 3 boxes with 4 pens in each. She gives away 2. How many are left?", "10",
-                   ["12", "10", "2", "5"], 1)
+    return Example(
+        "1",
+        "Ava has 3 boxes with 4 pens in each. She gives away 2. How many are left?",
+        "10",
+        ["12", "10", "2", "5"],
+        1,
+    )
 
 
 def test_rationale_filter_keeps_only_rationales_that_state_the_label():
@@ -32,8 +36,9 @@ def test_rationale_filter_keeps_only_rationales_that_state_the_label():
 
 def test_multitask_pairs_use_two_prefixes_and_only_kept_rationales():
     exs = [_ex(), _ex()]
-    pairs = multitask_pairs(exs, ["3 x 4 = 12. 12 - 2 = 10. So the answer is 10.", "r2"], [True, False],
-                            rationale_weight=0.5)
+    pairs = multitask_pairs(
+        exs, ["3 x 4 = 12. 12 - 2 = 10. So the answer is 10.", "r2"], [True, False], rationale_weight=0.5
+    )
     assert len(pairs) == 3
     assert pairs[0].prompt.startswith("[label] ") and pairs[0].target == " 10"
     # the rationale task learns the reasoning; the answer sentence is the label task's business
@@ -52,13 +57,22 @@ def tiny_fedcot_run(tmp_path_factory):
     from fedlsm.runner import run
 
     out = tmp_path_factory.mktemp("runs")
-    cfg = build_config({"method": "fedcot", "name": "audit", "output_dir": str(out)},
-                       {"data.n_train": 12, "data.n_test": 4, "data.public_fraction": 0.25, "train.epochs": 1,
-                        "llm.max_new_tokens": 24, "method_args.demos": 1,
-                        # a weak setting on purpose (top-4 candidates, ε=10: ~40% of tokens survive), so the
-                        # audit checks the unchanged fraction where it is far from zero
-                        "privacy.epsilon": 10.0, "privacy.top_k": 4},
-                       defaults=METHOD_DEFAULTS["fedcot"])
+    cfg = build_config(
+        {"method": "fedcot", "name": "audit", "output_dir": str(out)},
+        {
+            "data.n_train": 12,
+            "data.n_test": 4,
+            "data.public_fraction": 0.25,
+            "train.epochs": 1,
+            "llm.max_new_tokens": 24,
+            "method_args.demos": 1,
+            # a weak setting on purpose (top-4 candidates, ε=10: ~40% of tokens survive), so the
+            # audit checks the unchanged fraction where it is far from zero
+            "privacy.epsilon": 10.0,
+            "privacy.top_k": 4,
+        },
+        defaults=METHOD_DEFAULTS["fedcot"],
+    )
     ctx, result = run(cfg, Console(quiet=True))
     return ctx, result
 
@@ -79,8 +93,9 @@ def test_server_never_receives_private_prompts_and_audit_can_fail(tiny_fedcot_ru
     fedcot_msgs = [m for m in to_server(ctx.run_dir) if m["kind"] == "rationale_request"]
     assert fedcot_msgs and all(m["payload"]["mode"] == "fedcot-e" for m in fedcot_msgs)
     # the Non-Private baseline is its own run, with its own message log
-    nonpriv_msgs = [m for m in to_server(ctx.run_dir.with_name("audit.fedcot-nonprivate"))
-                    if m["kind"] == "rationale_request"]
+    nonpriv_msgs = [
+        m for m in to_server(ctx.run_dir.with_name("audit.fedcot-nonprivate")) if m["kind"] == "rationale_request"
+    ]
 
     def texts(x):
         if isinstance(x, str):
@@ -98,7 +113,15 @@ def test_server_never_receives_private_prompts_and_audit_can_fail(tiny_fedcot_ru
     assert leaked(nonpriv_msgs) == len(raw)  # the same audit finds every raw prompt when privacy is off
     # what the server got back is the declared release only: perturbed prompts and accuracies
     assert {k for m in to_server(ctx.run_dir) for k in m["payload"]} <= {
-        "mode", "prompts", "metric", "zero_shot", "few_shot", "standalone", "n_examples", "value"}
+        "mode",
+        "prompts",
+        "metric",
+        "zero_shot",
+        "few_shot",
+        "standalone",
+        "n_examples",
+        "value",
+    }
 
     # fraction of private tokens that reached the server unchanged, measured independently on what the
     # server got: re-tokenize each received prompt and align it with the raw one (matching blocks)
@@ -120,8 +143,15 @@ def test_server_never_receives_private_prompts_and_audit_can_fail(tiny_fedcot_ru
 def test_fedcot_run_saves_rationales_and_the_full_table(tiny_fedcot_run):
     ctx, result = tiny_fedcot_run
     methods = [r["method"].split(" (")[0] for r in result.rows]
-    assert methods == ["Zero-shot LLM", "Few-shot LLM", "Zero-shot SLM", "Few-shot SLM", "Standalone",
-                       "Non-Private", "FedCoT-E"]
+    assert methods == [
+        "Zero-shot LLM",
+        "Few-shot LLM",
+        "Zero-shot SLM",
+        "Few-shot SLM",
+        "Standalone",
+        "Non-Private",
+        "FedCoT-E",
+    ]
     rows = [json.loads(x) for x in (ctx.run_dir / "client-0" / "rationales.jsonl").read_text().splitlines()]
     assert len(rows) == len(ctx.clients[0])
     assert all(r["rationale_perturbed"] is not None and r["perturbed_prompt"] != r["prompt"] for r in rows)
@@ -137,10 +167,19 @@ def test_fedcot_a_trains_a_perturber_and_releases_no_private_prompt(tmp_path):
     from fedlsm.data.task import format_question
     from fedlsm.runner import run
 
-    cfg = build_config({"method": "fedcot", "name": "a", "output_dir": str(tmp_path)},
-                       {"data.n_train": 12, "data.n_test": 4, "data.public_fraction": 0.25, "train.epochs": 1,
-                        "llm.max_new_tokens": 24, "method_args.demos": 1, "method_args.variant": "a"},
-                       defaults=METHOD_DEFAULTS["fedcot"])
+    cfg = build_config(
+        {"method": "fedcot", "name": "a", "output_dir": str(tmp_path)},
+        {
+            "data.n_train": 12,
+            "data.n_test": 4,
+            "data.public_fraction": 0.25,
+            "train.epochs": 1,
+            "llm.max_new_tokens": 24,
+            "method_args.demos": 1,
+            "method_args.variant": "a",
+        },
+        defaults=METHOD_DEFAULTS["fedcot"],
+    )
     ctx, result = run(cfg, Console(quiet=True))
     assert result.rows[-1]["method"].startswith("FedCoT-A")
     msgs = [json.loads(x) for x in (ctx.run_dir / "messages.jsonl").read_text().splitlines()]
@@ -169,10 +208,18 @@ def test_in_process_canaries_never_reach_the_server(shared_data, tmp_path):
     from fedlsm.runner import run
 
     sites = write_canary_sites(shared_data, tmp_path / "data")
-    cfg = build_config({"method": "fedcot", "name": "canary", "output_dir": str(tmp_path / "runs")},
-                       {**canary_config(sites), "clients": 2, "train.max_steps": 1, "train.batch_size": 4,
-                        "llm.max_new_tokens": 16, "method_args.demos": 1},
-                       defaults=METHOD_DEFAULTS["fedcot"])
+    cfg = build_config(
+        {"method": "fedcot", "name": "canary", "output_dir": str(tmp_path / "runs")},
+        {
+            **canary_config(sites),
+            "clients": 2,
+            "train.max_steps": 1,
+            "train.batch_size": 4,
+            "llm.max_new_tokens": 16,
+            "method_args.demos": 1,
+        },
+        defaults=METHOD_DEFAULTS["fedcot"],
+    )
     console = Console(record=True, width=200, force_terminal=False)
     ctx, result = run(cfg, console)
     log = tmp_path / "server.log"

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tests.conftest import needs_shared
 
 from fedlsm.methods.fedmkt_knowledge import MalformedKnowledge, dual_min_ce, from_payload, to_payload
 from fedlsm.models.distill import Knowledge
-from tests.conftest import needs_shared
 
 
 def test_dual_min_ce_picks_min_loss_sender_and_drops_when_local_is_better():
     local = np.array([1.0, 0.5, 2.0, 3.0])
-    senders = [np.array([0.8, 0.9, 2.5, 1.0]),
-               np.array([0.9, 0.6, 1.5, 2.0]),
-               np.array([0.2, 0.7, 3.0, 3.5])]
+    senders = [np.array([0.8, 0.9, 2.5, 1.0]), np.array([0.9, 0.6, 1.5, 2.0]), np.array([0.2, 0.7, 3.0, 3.5])]
     # sample 0: client 2 has the smallest loss (0.2 < local 1.0); sample 1: best is 0.6 > local 0.5 -> dropped;
     # sample 2: client 1 (1.5 < 2.0); sample 3: client 0 (1.0 < 3.0)
     assert dual_min_ce(local, senders) == [2, None, 1, 0]
@@ -31,8 +29,13 @@ def _knowledge(n=3, k=4, vocab=50) -> Knowledge:
     rng = np.random.default_rng(0)
     offsets = np.array([0, 2, 3, 5], dtype=np.int32)[: n + 1]
     p = int(offsets[-1])
-    return Knowledge(rng.random(n).astype(np.float32), offsets, rng.integers(0, vocab, p).astype(np.int32),
-                     rng.integers(0, vocab, (p, k)).astype(np.int32), -rng.random((p, k)).astype(np.float16))
+    return Knowledge(
+        rng.random(n).astype(np.float32),
+        offsets,
+        rng.integers(0, vocab, p).astype(np.int32),
+        rng.integers(0, vocab, (p, k)).astype(np.int32),
+        -rng.random((p, k)).astype(np.float16),
+    )
 
 
 def test_valid_payload_round_trips():
@@ -41,17 +44,20 @@ def test_valid_payload_round_trips():
     assert np.array_equal(back.topk_ids, k.topk_ids) and np.array_equal(back.offsets, k.offsets)
 
 
-@pytest.mark.parametrize("corrupt,reason", [
-    (lambda p: p.update(loss=p["loss"][:2]), "loss has shape"),
-    (lambda p: p.update(topk_ids=p["topk_ids"][:, :2]), "top-K ids"),
-    (lambda p: p["topk_logits"].__setitem__((0, 0), np.nan), "NaN or infinite"),
-    (lambda p: p["loss"].__setitem__(1, np.inf), "NaN or infinite"),
-    (lambda p: p["topk_ids"].__setitem__((1, 1), 50), "outside the sender's vocabulary"),
-    (lambda p: p["token_ids"].__setitem__(0, -3), "outside the sender's vocabulary"),
-    (lambda p: p.update(offsets=np.array([0, 3, 2, 5])), "non-decreasing"),
-    (lambda p: p.pop("topk_logits"), "missing field"),
-    (lambda p: p.update(topk_ids=p["topk_ids"].astype(np.float32)), "must be integers"),
-])
+@pytest.mark.parametrize(
+    "corrupt,reason",
+    [
+        (lambda p: p.update(loss=p["loss"][:2]), "loss has shape"),
+        (lambda p: p.update(topk_ids=p["topk_ids"][:, :2]), "top-K ids"),
+        (lambda p: p["topk_logits"].__setitem__((0, 0), np.nan), "NaN or infinite"),
+        (lambda p: p["loss"].__setitem__(1, np.inf), "NaN or infinite"),
+        (lambda p: p["topk_ids"].__setitem__((1, 1), 50), "outside the sender's vocabulary"),
+        (lambda p: p["token_ids"].__setitem__(0, -3), "outside the sender's vocabulary"),
+        (lambda p: p.update(offsets=np.array([0, 3, 2, 5])), "non-decreasing"),
+        (lambda p: p.pop("topk_logits"), "missing field"),
+        (lambda p: p.update(topk_ids=p["topk_ids"].astype(np.float32)), "must be integers"),
+    ],
+)
 def test_malformed_payload_is_rejected_with_a_reason(corrupt, reason):
     p = {k: v.copy() for k, v in to_payload(_knowledge()).items()}
     corrupt(p)
@@ -64,15 +70,25 @@ def test_malformed_payload_is_rejected_with_a_reason(corrupt, reason):
 def test_heterogeneous_round_survives_a_corrupt_client_and_leaks_no_private_text(tmp_path):
     from fedlsm.config import build_config
     from fedlsm.federation.grid import run_in_process
-    from fedlsm.methods import METHOD_DEFAULTS
-    from fedlsm.methods import fedmkt
+    from fedlsm.methods import METHOD_DEFAULTS, fedmkt
     from fedlsm.runner import prepare
 
     cfg = build_config(
         defaults=METHOD_DEFAULTS["fedmkt"],
-        overrides={"method": "fedmkt", "output_dir": str(tmp_path), "name": "tiny", "data.n_train": 20,
-                   "data.n_test": 6, "train.max_steps": 1, "train.batch_size": 4, "train.max_length": 160,
-                   "method_args.rounds": 1, "method_args.baselines": False, "method_args.top_k": 8})
+        overrides={
+            "method": "fedmkt",
+            "output_dir": str(tmp_path),
+            "name": "tiny",
+            "data.n_train": 20,
+            "data.n_test": 6,
+            "train.max_steps": 1,
+            "train.batch_size": 4,
+            "train.max_length": 160,
+            "method_args.rounds": 1,
+            "method_args.baselines": False,
+            "method_args.top_k": 8,
+        },
+    )
     ctx = prepare(cfg)
     assert cfg.llm.model == "gemma3-270m" and cfg.slm == "smollm2-135m"  # different tokenizers
 
@@ -104,6 +120,7 @@ def test_heterogeneous_round_survives_a_corrupt_client_and_leaks_no_private_text
     assert up < n_pos_max * 8 * (4 + 2) + 4096
     # audit: no private question (client data) reached the server, only public-set knowledge
     from fedlsm.federation.messages import MessageLog  # noqa: F401
+
     seen = " ".join(t for line in (ctx.run_dir / "messages.jsonl").read_text().splitlines() for t in [line])
     for e in [e for c in ctx.clients for e in c]:
         assert e.question not in seen
@@ -116,13 +133,20 @@ def test_fedmkt_options_are_typed_and_bad_ones_name_the_field():
     from fedlsm.methods.fedmkt import FedMKTArgs
 
     def args(*items):
-        return FedMKTArgs.from_cfg(build_config({"method": "fedmkt"}, dict(parse_override(x) for x in items),
-                                                defaults=METHOD_DEFAULTS["fedmkt"]))
+        return FedMKTArgs.from_cfg(
+            build_config(
+                {"method": "fedmkt"}, dict(parse_override(x) for x in items), defaults=METHOD_DEFAULTS["fedmkt"]
+            )
+        )
 
     a = args("method_args.lam=5e-1", "method_args.rounds=3", "method_args.server_trains=false")
     assert a.lam == 0.5 and a.rounds == 3 and a.server_trains is False
-    for item, field in [("method_args.top_k=many", "method_args.top_k"), ("method_args.lam=2", "method_args.lam"),
-                        ("method_args.rounds=0", "method_args.rounds"), ("method_args.topk=4", "method_args.topk")]:
+    for item, field in [
+        ("method_args.top_k=many", "method_args.top_k"),
+        ("method_args.lam=2", "method_args.lam"),
+        ("method_args.rounds=0", "method_args.rounds"),
+        ("method_args.topk=4", "method_args.topk"),
+    ]:
         with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
             args(item)
 
@@ -138,10 +162,23 @@ def test_generation_task_is_scored_by_rouge_l(tmp_path, shared_data):
 
     cfg = build_config(
         defaults=METHOD_DEFAULTS["fedmkt"],
-        overrides={"method": "fedmkt", "output_dir": str(tmp_path), "name": "ds", "data.task": "dialogsum",
-                   "data.root": str(shared_data), "llm.model": "smollm2", "data.n_train": 12, "data.n_test": 4,
-                   "data.public_fraction": 0.34, "train.max_steps": 2, "train.max_length": 384,
-                   "method_args.rounds": 1, "method_args.baselines": False, "method_args.top_k": 8})
+        overrides={
+            "method": "fedmkt",
+            "output_dir": str(tmp_path),
+            "name": "ds",
+            "data.task": "dialogsum",
+            "data.root": str(shared_data),
+            "llm.model": "smollm2",
+            "data.n_train": 12,
+            "data.n_test": 4,
+            "data.public_fraction": 0.34,
+            "train.max_steps": 2,
+            "train.max_length": 384,
+            "method_args.rounds": 1,
+            "method_args.baselines": False,
+            "method_args.top_k": 8,
+        },
+    )
     ctx, result = run(cfg)
     m = json.loads((ctx.run_dir / "metrics.json").read_text())
     assert m["summary"]["metric"] == "rougeL"

@@ -24,11 +24,30 @@ import pytest
 
 pytest.importorskip("flwr")
 
-FEDMKT = {"data.task": "arith", "llm.model": "smollm2-135m", "slm": "smollm2-135m", "data.n_train": 10,
-          "data.n_test": 6, "data.public_fraction": 0.2, "train.max_steps": 1, "train.batch_size": 4,
-          "train.max_length": 80, "method_args.rounds": 2, "method_args.top_k": 8, "method_args.baselines": False}
-ROUND_KEYS = ("round", "clients_answered", "rejected", "dropped", "server_kd_samples", "server_kd_from",
-              "server_loss_last", "client_kd_samples")
+FEDMKT = {
+    "data.task": "arith",
+    "llm.model": "smollm2-135m",
+    "slm": "smollm2-135m",
+    "data.n_train": 10,
+    "data.n_test": 6,
+    "data.public_fraction": 0.2,
+    "train.max_steps": 1,
+    "train.batch_size": 4,
+    "train.max_length": 80,
+    "method_args.rounds": 2,
+    "method_args.top_k": 8,
+    "method_args.baselines": False,
+}
+ROUND_KEYS = (
+    "round",
+    "clients_answered",
+    "rejected",
+    "dropped",
+    "server_kd_samples",
+    "server_kd_from",
+    "server_loss_last",
+    "client_kd_samples",
+)
 
 
 def _outcome(run_dir: Path) -> dict:
@@ -36,8 +55,13 @@ def _outcome(run_dir: Path) -> dict:
     per-round losses, the LLM's accuracy, who dropped."""
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["run"]["status"] == "done"
-    return {"rounds": [{k: r[k] for k in ROUND_KEYS} for r in m["rounds"]], "clients": m["fedmkt_clients"],
-            "llm": m["fedmkt_llm"], "dropped": m["dropped"], "metrics": m}
+    return {
+        "rounds": [{k: r[k] for k in ROUND_KEYS} for r in m["rounds"]],
+        "clients": m["fedmkt_clients"],
+        "llm": m["fedmkt_llm"],
+        "dropped": m["dropped"],
+        "metrics": m,
+    }
 
 
 def _same(a: dict, b: dict) -> None:
@@ -46,14 +70,34 @@ def _same(a: dict, b: dict) -> None:
 
 
 def _env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "FEDLSM_NO_PROGRESS": "1", "FLWR_TELEMETRY_ENABLED": "0",
-            "HF_HUB_OFFLINE": "1"}
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "FEDLSM_NO_PROGRESS": "1",
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "HF_HUB_OFFLINE": "1",
+    }
 
 
 def _fedlsm(out: Path, name: str, *args: str, wait: bool = True):
     sets = [a for k, v in FEDMKT.items() for a in ("--set", f"{k}={json.dumps(v) if isinstance(v, bool) else v}")]
-    cmd = [sys.executable, "-m", "fedlsm", "run", "fedmkt", "--clients", "2", "--seed", "0", "--name", name,
-           "--output-dir", str(out), *sets, *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fedlsm",
+        "run",
+        "fedmkt",
+        "--clients",
+        "2",
+        "--seed",
+        "0",
+        "--name",
+        name,
+        "--output-dir",
+        str(out),
+        *sets,
+        *args,
+    ]
     log = (out / f"{name}.log").open("a")
     p = subprocess.Popen(cmd, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     if wait:
@@ -102,14 +146,22 @@ def reference(tmp_path_factory):
 
 # --- fast: wire format, checkpoints, config errors -------------------------------------------------
 
+
 def test_records_round_trip():
     """Payloads with nested arrays, numbers, strings, lists and inf survive the trip through Flower records."""
-    from fedlsm.federation.flower import _load_state, _save_state, from_records, to_records
-    from fedlsm.federation.messages import Message
     from flwr.app import RecordDict
 
-    payload = {"w": {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.array([1, 2], dtype=np.int64)},
-               "n": 4, "eps": float("inf"), "text": "héllo", "items": [1, {"z": np.zeros(1)}], "s": np.float32(0.5)}
+    from fedlsm.federation.flower import _load_state, _save_state, from_records, to_records
+    from fedlsm.federation.messages import Message
+
+    payload = {
+        "w": {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.array([1, 2], dtype=np.int64)},
+        "n": 4,
+        "eps": float("inf"),
+        "text": "héllo",
+        "items": [1, {"z": np.zeros(1)}],
+        "s": np.float32(0.5),
+    }
     back = from_records(to_records(Message("server", "client-1", "fit", payload, 3)))
     assert (back.sender, back.receiver, back.kind, back.round) == ("server", "client-1", "fit", 3)
     np.testing.assert_array_equal(back.payload["w"]["a"], payload["w"]["a"])
@@ -185,13 +237,16 @@ def test_fedavg_refuses_heterogeneous_clients(tmp_path):
     from fedlsm.errors import ConfigError
     from fedlsm.methods.fedavg import check_homogeneous
 
-    cfg = build_config({"method": "fedavg", "name": "x", "output_dir": str(tmp_path)},
-                       {"method_args.client_slms": ["smollm2-135m", "qwen2.5-0.5b"]})
+    cfg = build_config(
+        {"method": "fedavg", "name": "x", "output_dir": str(tmp_path)},
+        {"method_args.client_slms": ["smollm2-135m", "qwen2.5-0.5b"]},
+    )
     with pytest.raises(ConfigError, match="^slm: .*same model.*fix: set one `slm`"):
         check_homogeneous(cfg)
 
 
 # --- slow: FedMKT on every engine ------------------------------------------------------------------
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
@@ -228,6 +283,7 @@ def test_resume_after_server_killed(reference, tmp_path):
 
 # --- Deployment Engine: a real SuperLink and SuperNodes on loopback, TLS + SuperNode authentication ----
 
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -247,17 +303,25 @@ class Federation:
         self.keys = [make_node_key(root / "keys", f"node-{k}") for k in range(clients)]
         self.port = _free_port()
         self.procs: dict[str, subprocess.Popen] = {}
-        self._start("superlink", ["superlink", "--certs", str(root / "certs"), "--port", str(self.port),
-                                  "--supernode-auth"])
+        self._start(
+            "superlink", ["superlink", "--certs", str(root / "certs"), "--port", str(self.port), "--supernode-auth"]
+        )
         self._wait_listening(self.port)
-        self.node_ids = [register_supernode(k["public"], superlink=f"127.0.0.1:{self.port}",
-                                            root_certificates=self.certs["ca"]) for k in self.keys]
+        self.node_ids = [
+            register_supernode(k["public"], superlink=f"127.0.0.1:{self.port}", root_certificates=self.certs["ca"])
+            for k in self.keys
+        ]
 
     def _start(self, name: str, args: list[str]) -> subprocess.Popen:
         env = {**_env(), "FLWR_HOME": str(self.root / f"flwr-{name}")}
         log = (self.root / f"{name}.log").open("a")
-        self.procs[name] = subprocess.Popen([sys.executable, "-m", "fedlsm", *args], env=env, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "fedlsm", *args],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         return self.procs[name]
 
     def _wait_listening(self, port: int, timeout: float = 60) -> None:
@@ -272,13 +336,28 @@ class Federation:
     def log(self, name: str) -> str:
         return (self.root / f"{name}.log").read_text()
 
-    def start_node(self, k: int, key: Path | None = None, name: str | None = None,
-                   data: list[str] | None = None) -> subprocess.Popen:
-        return self._start(name or f"supernode-{k}",
-                           ["supernode", "--partition", str(k), "--clients", str(self.clients),
-                            "--superlink", f"127.0.0.1:{self.port}", "--root-certificates", str(self.certs["ca"]),
-                            "--port", str(_free_port()), "--auth-key", str(key or self.keys[k]["private"]),
-                            *(data or [])])
+    def start_node(
+        self, k: int, key: Path | None = None, name: str | None = None, data: list[str] | None = None
+    ) -> subprocess.Popen:
+        return self._start(
+            name or f"supernode-{k}",
+            [
+                "supernode",
+                "--partition",
+                str(k),
+                "--clients",
+                str(self.clients),
+                "--superlink",
+                f"127.0.0.1:{self.port}",
+                "--root-certificates",
+                str(self.certs["ca"]),
+                "--port",
+                str(_free_port()),
+                "--auth-key",
+                str(key or self.keys[k]["private"]),
+                *(data or []),
+            ],
+        )
 
     def join(self, k: int, timeout: float = 180, data: list[str] | None = None) -> None:
         """Start SuperNode k until the SuperLink activates it (a registered key is refused while the
@@ -337,10 +416,19 @@ def test_deployment_tls_auth_survives_a_dead_supernode(reference, tmp_path):
             fed.join(k)
         assert all(f"SuperNode ID: {n}" in fed.log(f"supernode-{k}") for k, n in enumerate(fed.node_ids))
 
-        run = _fedlsm(tmp_path, "dep", "--engine", "flower-deploy",
-                      "--set", f"federation.superlink=127.0.0.1:{fed.port}",
-                      "--set", f"federation.root_certificates={fed.certs['ca']}",
-                      "--set", "federation.rejoin_timeout=300", wait=False)  # round 1 waits for SuperNode 1
+        run = _fedlsm(
+            tmp_path,
+            "dep",
+            "--engine",
+            "flower-deploy",
+            "--set",
+            f"federation.superlink=127.0.0.1:{fed.port}",
+            "--set",
+            f"federation.root_certificates={fed.certs['ca']}",
+            "--set",
+            "federation.rejoin_timeout=300",
+            wait=False,
+        )  # round 1 waits for SuperNode 1
         log, work, metrics = tmp_path / "dep.log", tmp_path / "dep" / "client-1", tmp_path / "dep" / "metrics.json"
         # client-1's work folder appears when its first request (round 0's local update) reaches it
         _wait_for(work.exists, "client-1 starting round 0", run, log)
@@ -385,17 +473,39 @@ def test_deployment_tls_auth_survives_a_dead_supernode(reference, tmp_path):
 # Two clients on CommonsenseQA files with a canary in every private question and gold answer
 # (tests/canaries.py). Seeded noise, so that the Simulation Engine can reproduce the in-process run
 # exactly; the raw-data baseline is not scheduled (tests/test_fedcot.py runs it).
-FEDCOT = {"clients": 2, "train.max_steps": 1, "train.batch_size": 4, "llm.max_new_tokens": 16, "method_args.demos": 1,
-          "privacy.epsilon": 3.0, "method_args.baselines": False}
+FEDCOT = {
+    "clients": 2,
+    "train.max_steps": 1,
+    "train.batch_size": 4,
+    "llm.max_new_tokens": 16,
+    "method_args.demos": 1,
+    "privacy.epsilon": 3.0,
+    "method_args.baselines": False,
+}
 
 
 def _fedcot_start(out: Path, name: str, sites, *args: str, deployed: bool = False) -> subprocess.Popen:
     from canaries import canary_config
 
     over = {**FEDCOT, **canary_config(sites, deployed=deployed), **({} if deployed else {"privacy.seeded": True})}
-    sets = [a for k, v in over.items() for a in ("--set", f"{k}={json.dumps(v) if v is None or isinstance(v, bool) else v}")]
-    cmd = [sys.executable, "-m", "fedlsm", "run", "fedcot", "--seed", "0", "--name", name, "--output-dir", str(out),
-           *sets, *args]
+    sets = [
+        a for k, v in over.items() for a in ("--set", f"{k}={json.dumps(v) if v is None or isinstance(v, bool) else v}")
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fedlsm",
+        "run",
+        "fedcot",
+        "--seed",
+        "0",
+        "--name",
+        name,
+        "--output-dir",
+        str(out),
+        *sets,
+        *args,
+    ]
     with (out / f"{name}.log").open("a") as log:
         return subprocess.Popen(cmd, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -471,17 +581,41 @@ def test_fedcot_on_the_deployment_engine_with_one_data_file_per_site(fedcot_refe
     fed = Federation(tmp_path, clients=2)
     try:
         for k in range(2):
-            fed.join(k, data=["--data", str(canary_sites.sites[k]), "--public", str(canary_sites.public),
-                              "--test", str(canary_sites.test)])
-        dep = _fedcot(tmp_path, "dep", canary_sites, "--engine", "flower-deploy", "--set",
-                      f"federation.superlink=127.0.0.1:{fed.port}", "--set",
-                      f"federation.root_certificates={fed.certs['ca']}", deployed=True)
+            fed.join(
+                k,
+                data=[
+                    "--data",
+                    str(canary_sites.sites[k]),
+                    "--public",
+                    str(canary_sites.public),
+                    "--test",
+                    str(canary_sites.test),
+                ],
+            )
+        dep = _fedcot(
+            tmp_path,
+            "dep",
+            canary_sites,
+            "--engine",
+            "flower-deploy",
+            "--set",
+            f"federation.superlink=127.0.0.1:{fed.port}",
+            "--set",
+            f"federation.root_certificates={fed.certs['ca']}",
+            deployed=True,
+        )
     finally:
         fed.close()
     ref = {r["method"]: r["value"] for r in fedcot_reference.result()["results"]}
     rows = {r["method"]: r["value"] for r in dep["results"]}
-    assert [m.split(" (")[0] for m in rows] == ["Zero-shot LLM", "Few-shot LLM", "Zero-shot SLM", "Few-shot SLM",
-                                                "Standalone", "FedCoT-E"]
+    assert [m.split(" (")[0] for m in rows] == [
+        "Zero-shot LLM",
+        "Few-shot LLM",
+        "Zero-shot SLM",
+        "Few-shot SLM",
+        "Standalone",
+        "FedCoT-E",
+    ]
     for m in list(rows)[:4]:
         assert rows[m] == ref[m], m
     assert dep["privacy"]["randomness"] == "os-entropy" and "unchanged_fraction" not in dep["privacy"]

@@ -12,8 +12,9 @@ def test_bundled_model_generates_text(smollm2):
     model, tok = smollm2
     assert model.config.vocab_size == 49152
     gen = HFGenerator(model, tok, batch_size=2)
-    outs = gen.generate(["What is the capital of France? Answer in one word.", "Say hello."],
-                        GenerationConfig(max_new_tokens=12))
+    outs = gen.generate(
+        ["What is the capital of France? Answer in one word.", "Say hello."], GenerationConfig(max_new_tokens=12)
+    )
     assert len(outs) == 2 and all(o.strip() for o in outs)
     assert "paris" in outs[0].lower()
     assert gen.stats.requests == 2 and gen.stats.completion_tokens > 0
@@ -31,11 +32,14 @@ def test_dequantized_cache_is_written_and_reused(smollm2):
 def test_few_lora_steps_lower_the_loss(smollm2):
     model, tok = load_causal_lm("smollm2")
     model = apply_lora(model, r=8, alpha=16, dropout=0.0)
-    pairs = [TrainPair("The secret code of the vault is", " PLUM-47"),
-             TrainPair("Q: What is the vault's secret code?\nA:", " PLUM-47")]
+    pairs = [
+        TrainPair("The secret code of the vault is", " PLUM-47"),
+        TrainPair("Q: What is the vault's secret code?\nA:", " PLUM-47"),
+    ]
     before = mean_loss(model, tok, pairs)
-    res = train_sft(model, tok, pairs, TrainSettings(epochs=6, lr=3e-3, batch_size=2, warmup_ratio=0.0),
-                    show_progress=False)
+    res = train_sft(
+        model, tok, pairs, TrainSettings(epochs=6, lr=3e-3, batch_size=2, warmup_ratio=0.0), show_progress=False
+    )
     after = mean_loss(model, tok, pairs)
     assert res.steps == 6
     assert after < 0.5 * before, (before, after)
@@ -75,8 +79,12 @@ def test_two_processes_dequantize_the_same_gguf_at_once(tmp_path):
 
     code = "from fedlsm.models import load_causal_lm; m, t = load_causal_lm('smollm2'); print(m.config.vocab_size)"
     env = {**__import__("os").environ, "FEDLSM_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
     assert all(o[0].strip().endswith("49152") for o in outs)

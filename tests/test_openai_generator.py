@@ -162,11 +162,14 @@ def test_unknown_model_name_gives_clear_error(server):
     assert "404" in str(err.value) and "llm.model" in str(err.value)
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    ({"base_url": ""}, "llm.base_url"),
-    ({"base_url": "localhost:8000"}, "llm.base_url"),
-    ({"concurrency": 0}, "llm.concurrency"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"base_url": ""}, "llm.base_url"),
+        ({"base_url": "localhost:8000"}, "llm.base_url"),
+        ({"concurrency": 0}, "llm.concurrency"),
+    ],
+)
 def test_bad_settings_are_rejected(kwargs, field):
     args = {"base_url": "http://127.0.0.1:8000/v1", "model": MODEL, **kwargs}
     with pytest.raises(FedLSMError, match=field):

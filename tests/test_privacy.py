@@ -15,8 +15,15 @@ import pytest
 import torch
 
 from fedlsm.errors import ConfigError, FedLSMError
-from fedlsm.privacy import (AdaptivePerturber, ExponentialMechanism, Perturber, PrivacyReport, TextSanitizer,
-                            compose, prompt_epsilon)
+from fedlsm.privacy import (
+    AdaptivePerturber,
+    ExponentialMechanism,
+    Perturber,
+    PrivacyReport,
+    TextSanitizer,
+    compose,
+    prompt_epsilon,
+)
 from fedlsm.privacy import mechanism as mechanism_module
 
 SUBSET = 4000  # rows of the real SmolLM2 embedding matrix used where the full 49k is not needed
@@ -195,8 +202,13 @@ def test_sampler_matches_distribution_for_many_tokens(sub, sampler_path):
     """A batch of many different tokens, each drawn many times, follows the exact law per token."""
     emb, vocab = sub
     lo_id, v = 1000, 500  # a 500-token real vocabulary keeps the distributions peaked enough to test
-    mech = ExponentialMechanism(emb[lo_id:lo_id + v], vocab[lo_id:lo_id + v], epsilon=20.0,
-                                top_k=50 if sampler_path == "top-k" else None, device="cpu")
+    mech = ExponentialMechanism(
+        emb[lo_id : lo_id + v],
+        vocab[lo_id : lo_id + v],
+        epsilon=20.0,
+        top_k=50 if sampler_path == "top-k" else None,
+        device="cpu",
+    )
     xs = torch.arange(0, v, 9)
     reps = 1000
     draws = mech.sample(xs.repeat_interleave(reps), seed=3).view(-1, reps)
@@ -311,8 +323,10 @@ def test_empty_prompts_are_clear_errors(sanitizer):
 def test_sanitize_a_batch_with_public_tokens(smol):
     san = TextSanitizer.from_model("smollm2", epsilon=1.0, public_tokens=["punctuation", "stopwords", "choice_letters"])
     tok = smol[2]
-    texts = ["Q: Ava has 3 boxes with 7 apples in each. How many apples?\n(a) 21 (b) 10",
-             "The cat sat on the mat, and <|im_end|> then left."]
+    texts = [
+        "Q: Ava has 3 boxes with 7 apples in each. How many apples?\n(a) 21 (b) 10",
+        "The cat sat on the mat, and <|im_end|> then left.",
+    ]
     res = san.sanitize(texts, seed=0)
     rep = res.report
     assert len(res.texts) == 2 and rep.n_prompts == 2
@@ -343,8 +357,17 @@ def test_report_accounting(sanitizer):
     assert rep.epsilon_prompt_max == max(per_prompt) * 3.0 == prompt_epsilon(max(per_prompt), 3.0)
     assert rep.epsilon_prompt_mean == pytest.approx(sum(per_prompt) * 3.0 / 2)
     d = rep.as_dict()
-    for key in ("epsilon_per_token", "tokens_perturbed", "tokens_public", "unchanged_fraction",
-                "epsilon_prompt_max", "epsilon_prompt_mean", "candidate_k", "neighbouring", "guarantee"):
+    for key in (
+        "epsilon_per_token",
+        "tokens_perturbed",
+        "tokens_public",
+        "unchanged_fraction",
+        "epsilon_prompt_max",
+        "epsilon_prompt_mean",
+        "candidate_k",
+        "neighbouring",
+        "guarantee",
+    ):
         assert key in d
     assert d["candidate_k"] is None and "any two tokens" in d["guarantee"]
     both = PrivacyReport.combine([rep, sanitizer.sanitize(texts[:1], seed=1).report])
@@ -361,8 +384,9 @@ def test_topk_sanitizer_report_states_weaker_guarantee():
 def test_precomputed_table_equals_lazy_rows(sub):
     emb, vocab = sub
     lazy = ExponentialMechanism(emb, vocab, epsilon=1.0, top_k=12, exclude_outputs=[0, 1], device="cpu")
-    full = ExponentialMechanism(emb, vocab, epsilon=1.0, top_k=12, exclude_outputs=[0, 1], device="cpu",
-                                precompute=True, show_progress=False)
+    full = ExponentialMechanism(
+        emb, vocab, epsilon=1.0, top_k=12, exclude_outputs=[0, 1], device="cpu", precompute=True, show_progress=False
+    )
     xs = torch.arange(SUBSET)
     ci, cs = lazy.candidates(xs)
     fi, fs = full.candidates(xs)

@@ -9,10 +9,18 @@ import pytest
 import torch
 
 from fedlsm.errors import ConfigError
-from fedlsm.privacy import (ExponentialMechanism, TextSanitizer, attack_sanitized, bayesian_attack, corpus_prior,
-                            nearest_neighbour_attack, privacy_curve, success_rate, token_ratio,
-                            words)
-
+from fedlsm.privacy import (
+    ExponentialMechanism,
+    TextSanitizer,
+    attack_sanitized,
+    bayesian_attack,
+    corpus_prior,
+    nearest_neighbour_attack,
+    privacy_curve,
+    success_rate,
+    token_ratio,
+    words,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -59,8 +67,10 @@ def test_attack_success_rises_with_epsilon_full_vocabulary(questions, public_que
     for eps in (1.0, 20.0, 100.0):
         s = san.with_epsilon(eps)
         res = s.sanitize(questions, seed=0)
-        rates[eps] = {"nn": attack_sanitized(res, s.mechanism, attacks=["nearest_neighbour"])["nearest_neighbour"],
-                      "bayes": attack_sanitized(res, s.mechanism, prior=prior, attacks=["bayesian"])["bayesian"]}
+        rates[eps] = {
+            "nn": attack_sanitized(res, s.mechanism, attacks=["nearest_neighbour"])["nearest_neighbour"],
+            "bayes": attack_sanitized(res, s.mechanism, prior=prior, attacks=["bayesian"])["bayesian"],
+        }
     assert rates[1.0]["nn"] < rates[20.0]["nn"] < rates[100.0]["nn"]
     assert rates[1.0]["nn"] < 0.01  # near-uniform over 49k tokens: almost nothing recovered
     assert rates[100.0]["nn"] > 0.5
@@ -85,7 +95,7 @@ def test_bayesian_attack_is_the_exact_posterior_argmax(smol):
     emb, vocab, _ = smol
     lo, v = 1000, 600
     for top_k in (None, 12):
-        mech = ExponentialMechanism(emb[lo:lo + v], vocab[lo:lo + v], epsilon=6.0, top_k=top_k, device="cpu")
+        mech = ExponentialMechanism(emb[lo : lo + v], vocab[lo : lo + v], epsilon=6.0, top_k=top_k, device="cpu")
         g = torch.Generator().manual_seed(0)
         prior = torch.rand(v, generator=g, dtype=torch.float64) ** 4  # an uneven prior
         prior[::7] = 0.0  # with tokens the attacker rules out
@@ -136,8 +146,15 @@ def test_privacy_curve_with_rationales(questions, public_questions):
     gen = HFGenerator(model, tok, batch_size=2)
     san = TextSanitizer.from_model("smollm2", epsilon=1.0)
     prior = corpus_prior(tok, public_questions, san.mechanism.vocab_size)
-    curve = privacy_curve(san, questions[:2], [1.0, math.inf], prior=prior, generator=gen,
-                          generation_config=GenerationConfig(max_new_tokens=6), show_progress=False)
+    curve = privacy_curve(
+        san,
+        questions[:2],
+        [1.0, math.inf],
+        prior=prior,
+        generator=gen,
+        generation_config=GenerationConfig(max_new_tokens=6),
+        show_progress=False,
+    )
     low, high = curve.points
     assert high.token_ratio_prompt == 1.0 and high.token_ratio_rationale == 1.0  # greedy, same prompt
     assert low.token_ratio_prompt < 0.2 and 0.0 <= low.token_ratio_rationale <= 1.0
@@ -155,8 +172,9 @@ def test_privacy_curve_command_writes_table_json_and_plot(tmp_path):
     app = typer.Typer()
     app.command()(privacy_curve_command)
     out = tmp_path / "curve"
-    result = CliRunner().invoke(app, ["--epsilons", "1,50,inf", "--n-texts", "8", "--public", "punctuation",
-                                      "--out", str(out)])
+    result = CliRunner().invoke(
+        app, ["--epsilons", "1,50,inf", "--n-texts", "8", "--public", "punctuation", "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     assert "privacy curve" in result.output and "Bayes" in result.output and "TR prompt" in result.output
     data = json.loads((out / "privacy_curve.json").read_text())

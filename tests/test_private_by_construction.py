@@ -41,8 +41,10 @@ def test_server_view_and_each_client_hold_no_private_example_but_their_own(tmp_p
     from fedlsm.federation.grid import client_contexts, server_view
     from fedlsm.runner import prepare
 
-    cfg = build_config({"method": "fedavg", "output_dir": str(tmp_path), "name": "v"},
-                       {"data.n_train": 20, "data.n_test": 5, "clients": 2})
+    cfg = build_config(
+        {"method": "fedavg", "output_dir": str(tmp_path), "name": "v"},
+        {"data.n_train": 20, "data.n_test": 5, "clients": 2},
+    )
     ctx = prepare(cfg)
     private = [[e.question for e in part] for part in ctx.clients]
     everything = private[0] + private[1]
@@ -53,7 +55,9 @@ def test_server_view_and_each_client_hold_no_private_example_but_their_own(tmp_p
     assert _held(c1, private[0]) == 0
     # the old server view (the run context without its partitions, the task's training split kept)
     # held every private example: the check fails on it
-    leaky = dataclasses.replace(ctx, clients=[], task=dataclasses.replace(ctx.task, train=[e for p in ctx.clients for e in p]))
+    leaky = dataclasses.replace(
+        ctx, clients=[], task=dataclasses.replace(ctx.task, train=[e for p in ctx.clients for e in p])
+    )
     assert _held(leaky, everything) == 20
 
 
@@ -66,8 +70,11 @@ def test_a_deployed_server_never_opens_the_clients_data_file(tmp_path):
     rec = {"question": "Where is milk kept?", "choices": ["oven", "fridge"], "answer": "fridge", "rationale": "Cold."}
     for name in ("test", "public", "site"):
         (tmp_path / f"{name}.jsonl").write_text(json.dumps(rec) + "\n")
-    over = {"data.path": str(tmp_path / "nowhere" / "clients.jsonl"), "data.test_path": str(tmp_path / "test.jsonl"),
-            "data.public_path": str(tmp_path / "public.jsonl")}
+    over = {
+        "data.path": str(tmp_path / "nowhere" / "clients.jsonl"),
+        "data.test_path": str(tmp_path / "test.jsonl"),
+        "data.public_path": str(tmp_path / "public.jsonl"),
+    }
     cfg = build_config({"method": "fedcot"}, over)
     view = server_data(cfg)
     assert view.private == [] and view.task.train == [] and len(view.task.test) == 1 and view.public[0].rationale
@@ -88,8 +95,9 @@ def _fedcot_client(tmp_path, **privacy):
     from fedlsm.federation.grid import ClientContext
     from fedlsm.methods.fedcot import FedCoTClient
 
-    cfg = build_config({"method": "fedcot"}, {f"privacy.{k}": v for k, v in privacy.items()},
-                       defaults=METHOD_DEFAULTS["fedcot"])
+    cfg = build_config(
+        {"method": "fedcot"}, {f"privacy.{k}": v for k, v in privacy.items()}, defaults=METHOD_DEFAULTS["fedcot"]
+    )
     task = make_arith(n_train=6, n_test=2, seed=0)
     return FedCoTClient(ClientContext(cfg, 0, task.train[:4], task.train[4:], task.eval_only(), tmp_path))
 
@@ -128,9 +136,11 @@ def test_client_policy_refuses_what_its_operator_did_not_allow():
 
     node = ClientPolicy.from_node_config({"max-epsilon": 5.0})
     node.check(build_config({"method": "fedcot"}, {"privacy.epsilon": 3.0}))
-    for over, why in [({"privacy.epsilon": 8.0}, "above this client's ceiling 5"),
-                      ({"privacy.epsilon": math.inf}, "above this client's ceiling"),
-                      ({"privacy.seeded": True}, "seed the server knows")]:
+    for over, why in [
+        ({"privacy.epsilon": 8.0}, "above this client's ceiling 5"),
+        ({"privacy.epsilon": math.inf}, "above this client's ceiling"),
+        ({"privacy.seeded": True}, "seed the server knows"),
+    ]:
         with pytest.raises(PolicyError, match=why):
             node.check(build_config({"method": "fedcot"}, over))
     with pytest.raises(PolicyError, match="did not opt into a non-private baseline"):
@@ -157,8 +167,11 @@ def test_an_in_process_run_above_the_clients_ceiling_stops_before_any_training(t
     from fedlsm.federation.policy import PolicyError
     from fedlsm.runner import run
 
-    cfg = build_config({"method": "fedcot", "output_dir": str(tmp_path), "name": "inf"}, {"privacy.epsilon": math.inf},
-                       defaults=METHOD_DEFAULTS["fedcot"])
+    cfg = build_config(
+        {"method": "fedcot", "output_dir": str(tmp_path), "name": "inf"},
+        {"privacy.epsilon": math.inf},
+        defaults=METHOD_DEFAULTS["fedcot"],
+    )
     with pytest.raises(PolicyError, match="privacy.epsilon=inf"):
         run(cfg, Console(quiet=True))
     assert not list(Path(tmp_path, "inf").glob("client-*"))

@@ -12,15 +12,18 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.console import Console
 
 from fedlsm.errors import ConfigError, FedLSMError
 
-app = typer.Typer(help="fedlsm: privacy-preserving collaboration between a server LLM and client SLMs.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="fedlsm: privacy-preserving collaboration between a server LLM and client SLMs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # one line per error, never wrapped
 
@@ -52,7 +55,7 @@ def user_errors(fn):
             if os.environ.get("FEDLSM_DEBUG"):
                 raise
             err_console.print(f"[bold red]error:[/] {e}")
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
 
     return wrapper
 
@@ -61,21 +64,21 @@ def user_errors(fn):
 @user_errors
 def run_command(
     method: str = typer.Argument(..., help="method: standalone, fedcot, ... (see `fedlsm methods`)"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file"),
-    task: Optional[str] = typer.Option(None, help="built-in task or preset (see `fedlsm tasks`)"),
-    clients: Optional[int] = typer.Option(None, help="number of clients"),
-    slm: Optional[str] = typer.Option(None, help="client SLM: bundled name, folder, .gguf or hub id"),
-    llm: Optional[str] = typer.Option(None, help="server LLM: bundled name, folder, .gguf or hub id"),
-    epsilon: Optional[float] = typer.Option(None, help="privacy budget per token"),
-    variant: Optional[str] = typer.Option(None, help="method variant (e.g. FedCoT: e or a)"),
-    n_train: Optional[int] = typer.Option(None, help="training examples (all clients together)"),
-    n_test: Optional[int] = typer.Option(None, help="test examples"),
-    epochs: Optional[int] = typer.Option(None, help="training epochs"),
-    seed: Optional[int] = typer.Option(None, help="random seed"),
-    name: Optional[str] = typer.Option(None, help="run folder name"),
-    output_dir: Optional[str] = typer.Option(None, help="folder for run folders (default runs/)"),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="override any field: --set train.lr=5e-4"),
-    engine: Optional[str] = typer.Option(None, help="in-process (default), flower-sim or flower-deploy"),
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML config file"),
+    task: str | None = typer.Option(None, help="built-in task or preset (see `fedlsm tasks`)"),
+    clients: int | None = typer.Option(None, help="number of clients"),
+    slm: str | None = typer.Option(None, help="client SLM: bundled name, folder, .gguf or hub id"),
+    llm: str | None = typer.Option(None, help="server LLM: bundled name, folder, .gguf or hub id"),
+    epsilon: float | None = typer.Option(None, help="privacy budget per token"),
+    variant: str | None = typer.Option(None, help="method variant (e.g. FedCoT: e or a)"),
+    n_train: int | None = typer.Option(None, help="training examples (all clients together)"),
+    n_test: int | None = typer.Option(None, help="test examples"),
+    epochs: int | None = typer.Option(None, help="training epochs"),
+    seed: int | None = typer.Option(None, help="random seed"),
+    name: str | None = typer.Option(None, help="run folder name"),
+    output_dir: str | None = typer.Option(None, help="folder for run folders (default runs/)"),
+    set_: list[str] | None = typer.Option(None, "--set", help="override any field: --set train.lr=5e-4"),
+    engine: str | None = typer.Option(None, help="in-process (default), flower-sim or flower-deploy"),
     resume: bool = typer.Option(False, "--resume", help="continue run folder --name from its last checkpoint"),
 ):
     """Run a method (and its baselines) and print a table; results go to runs/<name>/."""
@@ -83,10 +86,23 @@ def run_command(
     from fedlsm.config import build_config, parse_override
     from fedlsm.runner import run
 
-    base = {"method": method, "data.task": task, "clients": clients, "slm": slm, "llm.model": llm,
-            "privacy.epsilon": epsilon, "method_args.variant": variant, "data.n_train": n_train,
-            "data.n_test": n_test, "train.epochs": epochs, "seed": seed, "name": name, "output_dir": output_dir,
-            "engine": engine, "resume": resume or None}
+    base = {
+        "method": method,
+        "data.task": task,
+        "clients": clients,
+        "slm": slm,
+        "llm.model": llm,
+        "privacy.epsilon": epsilon,
+        "method_args.variant": variant,
+        "data.n_train": n_train,
+        "data.n_test": n_test,
+        "train.epochs": epochs,
+        "seed": seed,
+        "name": name,
+        "output_dir": output_dir,
+        "engine": engine,
+        "resume": resume or None,
+    }
     from fedlsm.methods import METHOD_DEFAULTS
 
     overrides = dict(parse_override(s) for s in (set_ or []))
@@ -150,7 +166,7 @@ def methods_command():
 @user_errors
 def bench_command(
     grid: Path = typer.Argument(..., help="grid YAML (see benchmarks/smoke.yaml)"),
-    output_dir: Optional[str] = typer.Option(None, help="run folders go here (default: the grid's output_dir)"),
+    output_dir: str | None = typer.Option(None, help="run folders go here (default: the grid's output_dir)"),
     force: bool = typer.Option(False, help="recompute cells that are already done"),
 ):
     """Run a grid of methods × datasets × ε × seeds resumably, then write the report."""
@@ -179,22 +195,25 @@ def bench_command(
 @user_errors
 def report_command(
     runs_dir: Path = typer.Argument(..., help="folder of run folders (what `fedlsm bench` wrote)"),
-    output_dir: Optional[Path] = typer.Option(None, help="where report.md/.html and the PNGs go (default runs_dir)"),
+    output_dir: Path | None = typer.Option(None, help="where report.md/.html and the PNGs go (default runs_dir)"),
 ):
     """Markdown + HTML report with tables, the Pareto front and plots from a folder of runs."""
     from fedlsm.bench.report import write_report
 
     rep = write_report(runs_dir, output_dir)
-    console.print(f"{len(rep['records'])} run(s), {len(rep['groups'])} setting(s): {rep['markdown']}, {rep['html']}"
-                  + "".join(f", {p}" for p in rep["images"]))
+    console.print(
+        f"{len(rep['records'])} run(s), {len(rep['groups'])} setting(s): {rep['markdown']}, {rep['html']}"
+        + "".join(f", {p}" for p in rep["images"])
+    )
 
 
 @app.command("certs")
 @user_errors
 def certs_command(
     folder: Path = typer.Argument(Path("certs"), help="where ca.pem, server.pem and server.key go"),
-    host: Optional[List[str]] = typer.Option(None, help="SuperLink address(es) the certificate covers "
-                                                        "(default 127.0.0.1 and localhost)"),
+    host: list[str] | None = typer.Option(
+        None, help="SuperLink address(es) the certificate covers (default 127.0.0.1 and localhost)"
+    ),
 ):
     """Make a CA and a TLS certificate for the SuperLink (give ca.pem to SuperNodes and `fedlsm run`)."""
     from fedlsm.federation.deploy import make_certificates
@@ -206,12 +225,13 @@ def certs_command(
 @app.command("superlink")
 @user_errors
 def superlink_command(
-    certs: Optional[Path] = typer.Option(Path("certs"), help="folder from `fedlsm certs`"),
+    certs: Path | None = typer.Option(Path("certs"), help="folder from `fedlsm certs`"),
     host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0 for other machines)"),
     port: int = typer.Option(9093, help="port for the Fleet, Control and ServerApp APIs"),
     insecure: bool = typer.Option(False, help="no TLS (local tests only)"),
-    supernode_auth: bool = typer.Option(False, help="admit only SuperNodes whose public key was registered "
-                                                    "(`fedlsm register-node`)"),
+    supernode_auth: bool = typer.Option(
+        False, help="admit only SuperNodes whose public key was registered (`fedlsm register-node`)"
+    ),
 ):
     """Start a Flower SuperLink (the server side of a deployment; runs until stopped)."""
     from fedlsm.federation.deploy import superlink_command as cmd
@@ -228,15 +248,23 @@ def supernode_command(
     partition: int = typer.Option(..., help="this client's partition index, 0..clients-1"),
     clients: int = typer.Option(..., help="number of clients in the federation"),
     superlink: str = typer.Option("127.0.0.1:9093", help="SuperLink address host:port"),
-    root_certificates: Optional[Path] = typer.Option(Path("certs/ca.pem"), help="CA that signed the SuperLink's certificate"),
-    port: Optional[int] = typer.Option(None, help="local ClientApp API port (default 9094+partition)"),
+    root_certificates: Path | None = typer.Option(
+        Path("certs/ca.pem"), help="CA that signed the SuperLink's certificate"
+    ),
+    port: int | None = typer.Option(None, help="local ClientApp API port (default 9094+partition)"),
     insecure: bool = typer.Option(False, help="no TLS (local tests only)"),
-    auth_key: Optional[Path] = typer.Option(None, help="this SuperNode's private key from `fedlsm node-key` "
-                                                       "(when the SuperLink runs with --supernode-auth)"),
-    data: Optional[Path] = typer.Option(None, help="this site's own examples (JSONL/JSON/CSV/TSV); without it, "
-                                                   "its partition of a benchmark every party holds"),
-    public: Optional[Path] = typer.Option(None, help="this site's copy of the public examples (the run's data.public_path)"),
-    test: Optional[Path] = typer.Option(None, help="this site's copy of the evaluation split (the run's data.test_path)"),
+    auth_key: Path | None = typer.Option(
+        None, help="this SuperNode's private key from `fedlsm node-key` (when the SuperLink runs with --supernode-auth)"
+    ),
+    data: Path | None = typer.Option(
+        None,
+        help="this site's own examples (JSONL/JSON/CSV/TSV); without it, "
+        "its partition of a benchmark every party holds",
+    ),
+    public: Path | None = typer.Option(
+        None, help="this site's copy of the public examples (the run's data.public_path)"
+    ),
+    test: Path | None = typer.Option(None, help="this site's copy of the evaluation split (the run's data.test_path)"),
     max_epsilon: float = typer.Option(10.0, help="refuse runs whose privacy.epsilon is above this (or inf)"),
     allow_non_private: bool = typer.Option(False, help="take part in raw-data baselines (never on real data)"),
 ):
@@ -245,14 +273,27 @@ def supernode_command(
     from fedlsm.federation.deploy import tool_env
 
     if auth_key is not None and not auth_key.is_file():
-        raise ConfigError("--auth-key", f"{auth_key} is not a file", "make one with `fedlsm node-key` and register "
-                          "its .pub with `fedlsm register-node` on the SuperLink's side")
+        raise ConfigError(
+            "--auth-key",
+            f"{auth_key} is not a file",
+            "make one with `fedlsm node-key` and register its .pub with `fedlsm register-node` on the SuperLink's side",
+        )
     for flag, path in (("--data", data), ("--public", public), ("--test", test)):
         if path is not None and not path.is_file():
             raise ConfigError(flag, f"{path} is not a file", "give this site's JSONL/JSON/CSV/TSV file")
-    argv = cmd(partition, clients, superlink=superlink, root_certificates=None if insecure else root_certificates,
-               port=port, auth_key=auth_key, data=data, public=public, test=test, max_epsilon=max_epsilon,
-               allow_non_private=allow_non_private)
+    argv = cmd(
+        partition,
+        clients,
+        superlink=superlink,
+        root_certificates=None if insecure else root_certificates,
+        port=port,
+        auth_key=auth_key,
+        data=data,
+        public=public,
+        test=test,
+        max_epsilon=max_epsilon,
+        allow_non_private=allow_non_private,
+    )
     console.print(" ".join(argv))
     os.execve(argv[0], argv, tool_env())
 
@@ -267,8 +308,10 @@ def node_key_command(
     from fedlsm.federation.deploy import make_node_key
 
     paths = make_node_key(folder, name)
-    console.print(f"{paths['private']} (private: pass to `fedlsm supernode --auth-key`), "
-                  f"{paths['public']} (public: `fedlsm register-node` on the SuperLink's side)")
+    console.print(
+        f"{paths['private']} (private: pass to `fedlsm supernode --auth-key`), "
+        f"{paths['public']} (public: `fedlsm register-node` on the SuperLink's side)"
+    )
 
 
 @app.command("register-node")
@@ -276,7 +319,9 @@ def node_key_command(
 def register_node_command(
     public_key: Path = typer.Argument(..., help="a SuperNode's .pub from `fedlsm node-key`"),
     superlink: str = typer.Option("127.0.0.1:9093", help="SuperLink address host:port"),
-    root_certificates: Optional[Path] = typer.Option(Path("certs/ca.pem"), help="CA that signed the SuperLink's certificate"),
+    root_certificates: Path | None = typer.Option(
+        Path("certs/ca.pem"), help="CA that signed the SuperLink's certificate"
+    ),
     insecure: bool = typer.Option(False, help="no TLS (local tests only)"),
 ):
     """Allow a SuperNode to join a SuperLink started with --supernode-auth."""
@@ -284,8 +329,9 @@ def register_node_command(
 
     if not public_key.is_file():
         raise ConfigError("public_key", f"{public_key} is not a file", "pass the .pub written by `fedlsm node-key`")
-    node = register_supernode(public_key, superlink=superlink, root_certificates=None if insecure else root_certificates,
-                              insecure=insecure)
+    node = register_supernode(
+        public_key, superlink=superlink, root_certificates=None if insecure else root_certificates, insecure=insecure
+    )
     console.print(f"registered {public_key} as SuperNode {node}")
 
 

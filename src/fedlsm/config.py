@@ -37,7 +37,9 @@ class DataConfig(_Strict):
     hf_id: str | None = Field(None, description="Hugging Face datasets id or local dataset folder")
     hf_config: str | None = None
     type: Literal["multiple_choice", "classification", "generation"] = "multiple_choice"
-    columns: dict[str, str] = Field(default_factory=dict, description="question/answer/choices/rationale/id column names")
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="question/answer/choices/rationale/id column names"
+    )
     numeric: bool = False
     root: str | None = Field(None, description="benchmark data folder (default $FEDLSM_DATA or ../shared/data)")
     n_train: int | None = Field(160, gt=0, description="training examples to use, all clients together (null = all)")
@@ -45,8 +47,11 @@ class DataConfig(_Strict):
     partition: Literal["iid", "dirichlet"] = "iid"
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (small = skewed)")
     public_fraction: float = Field(0.0, ge=0, lt=1, description="share of training data held out as public")
-    public_path: str | None = Field(None, description="file of public examples every party may hold (overrides "
-                                    "public_fraction); a deployment with per-site data needs it")
+    public_path: str | None = Field(
+        None,
+        description="file of public examples every party may hold (overrides "
+        "public_fraction); a deployment with per-site data needs it",
+    )
 
 
 class TrainConfig(_Strict):
@@ -75,10 +80,17 @@ class PrivacyConfig(_Strict):
     epsilon: float = Field(3.0, description="per-token privacy budget of the exponential mechanism")
     top_k: int | None = Field(None, gt=1, description="candidate set size (None = whole vocabulary)")
     public_tokens: list[str] = Field(default_factory=list, description="tokens allowed to pass unchanged")
-    seeded: bool = Field(False, description="draw the privacy noise from the run seed (reproducible paired "
-                         "experiments, simulation only); default: the OS entropy source, which nobody can predict")
-    client_max_epsilon: float = Field(10.0, gt=0, description="simulated clients' own ceiling on ε: a client "
-                                      "refuses a request above it (a deployed SuperNode sets its own: --max-epsilon)")
+    seeded: bool = Field(
+        False,
+        description="draw the privacy noise from the run seed (reproducible paired "
+        "experiments, simulation only); default: the OS entropy source, which nobody can predict",
+    )
+    client_max_epsilon: float = Field(
+        10.0,
+        gt=0,
+        description="simulated clients' own ceiling on ε: a client "
+        "refuses a request above it (a deployed SuperNode sets its own: --max-epsilon)",
+    )
 
     @field_validator("epsilon")
     @classmethod
@@ -91,20 +103,33 @@ class PrivacyConfig(_Strict):
 class FederationConfig(_Strict):
     """How federated methods' roles talk when they run on Flower (``engine: flower-sim | flower-deploy``)."""
 
-    min_clients: int = Field(1, gt=0, description="fewest replies a round may proceed with (the rest are logged as dropped)")
-    round_timeout: float | None = Field(None, gt=0, description="seconds to wait for replies in one round (null = until all answer or drop)")
-    connect_timeout: float = Field(120.0, gt=0, description="seconds the server waits for `clients` SuperNodes to connect")
-    rejoin_timeout: float = Field(0.0, ge=0, description="once a client dropped: seconds each request to all clients "
-                                  "waits for missing ones to come back (a restarting SuperNode) before going on without them")
+    min_clients: int = Field(
+        1, gt=0, description="fewest replies a round may proceed with (the rest are logged as dropped)"
+    )
+    round_timeout: float | None = Field(
+        None, gt=0, description="seconds to wait for replies in one round (null = until all answer or drop)"
+    )
+    connect_timeout: float = Field(
+        120.0, gt=0, description="seconds the server waits for `clients` SuperNodes to connect"
+    )
+    rejoin_timeout: float = Field(
+        0.0,
+        ge=0,
+        description="once a client dropped: seconds each request to all clients "
+        "waits for missing ones to come back (a restarting SuperNode) before going on without them",
+    )
     superlink: str = Field("127.0.0.1:9093", description="flower-deploy: SuperLink address host:port")
-    root_certificates: str | None = Field(None, description="flower-deploy: CA certificate (PEM) that signed the SuperLink's TLS certificate")
+    root_certificates: str | None = Field(
+        None, description="flower-deploy: CA certificate (PEM) that signed the SuperLink's TLS certificate"
+    )
     insecure: bool = Field(False, description="flower-deploy: plain HTTP to the SuperLink (local tests only)")
 
 
 class RunConfig(_Strict):
     method: str = "standalone"
     engine: Literal["in-process", "flower-sim", "flower-deploy"] = Field(
-        "in-process", description="where federated roles run: this process, Flower's Simulation or Deployment Engine")
+        "in-process", description="where federated roles run: this process, Flower's Simulation or Deployment Engine"
+    )
     resume: bool = Field(False, description="continue the run folder `name` from its last server checkpoint")
     name: str | None = Field(None, description="run folder name under output_dir (default: method-task-time)")
     output_dir: str = "runs"
@@ -158,8 +183,12 @@ def parse_override(item: str) -> tuple[str, Any]:
     return k.strip(), yaml.safe_load(v) if v.strip() else None
 
 
-def build_config(base: dict | None = None, overrides: dict[str, Any] | None = None,
-                 file: str | Path | None = None, defaults: dict[str, Any] | None = None) -> RunConfig:
+def build_config(
+    base: dict | None = None,
+    overrides: dict[str, Any] | None = None,
+    file: str | Path | None = None,
+    defaults: dict[str, Any] | None = None,
+) -> RunConfig:
     """Merge defaults <- method ``defaults`` <- YAML file <- ``base`` <- dotted ``overrides``, validate."""
     data: dict = {}
     for k, v in (defaults or {}).items():
@@ -186,7 +215,6 @@ def build_config(base: dict | None = None, overrides: dict[str, Any] | None = No
         raise _explain(e) from None
 
 
-
 def typed_method_args(cls: type, args: dict[str, Any], method: str) -> dict[str, Any]:
     """``method_args`` values converted to the types ``cls`` (``method``'s options dataclass) declares.
 
@@ -201,13 +229,18 @@ def typed_method_args(cls: type, args: dict[str, Any], method: str) -> dict[str,
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(args) - set(hints))
     if unknown:
-        raise ConfigError(f"method_args.{unknown[0]}", f"is not a {method} option", f"use one of {', '.join(sorted(hints))}")
+        raise ConfigError(
+            f"method_args.{unknown[0]}", f"is not a {method} option", f"use one of {', '.join(sorted(hints))}"
+        )
     out = dict(args)
     for name, value in args.items():
         try:
             out[name] = TypeAdapter(hints[name]).validate_python(value)
         except ValidationError as e:
             want = getattr(hints[name], "__name__", str(hints[name]))
-            raise ConfigError(f"method_args.{name}", f"expected {want}, got {value!r} ({e.errors()[0]['msg']})",
-                              f"give a {want} value") from None
+            raise ConfigError(
+                f"method_args.{name}",
+                f"expected {want}, got {value!r} ({e.errors()[0]['msg']})",
+                f"give a {want} value",
+            ) from None
     return out

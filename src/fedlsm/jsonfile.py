@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
-def write_json_atomic(path: Path, value: Any, *, default: Callable[[Any], Any] | None = None,
-                      indent: int | None = 2) -> None:
+def write_json_atomic(
+    path: Path, value: Any, *, default: Callable[[Any], Any] | None = None, indent: int | None = 2
+) -> None:
     """``value`` as JSON at ``path``: written to a temporary file beside it (named per process, so two
     writers never share one), then moved over ``path`` in one step (``os.replace``)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Iterable, Iterator, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -12,17 +13,31 @@ def progress_enabled(default: bool = True) -> bool:
     return default and os.environ.get("FEDLSM_NO_PROGRESS", "") == ""
 
 
-def progress_iter(items: Iterable[T], description: str, *, total: int | None = None,
-                  enabled: bool = True) -> Iterator[T]:
+def progress_iter(
+    items: Iterable[T], description: str, *, total: int | None = None, enabled: bool = True
+) -> Iterator[T]:
     if not (enabled and progress_enabled()):
         yield from items
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), transient=True) as bar:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+    ) as bar:
         task = bar.add_task(description, total=total)
         for x in items:
             yield x

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -105,10 +106,21 @@ def prepare(cfg: RunConfig, console: Console | None = None, *, server_only: bool
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
     ctx = RunContext(cfg, task, public, clients, run_dir, console)
-    ctx.record("run", {"name": name, "method": cfg.method, "task": task.name, "task_type": task.type,
-                       "n_train": sum(len(c) for c in clients) if clients else None, "n_test": len(task.test),
-                       "n_public": len(public),
-                       "client_sizes": [len(c) for c in clients], "seed": cfg.seed, "status": "running"})
+    ctx.record(
+        "run",
+        {
+            "name": name,
+            "method": cfg.method,
+            "task": task.name,
+            "task_type": task.type,
+            "n_train": sum(len(c) for c in clients) if clients else None,
+            "n_test": len(task.test),
+            "n_public": len(public),
+            "client_sizes": [len(c) for c in clients],
+            "seed": cfg.seed,
+            "status": "running",
+        },
+    )
     return ctx
 
 
@@ -136,8 +148,11 @@ def compute_usage(t0: float, cpu0: float) -> dict[str, float]:
     import sys
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
-    return {"wall_seconds": round(time.time() - t0, 2), "cpu_seconds": round(time.process_time() - cpu0, 2),
-            "peak_rss_mb": round(peak, 1)}
+    return {
+        "wall_seconds": round(time.time() - t0, 2),
+        "cpu_seconds": round(time.process_time() - cpu0, 2),
+        "peak_rss_mb": round(peak, 1),
+    }
 
 
 def check_engine(cfg: RunConfig) -> None:
@@ -147,11 +162,17 @@ def check_engine(cfg: RunConfig) -> None:
     if cfg.engine != "flower-deploy":
         return
     if cfg.privacy.seeded:
-        raise ConfigError("privacy.seeded", "seeded noise can be predicted by whoever knows the seed, and a "
-                          "deployment's server does", "drop privacy.seeded (it exists for paired simulation runs)")
+        raise ConfigError(
+            "privacy.seeded",
+            "seeded noise can be predicted by whoever knows the seed, and a deployment's server does",
+            "drop privacy.seeded (it exists for paired simulation runs)",
+        )
     if cfg.method in NON_PRIVATE_BASELINES:
-        raise ConfigError("method", f"{cfg.method} sends raw private data to the server, so it runs only as a "
-                          "labelled simulation baseline", "use --engine in-process or flower-sim")
+        raise ConfigError(
+            "method",
+            f"{cfg.method} sends raw private data to the server, so it runs only as a labelled simulation baseline",
+            "use --engine in-process or flower-sim",
+        )
 
 
 def run(cfg: RunConfig, console: Console | None = None) -> tuple[RunContext, MethodResult]:
@@ -173,8 +194,10 @@ def run(cfg: RunConfig, console: Console | None = None) -> tuple[RunContext, Met
         server_only = cfg.engine == "flower-deploy"  # the ServerApp loads no client's data
     ctx = prepare(cfg, console, server_only=server_only)
     who = f"{[len(c) for c in ctx.clients]} examples" if ctx.clients else "their own data"
-    ctx.console.print(f"[bold]{cfg.method}[/] on {ctx.task.name} ({ctx.task.type}); {cfg.clients} client(s) with "
-                      f"{who}; run folder {ctx.run_dir}")
+    ctx.console.print(
+        f"[bold]{cfg.method}[/] on {ctx.task.name} ({ctx.task.type}); {cfg.clients} client(s) with "
+        f"{who}; run folder {ctx.run_dir}"
+    )
     t0, cpu0 = time.time(), time.process_time()
     try:
         result = method(ctx)

@@ -21,10 +21,11 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Callable, Literal, Optional, Union
+from typing import Annotated, Any, Literal
 
 import typer
 from pydantic import BaseModel, ConfigDict, Field
@@ -114,8 +115,9 @@ class MicroBatcher:
     def queued(self) -> int:
         return len(self._pending)
 
-    async def submit(self, prompts: list[str], cfg: GenerationConfig, *, system: str | None = None,
-                     raw: bool = False) -> list[Completion]:
+    async def submit(
+        self, prompts: list[str], cfg: GenerationConfig, *, system: str | None = None, raw: bool = False
+    ) -> list[Completion]:
         """Queue one job per prompt and wait for all of them; results are in prompt order."""
         if self._task is None or self._task.done():
             raise RuntimeError("the batcher is not running")
@@ -189,9 +191,12 @@ class MicroBatcher:
             raise RuntimeError(f"the generator returned {len(texts)} outputs for {len(prompts)} prompts")
         # TextGenerator returns text, not token ids, so the completion is re-tokenized; capped
         # at max_new_tokens, as re-tokenizing decoded text can come out a token longer.
-        return [Completion(t, _count_prompt_tokens(gen, j.prompt, j.system),
-                           min(_count_tokens(gen, t), first.cfg.max_new_tokens))
-                for j, t in zip(batch, texts)]
+        return [
+            Completion(
+                t, _count_prompt_tokens(gen, j.prompt, j.system), min(_count_tokens(gen, t), first.cfg.max_new_tokens)
+            )
+            for j, t in zip(batch, texts)
+        ]
 
 
 def _without_chat_template(generator: TextGenerator) -> TextGenerator:
@@ -215,8 +220,9 @@ def _count_prompt_tokens(gen: Any, prompt: str, system: str | None) -> int:
     # Tokenize exactly as HFGenerator does, so usage matches what the model saw.
     use_template = bool(getattr(gen, "use_chat_template", False))
     max_len = getattr(gen, "max_prompt_tokens", None)
-    ids = tok(render(prompt, system), add_special_tokens=not use_template,
-              truncation=max_len is not None, max_length=max_len)["input_ids"]
+    ids = tok(
+        render(prompt, system), add_special_tokens=not use_template, truncation=max_len is not None, max_length=max_len
+    )["input_ids"]
     return len(ids)
 
 
@@ -237,30 +243,35 @@ class _Lenient(BaseModel):
 
 class _SamplingRequest(_Lenient):
     model: str
-    max_tokens: Optional[int] = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)  # the OpenAI API's default
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = 0  # vLLM extension; 0 or -1 = off
-    stop: Union[str, list[str], None] = None
-    seed: Optional[int] = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
     n: int = Field(1, ge=1, le=16)
     stream: bool = False
 
-    def generation_config(self, max_tokens: Optional[int] = None) -> GenerationConfig:
+    def generation_config(self, max_tokens: int | None = None) -> GenerationConfig:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        return GenerationConfig(max_new_tokens=max_tokens or self.max_tokens or DEFAULT_MAX_TOKENS,
-                                temperature=self.temperature, top_p=self.top_p, top_k=max(self.top_k, 0),
-                                stop=stop, seed=self.seed)
+        return GenerationConfig(
+            max_new_tokens=max_tokens or self.max_tokens or DEFAULT_MAX_TOKENS,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=max(self.top_k, 0),
+            stop=stop,
+            seed=self.seed,
+        )
 
 
 class _TextPart(_Lenient):
     type: str
-    text: Optional[str] = None
+    text: str | None = None
 
 
 class _Message(_Lenient):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Union[str, list[_TextPart], None] = None
+    content: str | list[_TextPart] | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -274,11 +285,11 @@ class _Message(_Lenient):
 
 class ChatRequest(_SamplingRequest):
     messages: list[_Message] = Field(min_length=1)
-    max_completion_tokens: Optional[int] = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
 
 
 class CompletionRequest(_SamplingRequest):
-    prompt: Union[str, list[str]]
+    prompt: str | list[str]
 
 
 class _ApiError(Exception):
@@ -311,8 +322,14 @@ def chat_to_prompt(messages: list[_Message]) -> tuple[str, str | None]:
 # -- the app -------------------------------------------------------------------------------
 
 
-def create_app(generator: TextGenerator, *, model_name: str = "local", batch_size: int = 8,
-               max_wait_ms: float = 5.0, fail_first_n: int = 0):
+def create_app(
+    generator: TextGenerator,
+    *,
+    model_name: str = "local",
+    batch_size: int = 8,
+    max_wait_ms: float = 5.0,
+    fail_first_n: int = 0,
+):
     """A FastAPI app serving ``generator`` under the model id ``model_name``.
 
     ``fail_first_n`` answers the first n generation requests with HTTP 500, to test clients'
@@ -378,10 +395,19 @@ def create_app(generator: TextGenerator, *, model_name: str = "local", batch_siz
         cfg = req.generation_config(req.max_completion_tokens)
         outs = await run([prompt] * req.n, cfg, system, raw=False)
         return {
-            "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
             "model": model_name,
-            "choices": [{"index": i, "message": {"role": "assistant", "content": c.text},
-                         "finish_reason": finish_reason(c, cfg), "logprobs": None} for i, c in enumerate(outs)],
+            "choices": [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": c.text},
+                    "finish_reason": finish_reason(c, cfg),
+                    "logprobs": None,
+                }
+                for i, c in enumerate(outs)
+            ],
             # Like the OpenAI API: the prompt is counted once however many choices (n) there are.
             "usage": usage(outs[0].prompt_tokens, outs),
         }
@@ -396,22 +422,34 @@ def create_app(generator: TextGenerator, *, model_name: str = "local", batch_siz
         # choices are grouped by prompt: prompt 0's n choices first, as the OpenAI API does.
         outs = await run([p for p in prompts for _ in range(req.n)], cfg, None, raw=True)
         return {
-            "id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+            "id": f"cmpl-{uuid.uuid4().hex}",
+            "object": "text_completion",
+            "created": int(time.time()),
             "model": model_name,
-            "choices": [{"index": i, "text": c.text, "finish_reason": finish_reason(c, cfg), "logprobs": None}
-                        for i, c in enumerate(outs)],
+            "choices": [
+                {"index": i, "text": c.text, "finish_reason": finish_reason(c, cfg), "logprobs": None}
+                for i, c in enumerate(outs)
+            ],
             "usage": usage(sum(outs[i * req.n].prompt_tokens for i in range(len(prompts))), outs),
         }
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list",
-                "data": [{"id": model_name, "object": "model", "created": started, "owned_by": "fedlsm"}]}
+        return {
+            "object": "list",
+            "data": [{"id": model_name, "object": "model", "created": started, "owned_by": "fedlsm"}],
+        }
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": model_name, "queued": batcher.queued, "batches": batcher.batches,
-                "batched_requests": batcher.batched_jobs, "largest_batch": batcher.largest_batch}
+        return {
+            "status": "ok",
+            "model": model_name,
+            "queued": batcher.queued,
+            "batches": batcher.batches,
+            "batched_requests": batcher.batched_jobs,
+            "largest_batch": batcher.largest_batch,
+        }
 
     return app
 
@@ -419,10 +457,18 @@ def create_app(generator: TextGenerator, *, model_name: str = "local", batch_siz
 # -- running it ----------------------------------------------------------------------------
 
 
-def serve_in_thread(generator: TextGenerator, host: str = "127.0.0.1", port: int = 0, *,
-                    model_name: str = "local", batch_size: int = 8, max_wait_ms: float = 5.0,
-                    fail_first_n: int = 0, log_level: str = "warning",
-                    startup_timeout: float = 30.0) -> tuple[str, Callable[[], None]]:
+def serve_in_thread(
+    generator: TextGenerator,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    model_name: str = "local",
+    batch_size: int = 8,
+    max_wait_ms: float = 5.0,
+    fail_first_n: int = 0,
+    log_level: str = "warning",
+    startup_timeout: float = 30.0,
+) -> tuple[str, Callable[[], None]]:
     """Serve ``generator`` from a background thread; returns ``(base_url, stop)``.
 
     ``port=0`` picks a free port. ``base_url`` ends with ``/v1`` and can be passed straight to
@@ -431,8 +477,9 @@ def serve_in_thread(generator: TextGenerator, host: str = "127.0.0.1", port: int
     """
     import uvicorn
 
-    app = create_app(generator, model_name=model_name, batch_size=batch_size, max_wait_ms=max_wait_ms,
-                     fail_first_n=fail_first_n)
+    app = create_app(
+        generator, model_name=model_name, batch_size=batch_size, max_wait_ms=max_wait_ms, fail_first_n=fail_first_n
+    )
     # lifespan="on": a failing startup must stop the server, not be skipped silently.
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on"))
     # uvicorn skips signal handlers off the main thread, so this does not steal Ctrl+C.
@@ -442,8 +489,10 @@ def serve_in_thread(generator: TextGenerator, host: str = "127.0.0.1", port: int
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
             server.should_exit = True
-            raise FedLSMError(f"serve: could not start the server on {host}:{port} "
-                              "(fix: pick a free port, or use port=0 for any free one)")
+            raise FedLSMError(
+                f"serve: could not start the server on {host}:{port} "
+                "(fix: pick a free port, or use port=0 for any free one)"
+            )
         time.sleep(0.01)
     bound_port = server.servers[0].sockets[0].getsockname()[1]  # the real port when port=0
     url_host = f"[{host}]" if ":" in host else host
@@ -455,8 +504,16 @@ def serve_in_thread(generator: TextGenerator, host: str = "127.0.0.1", port: int
     return f"http://{url_host}:{bound_port}/v1", stop
 
 
-def run_server(model: str, host: str = "127.0.0.1", port: int = 8000, batch_size: int = 8, *,
-               max_wait_ms: float = 5.0, model_name: str | None = None, log_level: str = "info") -> None:
+def run_server(
+    model: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    batch_size: int = 8,
+    *,
+    max_wait_ms: float = 5.0,
+    model_name: str | None = None,
+    log_level: str = "info",
+) -> None:
     """Load ``model`` (a bundled name, folder, .gguf file or hub id) and serve it until Ctrl+C."""
     import uvicorn
 
@@ -469,13 +526,14 @@ def run_server(model: str, host: str = "127.0.0.1", port: int = 8000, batch_size
 
 
 def serve_command(
-    model: Annotated[str, typer.Option(
-        help="Bundled name (smollm2, gemma3), model folder, .gguf file or hub id.")] = "smollm2",
+    model: Annotated[
+        str, typer.Option(help="Bundled name (smollm2, gemma3), model folder, .gguf file or hub id.")
+    ] = "smollm2",
     host: Annotated[str, typer.Option(help="Interface to listen on; 0.0.0.0 for all.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     batch_size: Annotated[int, typer.Option(help="The most requests that share one batched generate call.")] = 8,
     max_wait_ms: Annotated[float, typer.Option(help="How long a request waits for others to join its batch.")] = 5.0,
-    model_name: Annotated[Optional[str], typer.Option(help="Model id clients must send (default: --model).")] = None,
+    model_name: Annotated[str | None, typer.Option(help="Model id clients must send (default: --model).")] = None,
 ) -> None:
     """Serve a model over an OpenAI-compatible API (/v1/chat/completions, /v1/completions)."""
     try:

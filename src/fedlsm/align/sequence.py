@@ -16,7 +16,7 @@ kept); every other receiver token gets a one-hot target on itself.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -76,8 +76,13 @@ def receiver_matches(pairs: Sequence[tuple[int, int]], n_receiver: int, receiver
     return out
 
 
-def project_topk(sender_idx: np.ndarray, sender_val: np.ndarray, matches: np.ndarray, receiver_ids: Sequence[int],
-                 vocab_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def project_topk(
+    sender_idx: np.ndarray,
+    sender_val: np.ndarray,
+    matches: np.ndarray,
+    receiver_ids: Sequence[int],
+    vocab_map: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     """Receiver-side sparse targets ``(ids [T, K] with -1 padding, logits [T, K] with -inf padding)``.
 
     ``sender_idx/val``: [S, K] top-K of the sender at its target positions; ``matches[t]``: sender

@@ -33,9 +33,9 @@ import logging
 import math
 import os
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -50,9 +50,13 @@ def _byte_decoder() -> dict[str, int]:
     try:
         from transformers.convert_slow_tokenizer import bytes_to_unicode
     except ImportError:  # pragma: no cover - depends on the transformers version
+
         def bytes_to_unicode():
-            bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-                list(range(ord("®"), ord("ÿ") + 1))
+            bs = (
+                list(range(ord("!"), ord("~") + 1))
+                + list(range(ord("¡"), ord("¬") + 1))
+                + list(range(ord("®"), ord("ÿ") + 1))
+            )
             cs, n = bs[:], 0
             for b in range(256):
                 if b not in bs:
@@ -60,6 +64,7 @@ def _byte_decoder() -> dict[str, int]:
                     cs.append(256 + n)
                     n += 1
             return dict(zip(bs, map(chr, cs)))
+
     return {u: b for b, u in bytes_to_unicode().items()}
 
 
@@ -106,7 +111,7 @@ def special_ids(tokenizer) -> set[int]:
     return ids
 
 
-_fingerprints: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_fingerprints: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -145,12 +150,16 @@ class VocabMap:
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez_compressed(tmp, ids=self.ids, distance=self.distance,
-                            meta=np.array(json.dumps({"source": self.source, "target": self.target})))
+        np.savez_compressed(
+            tmp,
+            ids=self.ids,
+            distance=self.distance,
+            meta=np.array(json.dumps({"source": self.source, "target": self.target})),
+        )
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: Path) -> "VocabMap":
+    def load(cls, path: Path) -> VocabMap:
         z = np.load(path)
         meta = json.loads(str(z["meta"]))
         return cls(z["ids"], z["distance"], meta["source"], meta["target"])
@@ -211,9 +220,19 @@ def _first_minimum(rows: np.ndarray, pos: np.ndarray, dist: np.ndarray):
     return rows[first], pos[first], dist[first]
 
 
-def _index_passes(queries: Sequence[str], cand_text: Sequence[str], cand_len: np.ndarray, todo: list[int],
-                  best: np.ndarray, best_d: np.ndarray, floor: np.ndarray, *, depth: int | None, workers: int,
-                  show_progress: bool) -> list[int]:
+def _index_passes(
+    queries: Sequence[str],
+    cand_text: Sequence[str],
+    cand_len: np.ndarray,
+    todo: list[int],
+    best: np.ndarray,
+    best_d: np.ndarray,
+    floor: np.ndarray,
+    *,
+    depth: int | None,
+    workers: int,
+    show_progress: bool,
+) -> list[int]:
     """Settle every query whose nearest candidate is within k = 1, 2, ... edits; returns the unsettled ones.
 
     SymSpell's observation, hand-written here (no library we know returns the exact nearest with our tie-break):
@@ -237,8 +256,12 @@ def _index_passes(queries: Sequence[str], cand_text: Sequence[str], cand_len: np
         rows = [i for i in todo if _MIN_VARIANT + k <= len(queries[i]) <= _MAX_INDEX_LEN]
         if not rows:
             break
-        levels = [(j, ids, codes) for j in range(built + 1, k + 1) for m, (ids, codes) in cand_codes.items()
-                  if m - j >= _MIN_VARIANT]
+        levels = [
+            (j, ids, codes)
+            for j in range(built + 1, k + 1)
+            for m, (ids, codes) in cand_codes.items()
+            if m - j >= _MIN_VARIANT
+        ]
         if depth is None:  # worth it? new index entries vs the cdist comparisons of a cutoff-k pass
             lens = np.array([len(queries[i]) for i in rows])
             window = np.searchsorted(sorted_len, lens + k, "right") - np.searchsorted(sorted_len, lens - k, "left")
@@ -251,9 +274,10 @@ def _index_passes(queries: Sequence[str], cand_text: Sequence[str], cand_len: np
         keys, owners = keys[order], owners[order]
         built = k
         settled = []
-        chunks = [rows[s:s + 65536] for s in range(0, len(rows), 65536)]  # bounds the memory of the join
-        for part in progress_iter(chunks, f"vocab map: {len(rows):,} tokens, deletion index <= {k}",
-                                  enabled=show_progress):
+        chunks = [rows[s : s + 65536] for s in range(0, len(rows), 65536)]  # bounds the memory of the join
+        for part in progress_iter(
+            chunks, f"vocab map: {len(rows):,} tokens, deletion index <= {k}", enabled=show_progress
+        ):
             q_keys, q_rows = [], []
             for _, (ids, codes) in _codes_by_length(queries, part).items():
                 for j in range(k + 1):
@@ -268,8 +292,14 @@ def _index_passes(queries: Sequence[str], cand_text: Sequence[str], cand_len: np
             at = np.repeat(lo - (np.cumsum(count) - count), count) + np.arange(count.sum())
             pair = np.unique(np.repeat(q_rows, count) * ncand + owners[at])
             p_row, p_pos = pair // ncand, pair % ncand
-            d = process.cpdist([queries[i] for i in p_row], [cand_text[p] for p in p_pos],
-                               scorer=Levenshtein.distance, score_cutoff=k, dtype=np.int32, workers=workers)
+            d = process.cpdist(
+                [queries[i] for i in p_row],
+                [cand_text[p] for p in p_pos],
+                scorer=Levenshtein.distance,
+                score_cutoff=k,
+                dtype=np.int32,
+                workers=workers,
+            )
             ok = d <= k
             r, p, dd = _first_minimum(p_row[ok], p_pos[ok], d[ok])
             best[r], best_d[r] = p, dd
@@ -280,9 +310,20 @@ def _index_passes(queries: Sequence[str], cand_text: Sequence[str], cand_len: np
     return todo
 
 
-def _cdist_passes(queries: Sequence[str], cand_text: Sequence[str], cand_len: np.ndarray, todo: list[int],
-                  best: np.ndarray, best_d: np.ndarray, floor: np.ndarray, *, cutoffs: Sequence[int], chunk: int,
-                  workers: int, show_progress: bool) -> None:
+def _cdist_passes(
+    queries: Sequence[str],
+    cand_text: Sequence[str],
+    cand_len: np.ndarray,
+    todo: list[int],
+    best: np.ndarray,
+    best_d: np.ndarray,
+    floor: np.ndarray,
+    *,
+    cutoffs: Sequence[int],
+    chunk: int,
+    workers: int,
+    show_progress: bool,
+) -> None:
     """rapidfuzz ``cdist`` with a growing cutoff: a pass with cutoff ``c`` settles every query whose best
     distance is <= c (scores above it come back as c+1, so a row minimum <= c is exact); the last pass has none."""
     from rapidfuzz import process
@@ -305,17 +346,24 @@ def _cdist_passes(queries: Sequence[str], cand_text: Sequence[str], cand_len: np
                 by_len.setdefault(len(queries[i]) if cutoff is not None else 0, []).append(i)
         jobs = []
         for length, rows in sorted(by_len.items()):
-            window = np.arange(len(cand_text)) if cutoff is None else \
-                np.flatnonzero(np.abs(cand_len - length) <= cutoff)
-            jobs += [(rows[s:s + chunk], window) for s in range(0, len(rows), chunk)]
+            window = (
+                np.arange(len(cand_text)) if cutoff is None else np.flatnonzero(np.abs(cand_len - length) <= cutoff)
+            )
+            jobs += [(rows[s : s + chunk], window) for s in range(0, len(rows), chunk)]
         bound = cutoff if cutoff is not None else "any"
         label = f"vocab map: {len(todo) - len(remaining):,} tokens, distance <= {bound}"
         for rows, window in progress_iter(jobs, label, enabled=show_progress):
             if len(window) == 0:
                 remaining += rows
                 continue
-            d = process.cdist([queries[i] for i in rows], [cand_text[w] for w in window],
-                              scorer=Levenshtein.distance, score_cutoff=cutoff, dtype=np.int32, workers=workers)
+            d = process.cdist(
+                [queries[i] for i in rows],
+                [cand_text[w] for w in window],
+                scorer=Levenshtein.distance,
+                score_cutoff=cutoff,
+                dtype=np.int32,
+                workers=workers,
+            )
             first = d.argmin(axis=1)  # first minimum = first candidate in tie-break order
             first_d = d[np.arange(len(rows)), first]
             for r, i in enumerate(rows):
@@ -326,8 +374,17 @@ def _cdist_passes(queries: Sequence[str], cand_text: Sequence[str], cand_len: np
         todo = remaining
 
 
-def _nearest(queries: Sequence[str], cand_text: Sequence[str], wildcard: str, *, index_depth: int | None,
-             cutoffs: Sequence[int], chunk: int, workers: int, show_progress: bool) -> tuple[np.ndarray, np.ndarray]:
+def _nearest(
+    queries: Sequence[str],
+    cand_text: Sequence[str],
+    wildcard: str,
+    *,
+    index_depth: int | None,
+    cutoffs: Sequence[int],
+    chunk: int,
+    workers: int,
+    show_progress: bool,
+) -> tuple[np.ndarray, np.ndarray]:
     """Position in ``cand_text`` (first in order among the nearest) and distance of each query's nearest candidate."""
     cand_len = np.array([len(t) for t in cand_text])
     best = np.full(len(queries), -1, dtype=np.int64)
@@ -347,18 +404,48 @@ def _nearest(queries: Sequence[str], cand_text: Sequence[str], wildcard: str, *,
             best_d[i] = max(n, int(cand_len[best[i]]))
         else:
             todo.append(i)
-    todo = _index_passes(queries, cand_text, cand_len, todo, best, best_d, floor, depth=index_depth,
-                         workers=workers, show_progress=show_progress)
-    _cdist_passes(queries, cand_text, cand_len, todo, best, best_d, floor, cutoffs=cutoffs, chunk=chunk,
-                  workers=workers, show_progress=show_progress)
+    todo = _index_passes(
+        queries,
+        cand_text,
+        cand_len,
+        todo,
+        best,
+        best_d,
+        floor,
+        depth=index_depth,
+        workers=workers,
+        show_progress=show_progress,
+    )
+    _cdist_passes(
+        queries,
+        cand_text,
+        cand_len,
+        todo,
+        best,
+        best_d,
+        floor,
+        cutoffs=cutoffs,
+        chunk=chunk,
+        workers=workers,
+        show_progress=show_progress,
+    )
     return best, best_d
 
 
-def min_edit_distance_map(source_norm: Sequence[str], target_norm: Sequence[str], target_raw: Sequence[str], *,
-                          source_skip: set[int] = frozenset(), target_skip: set[int] = frozenset(),
-                          index_depth: int | None = None, rare: int = 100, cutoffs: Sequence[int] = (2, 4, 8),
-                          chunk: int = 2048, workers: int = -1,
-                          show_progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def min_edit_distance_map(
+    source_norm: Sequence[str],
+    target_norm: Sequence[str],
+    target_raw: Sequence[str],
+    *,
+    source_skip: set[int] = frozenset(),
+    target_skip: set[int] = frozenset(),
+    index_depth: int | None = None,
+    rare: int = 100,
+    cutoffs: Sequence[int] = (2, 4, 8),
+    chunk: int = 2048,
+    workers: int = -1,
+    show_progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
     """Nearest target id (and distance) for every source string; ``source_skip`` rows get -1.
 
     ``index_depth``: deletion-index levels (None: chosen by cost, at most 3; 0: cdist passes only). ``rare``:
@@ -399,20 +486,36 @@ def min_edit_distance_map(source_norm: Sequence[str], target_norm: Sequence[str]
         held_pos += held
         rows.append(i)
         row_query.append(queries.setdefault(masked, len(queries)))
-    q_best, q_dist = _nearest(list(queries), cand_text, wildcard, index_depth=index_depth, cutoffs=cutoffs,
-                              chunk=chunk, workers=workers, show_progress=show_progress)
+    q_best, q_dist = _nearest(
+        list(queries),
+        cand_text,
+        wildcard,
+        index_depth=index_depth,
+        cutoffs=cutoffs,
+        chunk=chunk,
+        workers=workers,
+        show_progress=show_progress,
+    )
     row_query = np.array(row_query, dtype=np.int64)
-    d_held = process.cpdist([source_norm[i] for i in held_rows], [cand_text[p] for p in held_pos],
-                            scorer=Levenshtein.distance, dtype=np.int64, workers=workers)
-    r, p, d = _first_minimum(np.concatenate([np.array(rows, dtype=np.int64), np.array(held_rows, dtype=np.int64)]),
-                             np.concatenate([q_best[row_query], np.array(held_pos, dtype=np.int64)]),
-                             np.concatenate([q_dist[row_query], np.asarray(d_held, dtype=np.int64)]))
+    d_held = process.cpdist(
+        [source_norm[i] for i in held_rows],
+        [cand_text[p] for p in held_pos],
+        scorer=Levenshtein.distance,
+        dtype=np.int64,
+        workers=workers,
+    )
+    r, p, d = _first_minimum(
+        np.concatenate([np.array(rows, dtype=np.int64), np.array(held_rows, dtype=np.int64)]),
+        np.concatenate([q_best[row_query], np.array(held_pos, dtype=np.int64)]),
+        np.concatenate([q_dist[row_query], np.asarray(d_held, dtype=np.int64)]),
+    )
     out_ids[r], out_dist[r] = cand[p], d
     return out_ids, out_dist
 
 
-def brute_force_nearest(text: str, target_norm: Sequence[str], target_raw: Sequence[str],
-                        target_skip: set[int] = frozenset()) -> tuple[int, int]:
+def brute_force_nearest(
+    text: str, target_norm: Sequence[str], target_raw: Sequence[str], target_skip: set[int] = frozenset()
+) -> tuple[int, int]:
     """Reference implementation: one Levenshtein call per target token (for tests and the benchmark)."""
     from rapidfuzz.distance import Levenshtein
 
@@ -432,8 +535,15 @@ def build_vocab_map(source_tok, target_tok, *, show_progress: bool = True, worke
     tgt_norm = normalized_vocabulary(target_tok)
     tgt_raw = [t or "" for t in target_tok.convert_ids_to_tokens(list(range(len(target_tok))))]
     src_special, tgt_special = special_ids(source_tok), special_ids(target_tok)
-    ids, dist = min_edit_distance_map(src_norm, tgt_norm, tgt_raw, source_skip=src_special, target_skip=tgt_special,
-                                      workers=workers, show_progress=show_progress)
+    ids, dist = min_edit_distance_map(
+        src_norm,
+        tgt_norm,
+        tgt_raw,
+        source_skip=src_special,
+        target_skip=tgt_special,
+        workers=workers,
+        show_progress=show_progress,
+    )
     for role in _SPECIAL_ROLES:  # specials by role, e.g. Gemma's <eos> -> SmolLM2's <|endoftext|>
         s, t = getattr(source_tok, f"{role}_id", None), getattr(target_tok, f"{role}_id", None)
         if s is not None and t is not None and 0 <= s < len(ids) and ids[s] == NO_MATCH:

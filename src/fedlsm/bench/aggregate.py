@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import yaml
@@ -31,8 +32,20 @@ OBJECTIVES: dict[str, tuple[str, str]] = {
 }
 
 # every numeric field aggregated over seeds (objectives first)
-FIELDS = [*OBJECTIVES, "token_ratio", "token_ratio_decoded", "bytes_up", "bytes_down", "messages",
-          "client_seconds", "server_seconds", "cpu_seconds", "llm_prompt_tokens", "llm_requests", "n_train"]
+FIELDS = [
+    *OBJECTIVES,
+    "token_ratio",
+    "token_ratio_decoded",
+    "bytes_up",
+    "bytes_down",
+    "messages",
+    "client_seconds",
+    "server_seconds",
+    "cpu_seconds",
+    "llm_prompt_tokens",
+    "llm_requests",
+    "n_train",
+]
 
 
 def _get(d: Any, *path: str) -> Any:
@@ -111,10 +124,13 @@ def message_stats(path: Path) -> dict[str, Any]:
             timed = True
             handle["client" if to_server else "server"] += float(m["handle_seconds"])
     cells = max(1, len(up))
-    out: dict[str, Any] = {"bytes_up_per_client_round": sum(up.values()) / cells,
-                           "bytes_down_per_client_round": sum(down.values()) / cells,
-                           "clients": len({c for c, _ in up}), "rounds": len(per_round),
-                           "per_round": {str(k): v for k, v in sorted(per_round.items())}}
+    out: dict[str, Any] = {
+        "bytes_up_per_client_round": sum(up.values()) / cells,
+        "bytes_down_per_client_round": sum(down.values()) / cells,
+        "clients": len({c for c, _ in up}),
+        "rounds": len(per_round),
+        "per_round": {str(k): v for k, v in sorted(per_round.items())},
+    }
     if timed:
         out["handle_seconds"] = handle
     return out
@@ -190,10 +206,19 @@ def load_run(run_dir: Path) -> RunRecord | None:
         "llm_requests": _num(llm.get("requests")),
         "n_train": _num(run.get("n_train")),
     }
-    return RunRecord(run_dir, cell.get("method") or method_name, cell.get("dataset") or run.get("task") or "?",
-                     cell.get("epsilon") if cell else eps, cell.get("fraction"),
-                     int(cell.get("seed", run.get("seed", cfg.get("seed", 0)))), run.get("status", "?"),
-                     _get(metrics, "summary", "metric"), values, table_rows(metrics), msgs.get("per_round", {}))
+    return RunRecord(
+        run_dir,
+        cell.get("method") or method_name,
+        cell.get("dataset") or run.get("task") or "?",
+        cell.get("epsilon") if cell else eps,
+        cell.get("fraction"),
+        int(cell.get("seed", run.get("seed", cfg.get("seed", 0)))),
+        run.get("status", "?"),
+        _get(metrics, "summary", "metric"),
+        values,
+        table_rows(metrics),
+        msgs.get("per_round", {}),
+    )
 
 
 def collect(runs_dir: str | Path) -> list[RunRecord]:
@@ -204,8 +229,9 @@ def collect(runs_dir: str | Path) -> list[RunRecord]:
     recs = [load_run(p.parent) for p in sorted(root.rglob("metrics.json"))]
     recs = [r for r in recs if r is not None]
     if not recs:
-        raise ConfigError("runs_dir", f"no run folder (with metrics.json) under '{runs_dir}'",
-                          "run `fedlsm bench <grid.yaml>` first")
+        raise ConfigError(
+            "runs_dir", f"no run folder (with metrics.json) under '{runs_dir}'", "run `fedlsm bench <grid.yaml>` first"
+        )
     return recs
 
 
@@ -272,8 +298,9 @@ def aggregate(records: Sequence[RunRecord], *, only_done: bool = True) -> list[G
     return groups
 
 
-def dominates(a: dict[str, float | None], b: dict[str, float | None],
-              objectives: dict[str, tuple[str, str]] = OBJECTIVES) -> bool:
+def dominates(
+    a: dict[str, float | None], b: dict[str, float | None], objectives: dict[str, tuple[str, str]] = OBJECTIVES
+) -> bool:
     """a is at least as good as b on every objective both measured, and better on at least one.
     Objectives either point lacks are left out of the comparison (never filled in)."""
     better = False
@@ -292,30 +319,42 @@ def dominates(a: dict[str, float | None], b: dict[str, float | None],
     return shared > 0 and better
 
 
-def pareto_front(points: Sequence[dict[str, float | None]],
-                 objectives: dict[str, tuple[str, str]] = OBJECTIVES) -> list[bool]:
+def pareto_front(
+    points: Sequence[dict[str, float | None]], objectives: dict[str, tuple[str, str]] = OBJECTIVES
+) -> list[bool]:
     """For each point, whether no other point dominates it."""
-    return [not any(dominates(q, p, objectives) for j, q in enumerate(points) if j != i)
-            for i, p in enumerate(points)]
+    return [not any(dominates(q, p, objectives) for j, q in enumerate(points) if j != i) for i, p in enumerate(points)]
 
 
 def baseline_table(records: Sequence[RunRecord]) -> dict[tuple[str, str], dict[str, Stat | None]]:
     """(grid method, row label) -> dataset -> mean ± std over seeds of that row. A baseline row that
     several cells of one seed repeat (FedCoT's Standalone at every ε) counts once per seed."""
     vals: dict[tuple[str, str], dict[str, dict[int, list[float]]]] = defaultdict(
-        lambda: defaultdict(lambda: defaultdict(list)))
+        lambda: defaultdict(lambda: defaultdict(list))
+    )
     for r in records:
         if r.status != "done" or r.fraction not in (None, 1.0):
             continue
         for label, v in r.rows:
             vals[(r.method, label)][r.dataset][r.seed].append(v)
-    return {k: {ds: mean_std(float(np.mean(v)) for v in by_seed.values()) for ds, by_seed in d.items()}
-            for k, d in vals.items()}
+    return {
+        k: {ds: mean_std(float(np.mean(v)) for v in by_seed.values()) for ds, by_seed in d.items()}
+        for k, d in vals.items()
+    }
 
 
 def to_json(groups: Sequence[Group]) -> list[dict[str, Any]]:
-    return [{"method": g.method, "dataset": g.dataset, "epsilon": g.epsilon, "fraction": g.fraction,
-             "metric": g.metric, "pareto": g.pareto, "seeds": [r.seed for r in g.runs],
-             "runs": [r.run_dir.name for r in g.runs],
-             **{k: (None if s is None else {"mean": s.mean, "std": s.std, "n": s.n}) for k, s in g.stats.items()}}
-            for g in groups]
+    return [
+        {
+            "method": g.method,
+            "dataset": g.dataset,
+            "epsilon": g.epsilon,
+            "fraction": g.fraction,
+            "metric": g.metric,
+            "pareto": g.pareto,
+            "seeds": [r.seed for r in g.runs],
+            "runs": [r.run_dir.name for r in g.runs],
+            **{k: (None if s is None else {"mean": s.mean, "std": s.std, "n": s.n}) for k, s in g.stats.items()},
+        }
+        for g in groups
+    ]

@@ -1,7 +1,8 @@
 """Run the cells of a grid, resumably, each through :func:`fedlsm.runner.run` in its own process.
 
 A cell whose ``metrics.json`` says ``status: done`` is skipped, so an interrupted benchmark
-picks up where it stopped. Each cell runs in a fresh child process (spawned, ~3 s of imports): its peak memory (``getrusage``,
+picks up where it stopped. Each cell runs in a fresh child process (spawned, ~3 s of imports):
+its peak memory (``getrusage``,
 which the runner records) is then its own and not the maximum of every earlier cell, the memory
 it used is returned when it ends, and one failing cell does not stop the others. The child's
 console output goes to ``<run>/run.log``; the parent shows one progress bar.

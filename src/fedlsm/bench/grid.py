@@ -141,9 +141,16 @@ class Cell:
         return _safe("-".join(parts)) + "-" + config_hash(self.config)
 
     def meta(self) -> dict[str, Any]:
-        return {"method": self.method, "method_name": self.config.method, "dataset": self.dataset,
-                "epsilon": self.epsilon, "fraction": self.fraction, "seed": self.seed,
-                "n_train": self.config.data.n_train, "config_hash": config_hash(self.config)}
+        return {
+            "method": self.method,
+            "method_name": self.config.method,
+            "dataset": self.dataset,
+            "epsilon": self.epsilon,
+            "fraction": self.fraction,
+            "seed": self.seed,
+            "n_train": self.config.data.n_train,
+            "config_hash": config_hash(self.config),
+        }
 
 
 def _safe(s: str) -> str:
@@ -173,8 +180,11 @@ def _loc(loc: tuple) -> str:
 def _flatten(d: dict[str, Any], field: str, prefix: str = "") -> dict[str, Any]:
     """Nested or dotted overrides -> dotted keys (``{train: {lr: 1}}`` == ``{train.lr: 1}``)."""
     if not isinstance(d, dict):
-        raise ConfigError(field, f"must be a mapping of config fields, got {type(d).__name__}",
-                          "write key: value pairs such as train.max_steps: 2")
+        raise ConfigError(
+            field,
+            f"must be a mapping of config fields, got {type(d).__name__}",
+            "write key: value pairs such as train.max_steps: 2",
+        )
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
@@ -187,8 +197,9 @@ def _flatten(d: dict[str, Any], field: str, prefix: str = "") -> dict[str, Any]:
 
 def parse_grid(data: Any, source: str = "grid") -> GridSpec:
     if not isinstance(data, dict):
-        raise ConfigError(source, "must hold a mapping (methods, datasets, epsilons, seeds, ...)",
-                          "see benchmarks/smoke.yaml")
+        raise ConfigError(
+            source, "must hold a mapping (methods, datasets, epsilons, seeds, ...)", "see benchmarks/smoke.yaml"
+        )
     try:
         return GridSpec.model_validate(data)
     except ValidationError as e:
@@ -222,11 +233,17 @@ def expand(spec: GridSpec, output_dir: str | Path | None = None) -> list[Cell]:
     labels = [m.key for m in methods]
     for i, m in enumerate(methods):
         if m.name not in METHODS:
-            raise ConfigError(f"methods[{i}].name", f"method '{m.name}' is not registered",
-                              f"use one of {', '.join(sorted(METHODS))}, or implement it first")
+            raise ConfigError(
+                f"methods[{i}].name",
+                f"method '{m.name}' is not registered",
+                f"use one of {', '.join(sorted(METHODS))}, or implement it first",
+            )
         if m.key in labels[:i]:
-            raise ConfigError(f"methods[{i}].label", f"'{m.key}' appears more than once",
-                              "give each entry of the same method a distinct label")
+            raise ConfigError(
+                f"methods[{i}].label",
+                f"'{m.key}' appears more than once",
+                "give each entry of the same method a distinct label",
+            )
     names = [d.name for d in datasets]
     for j, d in enumerate(datasets):
         if d.name in names[:j]:
@@ -234,8 +251,11 @@ def expand(spec: GridSpec, output_dir: str | Path | None = None) -> list[Cell]:
     for i, m in enumerate(methods):
         for name in m.datasets or []:
             if name not in names:
-                raise ConfigError(f"methods[{i}].datasets", f"'{name}' is not one of the grid's datasets",
-                                  f"use some of {', '.join(names)}, or add it to datasets")
+                raise ConfigError(
+                    f"methods[{i}].datasets",
+                    f"'{name}' is not one of the grid's datasets",
+                    f"use some of {', '.join(names)}, or add it to datasets",
+                )
     base = _flatten(spec.base, "base")
     cells: list[Cell] = []
     for i, m in enumerate(methods):
@@ -259,8 +279,11 @@ def expand(spec: GridSpec, output_dir: str | Path | None = None) -> list[Cell]:
                             cfg = build_config(overrides=ov, defaults=METHOD_DEFAULTS.get(m.name, {}))
                             if frac is not None:
                                 if cfg.data.n_train is None:
-                                    raise ConfigError("data.n_train", "is null, so data_fractions has nothing to scale",
-                                                      "set data.n_train in base or the dataset's set")
+                                    raise ConfigError(
+                                        "data.n_train",
+                                        "is null, so data_fractions has nothing to scale",
+                                        "set data.n_train in base or the dataset's set",
+                                    )
                                 cfg.data.n_train = max(1, round(frac * cfg.data.n_train))
                         except ConfigError as e:
                             raise ConfigError(f"{where}: {e.field}", str(e).split(": ", 1)[1]) from None

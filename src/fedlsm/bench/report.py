@@ -9,12 +9,12 @@ from __future__ import annotations
 import html
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from fedlsm.bench.aggregate import (OBJECTIVES, Group, RunRecord, Stat, aggregate, baseline_table, collect,
-                                    to_json)
+from fedlsm.bench.aggregate import OBJECTIVES, Group, RunRecord, Stat, aggregate, baseline_table, collect, to_json
 
 DASH = "–"
 
@@ -65,10 +65,15 @@ def utility_table(groups: Sequence[Group]) -> Section:
     for g in groups:
         settings.setdefault(g.setting, {})[g.dataset] = g
     metrics = sorted({g.metric for g in groups if g.metric})
-    rows = [[s, *[fmt_pct(by[d].stats["utility"]) if d in by else DASH for d in datasets]]
-            for s, by in settings.items()]
-    return Section("Utility (method rows, dataset columns; mean ± std over seeds, %)", ["method", *datasets], rows,
-                   f"Metric: {', '.join(metrics) or DASH}. Each method's own result (its baselines are below).")
+    rows = [
+        [s, *[fmt_pct(by[d].stats["utility"]) if d in by else DASH for d in datasets]] for s, by in settings.items()
+    ]
+    return Section(
+        "Utility (method rows, dataset columns; mean ± std over seeds, %)",
+        ["method", *datasets],
+        rows,
+        f"Metric: {', '.join(metrics) or DASH}. Each method's own result (its baselines are below).",
+    )
 
 
 def rows_table(records: Sequence[RunRecord]) -> Section | None:
@@ -77,44 +82,89 @@ def rows_table(records: Sequence[RunRecord]) -> Section | None:
         return None
     datasets = sorted({ds for d in table.values() for ds in d})
     rows = [[f"{m}: {label}", *[fmt_pct(d.get(ds)) for ds in datasets]] for (m, label), d in table.items()]
-    return Section("Every row of the methods' own tables (baselines included; mean ± std over seeds, %)",
-                   ["method: row", *datasets], rows,
-                   "As in the papers' tables: the baselines each method runs beside itself, on the same data.")
+    return Section(
+        "Every row of the methods' own tables (baselines included; mean ± std over seeds, %)",
+        ["method: row", *datasets],
+        rows,
+        "As in the papers' tables: the baselines each method runs beside itself, on the same data.",
+    )
 
 
 def objectives_table(groups: Sequence[Group]) -> Section:
-    headers = ["method", "dataset", "utility %", "ε", "attack success %", "TokenRatio", "bytes up / client·round",
-               "bytes down / client·round", "wall s", "client s", "server s", "CPU s", "peak MB", "LLM tokens",
-               "seeds", "Pareto"]
+    headers = [
+        "method",
+        "dataset",
+        "utility %",
+        "ε",
+        "attack success %",
+        "TokenRatio",
+        "bytes up / client·round",
+        "bytes down / client·round",
+        "wall s",
+        "client s",
+        "server s",
+        "CPU s",
+        "peak MB",
+        "LLM tokens",
+        "seeds",
+        "Pareto",
+    ]
     rows = []
     for g in groups:
         tr = g.stats.get("token_ratio")
-        rows.append([g.setting, g.dataset, fmt_pct(g.stats["utility"]), fmt_eps(_mean(g, "epsilon")),
-                     fmt_pct(g.stats["attack_success"]), DASH if tr is None else f"{tr.mean:.2f}",
-                     fmt_bytes(_mean(g, "bytes_up_per_client_round")),
-                     fmt_bytes(_mean(g, "bytes_down_per_client_round")), fmt_num(_mean(g, "wall_seconds")),
-                     fmt_num(_mean(g, "client_seconds")), fmt_num(_mean(g, "server_seconds")),
-                     fmt_num(_mean(g, "cpu_seconds")), fmt_num(_mean(g, "peak_rss_mb"), 0),
-                     fmt_num(_mean(g, "llm_tokens"), 0), str(len(g.runs)), "✓" if g.pareto else ""])
-    note = ("ε: per-token budget of the exponential mechanism (– = the method releases no perturbed text). "
-            "Attack success: nearest-neighbour inversion of the perturbed prompts (best of a uniform and a "
-            "public-text prior). TokenRatio: perturbed rationales vs non-private ones. Bytes from the message log "
-            "(per client and round). Peak MB: the run process's peak resident memory. LLM tokens: tokens the server "
-            "LLM generated (the LLM query cost). Means over seeds.")
+        rows.append(
+            [
+                g.setting,
+                g.dataset,
+                fmt_pct(g.stats["utility"]),
+                fmt_eps(_mean(g, "epsilon")),
+                fmt_pct(g.stats["attack_success"]),
+                DASH if tr is None else f"{tr.mean:.2f}",
+                fmt_bytes(_mean(g, "bytes_up_per_client_round")),
+                fmt_bytes(_mean(g, "bytes_down_per_client_round")),
+                fmt_num(_mean(g, "wall_seconds")),
+                fmt_num(_mean(g, "client_seconds")),
+                fmt_num(_mean(g, "server_seconds")),
+                fmt_num(_mean(g, "cpu_seconds")),
+                fmt_num(_mean(g, "peak_rss_mb"), 0),
+                fmt_num(_mean(g, "llm_tokens"), 0),
+                str(len(g.runs)),
+                "✓" if g.pareto else "",
+            ]
+        )
+    note = (
+        "ε: per-token budget of the exponential mechanism (– = the method releases no perturbed text). "
+        "Attack success: nearest-neighbour inversion of the perturbed prompts (best of a uniform and a "
+        "public-text prior). TokenRatio: perturbed rationales vs non-private ones. Bytes from the message log "
+        "(per client and round). Peak MB: the run process's peak resident memory. LLM tokens: tokens the server "
+        "LLM generated (the LLM query cost). Means over seeds."
+    )
     return Section("Multi-objective table", headers, rows, note)
 
 
 def pareto_section(groups: Sequence[Group]) -> Section:
     objs = ", ".join(f"{lab} ({'max' if d == 'max' else 'min'})" for lab, d in OBJECTIVES.values())
     rows = [[g.dataset, g.setting, fmt_pct(g.stats["utility"])] for g in groups if g.pareto]
-    return Section("Pareto front", ["dataset", "method", "utility %"], rows,
-                   f"Settings no other setting on the same dataset beats on every objective: {objs}. "
-                   "An objective a setting does not measure is left out of its comparisons.")
+    return Section(
+        "Pareto front",
+        ["dataset", "method", "utility %"],
+        rows,
+        f"Settings no other setting on the same dataset beats on every objective: {objs}. "
+        "An objective a setting does not measure is left out of its comparisons.",
+    )
 
 
 def runs_section(records: Sequence[RunRecord]) -> Section:
-    rows = [[r.run_dir.name, r.status, fmt_pct(r.values.get("utility")), fmt_num(r.values.get("wall_seconds")),
-             fmt_num(r.values.get("peak_rss_mb"), 0)] for r in records]
+    rows = [
+        [
+            r.run_dir.name,
+            r.status,
+            fmt_pct(r.values.get("utility")),
+            fmt_num(r.values.get("wall_seconds")),
+            fmt_num(r.values.get("peak_rss_mb"), 0),
+        ]
+        for r in records
+    ]
     return Section("Runs", ["run folder", "status", "utility %", "wall s", "peak MB"], rows)
 
 
@@ -131,8 +181,14 @@ def _plt():
 
 
 def _errorbar(ax, pts: Sequence[tuple[float, Stat]], label: str) -> None:
-    ax.errorbar([x for x, _ in pts], [100 * s.mean for _, s in pts], yerr=[100 * s.std for _, s in pts],
-                marker="o", capsize=3, label=label)
+    ax.errorbar(
+        [x for x, _ in pts],
+        [100 * s.mean for _, s in pts],
+        yerr=[100 * s.std for _, s in pts],
+        marker="o",
+        capsize=3,
+        label=label,
+    )
 
 
 def _label_axes(ax, xlabel: str, title: str) -> None:
@@ -159,8 +215,11 @@ def plot_privacy_utility(groups: Sequence[Group], path: Path) -> bool:
         top = max((g.fraction or 1.0) for g in groups if g.dataset == ds)
         gs = [g for g in groups if g.dataset == ds and (g.fraction or 1.0) == top and g.mean("utility") is not None]
         for m in sorted({g.method for g in gs}):
-            pts = sorted((g.epsilon, g.stats["utility"]) for g in gs if g.method == m and g.epsilon is not None
-                         and not math.isinf(g.epsilon))
+            pts = sorted(
+                (g.epsilon, g.stats["utility"])
+                for g in gs
+                if g.method == m and g.epsilon is not None and not math.isinf(g.epsilon)
+            )
             flat = [g for g in gs if g.method == m and g.epsilon is None]
             if pts:
                 _errorbar(ax, pts, m)
@@ -186,15 +245,20 @@ def plot_communication(groups: Sequence[Group], path: Path) -> bool:
                 rounds.setdefault(int(k), []).append((v["up"], v["down"]))
         if rounds:
             xs = sorted(rounds)
-            series.append((f"{g.setting} · {g.dataset}", xs,
-                           [sum(u for u, _ in rounds[x]) / len(rounds[x]) for x in xs],
-                           [sum(d for _, d in rounds[x]) / len(rounds[x]) for x in xs]))
+            series.append(
+                (
+                    f"{g.setting} · {g.dataset}",
+                    xs,
+                    [sum(u for u, _ in rounds[x]) / len(rounds[x]) for x in xs],
+                    [sum(d for _, d in rounds[x]) / len(rounds[x]) for x in xs],
+                )
+            )
     if not series:
         return False
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, xs, up, down in series:
-        line, = ax.plot(xs, up, marker="o", label=f"{label} up")
+        (line,) = ax.plot(xs, up, marker="o", label=f"{label} up")
         ax.plot(xs, down, marker="s", linestyle="--", color=line.get_color(), label=f"{label} down")
     ax.set_xlabel("round")
     ax.set_ylabel("bytes (all clients)")
@@ -216,7 +280,8 @@ def plot_data_fraction(groups: Sequence[Group], path: Path) -> bool:
         for g in groups:
             if g.dataset == ds and g.fraction is not None and g.stats["utility"] is not None:
                 lines.setdefault(g.method + (f" (ε={g.epsilon:g})" if g.epsilon is not None else ""), []).append(
-                    (g.fraction, g.stats["utility"]))
+                    (g.fraction, g.stats["utility"])
+                )
         for label, pts in sorted(lines.items()):
             _errorbar(ax, [(100 * f, s) for f, s in sorted(pts, key=lambda p: p[0])], label)
         _label_axes(ax, "training data used (%)", ds)
@@ -248,15 +313,19 @@ def render_markdown(title: str, sections: Sequence[Section]) -> str:
     return "\n".join(out)
 
 
-_CSS = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}"
-        "table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ccc;padding:.25em .6em}"
-        "td:not(:first-child){text-align:right}th{background:#f3f3f3}p{color:#444}img{max-width:100%}")
+_CSS = (
+    "body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}"
+    "table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ccc;padding:.25em .6em}"
+    "td:not(:first-child){text-align:right}th{background:#f3f3f3}p{color:#444}img{max-width:100%}"
+)
 
 
 def render_html(title: str, sections: Sequence[Section]) -> str:
     e = html.escape
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{_CSS}</style>"
-           f"</head><body><h1>{e(title)}</h1>"]
+    out = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{_CSS}</style>"
+        f"</head><body><h1>{e(title)}</h1>"
+    ]
     for s in sections:
         out.append(f"<h2>{e(s.title)}</h2>")
         if s.headers:
@@ -284,9 +353,11 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, title:
         sections.append(extra)
     sections += [objectives_table(groups), pareto_section(groups)]
     images = []
-    for name, fn, t in (("privacy_utility.png", plot_privacy_utility, "Privacy–utility (utility vs ε)"),
-                        ("communication.png", plot_communication, "Communication per round"),
-                        ("data_fraction.png", plot_data_fraction, "Utility vs training data size (FedCoT Table 8)")):
+    for name, fn, t in (
+        ("privacy_utility.png", plot_privacy_utility, "Privacy–utility (utility vs ε)"),
+        ("communication.png", plot_communication, "Communication per round"),
+        ("data_fraction.png", plot_data_fraction, "Utility vs training data size (FedCoT Table 8)"),
+    ):
         if groups and fn(groups, out / name):
             sections.append(Section(t, image=name))
             images.append(out / name)
@@ -298,12 +369,29 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, title:
     (out / "report.md").write_text(render_markdown(title, sections))
     (out / "report.html").write_text(render_html(title, sections))
     (out / "summary.json").write_text(json.dumps({"groups": to_json(groups)}, indent=2))
-    return {"markdown": out / "report.md", "html": out / "report.html", "summary": out / "summary.json",
-            "images": images, "groups": groups, "records": records, "sections": sections}
+    return {
+        "markdown": out / "report.md",
+        "html": out / "report.html",
+        "summary": out / "summary.json",
+        "images": images,
+        "groups": groups,
+        "records": records,
+        "sections": sections,
+    }
 
 
-TERMINAL_COLUMNS = ("method", "dataset", "utility %", "ε", "attack success %", "bytes up / client·round",
-                    "wall s", "peak MB", "LLM tokens", "Pareto")
+TERMINAL_COLUMNS = (
+    "method",
+    "dataset",
+    "utility %",
+    "ε",
+    "attack success %",
+    "bytes up / client·round",
+    "wall s",
+    "peak MB",
+    "LLM tokens",
+    "Pareto",
+)
 
 
 def rich_table(section: Section, columns: Sequence[str] | None = None):

@@ -10,15 +10,60 @@ wrong operation), so that a model that only pattern-matches scores near chance.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from fedlsm.data.task import Example, Task
 
-NAMES = ["Ava", "Ben", "Chloe", "Diego", "Emma", "Farid", "Grace", "Hiro", "Isla", "Jonas", "Keiko", "Liam",
-         "Maya", "Noah", "Olga", "Priya", "Quinn", "Rosa", "Sami", "Tara", "Umar", "Vera", "Wei", "Yara", "Zoe"]
-ITEMS = ["apples", "pencils", "stickers", "marbles", "cookies", "books", "shells", "cards", "coins", "stamps",
-         "buttons", "candles", "eggs", "flowers", "balloons", "toys", "rocks", "beads", "cupcakes", "tickets"]
+NAMES = [
+    "Ava",
+    "Ben",
+    "Chloe",
+    "Diego",
+    "Emma",
+    "Farid",
+    "Grace",
+    "Hiro",
+    "Isla",
+    "Jonas",
+    "Keiko",
+    "Liam",
+    "Maya",
+    "Noah",
+    "Olga",
+    "Priya",
+    "Quinn",
+    "Rosa",
+    "Sami",
+    "Tara",
+    "Umar",
+    "Vera",
+    "Wei",
+    "Yara",
+    "Zoe",
+]
+ITEMS = [
+    "apples",
+    "pencils",
+    "stickers",
+    "marbles",
+    "cookies",
+    "books",
+    "shells",
+    "cards",
+    "coins",
+    "stamps",
+    "buttons",
+    "candles",
+    "eggs",
+    "flowers",
+    "balloons",
+    "toys",
+    "rocks",
+    "beads",
+    "cupcakes",
+    "tickets",
+]
 CONTAINERS = ["boxes", "bags", "jars", "baskets", "packs", "crates", "trays", "bundles"]
 
 
@@ -43,7 +88,10 @@ def _mul_then_sub(r: random.Random) -> _Problem:
 def _mul_then_add(r: random.Random) -> _Problem:
     n, it = r.choice(NAMES), r.choice(ITEMS)
     a, b, c = r.randint(2, 9), r.randint(2, 9), r.randint(1, 20)
-    q = f"{n} buys {a} packs of {it} with {b} {it} in each pack. {n} already had {c} {it}. How many {it} does {n} have now?"
+    q = (
+        f"{n} buys {a} packs of {it} with {b} {it} in each pack. "
+        f"{n} already had {c} {it}. How many {it} does {n} have now?"
+    )
     ans = a * b + c
     rat = f"The packs hold {a} x {b} = {a * b} {it}. Adding the {c} {n} already had gives {a * b} + {c} = {ans} {it}."
     return _Problem(q, ans, rat, [c, a * b, a * b - c, a + b + c, a * c + b])
@@ -55,7 +103,10 @@ def _add_then_div(r: random.Random) -> _Problem:
     total = k * each
     a = r.randint(1, total - 1)
     b = total - a
-    q = f"{n} had {a} {it} and found {b} more. {n} shares them equally among {k} friends. How many {it} does each friend get?"
+    q = (
+        f"{n} had {a} {it} and found {b} more. "
+        f"{n} shares them equally among {k} friends. How many {it} does each friend get?"
+    )
     rat = f"{n} has {a} + {b} = {total} {it}. Shared among {k} friends, each gets {total} / {k} = {each} {it}."
     return _Problem(q, each, rat, [a, total, total - k, a + b + k, b])
 
@@ -64,7 +115,10 @@ def _earn_then_spend(r: random.Random) -> _Problem:
     n = r.choice(NAMES)
     a, b = r.randint(3, 12), r.randint(2, 8)
     c = r.randint(1, a * b - 1)
-    q = f"{n} earns {a} dollars per hour and works {b} hours. Then {n} spends {c} dollars on lunch. How many dollars does {n} have left?"
+    q = (
+        f"{n} earns {a} dollars per hour and works {b} hours. "
+        f"Then {n} spends {c} dollars on lunch. How many dollars does {n} have left?"
+    )
     ans = a * b - c
     rat = f"{n} earns {a} x {b} = {a * b} dollars. After spending {c}, {n} has {a * b} - {c} = {ans} dollars."
     return _Problem(q, ans, rat, [c, a * b, a * b + c, a + b - c, a])
@@ -74,14 +128,21 @@ def _split_then_add(r: random.Random) -> _Problem:
     n, it = r.choice(NAMES), r.choice(ITEMS)
     groups, each, c = r.randint(2, 6), r.randint(2, 9), r.randint(1, 9)
     total = groups * each
-    q = f"{n} splits {total} {it} into {groups} equal groups and then adds {c} more {it} to each group. How many {it} are in each group?"
+    q = (
+        f"{n} splits {total} {it} into {groups} equal groups "
+        f"and then adds {c} more {it} to each group. How many {it} are in each group?"
+    )
     ans = each + c
     rat = f"Each group first gets {total} / {groups} = {each} {it}. Adding {c} more gives {each} + {c} = {ans} {it}."
     return _Problem(q, ans, rat, [total, each, total + c, groups + c, total - groups])
 
 
 GENERATORS: list[Callable[[random.Random], _Problem]] = [
-    _mul_then_sub, _mul_then_add, _add_then_div, _earn_then_spend, _split_then_add,
+    _mul_then_sub,
+    _mul_then_add,
+    _add_then_div,
+    _earn_then_spend,
+    _split_then_add,
 ]
 
 

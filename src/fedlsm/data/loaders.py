@@ -12,9 +12,10 @@ import json
 import os
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from fedlsm.data.builtin import BUILTIN_TASKS
 from fedlsm.data.task import TASK_TYPES, Example, Task
@@ -88,9 +89,11 @@ def _normalize(rec: dict, cols: ColumnMap, idx: int, source: str, task_type: str
         elif re.fullmatch(r"\d+", answer) and int(answer) < len(choices):
             label = int(answer)
         else:
-            raise ConfigError("data.columns.answer",
-                              f"answer '{answer}' of record {idx} in {source} is neither a choice text, letter nor index",
-                              "map data.columns.answer to the column with the gold choice")
+            raise ConfigError(
+                "data.columns.answer",
+                f"answer '{answer}' of record {idx} in {source} is neither a choice text, letter nor index",
+                "map data.columns.answer to the column with the gold choice",
+            )
         answer = choices[label]
     rationale = None
     if cols.rationale and rec.get(cols.rationale) is not None:
@@ -99,9 +102,17 @@ def _normalize(rec: dict, cols: ColumnMap, idx: int, source: str, task_type: str
     return Example(id=ex_id, question=question, answer=answer, choices=choices, label=label, rationale=rationale)
 
 
-def load_file_task(train: str | Path, test: str | Path | None, *, name: str | None = None,
-                   task_type: str = "multiple_choice", columns: ColumnMap | None = None,
-                   numeric: bool = False, test_fraction: float = 0.2, seed: int = 0) -> Task:
+def load_file_task(
+    train: str | Path,
+    test: str | Path | None,
+    *,
+    name: str | None = None,
+    task_type: str = "multiple_choice",
+    columns: ColumnMap | None = None,
+    numeric: bool = False,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> Task:
     """Load a task from JSONL/JSON/CSV/TSV files. Without a test file, ``test_fraction`` is held out."""
     _check_type(task_type)
     cols = columns or ColumnMap()
@@ -119,8 +130,14 @@ def load_file_task(train: str | Path, test: str | Path | None, *, name: str | No
     return Task(name=name or train_path.stem, type=task_type, train=tr, test=te, numeric=numeric)
 
 
-def load_examples(path: str | Path, *, task_type: str = "multiple_choice", columns: ColumnMap | None = None,
-                  labels: Sequence[str] | None = None, field: str = "data.path") -> list[Example]:
+def load_examples(
+    path: str | Path,
+    *,
+    task_type: str = "multiple_choice",
+    columns: ColumnMap | None = None,
+    labels: Sequence[str] | None = None,
+    field: str = "data.path",
+) -> list[Example]:
     """Examples of one JSONL/JSON/CSV/TSV file (a site's own data, a public or an evaluation file).
     Classification examples take ``labels`` as their label set (the task's; default: the file's own)."""
     _check_type(task_type)
@@ -140,14 +157,24 @@ def _set_labels(examples: list[Example], label_set: list[str], source: str, fiel
     """Classification: every example's choices are the task's label set, its label the gold one's index."""
     for e in examples:
         if e.answer not in label_set:
-            raise ConfigError(field, f"label '{e.answer}' of {source} is not in the task's label set {label_set}",
-                              "use the labels of the evaluation split")
+            raise ConfigError(
+                field,
+                f"label '{e.answer}' of {source} is not in the task's label set {label_set}",
+                "use the labels of the evaluation split",
+            )
         e.choices, e.label = label_set, label_set.index(e.answer)
 
 
-def load_hf_task(dataset_id: str, *, config_name: str | None = None, train_split: str = "train",
-                 test_split: str = "test", task_type: str = "multiple_choice",
-                 columns: ColumnMap | None = None, numeric: bool = False) -> Task:
+def load_hf_task(
+    dataset_id: str,
+    *,
+    config_name: str | None = None,
+    train_split: str = "train",
+    test_split: str = "test",
+    task_type: str = "multiple_choice",
+    columns: ColumnMap | None = None,
+    numeric: bool = False,
+) -> Task:
     """Load a task with ``datasets.load_dataset`` (a hub id, or a local folder saved with
     ``save_to_disk`` / holding data files)."""
     import datasets
@@ -162,12 +189,15 @@ def load_hf_task(dataset_id: str, *, config_name: str | None = None, train_split
     except FileNotFoundError as e:
         raise ConfigError("data.hf_id", f"dataset '{dataset_id}' not found ({e})", "check the id or the folder") from e
     except Exception as e:  # network errors arrive as many types; name the dataset and the fix
-        raise FedLSMError(f"data.hf_id: could not load '{dataset_id}' ({type(e).__name__}: {str(e)[:200]}) "
-                          "(fix: check the id and your network, or use data.path with local files)") from e
+        raise FedLSMError(
+            f"data.hf_id: could not load '{dataset_id}' ({type(e).__name__}: {str(e)[:200]}) "
+            "(fix: check the id and your network, or use data.path with local files)"
+        ) from e
     for split, fld in ((train_split, "train_split"), (test_split, "test_split")):
         if split not in ds:
-            raise ConfigError(f"data.{fld}", f"split '{split}' not in {dataset_id} (splits: {', '.join(ds)})",
-                              f"set data.{fld}")
+            raise ConfigError(
+                f"data.{fld}", f"split '{split}' not in {dataset_id} (splits: {', '.join(ds)})", f"set data.{fld}"
+            )
     tr = [_normalize(r, cols, i, dataset_id, task_type) for i, r in enumerate(ds[train_split])]
     te = [_normalize(r, cols, i, dataset_id, task_type) for i, r in enumerate(ds[test_split])]
     return Task(name=dataset_id.rstrip("/").split("/")[-1], type=task_type, train=tr, test=te, numeric=numeric)
@@ -188,8 +218,11 @@ def data_root(explicit: str | Path | None = None) -> Path:
         for cand in (d / "shared" / "data", d.parent / "shared" / "data"):
             if cand.is_dir():
                 return cand
-    raise ConfigError("data.root", "no benchmark data folder found",
-                      "set FEDLSM_DATA or data.root to the folder holding commonsenseqa/, arc/, gsm8k/ ...")
+    raise ConfigError(
+        "data.root",
+        "no benchmark data folder found",
+        "set FEDLSM_DATA or data.root to the folder holding commonsenseqa/, arc/, gsm8k/ ...",
+    )
 
 
 def _gsm8k(root: Path) -> Task:
@@ -198,8 +231,14 @@ def _gsm8k(root: Path) -> Task:
         for i, r in enumerate(_read_records(path)):
             rationale, _, final = r["answer"].rpartition("####")
             rationale = re.sub(r"<<[^>]*>>", "", rationale).strip()  # drop calculator annotations
-            out.append(Example(id=f"gsm8k-{split}-{i}", question=r["question"], answer=final.strip().replace(",", ""),
-                               rationale=rationale))
+            out.append(
+                Example(
+                    id=f"gsm8k-{split}-{i}",
+                    question=r["question"],
+                    answer=final.strip().replace(",", ""),
+                    rationale=rationale,
+                )
+            )
         return out
 
     d = root / "gsm8k"
@@ -247,8 +286,11 @@ def _obqa(root: Path) -> Task:
             parts = re.split(r"\(([A-D])\)\s*", r["Choices"])[1:]
             choices = [parts[i + 1].strip() for i in range(0, len(parts), 2)]
             label = "ABCD".index(r["Answer Key"].strip())
-            exs.append(Example(id=r["ID"], question=r["Question Stem"].strip(), answer=choices[label],
-                               choices=choices, label=label))
+            exs.append(
+                Example(
+                    id=r["ID"], question=r["Question Stem"].strip(), answer=choices[label], choices=choices, label=label
+                )
+            )
         return exs
 
     return Task("obqa", "multiple_choice", rows(d / "train.tsv"), rows(d / "test.tsv"))
@@ -261,8 +303,13 @@ def _tsv_rows(path: Path) -> list[tuple[str, str]]:
 
 
 def _classification(name: str, rows: dict[str, list[tuple[str, str]]], labels: list[str]) -> Task:
-    splits = {split: [Example(id=f"{name}-{split}-{i}", question=text, answer=labels[y], choices=labels, label=y)
-                      for i, (text, y) in enumerate(pairs)] for split, pairs in rows.items()}
+    splits = {
+        split: [
+            Example(id=f"{name}-{split}-{i}", question=text, answer=labels[y], choices=labels, label=y)
+            for i, (text, y) in enumerate(pairs)
+        ]
+        for split, pairs in rows.items()
+    }
     return Task(name, "classification", splits["train"], splits["test"])
 
 
@@ -275,12 +322,18 @@ def _dialogsum(root: Path) -> Task:
         out = []
         for i, r in enumerate(_read_records(path)):
             summary = r.get("summary") or r.get("summary1")
-            out.append(Example(id=f"dialogsum-{split}-{r.get('fname', i)}",
-                               question="Summarize this dialogue.\n" + r["dialogue"].strip(), answer=summary.strip()))
+            out.append(
+                Example(
+                    id=f"dialogsum-{split}-{r.get('fname', i)}",
+                    question="Summarize this dialogue.\n" + r["dialogue"].strip(),
+                    answer=summary.strip(),
+                )
+            )
         return out
 
-    return Task("dialogsum", "generation", conv(d / "dialogsum.train.jsonl", "train"),
-                conv(d / "dialogsum.test.jsonl", "test"))
+    return Task(
+        "dialogsum", "generation", conv(d / "dialogsum.train.jsonl", "train"), conv(d / "dialogsum.test.jsonl", "test")
+    )
 
 
 def _sst2(root: Path) -> Task:
@@ -299,16 +352,27 @@ def _ag_news(root: Path) -> Task:
     def clean(t: str) -> str:  # the source escapes characters as " #39;" and breaks lines with "\"
         return re.sub(r"\s+", " ", re.sub(r"#(\d+);", lambda m: chr(int(m.group(1))), t).replace("\\", " ")).strip()
 
-    rows = {s: [(clean(t), labels.index(y.strip())) for t, y in _tsv_rows(d / f"{f}.tsv")]
-            for s, f in (("train", "dev"), ("test", "test"))}
+    rows = {
+        s: [(clean(t), labels.index(y.strip())) for t, y in _tsv_rows(d / f"{f}.tsv")]
+        for s, f in (("train", "dev"), ("test", "test"))
+    }
     return _classification("ag-news", rows, labels)
 
 
-PRESETS = {"gsm8k": _gsm8k, "dialogsum": _dialogsum, "cqa": _cqa, "arc-easy": _arc_easy, "obqa": _obqa, "sst2": _sst2, "ag-news": _ag_news}
+PRESETS = {
+    "gsm8k": _gsm8k,
+    "dialogsum": _dialogsum,
+    "cqa": _cqa,
+    "arc-easy": _arc_easy,
+    "obqa": _obqa,
+    "sst2": _sst2,
+    "ag-news": _ag_news,
+}
 
 
-def load_task(name: str, *, n_train: int | None = None, n_test: int | None = None, seed: int = 0,
-              data_dir: str | None = None) -> Task:
+def load_task(
+    name: str, *, n_train: int | None = None, n_test: int | None = None, seed: int = 0, data_dir: str | None = None
+) -> Task:
     """Load a task by name: a built-in (``arith``) or a preset reading the local data folder."""
     if name in BUILTIN_TASKS:
         kw = {}
@@ -318,8 +382,11 @@ def load_task(name: str, *, n_train: int | None = None, n_test: int | None = Non
             kw["n_test"] = n_test
         return BUILTIN_TASKS[name](seed=seed, **kw)
     if name not in PRESETS:
-        raise ConfigError("data.task", f"unknown task '{name}'",
-                          f"use one of {', '.join(sorted([*BUILTIN_TASKS, *PRESETS]))}, or data.path / data.hf_id")
+        raise ConfigError(
+            "data.task",
+            f"unknown task '{name}'",
+            f"use one of {', '.join(sorted([*BUILTIN_TASKS, *PRESETS]))}, or data.path / data.hf_id",
+        )
     task = PRESETS[name](data_root(data_dir))
     return subsample(task, n_train, n_test, seed)
 

@@ -27,8 +27,9 @@ def iid_partition(examples: list[Example], n_clients: int, seed: int = 0) -> lis
     return [[examples[i] for i in part] for part in np.array_split(order, n_clients)]
 
 
-def dirichlet_partition(examples: list[Example], n_clients: int, alpha: float, seed: int = 0,
-                        min_size: int = 1, max_tries: int = 100) -> list[list[Example]]:
+def dirichlet_partition(
+    examples: list[Example], n_clients: int, alpha: float, seed: int = 0, min_size: int = 1, max_tries: int = 100
+) -> list[list[Example]]:
     """Label-skewed split; retried with new draws until every client holds ``min_size`` examples."""
     _check_clients(n_clients, len(examples))
     if not alpha > 0:
@@ -47,12 +48,16 @@ def dirichlet_partition(examples: list[Example], n_clients: int, alpha: float, s
                 parts[k].extend(chunk.tolist())
         if min(len(p) for p in parts) >= min_size:
             return [[examples[i] for i in sorted(p)] for p in parts]
-    raise ConfigError("data.alpha", f"could not give every one of {n_clients} clients {min_size} example(s) "
-                      f"with alpha={alpha}", "raise data.alpha, lower the number of clients, or use more data")
+    raise ConfigError(
+        "data.alpha",
+        f"could not give every one of {n_clients} clients {min_size} example(s) with alpha={alpha}",
+        "raise data.alpha, lower the number of clients, or use more data",
+    )
 
 
-def partition(examples: list[Example], n_clients: int, scheme: str = "iid", alpha: float = 0.5,
-              seed: int = 0) -> list[list[Example]]:
+def partition(
+    examples: list[Example], n_clients: int, scheme: str = "iid", alpha: float = 0.5, seed: int = 0
+) -> list[list[Example]]:
     if scheme == "iid":
         return iid_partition(examples, n_clients, seed)
     if scheme == "dirichlet":
@@ -81,5 +86,8 @@ def _check_clients(n_clients: int, n_examples: int) -> None:
     if n_clients < 1:
         raise ConfigError("clients", f"must be >= 1, got {n_clients}", "use a positive number of clients")
     if n_clients > n_examples:
-        raise ConfigError("clients", f"{n_clients} clients but only {n_examples} training examples",
-                          "use fewer clients or more data (data.n_train)")
+        raise ConfigError(
+            "clients",
+            f"{n_clients} clients but only {n_examples} training examples",
+            "use fewer clients or more data (data.n_train)",
+        )

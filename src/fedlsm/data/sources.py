@@ -54,8 +54,9 @@ def build_task(cfg) -> Task:
 
 
 def _public_file(cfg, task: Task) -> list[Example]:
-    return load_examples(cfg.data.public_path, task_type=task.type, columns=column_map(cfg), labels=task.labels,
-                         field="data.public_path")
+    return load_examples(
+        cfg.data.public_path, task_type=task.type, columns=column_map(cfg), labels=task.labels, field="data.public_path"
+    )
 
 
 def _split(cfg, task: Task) -> tuple[list[Example], list[Example]]:
@@ -81,13 +82,19 @@ def server_data(cfg) -> SiteView:
     d = cfg.data
     if d.path or (d.test_path and not d.hf_id):
         if not d.test_path:
-            raise ConfigError("data.test_path", "a deployed server never opens the clients' data file (data.path)",
-                              "give the server its own evaluation split as data.test_path")
+            raise ConfigError(
+                "data.test_path",
+                "a deployed server never opens the clients' data file (data.path)",
+                "give the server its own evaluation split as data.test_path",
+            )
         test = load_examples(d.test_path, task_type=d.type, columns=column_map(cfg), field="data.test_path")
         task = subsample(Task(Path(d.test_path).stem, d.type, [], test, d.numeric), None, d.n_test, cfg.seed)
         if d.public_fraction and not d.public_path:
-            raise ConfigError("data.public_path", "a deployed server cannot hold out a public share of the clients' "
-                              "data", "give the public examples as data.public_path (or set data.public_fraction=0)")
+            raise ConfigError(
+                "data.public_path",
+                "a deployed server cannot hold out a public share of the clients' data",
+                "give the public examples as data.public_path (or set data.public_fraction=0)",
+            )
         return SiteView(task, _public_file(cfg, task) if d.public_path else [], [])
     task = build_task(cfg)
     public, _ = _split(cfg, task)
@@ -98,8 +105,9 @@ def server_data(cfg) -> SiteView:
 _SITE_FILES = (("path", "--data"), ("public_path", "--public"), ("test_path", "--test"))
 
 
-def site_data(cfg, index: int, local_path: str | None, public_path: str | None = None,
-              test_path: str | None = None) -> SiteView:
+def site_data(
+    cfg, index: int, local_path: str | None, public_path: str | None = None, test_path: str | None = None
+) -> SiteView:
     """What deployed client ``index`` holds: the examples of ``local_path`` (the file its operator named),
     or, without one, its partition of a benchmark every party holds. Every file it opens is one its own
     operator named (``public_path``, ``test_path``), never one the server's config names: a hostile
@@ -107,14 +115,18 @@ def site_data(cfg, index: int, local_path: str | None, public_path: str | None =
     own = dict(zip(("path", "public_path", "test_path"), (local_path, public_path, test_path)))
     for field, flag in _SITE_FILES:
         if getattr(cfg.data, field) and not own[field]:
-            raise ConfigError(f"data.{field}", "a client loads only files its own operator named, not one the "
-                              "server's config names", f"start the SuperNode with {flag} PATH (this site's copy)")
+            raise ConfigError(
+                f"data.{field}",
+                "a client loads only files its own operator named, not one the server's config names",
+                f"start the SuperNode with {flag} PATH (this site's copy)",
+            )
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={**own, "path": None})})
     if not local_path:
         return partition_view(cfg, index)
     view = server_data(cfg)
-    mine = load_examples(local_path, task_type=cfg.data.type, columns=column_map(cfg), labels=view.task.labels,
-                         field="--data")
+    mine = load_examples(
+        local_path, task_type=cfg.data.type, columns=column_map(cfg), labels=view.task.labels, field="--data"
+    )
     return SiteView(view.task, view.public, mine)
 
 
@@ -122,6 +134,7 @@ def partition_view(cfg, index: int) -> SiteView:
     """Client ``index``'s partition of the experiment's data (simulation, or a benchmark every party holds)."""
     task, public, clients = simulation_data(cfg)
     if not 0 <= index < len(clients):
-        raise ConfigError("partition-id", f"{index} is outside 0..{len(clients) - 1}",
-                          f"the run has clients={cfg.clients}")
+        raise ConfigError(
+            "partition-id", f"{index} is outside 0..{len(clients) - 1}", f"the run has clients={cfg.clients}"
+        )
     return SiteView(task, public, clients[index])

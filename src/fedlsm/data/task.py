@@ -33,7 +33,7 @@ class Example:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Example":
+    def from_dict(cls, d: dict) -> Example:
         return cls(**d)
 
 
@@ -54,7 +54,7 @@ class Task:
             return examples[0].choices
         return None
 
-    def eval_only(self) -> "Task":
+    def eval_only(self) -> Task:
         """The task without its training examples: type, label set and evaluation split. This is all a
         server may hold of it, and all a client holds besides its own examples."""
         return replace(self, train=[])

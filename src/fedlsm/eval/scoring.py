@@ -10,17 +10,24 @@ uses Rouge-L (rouge-score).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from fedlsm.data.task import Example, Task, answer_continuation, answer_prompt, format_question
 from fedlsm.models.training import right_pad
 from fedlsm.progress import progress_iter
 
 
-def continuation_logprobs(model, tokenizer, contexts: Sequence[str], continuations: Sequence[str],
-                          *, batch_size: int = 16, show_progress: bool = False,
-                          description: str = "scoring") -> list[float]:
+def continuation_logprobs(
+    model,
+    tokenizer,
+    contexts: Sequence[str],
+    continuations: Sequence[str],
+    *,
+    batch_size: int = 16,
+    show_progress: bool = False,
+    description: str = "scoring",
+) -> list[float]:
     """Sum of log p(continuation | context) for each pair, batched.
 
     Context and continuation are tokenized separately and concatenated (as lm-eval does) so the
@@ -36,7 +43,7 @@ def continuation_logprobs(model, tokenizer, contexts: Sequence[str], continuatio
     order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))  # less padding
     scores = [0.0] * len(pairs)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     device = model.device
     was_training = model.training
     model.eval()
@@ -51,15 +58,22 @@ def continuation_logprobs(model, tokenizer, contexts: Sequence[str], continuatio
             for r, i in enumerate(batch):
                 n_ctx, n_cont = len(pairs[i][0]), len(pairs[i][1])
                 # token t is predicted at position t-1
-                scores[i] = float(tok_lp[r, n_ctx - 1: n_ctx - 1 + n_cont].sum())
+                scores[i] = float(tok_lp[r, n_ctx - 1 : n_ctx - 1 + n_cont].sum())
     if was_training:
         model.train()
     return scores
 
 
-def shared_context_logprobs(model, tokenizer, contexts: Sequence[str], options: Sequence[Sequence[str]],
-                            *, batch_size: int = 16, show_progress: bool = False,
-                            description: str = "scoring") -> list[list[float]]:
+def shared_context_logprobs(
+    model,
+    tokenizer,
+    contexts: Sequence[str],
+    options: Sequence[Sequence[str]],
+    *,
+    batch_size: int = 16,
+    show_progress: bool = False,
+    description: str = "scoring",
+) -> list[list[float]]:
     """Sum log p(option | context) for every option of every context, running each context once.
 
     Multiple-choice prompts share one context across 4-5 short options; running the context once
@@ -73,7 +87,7 @@ def shared_context_logprobs(model, tokenizer, contexts: Sequence[str], options: 
     opt_ids = [[tokenizer(o, add_special_tokens=False)["input_ids"] for o in opts] for opts in options]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     order = sorted(range(len(contexts)), key=lambda i: -len(ctx_ids[i]))
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     out: list[list[float]] = [[] for _ in contexts]
     was_training = model.training
     model.eval()
@@ -84,11 +98,16 @@ def shared_context_logprobs(model, tokenizer, contexts: Sequence[str], options: 
             ids = torch.full((len(batch), width), pad, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
             for r, i in enumerate(batch):  # left padding: every context ends at the same column
-                ids[r, width - len(ctx_ids[i]):] = torch.tensor(ctx_ids[i])
-                mask[r, width - len(ctx_ids[i]):] = 1
+                ids[r, width - len(ctx_ids[i]) :] = torch.tensor(ctx_ids[i])
+                mask[r, width - len(ctx_ids[i]) :] = 1
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
-            first = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                          use_cache=True, logits_to_keep=1)
+            first = model(
+                input_ids=ids.to(dev),
+                attention_mask=mask.to(dev),
+                position_ids=pos.to(dev),
+                use_cache=True,
+                logits_to_keep=1,
+            )
             last_lp = torch.log_softmax(first.logits[:, -1].float(), dim=-1)  # predicts each option's 1st token
             owner = [r for r, i in enumerate(batch) for _ in opt_ids[i]]
             flat = [o for i in batch for o in opt_ids[i]]
@@ -99,9 +118,15 @@ def shared_context_logprobs(model, tokenizer, contexts: Sequence[str], options: 
             own = torch.tensor(owner)
             full_mask = torch.cat([mask[own], omask], dim=1)
             opos = mask.sum(-1)[own].unsqueeze(1) + torch.arange(cw).unsqueeze(0)
-            lp = torch.log_softmax(model(input_ids=oid.to(dev), attention_mask=full_mask.to(dev),
-                                         position_ids=opos.to(dev), **{_cache_kwarg(model): cache}).logits.float(),
-                                   dim=-1)
+            lp = torch.log_softmax(
+                model(
+                    input_ids=oid.to(dev),
+                    attention_mask=full_mask.to(dev),
+                    position_ids=opos.to(dev),
+                    **{_cache_kwarg(model): cache},
+                ).logits.float(),
+                dim=-1,
+            )
             for r, o in enumerate(flat):
                 total = float(last_lp[owner[r], o[0]])
                 for t in range(1, len(o)):
@@ -128,15 +153,29 @@ class ChoiceResult:
     n: int = 0
 
 
-def choice_accuracy(model, tokenizer, examples: Sequence[Example], *, batch_size: int = 16,
-                    show_progress: bool = False, prompt_fn=answer_prompt) -> ChoiceResult:
+def choice_accuracy(
+    model,
+    tokenizer,
+    examples: Sequence[Example],
+    *,
+    batch_size: int = 16,
+    show_progress: bool = False,
+    prompt_fn=answer_prompt,
+) -> ChoiceResult:
     """Log-likelihood multiple-choice accuracy (lm-eval ``acc`` and ``acc_norm``)."""
     for ex in examples:
         if not ex.choices or ex.label is None:
             raise ValueError(f"example {ex.id} has no choices/label; use generation metrics")
     conts = [[answer_continuation(ex, c) for c in ex.choices] for ex in examples]
-    lps = shared_context_logprobs(model, tokenizer, [prompt_fn(ex) for ex in examples], conts,
-                                  batch_size=batch_size, show_progress=show_progress, description="evaluating")
+    lps = shared_context_logprobs(
+        model,
+        tokenizer,
+        [prompt_fn(ex) for ex in examples],
+        conts,
+        batch_size=batch_size,
+        show_progress=show_progress,
+        description="evaluating",
+    )
     preds, preds_norm = [], []
     for lp, cs in zip(lps, conts):
         norm = [v / max(1, len(c)) for v, c in zip(lp, cs)]
@@ -181,9 +220,17 @@ def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
     return sum(vals) / max(1, len(vals))
 
 
-def evaluate(model, tokenizer, task: Task, examples: Sequence[Example] | None = None, *,
-             batch_size: int = 16, max_new_tokens: int = 64, show_progress: bool = False,
-             prefix: str = "") -> dict:
+def evaluate(
+    model,
+    tokenizer,
+    task: Task,
+    examples: Sequence[Example] | None = None,
+    *,
+    batch_size: int = 16,
+    max_new_tokens: int = 64,
+    show_progress: bool = False,
+    prefix: str = "",
+) -> dict:
     """The task's headline metric on ``examples`` (default: the test split).
 
     ``prefix`` goes before every prompt: few-shot demonstrations, or a task prefix such as
@@ -191,10 +238,21 @@ def evaluate(model, tokenizer, task: Task, examples: Sequence[Example] | None = 
     """
     exs = list(examples if examples is not None else task.test)
     if task.type in ("multiple_choice", "classification"):
-        r = choice_accuracy(model, tokenizer, exs, batch_size=batch_size, show_progress=show_progress,
-                            prompt_fn=lambda e: prefix + answer_prompt(e))
-        return {"metric": "accuracy", "value": r.accuracy, "accuracy": r.accuracy,
-                "accuracy_norm": r.accuracy_norm, "n": r.n}
+        r = choice_accuracy(
+            model,
+            tokenizer,
+            exs,
+            batch_size=batch_size,
+            show_progress=show_progress,
+            prompt_fn=lambda e: prefix + answer_prompt(e),
+        )
+        return {
+            "metric": "accuracy",
+            "value": r.accuracy,
+            "accuracy": r.accuracy,
+            "accuracy_norm": r.accuracy_norm,
+            "n": r.n,
+        }
     from fedlsm.models.generation import GenerationConfig, HFGenerator
 
     gen = HFGenerator(model, tokenizer, batch_size=batch_size, use_chat_template=False, show_progress=show_progress)
@@ -208,8 +266,9 @@ def evaluate(model, tokenizer, task: Task, examples: Sequence[Example] | None = 
     return {"metric": "rougeL", "value": v, "rougeL": v, "n": len(exs)}
 
 
-def perplexity(model, tokenizer, texts: Sequence[str], *, batch_size: int = 16, max_length: int = 256,
-               show_progress: bool = False) -> float:
+def perplexity(
+    model, tokenizer, texts: Sequence[str], *, batch_size: int = 16, max_length: int = 256, show_progress: bool = False
+) -> float:
     """Token-level perplexity exp(total NLL / total predicted tokens) of a causal LM on ``texts``
     (each text scored on its own, from its first token)."""
     import math
@@ -222,7 +281,7 @@ def perplexity(model, tokenizer, texts: Sequence[str], *, batch_size: int = 16, 
     nll, n = 0.0, 0
     was_training = model.training
     model.eval()
-    batches = [seqs[i:i + batch_size] for i in range(0, len(seqs), batch_size)]
+    batches = [seqs[i : i + batch_size] for i in range(0, len(seqs), batch_size)]
     with torch.no_grad():
         for batch in progress_iter(batches, "perplexity", enabled=show_progress):
             ids, mask = right_pad(batch, pad)

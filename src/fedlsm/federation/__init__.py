@@ -1,8 +1,24 @@
 """Runs method roles: typed messages, the server-driven grid (in-process here, Flower in ``flower``)."""
 
-from fedlsm.federation.grid import (ClientContext, ClientRole, Grid, InProcessGrid, broadcast, client_name,
-                                    run_in_process)
+from fedlsm.federation.grid import (
+    ClientContext,
+    ClientRole,
+    Grid,
+    InProcessGrid,
+    broadcast,
+    client_name,
+    run_in_process,
+)
 from fedlsm.federation.messages import Message, MessageLog
 
-__all__ = ["ClientContext", "ClientRole", "Grid", "InProcessGrid", "Message", "MessageLog",
-           "broadcast", "client_name", "run_in_process"]
+__all__ = [
+    "ClientContext",
+    "ClientRole",
+    "Grid",
+    "InProcessGrid",
+    "Message",
+    "MessageLog",
+    "broadcast",
+    "client_name",
+    "run_in_process",
+]

@@ -162,8 +162,10 @@ _STATE = "__state__"
 def _get_rng() -> dict[str, Any]:
     version, internal, gauss = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    out: dict[str, Any] = {"python": [version, list(internal), gauss],
-                           "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
+    out: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+    }
     torch = sys.modules.get("torch")
     if torch is not None:
         out["torch"] = base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()

@@ -31,8 +31,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from fedlsm.errors import ConfigError, FedLSMError
 
@@ -53,8 +53,9 @@ def tool_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PATH": path, "FLWR_TELEMETRY_ENABLED": "0", **extra}
 
 
-def make_certificates(folder: str | Path, hosts: Sequence[str] = ("127.0.0.1", "localhost"),
-                      days: int = 30) -> dict[str, Path]:
+def make_certificates(
+    folder: str | Path, hosts: Sequence[str] = ("127.0.0.1", "localhost"), days: int = 30
+) -> dict[str, Path]:
     """A new CA and a server certificate for ``hosts`` (IPs or DNS names) signed by it, as PEM files."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -70,14 +71,31 @@ def make_certificates(folder: str | Path, hosts: Sequence[str] = ("127.0.0.1", "
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(name("fedlsm test CA")).issuer_name(name("fedlsm test CA"))
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(start).not_valid_after(end)
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                                       key_encipherment=False, data_encipherment=False, key_agreement=False,
-                                       encipher_only=False, decipher_only=False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("fedlsm test CA"))
+        .issuer_name(name("fedlsm test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     sans: list[x509.GeneralName] = []
     for h in hosts:
         try:
@@ -85,13 +103,19 @@ def make_certificates(folder: str | Path, hosts: Sequence[str] = ("127.0.0.1", "
         except ValueError:
             sans.append(x509.DNSName(h))
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder().subject_name(name(hosts[0])).issuer_name(ca.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(start).not_valid_after(end)
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name(hosts[0]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     pem = serialization.Encoding.PEM
     (out / CA).write_bytes(ca.public_bytes(pem))
     (out / CERT).write_bytes(cert.public_bytes(pem))
@@ -113,45 +137,67 @@ def make_node_key(folder: str | Path, name: str = "supernode") -> dict[str, Path
     out.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP384R1())
     private, public = out / NODE_KEY.format(name), out / NODE_PUB.format(name)
-    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                          serialization.NoEncryption()))
+    private.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+    )
     os.chmod(private, 0o600)
-    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                                     serialization.PublicFormat.OpenSSH) + b"\n")
+    public.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n"
+    )
     return {"private": private, "public": public}
 
 
-def register_supernode(public_key: str | Path, *, superlink: str = "127.0.0.1:9093",
-                       root_certificates: str | Path | None = None, insecure: bool = False,
-                       home: str | Path | None = None) -> int:
+def register_supernode(
+    public_key: str | Path,
+    *,
+    superlink: str = "127.0.0.1:9093",
+    root_certificates: str | Path | None = None,
+    insecure: bool = False,
+    home: str | Path | None = None,
+) -> int:
     """Register a SuperNode's public key with a SuperLink started with ``supernode_auth`` (its Control
     API, through ``flwr supernode register``); returns the Flower node id the key is bound to."""
     import tempfile
 
     if not insecure and not root_certificates:
-        raise ConfigError("root_certificates", "registering a SuperNode talks TLS to the SuperLink",
-                          "pass the CA that signed the SuperLink's certificate (or insecure for a local test)")
+        raise ConfigError(
+            "root_certificates",
+            "registering a SuperNode talks TLS to the SuperLink",
+            "pass the CA that signed the SuperLink's certificate (or insecure for a local test)",
+        )
     with tempfile.TemporaryDirectory() as tmp:
-        folder = _flower_home(Path(home or tmp), superlink, str(root_certificates) if root_certificates else None,
-                              insecure)
-        proc = subprocess.run([_bin("flwr"), "supernode", "register", str(Path(public_key).resolve()), "fedlsm",
-                               "--format", "json"], env=tool_env(FLWR_HOME=str(folder)),
-                              capture_output=True, text=True)
+        folder = _flower_home(
+            Path(home or tmp), superlink, str(root_certificates) if root_certificates else None, insecure
+        )
+        proc = subprocess.run(
+            [_bin("flwr"), "supernode", "register", str(Path(public_key).resolve()), "fedlsm", "--format", "json"],
+            env=tool_env(FLWR_HOME=str(folder)),
+            capture_output=True,
+            text=True,
+        )
     try:  # `--format json` prints {"node-id": ...} or {"error-message": ...} after any log lines
-        reply = json.loads(proc.stdout[proc.stdout.index("{"):])
+        reply = json.loads(proc.stdout[proc.stdout.index("{") :])
     except ValueError:
         reply = {}
     if "node-id" in reply:
         return int(reply["node-id"])
     why = reply.get("error-message") or (proc.stdout + proc.stderr).strip()[-800:]
     why = why.strip().splitlines()[-1].strip() if why.strip() else f"exit status {proc.returncode}"
-    raise FedLSMError(f"could not register {public_key} with the SuperLink at {superlink}: {why} "
-                      "(fix: check the address and CA, that the SuperLink runs with --supernode-auth, "
-                      "and that this key is not registered already)")
+    raise FedLSMError(
+        f"could not register {public_key} with the SuperLink at {superlink}: {why} "
+        "(fix: check the address and CA, that the SuperLink runs with --supernode-auth, "
+        "and that this key is not registered already)"
+    )
 
 
-def superlink_command(certs: str | Path | None, *, host: str = "127.0.0.1", port: int = 9093,
-                      database: str | None = None, supernode_auth: bool = False) -> list[str]:
+def superlink_command(
+    certs: str | Path | None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 9093,
+    database: str | None = None,
+    supernode_auth: bool = False,
+) -> list[str]:
     """``flower-superlink`` serving Fleet, Control and ServerAppIo on ``host:port`` (TLS unless certs is
     None); with ``supernode_auth`` only SuperNodes whose key was registered may connect."""
     cmd = [_bin("flower-superlink"), "--host", host, "--port", str(port), "--disable-runtime-dependency-installation"]
@@ -167,23 +213,41 @@ def superlink_command(certs: str | Path | None, *, host: str = "127.0.0.1", port
     return cmd
 
 
-def supernode_command(partition: int, clients: int, *, superlink: str = "127.0.0.1:9093",
-                      root_certificates: str | Path | None = None, port: int | None = None,
-                      auth_key: str | Path | None = None, data: str | Path | None = None,
-                      public: str | Path | None = None, test: str | Path | None = None,
-                      max_epsilon: float = 10.0, allow_non_private: bool = False) -> list[str]:
+def supernode_command(
+    partition: int,
+    clients: int,
+    *,
+    superlink: str = "127.0.0.1:9093",
+    root_certificates: str | Path | None = None,
+    port: int | None = None,
+    auth_key: str | Path | None = None,
+    data: str | Path | None = None,
+    public: str | Path | None = None,
+    test: str | Path | None = None,
+    max_epsilon: float = 10.0,
+    allow_non_private: bool = False,
+) -> list[str]:
     """``flower-supernode`` for client ``partition`` of ``clients``; ``port`` is its local ClientApp API
     (must differ between SuperNodes sharing a machine); ``auth_key``: its private key (registered).
     The node config carries the site's own choices, which no run config overrides: ``data`` (its own
     examples; ``public`` and ``test``: its copies of the public examples and the evaluation split),
     ``max_epsilon`` and ``allow_non_private`` (fedlsm.federation.policy)."""
-    node = f"partition-id={partition} num-partitions={clients} max-epsilon={float(max_epsilon)!r} " \
-           f"allow-non-private={'true' if allow_non_private else 'false'}"
+    node = (
+        f"partition-id={partition} num-partitions={clients} max-epsilon={float(max_epsilon)!r} "
+        f"allow-non-private={'true' if allow_non_private else 'false'}"
+    )
     for key, path in (("data-path", data), ("public-path", public), ("test-path", test)):
         if path is not None:
             node += f" {key}={json.dumps(str(Path(path).resolve()))}"
-    cmd = [_bin("flower-supernode"), "--superlink", superlink, "--node-config", node,
-           "--port", str(port if port is not None else 9094 + partition)]
+    cmd = [
+        _bin("flower-supernode"),
+        "--superlink",
+        superlink,
+        "--node-config",
+        node,
+        "--port",
+        str(port if port is not None else 9094 + partition),
+    ]
     cmd += ["--insecure"] if root_certificates is None else ["--root-certificates", str(root_certificates)]
     if auth_key is not None:
         cmd += ["--auth-supernode-private-key", str(auth_key)]
@@ -196,12 +260,25 @@ def _app_dir(folder: Path, cfg_text: str, roles: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     project = {
         "build-system": {"requires": ["setuptools"], "build-backend": "setuptools.build_meta"},
-        "project": {"name": "fedlsm-run", "version": "1.0.0", "description": "a fedlsm run on Flower",
-                    "license": "Apache-2.0", "dependencies": ["fedlsm"]},
-        "tool": {"flwr": {"app": {"publisher": "fedlsm",
-                                  "components": {"serverapp": "fedlsm.federation.flower:server_app",
-                                                 "clientapp": "fedlsm.federation.flower:client_app"},
-                                  "config": {"fedlsm-config": cfg_text, "fedlsm-roles": roles}}}},
+        "project": {
+            "name": "fedlsm-run",
+            "version": "1.0.0",
+            "description": "a fedlsm run on Flower",
+            "license": "Apache-2.0",
+            "dependencies": ["fedlsm"],
+        },
+        "tool": {
+            "flwr": {
+                "app": {
+                    "publisher": "fedlsm",
+                    "components": {
+                        "serverapp": "fedlsm.federation.flower:server_app",
+                        "clientapp": "fedlsm.federation.flower:client_app",
+                    },
+                    "config": {"fedlsm-config": cfg_text, "fedlsm-roles": roles},
+                }
+            }
+        },
     }
     (folder / "pyproject.toml").write_text(tomli_w.dumps(project))
     return folder
@@ -228,9 +305,11 @@ def submit_run(cfg, console):
     get_roles(cfg.method)
     f = cfg.federation
     if not f.insecure and not f.root_certificates:
-        raise ConfigError("federation.root_certificates", "flower-deploy talks TLS and needs the CA that signed the "
-                          "SuperLink's certificate", "pass --set federation.root_certificates=certs/ca.pem "
-                          "(or federation.insecure=true for a local test)")
+        raise ConfigError(
+            "federation.root_certificates",
+            "flower-deploy talks TLS and needs the CA that signed the SuperLink's certificate",
+            "pass --set federation.root_certificates=certs/ca.pem (or federation.insecure=true for a local test)",
+        )
     name = cfg.name or f"{cfg.method}-{cfg.data.task}-{time.strftime('%Y%m%d-%H%M%S')}"
     out = Path(cfg.output_dir).resolve()
     run_dir = out / name
@@ -243,8 +322,10 @@ def submit_run(cfg, console):
     proc = subprocess.run([_bin("flwr"), "run", str(app), "fedlsm", "--stream"], env=env)
     metrics = run_dir / "metrics.json"
     if not metrics.is_file():
-        raise RuntimeError(f"`flwr run` exited with {proc.returncode} and the ServerApp wrote no {metrics} "
-                           f"(is the SuperLink at {f.superlink} up? is the run folder on another machine?)")
+        raise RuntimeError(
+            f"`flwr run` exited with {proc.returncode} and the ServerApp wrote no {metrics} "
+            f"(is the SuperLink at {f.superlink} up? is the run folder on another machine?)"
+        )
     m = json.loads(metrics.read_text())
     if m.get("run", {}).get("status") != "done" or "table" not in m:
         raise RuntimeError(f"the run did not finish (status {m.get('run', {}).get('status')!r}; see {metrics})")

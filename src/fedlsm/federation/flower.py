@@ -26,10 +26,11 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # never phone home (and no
 
 import logging
 import time
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from importlib import import_module
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import yaml
@@ -54,6 +55,7 @@ RUN_CONFIG_KEY, ROLES_KEY = "fedlsm-config", "fedlsm-roles"  # Flower run_config
 
 # --- Message <-> RecordDict --------------------------------------------------------------------
 
+
 def _array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord({k: Array.from_numpy_ndarray(np.asarray(v)) for k, v in arrays.items()})
 
@@ -61,16 +63,22 @@ def _array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
 def to_records(msg: Message) -> RecordDict:
     """Our message as Flower records (lists come back as lists, tuples as lists)."""
     text, arrays = split_arrays(msg.payload)
-    meta = ConfigRecord({"sender": msg.sender, "receiver": msg.receiver, "kind": msg.kind,
-                         "round": int(msg.round), "payload": text})
+    meta = ConfigRecord(
+        {"sender": msg.sender, "receiver": msg.receiver, "kind": msg.kind, "round": int(msg.round), "payload": text}
+    )
     return RecordDict({META: meta, ARRAYS: _array_record(arrays)})
 
 
 def from_records(content: RecordDict) -> Message:
     meta = content[META]
     arrays = {k: a.numpy() for k, a in content[ARRAYS].items()} if ARRAYS in content else {}
-    return Message(str(meta["sender"]), str(meta["receiver"]), str(meta["kind"]), join_arrays(str(meta["payload"]), arrays),
-                   int(meta["round"]))
+    return Message(
+        str(meta["sender"]),
+        str(meta["receiver"]),
+        str(meta["kind"]),
+        join_arrays(str(meta["payload"]), arrays),
+        int(meta["round"]),
+    )
 
 
 def _save_state(store: RecordDict, state: dict[str, Any]) -> None:
@@ -88,13 +96,23 @@ def _load_state(store: RecordDict) -> dict[str, Any] | None:
 
 # --- server side: our Grid over Flower's ---------------------------------------------------------
 
+
 class FlowerGrid:
     """Our ``Grid`` over a Flower ``Grid``. Clients are named by their partition index; a client
     that fails, times out or disconnects is missing from the replies and listed in ``dropped``."""
 
-    def __init__(self, grid: FlowerGridBase, log: MessageLog, *, expected: int, round_timeout: float | None = None,
-                 connect_timeout: float = 120.0, hello_timeout: float = 60.0, rejoin_timeout: float = 0.0,
-                 notify: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        grid: FlowerGridBase,
+        log: MessageLog,
+        *,
+        expected: int,
+        round_timeout: float | None = None,
+        connect_timeout: float = 120.0,
+        hello_timeout: float = 60.0,
+        rejoin_timeout: float = 0.0,
+        notify: Callable[[str], None] | None = None,
+    ):
         self.grid = grid
         self.log = log
         self.expected = expected
@@ -116,19 +134,29 @@ class FlowerGrid:
                 break
             time.sleep(0.5)
         if len(self._nodes) < self.expected and timeout > 0:
-            self._notify(f"{len(self._nodes)} of {self.expected} client(s) {verb} after {timeout:.0f}s: "
-                         f"{sorted(self._nodes)}")
+            self._notify(
+                f"{len(self._nodes)} of {self.expected} client(s) {verb} after {timeout:.0f}s: {sorted(self._nodes)}"
+            )
 
     def _discover(self) -> None:
         """Name the nodes that joined since the last call; forget those that left."""
         online = set(self.grid.get_node_ids())
         new = sorted(online - self._asked)
         if new:
-            hello = [FlowerMessage(RecordDict({META: ConfigRecord({"kind": HELLO})}), dst_node_id=n,
-                                   message_type=MESSAGE_TYPE, group_id="hello") for n in new]
+            hello = [
+                FlowerMessage(
+                    RecordDict({META: ConfigRecord({"kind": HELLO})}),
+                    dst_node_id=n,
+                    message_type=MESSAGE_TYPE,
+                    group_id="hello",
+                )
+                for n in new
+            ]
             for r in self.grid.send_and_receive(hello, timeout=self.hello_timeout):
                 if not r.has_error():
-                    self._nodes[str(r.content[META]["client"])] = r.metadata.src_node_id  # a rejoined client replaces its old node
+                    self._nodes[str(r.content[META]["client"])] = (
+                        r.metadata.src_node_id
+                    )  # a rejoined client replaces its old node
                     self._asked.add(r.metadata.src_node_id)
         self._nodes = {c: n for c, n in self._nodes.items() if n in online}
         self._asked &= online
@@ -196,7 +224,9 @@ def _run_config(cfg_text: str):
 
 
 @lru_cache(maxsize=2)
-def _client_context(cfg_text: str, index: int, files: tuple[str | None, str | None, str | None] | None) -> ClientContext:
+def _client_context(
+    cfg_text: str, index: int, files: tuple[str | None, str | None, str | None] | None
+) -> ClientContext:
     """Client ``index``'s view, built on the client's side: in a deployment from the file its operator
     named (or its partition of a benchmark every party holds), in simulation its partition."""
     from fedlsm.data.sources import partition_view, site_data
@@ -238,14 +268,21 @@ def _role(roles: str, ctx: ClientContext, key: tuple, cold: bool):
 def _handle(message: FlowerMessage, context: Context, roles: str | None, cfg_text: str | None) -> FlowerMessage:
     index = int(context.node_config["partition-id"])
     if message.content[META]["kind"] == HELLO:
-        return FlowerMessage(RecordDict({META: ConfigRecord({"kind": HELLO, "client": client_name(index)})}),
-                             reply_to=message)
+        return FlowerMessage(
+            RecordDict({META: ConfigRecord({"kind": HELLO, "client": client_name(index)})}), reply_to=message
+        )
     deployed = cfg_text is None  # a simulation's ClientApp is built with the experiment's config
     cfg_text = cfg_text or str(context.run_config[RUN_CONFIG_KEY])
     roles = roles or str(context.run_config[ROLES_KEY])
     _check_policy(cfg_text, roles, context.node_config, deployed)
-    files = tuple(str(context.node_config[k]) if context.node_config.get(k) else None
-                  for k in (DATA_PATH_KEY, PUBLIC_PATH_KEY, TEST_PATH_KEY)) if deployed else None
+    files = (
+        tuple(
+            str(context.node_config[k]) if context.node_config.get(k) else None
+            for k in (DATA_PATH_KEY, PUBLIC_PATH_KEY, TEST_PATH_KEY)
+        )
+        if deployed
+        else None
+    )
     ctx = _client_context(cfg_text, index, files)
     saved = _load_state(context.state)
     role = _role(roles, ctx, (context.run_id, roles, cfg_text, index), cold=saved is None)
@@ -270,17 +307,25 @@ def make_client_app(roles: str | None = None, cfg_text: str | None = None) -> Cl
 
 # --- engines -------------------------------------------------------------------------------------
 
+
 def portable_config(ctx) -> str:
     """The run config every process of the run uses: fixed run name and an absolute output folder."""
-    return ctx.cfg.model_copy(update={"name": ctx.run_dir.name,
-                                      "output_dir": str(ctx.run_dir.parent.resolve())}).to_yaml()
+    return ctx.cfg.model_copy(
+        update={"name": ctx.run_dir.name, "output_dir": str(ctx.run_dir.parent.resolve())}
+    ).to_yaml()
 
 
 def _flower_grid(grid: FlowerGridBase, ctx) -> FlowerGrid:
     f = ctx.cfg.federation
-    return FlowerGrid(grid, run_log(ctx), expected=ctx.cfg.clients, round_timeout=f.round_timeout,
-                      connect_timeout=f.connect_timeout, rejoin_timeout=f.rejoin_timeout,
-                      notify=lambda text: ctx.console.print(f"[yellow]{text}[/]"))
+    return FlowerGrid(
+        grid,
+        run_log(ctx),
+        expected=ctx.cfg.clients,
+        round_timeout=f.round_timeout,
+        connect_timeout=f.connect_timeout,
+        rejoin_timeout=f.rejoin_timeout,
+        notify=lambda text: ctx.console.print(f"[yellow]{text}[/]"),
+    )
 
 
 def run_simulation_engine(ctx, roles_module: str, *, num_cpus: int | None = None) -> Any:
@@ -296,11 +341,23 @@ def run_simulation_engine(ctx, roles_module: str, *, num_cpus: int | None = None
         holder["result"] = roles.server_main(server_view(ctx), _flower_grid(grid, ctx))
 
     cpus = num_cpus or max(1, min(ctx.cfg.clients, os.cpu_count() or 1))
-    backend = {"init_args": {"num_cpus": cpus, "_node_ip_address": "127.0.0.1", "include_dashboard": False,
-                             "logging_level": "error", "log_to_driver": True},
-               "client_resources": {"num_cpus": 1, "num_gpus": 0.0}}
-    run_simulation(server_app=app, client_app=make_client_app(roles_module, portable_config(ctx)),
-                   num_supernodes=ctx.cfg.clients, backend_name="ray", backend_config=backend)
+    backend = {
+        "init_args": {
+            "num_cpus": cpus,
+            "_node_ip_address": "127.0.0.1",
+            "include_dashboard": False,
+            "logging_level": "error",
+            "log_to_driver": True,
+        },
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+    }
+    run_simulation(
+        server_app=app,
+        client_app=make_client_app(roles_module, portable_config(ctx)),
+        num_supernodes=ctx.cfg.clients,
+        backend_name="ray",
+        backend_config=backend,
+    )
     if "result" not in holder:
         raise RuntimeError("the Flower simulation ended without a result from the server role (see the log above)")
     return holder["result"]
@@ -347,5 +404,15 @@ server_app = ServerApp()
 server_app.main()(_deployed_main)
 client_app = make_client_app()
 
-__all__ = ["FlowerGrid", "to_records", "from_records", "make_client_app", "run_simulation_engine", "server_app",
-           "client_app", "flower_method", "in_server_app", "portable_config"]
+__all__ = [
+    "FlowerGrid",
+    "to_records",
+    "from_records",
+    "make_client_app",
+    "run_simulation_engine",
+    "server_app",
+    "client_app",
+    "flower_method",
+    "in_server_app",
+    "portable_config",
+]

@@ -26,9 +26,10 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fedlsm.federation.checkpoint import ClientCheckpoint
 from fedlsm.federation.messages import Message, MessageLog
@@ -44,11 +45,11 @@ class ClientContext:
     """Everything a client role may see: its config, its own partition, public data, the test split
     (for local evaluation) and a private working folder. Nothing about other clients."""
 
-    cfg: "RunConfig"
+    cfg: RunConfig
     index: int
-    data: list["Example"]
-    public: list["Example"]
-    task: "Task"
+    data: list[Example]
+    public: list[Example]
+    task: Task
     work_dir: Path
 
     @property
@@ -109,8 +110,9 @@ ClientFactory = Callable[[ClientContext], ClientRole]
 log = logging.getLogger("fedlsm.federation")
 
 
-def answer(role: ClientRole, ctx: ClientContext, msg: Message, ckpt: ClientCheckpoint, *,
-           cold: bool) -> tuple[Message, dict[str, Any]]:
+def answer(
+    role: ClientRole, ctx: ClientContext, msg: Message, ckpt: ClientCheckpoint, *, cold: bool
+) -> tuple[Message, dict[str, Any]]:
     """``role.handle(msg)`` with the client-side checkpoint: a ``cold`` role (its host has no state
     for it in this run) first restores what :meth:`ClientCheckpoint.load` finds; the state after
     the answer is committed before the reply leaves, so a round the server has committed is
@@ -122,8 +124,13 @@ def answer(role: ClientRole, ctx: ClientContext, msg: Message, ckpt: ClientCheck
             role.load_state(saved[1])
             log.warning("%s: restored its state after round %d from %s", ctx.name, saved[0], ckpt.dir)
         else:  # a resumed run expected one; otherwise this is the run's first request, or a restart before any save
-            log.log(logging.WARNING if resume else logging.INFO, "%s: no saved state for round %d in %s: "
-                    "starting from the base model", ctx.name, msg.round, ckpt.dir)
+            log.log(
+                logging.WARNING if resume else logging.INFO,
+                "%s: no saved state for round %d in %s: starting from the base model",
+                ctx.name,
+                msg.round,
+                ckpt.dir,
+            )
     reply = role.handle(msg)
     state = role.state()
     ckpt.save(msg.round, state)
@@ -201,8 +208,9 @@ class InProcessGrid:
         return replies
 
 
-def client_contexts(cfg: "RunConfig", public: list["Example"], clients: list[list["Example"]], task: "Task",
-                    run_dir: Path) -> list[ClientContext]:
+def client_contexts(
+    cfg: RunConfig, public: list[Example], clients: list[list[Example]], task: Task, run_dir: Path
+) -> list[ClientContext]:
     out = []
     for k, data in enumerate(clients):
         work = run_dir / client_name(k)
@@ -215,13 +223,21 @@ def in_process_grid(make_client: ClientFactory, contexts: Sequence[ClientContext
     return InProcessGrid({c.name: CheckpointedRole(make_client(c), c) for c in contexts}, log)
 
 
-def broadcast(grid: Grid, kind: str, payload: dict[str, Any], round: int,
-              per_client: Callable[[str], dict[str, Any]] | None = None,
-              timeout: float | None = None, to: Sequence[str] | None = None) -> dict[str, Message]:
+def broadcast(
+    grid: Grid,
+    kind: str,
+    payload: dict[str, Any],
+    round: int,
+    per_client: Callable[[str], dict[str, Any]] | None = None,
+    timeout: float | None = None,
+    to: Sequence[str] | None = None,
+) -> dict[str, Message]:
     """Send one request kind to every reachable client (or to the clients named in ``to``);
     replies keyed by client name."""
-    msgs = [Message("server", c, kind, {**payload, **(per_client(c) if per_client else {})}, round)
-            for c in (grid.clients() if to is None else to)]
+    msgs = [
+        Message("server", c, kind, {**payload, **(per_client(c) if per_client else {})}, round)
+        for c in (grid.clients() if to is None else to)
+    ]
     return {r.sender: r for r in grid.send_and_receive(msgs, timeout=timeout)}
 
 
@@ -237,9 +253,11 @@ def require_quorum(replies: dict[str, Message], sent: Sequence[str], minimum: in
     """
     dropped = sorted(set(sent) - set(replies))
     if len(replies) < minimum:
-        raise QuorumError(f"round {round}: {len(replies)} of {len(sent)} client(s) answered, {minimum} needed "
-                          f"(dropped: {', '.join(dropped) or 'none'}); lower federation.min_clients or "
-                          f"raise federation.round_timeout")
+        raise QuorumError(
+            f"round {round}: {len(replies)} of {len(sent)} client(s) answered, {minimum} needed "
+            f"(dropped: {', '.join(dropped) or 'none'}); lower federation.min_clients or "
+            f"raise federation.round_timeout"
+        )
     return dropped
 
 
@@ -249,10 +267,13 @@ def report_dropped(ctx: Any, grid: Grid, dropped: Sequence[str], round: int, ste
     if not dropped:
         return []
     reasons = {d["client"]: d["reason"] for d in getattr(grid, "dropped", []) if d.get("round") == round}
-    ctx.console.print(f"[yellow]round {round}: proceeding without {', '.join(dropped)}"
-                      f"{f' ({step})' if step else ''}[/]")
-    return [{"round": round, "client": c, "reason": reasons.get(c, "no reply"), **({"step": step} if step else {})}
-            for c in dropped]
+    ctx.console.print(
+        f"[yellow]round {round}: proceeding without {', '.join(dropped)}{f' ({step})' if step else ''}[/]"
+    )
+    return [
+        {"round": round, "client": c, "reason": reasons.get(c, "no reply"), **({"step": step} if step else {})}
+        for c in dropped
+    ]
 
 
 ServerMain = Callable[[Any, Grid], Any]  # (RunContext without client data, Grid) -> MethodResult

@@ -23,7 +23,7 @@ class Message:
     payload: dict[str, Any]
     round: int = 0
 
-    def reply(self, kind: str, payload: dict[str, Any]) -> "Message":
+    def reply(self, kind: str, payload: dict[str, Any]) -> Message:
         """The answer to this request: from its receiver back to its sender, in the same round."""
         return Message(self.receiver, self.sender, kind, payload, self.round)
 
@@ -31,8 +31,9 @@ class Message:
         """Bytes on the wire: numpy arrays at their raw size (they travel as typed buffers),
         everything else as compact JSON (what the communication meter counts)."""
         arrays = _array_bytes(self.payload)
-        return arrays + len(json.dumps(_describe_arrays(self.payload), separators=(",", ":"),
-                                       ensure_ascii=False).encode())
+        return arrays + len(
+            json.dumps(_describe_arrays(self.payload), separators=(",", ":"), ensure_ascii=False).encode()
+        )
 
     def texts(self) -> list[str]:
         """Every string inside the payload (for leakage audits)."""
@@ -76,13 +77,18 @@ class MessageLog:
         return [m for m in self.messages if m.receiver.startswith(role_prefix)]
 
     def bytes(self, *, sender: str | None = None, receiver: str | None = None) -> int:
-        return sum(m.size_bytes() for m in self.messages
-                   if (sender is None or m.sender.startswith(sender))
-                   and (receiver is None or m.receiver.startswith(receiver)))
+        return sum(
+            m.size_bytes()
+            for m in self.messages
+            if (sender is None or m.sender.startswith(sender)) and (receiver is None or m.receiver.startswith(receiver))
+        )
 
     def communication(self) -> dict[str, int]:
-        return {"bytes_up": self.bytes(receiver="server"), "bytes_down": self.bytes(sender="server"),
-                "messages": len(self.messages)}
+        return {
+            "bytes_up": self.bytes(receiver="server"),
+            "bytes_down": self.bytes(sender="server"),
+            "messages": len(self.messages),
+        }
 
 
 def _is_array(x: Any) -> bool:

@@ -10,8 +10,9 @@ a deployed SuperNode from its own node config (``fedlsm supernode --max-epsilon 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from fedlsm.errors import FedLSMError
 
@@ -32,17 +33,22 @@ class ClientPolicy:
     allow_seeded: bool = False
 
     @classmethod
-    def for_simulation(cls, cfg) -> "ClientPolicy":
+    def for_simulation(cls, cfg) -> ClientPolicy:
         """The experimenter is every party: its config's ceiling; a raw-data baseline or seeded noise
         only as the experimenter's own choice of method and mode."""
-        return cls(max_epsilon=cfg.privacy.client_max_epsilon, allow_non_private=cfg.method in NON_PRIVATE_BASELINES,
-                   allow_seeded=True)
+        return cls(
+            max_epsilon=cfg.privacy.client_max_epsilon,
+            allow_non_private=cfg.method in NON_PRIVATE_BASELINES,
+            allow_seeded=True,
+        )
 
     @classmethod
-    def from_node_config(cls, node_config: Mapping[str, Any]) -> "ClientPolicy":
+    def from_node_config(cls, node_config: Mapping[str, Any]) -> ClientPolicy:
         """A deployed SuperNode's own settings (never the run config's); seeded noise is never allowed."""
-        return cls(max_epsilon=float(node_config.get("max-epsilon", cls.max_epsilon)),
-                   allow_non_private=str(node_config.get("allow-non-private", "false")).lower() == "true")
+        return cls(
+            max_epsilon=float(node_config.get("max-epsilon", cls.max_epsilon)),
+            allow_non_private=str(node_config.get("allow-non-private", "false")).lower() == "true",
+        )
 
     @staticmethod
     def check_roles(roles: str, known_roles: Mapping[str, str]) -> None:
@@ -53,11 +59,12 @@ class ClientPolicy:
     def check(self, cfg) -> None:
         """Raise PolicyError (one line: what was asked, this client's rule) unless ``cfg`` is acceptable."""
         if cfg.method in NON_PRIVATE_BASELINES and not self.allow_non_private:
-            raise PolicyError(f"refused: {cfg.method} sends raw private data to the server, and this client did "
-                              "not opt into a non-private baseline")
+            raise PolicyError(
+                f"refused: {cfg.method} sends raw private data to the server, and this client did "
+                "not opt into a non-private baseline"
+            )
         if cfg.privacy.seeded and not self.allow_seeded:
             raise PolicyError("refused: privacy.seeded would draw this client's noise from a seed the server knows")
         eps = cfg.privacy.epsilon
         if cfg.method in PRIVATE_TEXT_METHODS and (math.isinf(eps) or eps > self.max_epsilon):
-            raise PolicyError(f"refused: privacy.epsilon={eps:g} is above this client's ceiling "
-                              f"{self.max_epsilon:g}")
+            raise PolicyError(f"refused: privacy.epsilon={eps:g} is above this client's ceiling {self.max_epsilon:g}")

@@ -24,18 +24,35 @@ METHOD_DEFAULTS: dict[str, dict] = {
     "fedcot-nonprivate": {"clients": 1, "data.n_train": 80, "data.public_fraction": 0.2},
     # Heterogeneous by default (Gemma3 LLM, SmolLM2 SLMs: different tokenizers); one fifth of the
     # training data is public as in the paper (Appendix D), the rest split over the clients.
-    "fedmkt": {"clients": 2, "data.task": "arc-easy", "data.n_train": 80, "data.public_fraction": 0.2,
-               "llm.model": "gemma3-270m", "train.epochs": 1},
+    "fedmkt": {
+        "clients": 2,
+        "data.task": "arc-easy",
+        "data.n_train": 80,
+        "data.public_fraction": 0.2,
+        "llm.model": "gemma3-270m",
+        "train.epochs": 1,
+    },
     # Four clients with Dirichlet label skew on SST-2, alternating MiniLM-encoder and SmolLM2 SLMs; the
     # LLM samples its synthetic reviews (top-k/top-p at temperature 1). Sizes fit a 2-core CPU.
     # alpha = 1 and the label-balanced filter: with 160 examples, alpha = 0.5 leaves clients with one
     # class each and the paper's filter then keeps only that class (measured: no gain; README).
     # Label-centred rewards: with raw rewards the LLM's generations were judged correct less often
     # after training; centred, more often (benchmarks/paper-small.yaml, README).
-    "crosslm": {"data.task": "sst2", "data.partition": "dirichlet", "data.alpha": 1.0, "clients": 4,
-                "data.n_train": 160, "data.n_test": 100, "llm.temperature": 1.0, "llm.max_new_tokens": 40,
-                "llm.batch_size": 16, "method_args.n_synthetic": 32, "method_args.n_general": 24,
-                "method_args.balance_labels": True, "method_args.reward_baseline": "label_mean"},
+    "crosslm": {
+        "data.task": "sst2",
+        "data.partition": "dirichlet",
+        "data.alpha": 1.0,
+        "clients": 4,
+        "data.n_train": 160,
+        "data.n_test": 100,
+        "llm.temperature": 1.0,
+        "llm.max_new_tokens": 40,
+        "llm.batch_size": 16,
+        "method_args.n_synthetic": 32,
+        "method_args.n_general": 24,
+        "method_args.balance_labels": True,
+        "method_args.reward_baseline": "label_mean",
+    },
 }
 
 
@@ -68,8 +85,11 @@ def get_harness(name: str):
 def get_roles(name: str):
     """The module holding ``name``'s server and client roles (ConfigError if it has none)."""
     if name not in ROLES:
-        raise ConfigError("engine", f"method '{name}' has no server/client roles to run on Flower",
-                          f"use --engine in-process, or one of {', '.join(sorted(ROLES))}")
+        raise ConfigError(
+            "engine",
+            f"method '{name}' has no server/client roles to run on Flower",
+            f"use --engine in-process, or one of {', '.join(sorted(ROLES))}",
+        )
     return import_module(ROLES[name])
 
 

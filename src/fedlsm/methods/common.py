@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from fedlsm.data.task import Example, answer_continuation, answer_prompt
 from fedlsm.eval.scoring import evaluate
@@ -13,8 +13,14 @@ from fedlsm.runner import RunContext
 
 def train_settings(ctx: RunContext) -> TrainSettings:
     t = ctx.cfg.train
-    return TrainSettings(epochs=t.epochs, lr=t.lr, batch_size=t.batch_size, max_steps=t.max_steps,
-                         max_length=t.max_length, seed=ctx.cfg.seed)
+    return TrainSettings(
+        epochs=t.epochs,
+        lr=t.lr,
+        batch_size=t.batch_size,
+        max_steps=t.max_steps,
+        max_length=t.max_length,
+        seed=ctx.cfg.seed,
+    )
 
 
 def load_slm(ctx: RunContext, *, trainable: bool = True):

@@ -23,8 +23,9 @@ SLM is trained on the top α% of that pool by reward × diversity (Eq. 10) and r
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -58,12 +59,20 @@ from fedlsm.runner import MethodResult, RunContext
 # Per-task prompt templates (method_args override each): M(y) asks the LLM for a sample of label y
 # ({label} is the label word), `instruction` goes before every verbalizer prompt of Eq. 1.
 TASK_PROMPTS: dict[str, dict[str, Any]] = {
-    "sst2": {"generate": "Write one short {label} movie review in a single sentence.",
-             "instruction": "Is the sentiment of this movie review negative or positive?\n\n"},
-    "ag-news": {"generate": "Write the first sentence of a news article about {label}.",
-                "instruction": "Which topic is this news article about: World, Sports, Business or Sci/Tech?\n\n",
-                "label_words": {"World": "world politics", "Sports": "sports", "Business": "business",
-                                "Sci/Tech": "science and technology"}},
+    "sst2": {
+        "generate": "Write one short {label} movie review in a single sentence.",
+        "instruction": "Is the sentiment of this movie review negative or positive?\n\n",
+    },
+    "ag-news": {
+        "generate": "Write the first sentence of a news article about {label}.",
+        "instruction": "Which topic is this news article about: World, Sports, Business or Sci/Tech?\n\n",
+        "label_words": {
+            "World": "world politics",
+            "Sports": "sports",
+            "Business": "business",
+            "Sci/Tech": "science and technology",
+        },
+    },
 }
 GENERIC_PROMPTS = {"generate": "Write one short text that is an example of '{label}'.", "instruction": ""}
 
@@ -93,25 +102,36 @@ class CrossLMArgs:
     n_general: int = 64
 
     @classmethod
-    def from_config(cls, cfg, task) -> "CrossLMArgs":
+    def from_config(cls, cfg, task) -> CrossLMArgs:
         a = dict(cfg.method_args)
         prompts = {**GENERIC_PROMPTS, **TASK_PROMPTS.get(task.name, {})}
         if isinstance(a.get("slms"), str):
             a["slms"] = [a["slms"]]
         if "gammas" in a and (not isinstance(a["gammas"], (list, tuple)) or len(a["gammas"]) != 3):
-            raise ConfigError("method_args.gammas", f"needs three weights (γ1, γ2, γ3), got {a['gammas']!r}",
-                              "use e.g. [1, 0.1, 0.05]")
+            raise ConfigError(
+                "method_args.gammas",
+                f"needs three weights (γ1, γ2, γ3), got {a['gammas']!r}",
+                "use e.g. [1, 0.1, 0.05]",
+            )
         typed = typed_method_args(cls, a, "CrossLM")  # gammas come back as a tuple of floats
-        kw = {**{k: v for k, v in prompts.items() if k in cls.__dataclass_fields__}, "slms": ["minilm-l6", cfg.slm],
-              **typed}
+        kw = {
+            **{k: v for k, v in prompts.items() if k in cls.__dataclass_fields__},
+            "slms": ["minilm-l6", cfg.slm],
+            **typed,
+        }
         if kw.get("general_task") is None:
             kw["general_task"] = "ag-news" if task.name != "ag-news" else "sst2"
         args = cls(**kw)
         if not 0 < args.keep_fraction <= 1:
-            raise ConfigError("method_args.keep_fraction", f"must be in (0, 1], got {args.keep_fraction}", "use e.g. 0.25")
+            raise ConfigError(
+                "method_args.keep_fraction", f"must be in (0, 1], got {args.keep_fraction}", "use e.g. 0.25"
+            )
         if args.reward_baseline not in ("none", "label_mean"):
-            raise ConfigError("method_args.reward_baseline", f"unknown baseline '{args.reward_baseline}'",
-                              "use none (the paper's raw rewards) or label_mean")
+            raise ConfigError(
+                "method_args.reward_baseline",
+                f"unknown baseline '{args.reward_baseline}'",
+                "use none (the paper's raw rewards) or label_mean",
+            )
         if "{label}" not in args.generate:
             raise ConfigError("method_args.generate", "must contain {label}", "e.g. 'Write one {label} movie review.'")
         return args
@@ -130,8 +150,16 @@ def fit_settings(cfg, args: CrossLMArgs, kind: str, seed: int) -> TrainSettings:
 def slm_spec_for(cfg, args: CrossLMArgs, index: int, labels: list[str]) -> SLMSpec:
     model = args.slms[index % len(args.slms)]
     t = cfg.train
-    return SLMSpec(kind=slm_kind(model), model=model, labels=list(labels), lora=t.lora, lora_r=t.lora_r,
-                   lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout, max_length=min(t.max_length, 128))
+    return SLMSpec(
+        kind=slm_kind(model),
+        model=model,
+        labels=list(labels),
+        lora=t.lora,
+        lora_r=t.lora_r,
+        lora_alpha=t.lora_alpha,
+        lora_dropout=t.lora_dropout,
+        max_length=min(t.max_length, 128),
+    )
 
 
 # --------------------------------------------------------------------------------------------- client
@@ -154,20 +182,31 @@ class CrossLMClient:
             args = CrossLMArgs.from_config(c.cfg, c.task)
             self.spec = slm_spec_for(c.cfg, args, c.index, msg.payload["labels"])
             clf = build_classifier(self.spec, seed=c.seed)
-            fit = clf.fit([e.question for e in c.data], [e.label for e in c.data],
-                          fit_settings(c.cfg, args, self.spec.kind, c.seed),
-                          description=f"{c.name}: training its {self.spec.kind} SLM on private data")
+            fit = clf.fit(
+                [e.question for e in c.data],
+                [e.label for e in c.data],
+                fit_settings(c.cfg, args, self.spec.kind, c.seed),
+                description=f"{c.name}: training its {self.spec.kind} SLM on private data",
+            )
             self.standalone_accuracy = clf.accuracy(*self._test(), batch_size=c.cfg.eval_batch_size)
-            return msg.reply("slm_upload", {"spec": self.spec.to_dict(), "arrays": clf.trainable_arrays(),
-                                            "standalone_accuracy": self.standalone_accuracy,
-                                            "loss_first": fit.first_loss, "loss_last": fit.last_loss})
+            return msg.reply(
+                "slm_upload",
+                {
+                    "spec": self.spec.to_dict(),
+                    "arrays": clf.trainable_arrays(),
+                    "standalone_accuracy": self.standalone_accuracy,
+                    "loss_first": fit.first_loss,
+                    "loss_last": fit.last_loss,
+                },
+            )
         if msg.kind == "enhanced_slms":
             if self.spec is None:
                 raise RuntimeError(f"{c.name}: enhanced SLMs before any train_slm request")
             acc = {}
             for variant, arrays in msg.payload["models"].items():
-                acc[variant] = build_classifier(self.spec, arrays).accuracy(*self._test(),
-                                                                            batch_size=c.cfg.eval_batch_size)
+                acc[variant] = build_classifier(self.spec, arrays).accuracy(
+                    *self._test(), batch_size=c.cfg.eval_batch_size
+                )
             return msg.reply("slm_accuracy", {"accuracy": acc})
         raise ValueError(f"{c.name}: unknown request kind {msg.kind!r}")
 
@@ -230,8 +269,14 @@ class CrossLMServer:
         from fedlsm.models.generation import GenerationConfig
 
         c = self.cfg.llm
-        gcfg = GenerationConfig(max_new_tokens=c.max_new_tokens, temperature=c.temperature,
-                                top_p=self.args.top_p, top_k=self.args.top_k, stop=["\n"], seed=seed)
+        gcfg = GenerationConfig(
+            max_new_tokens=c.max_new_tokens,
+            temperature=c.temperature,
+            top_p=self.args.top_p,
+            top_k=self.args.top_k,
+            stop=["\n"],
+            seed=seed,
+        )
         prompts = [self.args.prompt_for(self.labels[y]) for y in self.pool_labels]
         texts = self.gen.generate(prompts, gcfg)
         texts = [t.strip().strip('"').strip() for t in texts]
@@ -257,11 +302,15 @@ class CrossLMServer:
 
         a, tok, model = self.args, self.tok, self.llm
         ml = self.cfg.train.max_length
-        gen_rows = encode_pairs(tok, [TrainPair(self.gen.render(a.prompt_for(self.labels[y])), x)
-                                      for x, y in zip(pool.texts, pool.labels)], ml)
+        gen_rows = encode_pairs(
+            tok,
+            [TrainPair(self.gen.render(a.prompt_for(self.labels[y])), x) for x, y in zip(pool.texts, pool.labels)],
+            ml,
+        )
         # [x^s, M'(y^s)]: the whole sequence is the LM target (Eq. 7).
-        lm_rows = [tok(self.m_prime(x, y), add_special_tokens=True)["input_ids"][:ml]
-                   for x, y in zip(pool.texts, pool.labels)]
+        lm_rows = [
+            tok(self.m_prime(x, y), add_special_tokens=True)["input_ids"][:ml] for x, y in zip(pool.texts, pool.labels)
+        ]
         r_all = torch.tensor(rewards, dtype=torch.float32)
         if a.reward_baseline == "label_mean":
             r_all = centered_by_label(r_all, torch.tensor(pool.labels))
@@ -271,7 +320,7 @@ class CrossLMServer:
             o = list(range(len(pool.texts)))
             rng.shuffle(o)
             order += o
-        batches = [order[i:i + a.llm_batch_size] for i in range(0, len(order), a.llm_batch_size)]
+        batches = [order[i : i + a.llm_batch_size] for i in range(0, len(order), a.llm_batch_size)]
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=a.llm_lr)
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -285,8 +334,9 @@ class CrossLMServer:
             logits = model(input_ids=ids, attention_mask=mask).logits
             with torch.no_grad(), model.disable_adapter():
                 logits_old = model(input_ids=ids, attention_mask=mask).logits
-            l_g = generation_loss(sequence_logprob(logits, labels), sequence_logprob(logits_old, labels),
-                                  r_all[b].to(dev))
+            l_g = generation_loss(
+                sequence_logprob(logits, labels), sequence_logprob(logits_old, labels), r_all[b].to(dev)
+            )
             l_r = kl_regularizer(logits, logits_old, labels)
             t_ids, t_mask = right_pad([lm_rows[i] for i in b], pad)
             t_labels = t_ids.masked_fill(t_mask == 0, -100)
@@ -306,8 +356,9 @@ class CrossLMServer:
         from fedlsm.eval.scoring import evaluate, perplexity
 
         bs = self.cfg.eval_batch_size
-        nlu = evaluate(self.llm, self.tok, self.ctx.task, batch_size=bs, show_progress=True,
-                       prefix=self.args.instruction)["value"]
+        nlu = evaluate(
+            self.llm, self.tok, self.ctx.task, batch_size=bs, show_progress=True, prefix=self.args.instruction
+        )["value"]
         gen_instr = {**GENERIC_PROMPTS, **TASK_PROMPTS.get(general.name, {})}["instruction"]
         gen_acc = evaluate(self.llm, self.tok, general, batch_size=bs, show_progress=True, prefix=gen_instr)["value"]
         ppl = perplexity(self.llm, self.tok, [e.question for e in general.test], batch_size=bs, show_progress=True)
@@ -319,22 +370,38 @@ def judged_correct(probs: np.ndarray, labels: Sequence[int]) -> float:
     return float(np.mean(probs.argmax(-1) == np.asarray(labels))) if len(labels) else float("nan")
 
 
-def enhance(spec: SLMSpec, arrays: dict, judge_probs: np.ndarray, pool: SyntheticPool, server: CrossLMServer,
-            seed: int, description: str, clf=None) -> tuple[dict, dict]:
+def enhance(
+    spec: SLMSpec,
+    arrays: dict,
+    judge_probs: np.ndarray,
+    pool: SyntheticPool,
+    server: CrossLMServer,
+    seed: int,
+    description: str,
+    clf=None,
+) -> tuple[dict, dict]:
     """Step 5: keep the top α% of ``pool`` by reward × diversity (rewards from the client's SLM) and
     train that SLM on them (cross-entropy). Returns the trained arrays and what was kept."""
     r = reward(judge_probs[np.arange(len(pool.labels)), pool.labels])
     div = pool.diversity(server.encoder)
-    keep = select_top(r, div, server.args.keep_fraction,
-                      np.asarray(pool.labels) if server.args.balance_labels else None)
+    keep = select_top(
+        r, div, server.args.keep_fraction, np.asarray(pool.labels) if server.args.balance_labels else None
+    )
     clf = clf or build_classifier(spec, arrays)
-    fit = clf.fit([pool.texts[i] for i in keep], [pool.labels[i] for i in keep],
-                  fit_settings(server.cfg, server.args, spec.kind, seed),
-                  description=description)
-    info = {"kept": len(keep), "kept_reward_mean": float(np.mean(r[keep])) if len(keep) else None,
-            "kept_diversity_mean": float(np.mean(div[keep])) if len(keep) else None,
-            "kept_label_counts": np.bincount([pool.labels[i] for i in keep], minlength=len(server.labels)).tolist(),
-            "loss_first": fit.first_loss, "loss_last": fit.last_loss}
+    fit = clf.fit(
+        [pool.texts[i] for i in keep],
+        [pool.labels[i] for i in keep],
+        fit_settings(server.cfg, server.args, spec.kind, seed),
+        description=description,
+    )
+    info = {
+        "kept": len(keep),
+        "kept_reward_mean": float(np.mean(r[keep])) if len(keep) else None,
+        "kept_diversity_mean": float(np.mean(div[keep])) if len(keep) else None,
+        "kept_label_counts": np.bincount([pool.labels[i] for i in keep], minlength=len(server.labels)).tolist(),
+        "loss_first": fit.first_loss,
+        "loss_last": fit.last_loss,
+    }
     return clf.trainable_arrays(), info
 
 
@@ -360,11 +427,17 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
 
     cfg = ctx.cfg
     if ctx.task.type != "classification":
-        raise ConfigError("data.task", f"CrossLM needs a classification task, got {ctx.task.type} ({ctx.task.name})",
-                          "use --task sst2 or --task ag-news, or data.type=classification")
+        raise ConfigError(
+            "data.task",
+            f"CrossLM needs a classification task, got {ctx.task.type} ({ctx.task.name})",
+            "use --task sst2 or --task ag-news, or data.type=classification",
+        )
     if cfg.llm.base_url:
-        raise ConfigError("llm.base_url", "CrossLM trains the server LLM, which an HTTP endpoint does not allow",
-                          "leave llm.base_url unset")
+        raise ConfigError(
+            "llm.base_url",
+            "CrossLM trains the server LLM, which an HTTP endpoint does not allow",
+            "leave llm.base_url unset",
+        )
     args = CrossLMArgs.from_config(cfg, ctx.task)
     general = load_task(args.general_task, n_test=args.n_general, seed=cfg.seed, data_dir=cfg.data.root)
     server = CrossLMServer(ctx, args)
@@ -400,38 +473,69 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
         pools[new_pool.name] = new_pool
         p_orig = p_pool if pool is pool0 else judge.probabilities(pool0.texts, batch_size=cfg.eval_batch_size)
         p_new = judge.probabilities(new_pool.texts, batch_size=cfg.eval_batch_size)
-        kd_arrays, kd_info = enhance(spec, arrays, p_orig, pool0, server, cfg.seed + rnd,
-                                     f"{name}: Data-free KD (original LLM's data)", clf=judge)
-        cl_arrays, cl_info = enhance(spec, arrays, p_new, new_pool, server, cfg.seed + rnd,
-                                     f"{name}: CrossLM (enhanced LLM's data)")
+        kd_arrays, kd_info = enhance(
+            spec,
+            arrays,
+            p_orig,
+            pool0,
+            server,
+            cfg.seed + rnd,
+            f"{name}: Data-free KD (original LLM's data)",
+            clf=judge,
+        )
+        cl_arrays, cl_info = enhance(
+            spec, arrays, p_new, new_pool, server, cfg.seed + rnd, f"{name}: CrossLM (enhanced LLM's data)"
+        )
         del judge
-        acc = grid.send_and_receive([Message("server", name, "enhanced_slms",
-                                             {"models": {"datafree_kd": kd_arrays, "crosslm": cl_arrays}}, rnd)])
+        acc = grid.send_and_receive(
+            [
+                Message(
+                    "server", name, "enhanced_slms", {"models": {"datafree_kd": kd_arrays, "crosslm": cl_arrays}}, rnd
+                )
+            ]
+        )
         acc = acc[0].payload["accuracy"] if acc else {}
-        rounds.append({"round": rnd, "client": name, "slm": spec.model, "reward_mean": float(np.mean(r)),
-                       "judged_correct_pool": judged_correct(p_pool, pool.labels), "llm_losses": losses,
-                       "datafree_kd_filter": kd_info, "crosslm_filter": cl_info})
+        rounds.append(
+            {
+                "round": rnd,
+                "client": name,
+                "slm": spec.model,
+                "reward_mean": float(np.mean(r)),
+                "judged_correct_pool": judged_correct(p_pool, pool.labels),
+                "llm_losses": losses,
+                "datafree_kd_filter": kd_info,
+                "crosslm_filter": cl_info,
+            }
+        )
         ctx.record("rounds", rounds)
         k = int(name.split("-")[-1])
-        per_client.append({"client": name, "slm": f"{spec.kind}:{spec.model}",
-                           "train_examples": ctx.metrics.get("run", {}).get("client_sizes", [None] * (k + 1))[k],
-                           "standalone": up["standalone_accuracy"], "datafree_kd": acc.get("datafree_kd"),
-                           "crosslm": acc.get("crosslm")})
+        per_client.append(
+            {
+                "client": name,
+                "slm": f"{spec.kind}:{spec.model}",
+                "train_examples": ctx.metrics.get("run", {}).get("client_sizes", [None] * (k + 1))[k],
+                "standalone": up["standalone_accuracy"],
+                "datafree_kd": acc.get("datafree_kd"),
+                "crosslm": acc.get("crosslm"),
+            }
+        )
         ctx.record("clients", per_client)
         pool = new_pool
 
     # Table 6: every received (Step-1) SLM judges the original and the final LLM's generations.
     final = pool
     nlg = {"original": [], "enhanced": []}
-    for name, up in progress_iter(list(uploads.items()), "SLMs judging the LLM's generations"):
+    for _name, up in progress_iter(list(uploads.items()), "SLMs judging the LLM's generations"):
         judge = build_classifier(SLMSpec.from_dict(up["spec"]), up["arrays"])
         for key, pl in (("original", pool0), ("enhanced", final)):
             nlg[key].append(judged_correct(judge.probabilities(pl.texts, batch_size=cfg.eval_batch_size), pl.labels))
         del judge
     nlg_mean = {k: float(np.mean(v)) if v else None for k, v in nlg.items()}
     ctx.record("nlg_judged_by_slms", {"per_slm": nlg, "mean": nlg_mean})
-    ctx.save_jsonl("synthetic.jsonl", [{"pool": p.name, "label": labels[y], "text": x}
-                                       for p in pools.values() for x, y in zip(p.texts, p.labels)])
+    ctx.save_jsonl(
+        "synthetic.jsonl",
+        [{"pool": p.name, "label": labels[y], "text": x} for p in pools.values() for x, y in zip(p.texts, p.labels)],
+    )
     after = server.llm_metrics(general)
     ctx.record("llm_after", after)
     comm = grid.log.communication()
@@ -445,17 +549,54 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
     for c in per_client:
         accs = ", ".join(f"{k} {c[k]:.3f}" for k in ("standalone", "datafree_kd", "crosslm") if c[k] is not None)
         ctx.console.print(f"  {c['client']} ({c['slm']}, {c['train_examples']} examples): {accs}")
-    cols = ("SLM accuracy (mean)", "LLM task accuracy", "LLM NLG judged by SLMs", f"LLM accuracy on {general.name}",
-            f"LLM perplexity ({general.name} text)")
-    rows = [dict(zip(("method", *cols), ("Standalone", mean("standalone"), None, None, None, None))),
-            dict(zip(("method", *cols), ("Data-free KD (original LLM)", mean("datafree_kd"), before["task_accuracy"],
-                                         nlg_mean["original"], before["general_accuracy"], before["perplexity"]))),
-            dict(zip(("method", *cols), ("CrossLM", mean("crosslm"), after["task_accuracy"], nlg_mean["enhanced"],
-                                         after["general_accuracy"], after["perplexity"])))]
-    summary = {"metric": "accuracy", "standalone": mean("standalone"), "datafree_kd": mean("datafree_kd"),
-               "crosslm": mean("crosslm"), "llm_before": before, "llm_after": after, "nlg_judged": nlg_mean,
-               "perplexity_change": after["perplexity"] - before["perplexity"], "communication": comm,
-               "arrival_order": order}
+    cols = (
+        "SLM accuracy (mean)",
+        "LLM task accuracy",
+        "LLM NLG judged by SLMs",
+        f"LLM accuracy on {general.name}",
+        f"LLM perplexity ({general.name} text)",
+    )
+    rows = [
+        dict(zip(("method", *cols), ("Standalone", mean("standalone"), None, None, None, None))),
+        dict(
+            zip(
+                ("method", *cols),
+                (
+                    "Data-free KD (original LLM)",
+                    mean("datafree_kd"),
+                    before["task_accuracy"],
+                    nlg_mean["original"],
+                    before["general_accuracy"],
+                    before["perplexity"],
+                ),
+            )
+        ),
+        dict(
+            zip(
+                ("method", *cols),
+                (
+                    "CrossLM",
+                    mean("crosslm"),
+                    after["task_accuracy"],
+                    nlg_mean["enhanced"],
+                    after["general_accuracy"],
+                    after["perplexity"],
+                ),
+            )
+        ),
+    ]
+    summary = {
+        "metric": "accuracy",
+        "standalone": mean("standalone"),
+        "datafree_kd": mean("datafree_kd"),
+        "crosslm": mean("crosslm"),
+        "llm_before": before,
+        "llm_after": after,
+        "nlg_judged": nlg_mean,
+        "perplexity_change": after["perplexity"] - before["perplexity"],
+        "communication": comm,
+        "arrival_order": order,
+    }
     return MethodResult(rows, f"CrossLM on {ctx.task.name} ({len(per_client)} clients; accuracy, %)", summary)
 
 

@@ -78,8 +78,9 @@ def kl_regularizer(logits_new: torch.Tensor, logits_old: torch.Tensor, labels: t
     return (kl * mask).sum() / mask.sum().clamp(min=1)
 
 
-def llm_objective(l_g: torch.Tensor, l_t: torch.Tensor, l_r: torch.Tensor,
-                  gammas: tuple[float, float, float] = GAMMAS) -> torch.Tensor:
+def llm_objective(
+    l_g: torch.Tensor, l_t: torch.Tensor, l_r: torch.Tensor, gammas: tuple[float, float, float] = GAMMAS
+) -> torch.Tensor:
     """Eq. 9: γ1·L_g + γ2·L_t + γ3·L_r."""
     g1, g2, g3 = gammas
     return g1 * l_g + g2 * l_t + g3 * l_r

@@ -42,7 +42,9 @@ def run_fedavg(ctx: RunContext) -> MethodResult:
 def rounds_of(cfg) -> int:
     r = cfg.method_args.get("rounds", 2)
     if not isinstance(r, int) or isinstance(r, bool) or r < 1:
-        raise ConfigError("method_args.rounds", f"must be a positive integer (got {r!r})", "e.g. --set method_args.rounds=3")
+        raise ConfigError(
+            "method_args.rounds", f"must be a positive integer (got {r!r})", "e.g. --set method_args.rounds=3"
+        )
     return r
 
 
@@ -50,14 +52,17 @@ def check_homogeneous(cfg) -> None:
     """FedAvg averages weights parameter by parameter: one model for every client, with LoRA."""
     per_client = cfg.method_args.get("client_slms")
     if per_client and len(set(per_client) | {cfg.slm}) > 1:
-        raise ConfigError("slm", f"FedAvg needs the same model on every client (got {sorted(set(per_client) | {cfg.slm})})",
-                          "set one `slm` for all clients and drop method_args.client_slms, or use fedmkt for "
-                          "heterogeneous clients")
+        raise ConfigError(
+            "slm",
+            f"FedAvg needs the same model on every client (got {sorted(set(per_client) | {cfg.slm})})",
+            "set one `slm` for all clients and drop method_args.client_slms, or use fedmkt for heterogeneous clients",
+        )
     if not cfg.train.lora:
         raise ConfigError("train.lora", "FedAvg here averages LoRA adapters, not full weights", "set train.lora=true")
 
 
 # --- adapter weights as numpy ------------------------------------------------------------------
+
 
 def adapter_weights(model) -> dict[str, np.ndarray]:
     from peft import get_peft_model_state_dict
@@ -112,14 +117,23 @@ class FedAvgClient:
         metrics: dict[str, Any] = {}
         if ctx.data:
             settings = dataclasses.replace(train_settings(ctx), seed=ctx.seed * 1009 + msg.round)
-            tr = train_sft(model, tok, label_pairs(ctx.data), settings,
-                           description=f"{ctx.name} round {msg.round}: training")
+            tr = train_sft(
+                model, tok, label_pairs(ctx.data), settings, description=f"{ctx.name} round {msg.round}: training"
+            )
             metrics.update(loss_first=tr.first_loss, loss_last=tr.last_loss, steps=tr.steps, train_tokens=tr.tokens)
         if msg.payload.get("client_eval"):
             metrics["local_test"] = evaluate(model, tok, ctx.task, batch_size=ctx.cfg.eval_batch_size)["value"]
         self.rounds.append(msg.round)
-        return msg.reply(FIT_REPLY, {"weights": adapter_weights(model), "n_examples": len(ctx.data), "slm": ctx.cfg.slm,
-                                     "metrics": metrics, "rounds_joined": list(self.rounds)})
+        return msg.reply(
+            FIT_REPLY,
+            {
+                "weights": adapter_weights(model),
+                "n_examples": len(ctx.data),
+                "slm": ctx.cfg.slm,
+                "metrics": metrics,
+                "rounds_joined": list(self.rounds),
+            },
+        )
 
     def state(self) -> dict[str, Any]:
         return {"rounds": list(self.rounds)}
@@ -134,6 +148,7 @@ def make_client(ctx: ClientContext) -> FedAvgClient:
 
 # --- server role ---------------------------------------------------------------------------------
 
+
 def _evaluate(ctx, model, tok, weights: dict[str, np.ndarray]) -> dict:
     from fedlsm.eval.scoring import evaluate
 
@@ -144,9 +159,12 @@ def _evaluate(ctx, model, tok, weights: dict[str, np.ndarray]) -> dict:
 def _check_reply(reply: Message, weights: dict[str, np.ndarray], server_slm: str) -> None:
     got = reply.payload["weights"]
     if set(got) != set(weights) or any(got[k].shape != weights[k].shape for k in weights):
-        raise ConfigError("slm", f"{reply.sender} sent adapters of another shape (its model: "
-                          f"{reply.payload.get('slm')!r}, the server's: {server_slm!r})",
-                          "run every client with the same `slm` and train.lora_r, or use fedmkt for heterogeneous clients")
+        raise ConfigError(
+            "slm",
+            f"{reply.sender} sent adapters of another shape (its model: "
+            f"{reply.payload.get('slm')!r}, the server's: {server_slm!r})",
+            "run every client with the same `slm` and train.lora_r, or use fedmkt for heterogeneous clients",
+        )
 
 
 def server_main(ctx, grid: Grid, *, tag: str = "fedavg") -> MethodResult:
@@ -170,22 +188,31 @@ def server_main(ctx, grid: Grid, *, tag: str = "fedavg") -> MethodResult:
     ctx.record(tag, hist)
     for t in range(start, rounds + 1):
         sent = grid.clients()
-        replies = broadcast(grid, FIT, {"weights": weights, "client_eval": bool(cfg.method_args.get("client_eval"))},
-                            round=t)
+        replies = broadcast(
+            grid, FIT, {"weights": weights, "client_eval": bool(cfg.method_args.get("client_eval"))}, round=t
+        )
         dropped = require_quorum(replies, sent, cfg.federation.min_clients, t)
         hist["dropped"] += report_dropped(ctx, grid, dropped, t)
         for r in replies.values():
             _check_reply(r, weights, cfg.slm)
         weights = average([(r.payload["weights"], int(r.payload["n_examples"])) for r in replies.values()])
         res = _evaluate(ctx, model, tok, weights)
-        hist["rounds"].append({"round": t, **res, "clients": {c: {"n_examples": r.payload["n_examples"],
-                                                                  **r.payload["metrics"]}
-                                                              for c, r in sorted(replies.items())},
-                               "dropped": dropped})
+        hist["rounds"].append(
+            {
+                "round": t,
+                **res,
+                "clients": {
+                    c: {"n_examples": r.payload["n_examples"], **r.payload["metrics"]}
+                    for c, r in sorted(replies.items())
+                },
+                "dropped": dropped,
+            }
+        )
         ctx.record(tag, hist)
         ckpt.save(t, weights, hist)
-        ctx.console.print(f"round {t}/{rounds}: {len(replies)} client(s), global {res['metric']} "
-                          f"{100 * res['value']:.1f}%")
+        ctx.console.print(
+            f"round {t}/{rounds}: {len(replies)} client(s), global {res['metric']} {100 * res['value']:.1f}%"
+        )
     return _result(ctx, hist, grid)
 
 
@@ -193,10 +220,18 @@ def _result(ctx, hist: dict, grid: Grid) -> MethodResult:
     zero = hist["zero_shot_slm"]
     metric = zero["metric"]
     rows = [{"model": "Zero-shot SLM", "clients": "", metric: zero["value"]}]
-    rows += [{"model": f"FedAvg round {r['round']}", "clients": str(len(r["clients"])), metric: r["value"]}
-             for r in hist["rounds"]]
+    rows += [
+        {"model": f"FedAvg round {r['round']}", "clients": str(len(r["clients"])), metric: r["value"]}
+        for r in hist["rounds"]
+    ]
     final = hist["rounds"][-1]["value"] if hist["rounds"] else zero["value"]
-    summary = {"metric": metric, "zero_shot_slm": zero["value"], "fedavg": final, "improvement": final - zero["value"],
-               "per_round": [r["value"] for r in hist["rounds"]], "dropped": hist["dropped"],
-               "communication": grid.log.communication()}
+    summary = {
+        "metric": metric,
+        "zero_shot_slm": zero["value"],
+        "fedavg": final,
+        "improvement": final - zero["value"],
+        "per_round": [r["value"] for r in hist["rounds"]],
+        "dropped": hist["dropped"],
+        "communication": grid.log.communication(),
+    }
     return MethodResult(rows, f"FedAvg of LoRA adapters on {ctx.task.name} ({metric}, %)", summary)

@@ -25,16 +25,24 @@ few-shot CoT demonstrations from public examples; it never sees a client's data,
 
 from __future__ import annotations
 
-import re
 import json
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from fedlsm.data.task import Example, answer_continuation, answer_prompt, format_question
 from fedlsm.errors import ConfigError
 from fedlsm.eval.scoring import evaluate, extract_number
-from fedlsm.federation.grid import (ClientContext, Grid, broadcast, report_dropped, require_quorum, run_in_process,
-                                   site_measurements)
+from fedlsm.federation.grid import (
+    ClientContext,
+    Grid,
+    broadcast,
+    report_dropped,
+    require_quorum,
+    run_in_process,
+    site_measurements,
+)
 from fedlsm.federation.messages import Message
 from fedlsm.methods.common import eval_slm, finetune, label_pairs, load_slm
 from fedlsm.models.generation import GenerationConfig, HFGenerator, TextGenerator
@@ -69,7 +77,7 @@ def stated_answer(rationale: str, ex: Example) -> str | None:
     """The answer a rationale commits to: the choice named after its last 'answer is', else (for
     numeric choices) its last number."""
     text = rationale.lower()
-    tail = text[text.rfind("answer is") + len("answer is"):] if "answer is" in text else ""
+    tail = text[text.rfind("answer is") + len("answer is") :] if "answer is" in text else ""
     if ex.choices:
         if tail:
             m = re.search(r"\(([a-z])\)", tail)
@@ -125,11 +133,12 @@ def rationale_body(rationale: str) -> str:
     task's target, and a rationale target that ends in '(c) fridge' teaches the shared model to answer
     the label prompt with a letter instead of the choice it is scored on."""
     hits = list(_ANSWER_SENTENCE.finditer(rationale))
-    return (rationale[:hits[-1].start()] if hits else rationale).strip()
+    return (rationale[: hits[-1].start()] if hits else rationale).strip()
 
 
-def multitask_pairs(examples: Sequence[Example], rationales: Sequence[str], keep: Sequence[bool],
-                    rationale_weight: float) -> list[TrainPair]:
+def multitask_pairs(
+    examples: Sequence[Example], rationales: Sequence[str], keep: Sequence[bool], rationale_weight: float
+) -> list[TrainPair]:
     """Distilling step-by-step: '[label]' prompt -> answer for every example, '[rationale]' prompt ->
     the reasoning of a kept rationale (L = L_label + w * L_rationale, Eq. 7); a kept rationale that
     is only an answer sentence adds no rationale pair."""
@@ -152,8 +161,9 @@ def _variant(cfg) -> str:
 
 
 def generation_config(cfg) -> GenerationConfig:
-    return GenerationConfig(max_new_tokens=cfg.llm.max_new_tokens, temperature=cfg.llm.temperature,
-                            stop=["\n\n", "\nQ:"])
+    return GenerationConfig(
+        max_new_tokens=cfg.llm.max_new_tokens, temperature=cfg.llm.temperature, stop=["\n\n", "\nQ:"]
+    )
 
 
 def _eval(ctx, model, tok, prefix: str = "") -> dict:
@@ -166,24 +176,33 @@ def _eval(ctx, model, tok, prefix: str = "") -> dict:
 # declared). Recorded in the privacy report of every run.
 RELEASED = {
     "rationale_request.prompts": "covered by ε: the private prompts after the mechanism (per token; n·ε for a "
-                                 "prompt of n private tokens)",
-    "local_results.zero_shot, few_shot, standalone, value, without_decoding":
-        "released without noise: accuracy of the client's SLM on the task's evaluation split (the result "
-        "the federation exists to report)",
+    "prompt of n private tokens)",
+    "local_results.zero_shot, few_shot, standalone, value, without_decoding": (
+        "released without noise: accuracy of the client's SLM on the task's evaluation split "
+        "(the result the federation exists to report)"
+    ),
     "local_results.n_examples": "released without noise: how many training examples the client holds",
     "local_results.metric": "data-independent: the task's metric name",
     "rationale_request.prompts, perturbed_prompts (FedCoT-A, fedcot-a-public)": "public examples only",
 }
-KEPT_ON_SITE = ("the privacy measurements (unchanged tokens, inversion-attack success)", "the share of rationales "
-                "the filter kept", "every prompt and rationale (rationales.jsonl)")
+KEPT_ON_SITE = (
+    "the privacy measurements (unchanged tokens, inversion-attack success)",
+    "the share of rationales the filter kept",
+    "every prompt and rationale (rationales.jsonl)",
+)
 
 
 def privacy_declaration(cfg, variant: str) -> dict[str, Any]:
     """What the server can state without any private data: the mechanism's settings and what is released."""
     p = cfg.privacy
-    return {"variant": f"fedcot-{variant}", "epsilon_per_token": p.epsilon, "candidate_k": p.top_k,
-            "randomness": "seeded (simulation only)" if p.seeded else "os-entropy",
-            "released": RELEASED, "kept_on_the_client": list(KEPT_ON_SITE)}
+    return {
+        "variant": f"fedcot-{variant}",
+        "epsilon_per_token": p.epsilon,
+        "candidate_k": p.top_k,
+        "randomness": "seeded (simulation only)" if p.seeded else "os-entropy",
+        "released": RELEASED,
+        "kept_on_the_client": list(KEPT_ON_SITE),
+    }
 
 
 # -------------------------------------------------------------------------------------------- client
@@ -215,24 +234,42 @@ class FedCoTClient:
         from fedlsm.privacy import TextSanitizer
 
         p = self.ctx.cfg.privacy
-        return TextSanitizer.from_model(self.ctx.cfg.slm, epsilon=p.epsilon, top_k=p.top_k,
-                                        public_tokens=p.public_tokens or None)
+        return TextSanitizer.from_model(
+            self.ctx.cfg.slm, epsilon=p.epsilon, top_k=p.top_k, public_tokens=p.public_tokens or None
+        )
 
     def _train_and_eval(self, rationales: Sequence[str], keep: Sequence[bool], what: str, stage: int) -> float:
         self._seed(stage)
         model, tok = load_slm(self.ctx)
-        finetune(self.ctx, model, tok, multitask_pairs(self.ctx.data, rationales, keep,
-                                                       float(self.args.get("rationale_weight", 1.0))),
-                 f"{self.ctx.name}: {what}: training")
+        finetune(
+            self.ctx,
+            model,
+            tok,
+            multitask_pairs(self.ctx.data, rationales, keep, float(self.args.get("rationale_weight", 1.0))),
+            f"{self.ctx.name}: {what}: training",
+        )
         return eval_slm(self.ctx, model, tok, LABEL_PREFIX)["value"]
 
     def _save_rationales(self, fed: RationaleSet) -> None:
         """Every prompt and rationale (raw, perturbed, decoded) in the client's own folder."""
         with (self.ctx.work_dir / "rationales.jsonl").open("w") as out:
-            for e, p, pp, rp, rd, k in zip(self.ctx.data, self.raw_prompts, fed.sent_prompts, fed.received,
-                                           fed.decoded, fed.kept):
-                out.write(json.dumps({"id": e.id, "prompt": p, "perturbed_prompt": pp, "rationale_perturbed": rp,
-                                      "rationale_decoded": rd, "kept": k}, ensure_ascii=False) + "\n")
+            for e, p, pp, rp, rd, k in zip(
+                self.ctx.data, self.raw_prompts, fed.sent_prompts, fed.received, fed.decoded, fed.kept
+            ):
+                out.write(
+                    json.dumps(
+                        {
+                            "id": e.id,
+                            "prompt": p,
+                            "perturbed_prompt": pp,
+                            "rationale_perturbed": rp,
+                            "rationale_decoded": rd,
+                            "kept": k,
+                        },
+                        ensure_ascii=False,
+                    )
+                    + "\n"
+                )
 
     def _release(self, perturber, sanitizer, mode: str, msg: Message) -> Message:
         """Perturb the private prompts and send only them; what an inversion attack recovers, and how
@@ -257,9 +294,13 @@ class FedCoTClient:
 
     # --- requests
     def handle(self, msg: Message) -> Message:
-        handlers = {"local_baselines": self._local_baselines, "prompts": self._prompts,
-                    "codec_public_prompts": self._codec_public, "codec_rationales": self._codec_release,
-                    "rationales": self._distil}
+        handlers = {
+            "local_baselines": self._local_baselines,
+            "prompts": self._prompts,
+            "codec_public_prompts": self._codec_public,
+            "codec_rationales": self._codec_release,
+            "rationales": self._distil,
+        }
         if msg.kind not in handlers:
             raise ValueError(f"{self.ctx.name}: unknown request {msg.kind!r}")
         return handlers[msg.kind](msg)
@@ -276,15 +317,23 @@ class FedCoTClient:
         self._seed(3)
         self._codec, self.codec_public = train_encoder(self.ctx, self._sanitizer())
         self.codec_adapter = adapter_arrays(self._codec.gen.model)
-        return msg.reply("rationale_request", {"mode": "fedcot-a-public", "prompts": self.codec_public["prompts"],
-                                               "perturbed_prompts": self.codec_public["slm_perturbed"]})
+        return msg.reply(
+            "rationale_request",
+            {
+                "mode": "fedcot-a-public",
+                "prompts": self.codec_public["prompts"],
+                "perturbed_prompts": self.codec_public["slm_perturbed"],
+            },
+        )
 
     def _codec_release(self, msg: Message) -> Message:
         from fedlsm.methods.fedcot_adaptive import train_jointly
 
         self._seed(4)
         codec = self._codec_model()
-        train_jointly(self.ctx, codec, self.codec_public, msg.payload["rationales"], msg.payload["perturbed_rationales"])
+        train_jointly(
+            self.ctx, codec, self.codec_public, msg.payload["rationales"], msg.payload["perturbed_rationales"]
+        )
         self.codec_adapter = adapter_arrays(codec.gen.model)
         return self._release(codec, self._sanitizer(), "fedcot-a", msg)
 
@@ -300,23 +349,36 @@ class FedCoTClient:
         model, tok = load_slm(c)
         finetune(c, model, tok, label_pairs(c.data), f"{c.name}: Standalone: training")
         res = eval_slm(c, model, tok)
-        return msg.reply("local_results", {"metric": res["metric"], "zero_shot": zero, "few_shot": few,
-                                           "standalone": res["value"], "n_examples": len(c.data)})
+        return msg.reply(
+            "local_results",
+            {
+                "metric": res["metric"],
+                "zero_shot": zero,
+                "few_shot": few,
+                "standalone": res["value"],
+                "n_examples": len(c.data),
+            },
+        )
 
     def _decode(self, mode: str, received: Sequence[str]) -> list[str]:
         if mode == "fedcot-a":
             return self._codec_model().decode(self.raw_prompts, self.sent, received)
         # FedCoT-E: in-context decoding with the client's untrained SLM, input (p, p^p, r^p)
         slm0, tok = load_slm(self.ctx, trainable=False)
-        decoder = HFGenerator(slm0, tok, batch_size=self.ctx.cfg.llm.batch_size, use_chat_template=False,
-                              show_progress=True)
-        return decoder.generate([decode_prompt(p, pp, rp) for p, pp, rp in zip(self.raw_prompts, self.sent, received)],
-                                generation_config(self.ctx.cfg))
+        decoder = HFGenerator(
+            slm0, tok, batch_size=self.ctx.cfg.llm.batch_size, use_chat_template=False, show_progress=True
+        )
+        return decoder.generate(
+            [decode_prompt(p, pp, rp) for p, pp, rp in zip(self.raw_prompts, self.sent, received)],
+            generation_config(self.ctx.cfg),
+        )
 
     def _distil(self, msg: Message) -> Message:
         mode, received = msg.payload["mode"], list(msg.payload["rationales"])
         decoded = self._decode(mode, received)
-        fed = RationaleSet(mode, self.sent, received, decoded, [consistent(r, e) for r, e in zip(decoded, self.ctx.data)])
+        fed = RationaleSet(
+            mode, self.sent, received, decoded, [consistent(r, e) for r, e in zip(decoded, self.ctx.data)]
+        )
         self._save_rationales(fed)
         self.ctx.record_local("rationales_kept", fed.kept_fraction)
         out = {"mode": mode, "value": self._train_and_eval(fed.decoded, fed.kept, mode, stage=2)}
@@ -368,9 +430,11 @@ class RationaleWriter:
 def rationale_writer(ctx: RunContext) -> RationaleWriter:
     """The server's LLM behind few-shot CoT demonstrations of the public examples."""
     if not ctx.public or not any(e.rationale for e in ctx.public):
-        raise ConfigError("data.public_fraction", "FedCoT needs public examples with rationales for the server's "
-                          "CoT demonstrations", "set data.public_fraction (e.g. 0.2) on a task with rationales, "
-                          "or data.public_path")
+        raise ConfigError(
+            "data.public_fraction",
+            "FedCoT needs public examples with rationales for the server's CoT demonstrations",
+            "set data.public_fraction (e.g. 0.2) on a task with rationales, or data.public_path",
+        )
     demos = cot_demonstrations(ctx.public, int(ctx.cfg.method_args.get("demos", 3)))
     return RationaleWriter(_llm_generator(ctx), demos, generation_config(ctx.cfg))
 
@@ -389,8 +453,16 @@ class Exchange:
     rows: list[dict] = field(default_factory=list)
     dropped: list[dict] = field(default_factory=list)
 
-    def ask(self, kind: str, payload: dict, rnd: int, *, to: Sequence[str] | None = None, per_client=None,
-            step: str | None = None) -> dict[str, Message]:
+    def ask(
+        self,
+        kind: str,
+        payload: dict,
+        rnd: int,
+        *,
+        to: Sequence[str] | None = None,
+        per_client=None,
+        step: str | None = None,
+    ) -> dict[str, Message]:
         """Send one request kind (to every client, or to those in ``to``), collect the replies (in the
         order of the requests on every grid), and go on without clients that dropped if enough answered."""
         sent = list(self.grid.clients() if to is None else to)
@@ -428,8 +500,9 @@ def _local_round(ex: Exchange, llm_scores: dict | None, n_demos: int) -> tuple[s
     ex.add_row("Zero-shot SLM", _mean(m.payload["zero_shot"] for m in local.values()), **note)
     ex.add_row(f"Few-shot SLM ({n_demos}-shot)", _mean(m.payload["few_shot"] for m in local.values()), **note)
     ex.add_row("Standalone", _mean(m.payload["standalone"] for m in local.values()))
-    per_client = {c: {"standalone": m.payload["standalone"], "n_examples": m.payload["n_examples"]}
-                  for c, m in local.items()}
+    per_client = {
+        c: {"standalone": m.payload["standalone"], "n_examples": m.payload["n_examples"]} for c, m in local.items()
+    }
     return next(iter(local.values())).payload["metric"], per_client
 
 
@@ -438,13 +511,26 @@ def _fedcot_round(ex: Exchange, write: RationaleWriter, variant: str, per_client
     mode, label = f"fedcot-{variant}", f"FedCoT-{variant.upper()}"
     if variant == "a":  # the client's perturber/decoder SLM learns on public data first (Eq. 4-6)
         public = ex.ask("codec_public_prompts", {}, 1)
-        requests = ex.ask("codec_rationales", {}, 1, to=list(public),
-                          per_client=lambda c: {"rationales": write(public[c].payload["prompts"]),
-                                                "perturbed_rationales": write(public[c].payload["perturbed_prompts"])})
+        requests = ex.ask(
+            "codec_rationales",
+            {},
+            1,
+            to=list(public),
+            per_client=lambda c: {
+                "rationales": write(public[c].payload["prompts"]),
+                "perturbed_rationales": write(public[c].payload["perturbed_prompts"]),
+            },
+        )
     else:
         requests = ex.ask("prompts", {"mode": mode}, 1)
-    fed = ex.ask("rationales", {"mode": mode}, 2, to=list(requests), step=f"rationales ({mode})",
-                 per_client=lambda c: {"rationales": write(requests[c].payload["prompts"])})
+    fed = ex.ask(
+        "rationales",
+        {"mode": mode},
+        2,
+        to=list(requests),
+        step=f"rationales ({mode})",
+        per_client=lambda c: {"rationales": write(requests[c].payload["prompts"])},
+    )
     ex.add_row(f"{label} (ε={ex.ctx.cfg.privacy.epsilon:g})", _mean(m.payload["value"] for m in fed.values()))
     if ex.ctx.cfg.method_args.get("ablate_decoding", False):
         ex.add_row(f"{label} w/o decoding", _mean(m.payload["without_decoding"] for m in fed.values()))
@@ -454,18 +540,31 @@ def _fedcot_round(ex: Exchange, write: RationaleWriter, variant: str, per_client
 
 def fedcot_table(rows: Sequence[dict], metric: str | None) -> list[dict]:
     """The printed table: one row per method; the columns a simulation harness fills from the clients' folders."""
-    return [{"method": r["method"], metric or "metric": r["value"], "rationales kept": r.get("rationales_kept"),
-             "TokenRatio r^p vs r": r.get("token_ratio_perturbed"),
-             "TokenRatio decoded vs r": r.get("token_ratio_decoded")} for r in rows]
+    return [
+        {
+            "method": r["method"],
+            metric or "metric": r["value"],
+            "rationales kept": r.get("rationales_kept"),
+            "TokenRatio r^p vs r": r.get("token_ratio_perturbed"),
+            "TokenRatio decoded vs r": r.get("token_ratio_decoded"),
+        }
+        for r in rows
+    ]
 
 
 def fedcot_summary(rows: Sequence[dict], metric: str | None, variant: str, cfg) -> dict[str, Any]:
     by = {r["method"].split(" (")[0]: r for r in rows}
     fed = by.get(f"FedCoT-{variant.upper()}", {})
-    return {"metric": metric, "variant": variant, "epsilon": cfg.privacy.epsilon,
-            "standalone": by.get("Standalone", {}).get("value"), "non_private": by.get("Non-Private", {}).get("value"),
-            "fedcot": fed.get("value"), "token_ratio_perturbed": fed.get("token_ratio_perturbed"),
-            "token_ratio_decoded": fed.get("token_ratio_decoded")}
+    return {
+        "metric": metric,
+        "variant": variant,
+        "epsilon": cfg.privacy.epsilon,
+        "standalone": by.get("Standalone", {}).get("value"),
+        "non_private": by.get("Non-Private", {}).get("value"),
+        "fedcot": fed.get("value"),
+        "token_ratio_perturbed": fed.get("token_ratio_perturbed"),
+        "token_ratio_decoded": fed.get("token_ratio_decoded"),
+    }
 
 
 def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
@@ -483,8 +582,12 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
     ctx.record("clients", per_client)
     ctx.record("communication", grid.log.communication())
     ctx.record("llm_query_cost", write.generator.stats.as_dict())
-    summary = {**fedcot_summary(ex.rows, metric, variant, ctx.cfg), "privacy": ctx.metrics["privacy"],
-               "communication": ctx.metrics["communication"], "llm_query_cost": ctx.metrics["llm_query_cost"]}
+    summary = {
+        **fedcot_summary(ex.rows, metric, variant, ctx.cfg),
+        "privacy": ctx.metrics["privacy"],
+        "communication": ctx.metrics["communication"],
+        "llm_query_cost": ctx.metrics["llm_query_cost"],
+    }
     n = len(per_client)
     title = f"FedCoT-{variant.upper()} on {ctx.task.name} ({metric}, %" + (f"; mean of {n} clients)" if n > 1 else ")")
     return MethodResult(fedcot_table(ex.rows, metric), title, summary)
@@ -515,8 +618,12 @@ def _token_ratios(run_dir, baseline_dir) -> tuple[float | None, float | None]:
         pert, dec = _site_rationales(site, "rationale_perturbed"), _site_rationales(site, "rationale_decoded")
         ids = [i for i in pert if i in ref and i in dec]
         if ids:
-            per_client.append((mean_token_ratio([pert[i] for i in ids], [ref[i] for i in ids]),
-                               mean_token_ratio([dec[i] for i in ids], [ref[i] for i in ids])))
+            per_client.append(
+                (
+                    mean_token_ratio([pert[i] for i in ids], [ref[i] for i in ids]),
+                    mean_token_ratio([dec[i] for i in ids], [ref[i] for i in ids]),
+                )
+            )
     return _mean(p for p, _ in per_client), _mean(d for _, d in per_client)
 
 
@@ -528,8 +635,15 @@ def _site_privacy(ctx: RunContext, sites: dict[str, dict]) -> None:
         return
     attacks = [r["attack"] for r in reports.values() if r.get("attack")]
     attack = {**attacks[0], "success_rate": _mean(a["success_rate"] for a in attacks)} if attacks else None
-    ctx.record("privacy", {**ctx.metrics.get("privacy", {}), **next(iter(reports.values())), "attack": attack,
-                           "measured_by": "the simulation harness, from each client's own folder"})
+    ctx.record(
+        "privacy",
+        {
+            **ctx.metrics.get("privacy", {}),
+            **next(iter(reports.values())),
+            "attack": attack,
+            "measured_by": "the simulation harness, from each client's own folder",
+        },
+    )
     if len(reports) > 1:
         ctx.record("privacy_per_client", reports)
 
@@ -539,7 +653,9 @@ def _add_nonprivate_row(ctx: RunContext, rows: list[dict], label: str, bctx: Run
     its rationales on that row; each client's Non-Private result beside its others."""
     kept = _mean(m.get("rationales_kept") for m in site_measurements(bctx.run_dir).values())
     at = next(i for i, r in enumerate(rows) if r["method"].startswith(label))
-    rows.insert(at, {**bctx.metrics["results"][0], "rationales_kept": kept, "note": f"separate run: {bctx.run_dir.name}"})
+    rows.insert(
+        at, {**bctx.metrics["results"][0], "rationales_kept": kept, "note": f"separate run: {bctx.run_dir.name}"}
+    )
     tr_p, tr_d = _token_ratios(ctx.run_dir, bctx.run_dir)
     rows[at + 1].update(token_ratio_perturbed=tr_p, token_ratio_decoded=tr_d)
     clients = ctx.metrics.get("clients", {})

@@ -14,7 +14,7 @@ SLM with LoRA and two task prefixes. Training follows Algorithm 1:
 from __future__ import annotations
 
 import json
-from typing import Sequence
+from collections.abc import Sequence
 
 from fedlsm.data.task import format_question
 from fedlsm.federation.grid import ClientContext
@@ -44,8 +44,15 @@ class AdaptiveCodec:
     the report still measures, against the raw prompt, how many tokens came through unchanged.
     """
 
-    def __init__(self, model, tok, gen_cfg: GenerationConfig, batch_size: int, nominal_epsilon: float,
-                 guard: TextSanitizer | None = None):
+    def __init__(
+        self,
+        model,
+        tok,
+        gen_cfg: GenerationConfig,
+        batch_size: int,
+        nominal_epsilon: float,
+        guard: TextSanitizer | None = None,
+    ):
         self.gen = HFGenerator(model, tok, batch_size=batch_size, use_chat_template=False, show_progress=True)
         self.enc_cfg = GenerationConfig(max_new_tokens=gen_cfg.max_new_tokens, temperature=0.0, stop=["\n"])
         self.dec_cfg = gen_cfg
@@ -62,13 +69,16 @@ class AdaptiveCodec:
     def sanitize(self, texts: list[str], seed: int = 0):
         res = self.perturber.sanitize(texts, seed)
         if self.guard:
-            res.report.guarantee += (f"; guarded: every released token is a {self.guard.epsilon:g}-DP exponential-"
-                                     "mechanism sample of the SLM's output token")
+            res.report.guarantee += (
+                f"; guarded: every released token is a {self.guard.epsilon:g}-DP exponential-"
+                "mechanism sample of the SLM's output token"
+            )
         return res
 
     def decode(self, raw: Sequence[str], perturbed: Sequence[str], rationales: Sequence[str]) -> list[str]:
-        return self.gen.generate([decode_input(p, pp, rp) for p, pp, rp in zip(raw, perturbed, rationales)],
-                                 self.dec_cfg)
+        return self.gen.generate(
+            [decode_input(p, pp, rp) for p, pp, rp in zip(raw, perturbed, rationales)], self.dec_cfg
+        )
 
 
 def build_codec(ctx, model, tok, sanitizer: TextSanitizer) -> AdaptiveCodec:
@@ -97,17 +107,41 @@ def train_encoder(ctx: ClientContext, sanitizer: TextSanitizer) -> tuple[Adaptiv
     return codec, public
 
 
-def train_jointly(ctx: ClientContext, codec: AdaptiveCodec, public: dict, rationales: Sequence[str],
-                  perturbed_rationales: Sequence[str]) -> None:
+def train_jointly(
+    ctx: ClientContext,
+    codec: AdaptiveCodec,
+    public: dict,
+    rationales: Sequence[str],
+    perturbed_rationales: Sequence[str],
+) -> None:
     """Algorithm 1, steps 3-4: with the server's r for p and r^p for p^p (public data: raw prompts may
     be sent), the SLM trains on encoding + decoding (Eq. 6). Keeps the public record in the client's folder."""
-    dec_pairs = [TrainPair(decode_input(p, pp, rp), " " + rr)
-                 for p, pp, rp, rr in zip(public["prompts"], public["slm_perturbed"], perturbed_rationales, rationales)
-                 if rr.strip()]
-    finetune(ctx, codec.gen.model, codec.gen.tokenizer, _encoding_pairs(public) + dec_pairs,
-             f"{ctx.name}: FedCoT-A: joint encoder+decoder training (Eq. 6)")
+    dec_pairs = [
+        TrainPair(decode_input(p, pp, rp), " " + rr)
+        for p, pp, rp, rr in zip(public["prompts"], public["slm_perturbed"], perturbed_rationales, rationales)
+        if rr.strip()
+    ]
+    finetune(
+        ctx,
+        codec.gen.model,
+        codec.gen.tokenizer,
+        _encoding_pairs(public) + dec_pairs,
+        f"{ctx.name}: FedCoT-A: joint encoder+decoder training (Eq. 6)",
+    )
     with (ctx.work_dir / "fedcot_a_public.jsonl").open("w") as f:
-        for p, pe, pp, rr, rp in zip(public["prompts"], public["target_perturbed"], public["slm_perturbed"],
-                                     rationales, perturbed_rationales):
-            f.write(json.dumps({"prompt": p, "target_perturbed": pe, "slm_perturbed": pp, "rationale": rr,
-                                "rationale_perturbed": rp}, ensure_ascii=False) + "\n")
+        for p, pe, pp, rr, rp in zip(
+            public["prompts"], public["target_perturbed"], public["slm_perturbed"], rationales, perturbed_rationales
+        ):
+            f.write(
+                json.dumps(
+                    {
+                        "prompt": p,
+                        "target_perturbed": pe,
+                        "slm_perturbed": pp,
+                        "rationale": rr,
+                        "rationale_perturbed": rp,
+                    },
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )

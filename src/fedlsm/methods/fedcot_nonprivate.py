@@ -29,8 +29,10 @@ class NonPrivateClient(FedCoTClient):
     def handle(self, msg: Message) -> Message:
         if msg.kind == "prompts" and msg.payload.get("mode") == "non-private":
             recorded = str(self.args.get("teacher", "llm")) == "recorded"
-            return msg.reply("rationale_request", {"mode": "non-private", "prompts": [] if recorded else self.raw_prompts,
-                                                   "recorded": recorded})
+            return msg.reply(
+                "rationale_request",
+                {"mode": "non-private", "prompts": [] if recorded else self.raw_prompts, "recorded": recorded},
+            )
         if msg.kind == "rationales" and msg.payload.get("mode") == "non-private":
             return self._train(msg)
         raise ValueError(f"{self.ctx.name}: the Non-Private baseline does not answer {msg.kind!r}")
@@ -39,16 +41,23 @@ class NonPrivateClient(FedCoTClient):
         received = msg.payload["rationales"]
         if received is None:  # teacher=recorded: a large LLM's recorded rationales (e.g. PaLM's for CQA)
             if not all("teacher_rationale" in e.meta for e in self.ctx.data):
-                raise ConfigError("method_args.teacher", f"task '{self.ctx.task.name}' has no recorded rationales",
-                                  "use teacher=llm, or the cqa preset (PaLM rationales)")
+                raise ConfigError(
+                    "method_args.teacher",
+                    f"task '{self.ctx.task.name}' has no recorded rationales",
+                    "use teacher=llm, or the cqa preset (PaLM rationales)",
+                )
             received = [e.meta["teacher_rationale"] for e in self.ctx.data]
         keep = [consistent(r, e) for r, e in zip(received, self.ctx.data)]
         with (self.ctx.work_dir / "rationales.jsonl").open("w") as out:
             for e, p, r, k in zip(self.ctx.data, self.raw_prompts, received, keep):
-                out.write(json.dumps({"id": e.id, "prompt": p, "rationale_non_private": r, "kept": k},
-                                     ensure_ascii=False) + "\n")
+                out.write(
+                    json.dumps({"id": e.id, "prompt": p, "rationale_non_private": r, "kept": k}, ensure_ascii=False)
+                    + "\n"
+                )
         self.ctx.record_local("rationales_kept", sum(keep) / max(1, len(keep)))
-        return msg.reply("local_results", {"mode": "non-private", "value": self._train_and_eval(received, keep, ROW, 1)})
+        return msg.reply(
+            "local_results", {"mode": "non-private", "value": self._train_and_eval(received, keep, ROW, 1)}
+        )
 
     def state(self) -> dict[str, Any]:
         return {}
@@ -76,9 +85,11 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
     ctx.record("clients", {c: {"non_private": m.payload["value"]} for c, m in results.items()})
     ctx.record("communication", grid.log.communication())
     ctx.record("llm_query_cost", write.generator.stats.as_dict())
-    return MethodResult([{"method": ROW, "value": ex.rows[0]["value"]}],
-                        f"Non-Private FedCoT baseline on {ctx.task.name} (raw private prompts sent to the server)",
-                        {"non_private": ex.rows[0]["value"]})
+    return MethodResult(
+        [{"method": ROW, "value": ex.rows[0]["value"]}],
+        f"Non-Private FedCoT baseline on {ctx.task.name} (raw private prompts sent to the server)",
+        {"non_private": ex.rows[0]["value"]},
+    )
 
 
 def run_nonprivate(ctx: RunContext) -> MethodResult:

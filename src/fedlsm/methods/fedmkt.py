@@ -38,8 +38,15 @@ from fedlsm.federation.checkpoint import ServerCheckpoint
 from fedlsm.federation.grid import ClientContext, Grid, broadcast, report_dropped, require_quorum, run_in_process
 from fedlsm.federation.messages import Message
 from fedlsm.methods.common import label_pairs, train_settings
-from fedlsm.methods.fedmkt_knowledge import (Aligner, MalformedKnowledge, dual_min_ce, from_payload, kd_pairs,
-                                             make_aligner, to_payload)
+from fedlsm.methods.fedmkt_knowledge import (
+    Aligner,
+    MalformedKnowledge,
+    dual_min_ce,
+    from_payload,
+    kd_pairs,
+    make_aligner,
+    to_payload,
+)
 from fedlsm.models.distill import compute_knowledge, encode_for_kd, train_kd
 from fedlsm.models.loading import default_device, load_causal_lm
 from fedlsm.models.training import TrainSettings, adapter_arrays, apply_lora, load_adapter_arrays, train_sft
@@ -59,18 +66,22 @@ class FedMKTArgs:
     baselines: bool = True
 
     @classmethod
-    def from_cfg(cls, cfg) -> "FedMKTArgs":
+    def from_cfg(cls, cfg) -> FedMKTArgs:
         a = dict(cfg.method_args)
         a.pop("variant", None)
         out = cls(**typed_method_args(cls, a, "FedMKT"))
         if not 0 <= out.lam <= 1:
             raise ConfigError("method_args.lam", f"must be in [0, 1] (got {out.lam})", "use e.g. 0.9 as in the paper")
         if out.rounds < 1 or out.top_k < 1:
-            raise ConfigError("method_args.rounds" if out.rounds < 1 else "method_args.top_k", "must be >= 1",
-                              "use a positive value")
+            raise ConfigError(
+                "method_args.rounds" if out.rounds < 1 else "method_args.top_k", "must be >= 1", "use a positive value"
+            )
         if out.client_models and len(out.client_models) != cfg.clients:
-            raise ConfigError("method_args.client_models", f"lists {len(out.client_models)} models for "
-                              f"{cfg.clients} clients", "give one model per client, or leave it empty")
+            raise ConfigError(
+                "method_args.client_models",
+                f"lists {len(out.client_models)} models for {cfg.clients} clients",
+                "give one model per client, or leave it empty",
+            )
         return out
 
     def client_model(self, cfg, index: int) -> str:
@@ -104,25 +115,39 @@ class FedMKTClient:
         self.spec = self.args.client_model(ctx.cfg, ctx.index)
         self.model, self.tok = _lora_model(ctx.cfg, self.spec, ctx.seed)
         self.public_pairs = label_pairs(ctx.public)
-        self.text_ids = [encode_for_kd(self.tok, p, ctx.cfg.train.max_length).target_text_ids
-                         for p in self.public_pairs]
+        self.text_ids = [
+            encode_for_kd(self.tok, p, ctx.cfg.train.max_length).target_text_ids for p in self.public_pairs
+        ]
         self._aligners: dict[str, Aligner] = {}
         self.history: list[dict] = []
 
     def _knowledge(self, top_k: int):
-        return compute_knowledge(self.model, self.tok, self.public_pairs, top_k=top_k,
-                                 batch_size=self.ctx.cfg.eval_batch_size, max_length=self.ctx.cfg.train.max_length,
-                                 description=f"{self.ctx.name}: knowledge on public data")
+        return compute_knowledge(
+            self.model,
+            self.tok,
+            self.public_pairs,
+            top_k=top_k,
+            batch_size=self.ctx.cfg.eval_batch_size,
+            max_length=self.ctx.cfg.train.max_length,
+            description=f"{self.ctx.name}: knowledge on public data",
+        )
 
     def handle(self, msg: Message) -> Message:
         cfg, t = self.ctx.cfg, msg.round
         if msg.kind == "local_update":
-            tr = train_sft(self.model, self.tok, label_pairs(self.ctx.data), _settings(self.ctx, seed=self.ctx.seed + t),
-                           description=f"{self.ctx.name}: local fine-tuning (round {t})")
+            tr = train_sft(
+                self.model,
+                self.tok,
+                label_pairs(self.ctx.data),
+                _settings(self.ctx, seed=self.ctx.seed + t),
+                description=f"{self.ctx.name}: local fine-tuning (round {t})",
+            )
             k = self._knowledge(int(msg.payload["top_k"]))
             self.history.append({"round": t, "local_loss_first": tr.first_loss, "local_loss_last": tr.last_loss})
-            return msg.reply("knowledge", {"model": self.spec, "vocab_size": len(self.tok),
-                                           "n_examples": len(self.ctx.data), **to_payload(k)})
+            return msg.reply(
+                "knowledge",
+                {"model": self.spec, "vocab_size": len(self.tok), "n_examples": len(self.ctx.data), **to_payload(k)},
+            )
         if msg.kind == "distill":
             p = msg.payload
             try:
@@ -137,9 +162,14 @@ class FedMKTClient:
             own = self._knowledge(1).loss  # l_local with the current SLM (Algorithm 2, line 6)
             selection = dual_min_ce(own, [server.loss])
             examples = kd_pairs(self.public_pairs, self.text_ids, selection, [server], [self._aligners[p["model"]]])
-            tr = train_kd(self.model, self.tok, examples,
-                          _settings(self.ctx, epochs=int(p.get("kd_epochs", 1)), seed=self.ctx.seed + 7919 * (t + 1)),
-                          lam=float(p["lam"]), description=f"{self.ctx.name}: distilling from the LLM (round {t})")
+            tr = train_kd(
+                self.model,
+                self.tok,
+                examples,
+                _settings(self.ctx, epochs=int(p.get("kd_epochs", 1)), seed=self.ctx.seed + 7919 * (t + 1)),
+                lam=float(p["lam"]),
+                description=f"{self.ctx.name}: distilling from the LLM (round {t})",
+            )
             n_kd = sum(s is not None for s in selection)
             if not self.history or self.history[-1]["round"] != t:  # restarted after this round's local update
                 self.history.append({"round": t})
@@ -181,11 +211,16 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
     cfg = ctx.cfg
     args = FedMKTArgs.from_cfg(cfg)
     if not ctx.public:
-        raise ConfigError("data.public_fraction", "FedMKT needs a public dataset to exchange knowledge on",
-                          "set data.public_fraction (e.g. 0.2, as in the paper)")
+        raise ConfigError(
+            "data.public_fraction",
+            "FedMKT needs a public dataset to exchange knowledge on",
+            "set data.public_fraction (e.g. 0.2, as in the paper)",
+        )
     if cfg.engine != "in-process" and args.baselines:
-        ctx.console.print(f"[yellow]{cfg.engine}: the FedMKT rows only; the baselines (Zero-shot, Standalone, "
-                          "LLM2SLM, Centralized, FedAvg) run with --engine in-process[/]")
+        ctx.console.print(
+            f"[yellow]{cfg.engine}: the FedMKT rows only; the baselines (Zero-shot, Standalone, "
+            "LLM2SLM, Centralized, FedAvg) run with --engine in-process[/]"
+        )
     llm, tok = _lora_model(cfg, cfg.llm.model, cfg.seed)
     pairs = label_pairs(ctx.public)
     text_ids = [encode_for_kd(tok, p, cfg.train.max_length).target_text_ids for p in pairs]
@@ -203,8 +238,15 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
         ctx.console.print(f"resuming FedMKT after round {saved.round}")
 
     def knowledge(top_k: int, label: str):
-        return compute_knowledge(llm, tok, pairs, top_k=top_k, batch_size=cfg.eval_batch_size,
-                                 max_length=cfg.train.max_length, description=f"server: {label}")
+        return compute_knowledge(
+            llm,
+            tok,
+            pairs,
+            top_k=top_k,
+            batch_size=cfg.eval_batch_size,
+            max_length=cfg.train.max_length,
+            description=f"server: {label}",
+        )
 
     for t in range(start, args.rounds):
         t0 = time.time()
@@ -216,8 +258,10 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
         received, rejected = {}, {}
         for name, r in sorted(replies.items()):
             try:
-                received[name] = (r.payload["model"], from_payload(r.payload, n_samples=len(pairs),
-                                                                    vocab_size=int(r.payload["vocab_size"])))
+                received[name] = (
+                    r.payload["model"],
+                    from_payload(r.payload, n_samples=len(pairs), vocab_size=int(r.payload["vocab_size"])),
+                )
             except (MalformedKnowledge, KeyError, TypeError, ValueError) as e:
                 rejected[name] = str(e)
                 log.warning("round %d: rejected knowledge from %s: %s", t, name, e)
@@ -231,26 +275,44 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
         if args.server_trains:
             own = knowledge(1, f"own loss on public data (round {t})").loss
             selection = dual_min_ce(own, [received[n][1].loss for n in names])
-            examples = kd_pairs(pairs, text_ids, selection, [received[n][1] for n in names],
-                                [aligners[received[n][0]] for n in names])
-            tr = train_kd(llm, tok, examples, _settings(ctx, epochs=args.kd_epochs, seed=cfg.seed + t), lam=args.lam,
-                          description=f"server: distilling from {len(names)} SLM(s) (round {t})")
+            examples = kd_pairs(
+                pairs, text_ids, selection, [received[n][1] for n in names], [aligners[received[n][0]] for n in names]
+            )
+            tr = train_kd(
+                llm,
+                tok,
+                examples,
+                _settings(ctx, epochs=args.kd_epochs, seed=cfg.seed + t),
+                lam=args.lam,
+                description=f"server: distilling from {len(names)} SLM(s) (round {t})",
+            )
             kd_n = sum(s is not None for s in selection)
             won = {n: sum(s == i for s in selection) for i, n in enumerate(names)}
         else:
             tr, won = None, {}
         s0 = knowledge(args.top_k, f"knowledge for the clients (round {t})")
-        down = {"model": cfg.llm.model, "vocab_size": len(tok), "lam": args.lam, "kd_epochs": args.kd_epochs,
-                **to_payload(s0)}
+        down = {
+            "model": cfg.llm.model,
+            "vocab_size": len(tok),
+            "lam": args.lam,
+            "kd_epochs": args.kd_epochs,
+            **to_payload(s0),
+        }
         # The round's knowledge goes to its participants; a client that (re)joined mid-round waits for the next.
         distilled = broadcast(grid, "distill", down, t, to=sorted(replies))
         dropped_log += report_dropped(ctx, grid, sorted(set(replies) - set(distilled)), t, "distill")
-        entry = {"round": t, "clients_answered": sorted(replies), "rejected": rejected,
-                 "dropped": dropped,
-                 "server_kd_samples": kd_n, "server_kd_from": won,
-                 "server_loss_last": tr.last_loss if tr else None,
-                 "client_kd_samples": {n: r.payload.get("kd_samples") for n, r in distilled.items()},
-                 "bytes": _round_bytes(grid, t), "seconds": round(time.time() - t0, 1)}
+        entry = {
+            "round": t,
+            "clients_answered": sorted(replies),
+            "rejected": rejected,
+            "dropped": dropped,
+            "server_kd_samples": kd_n,
+            "server_kd_from": won,
+            "server_loss_last": tr.last_loss if tr else None,
+            "client_kd_samples": {n: r.payload.get("kd_samples") for n, r in distilled.items()},
+            "bytes": _round_bytes(grid, t),
+            "seconds": round(time.time() - t0, 1),
+        }
         history.append(entry)
         ctx.record("rounds", history)
         ctx.record("dropped", dropped_log)
@@ -261,22 +323,36 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
     dropped_log += report_dropped(ctx, grid, sorted(set(asked) - set(evals)), args.rounds, "evaluate")
     ctx.record("dropped", dropped_log)
     # Each client's own account of its rounds (local and distillation losses), with its test metric.
-    clients = {n: {**{k: r.payload[k] for k in ("model", "metric", "value")}, "history": r.payload.get("history", [])}
-               for n, r in sorted(evals.items())}
+    clients = {
+        n: {**{k: r.payload[k] for k in ("model", "metric", "value")}, "history": r.payload.get("history", [])}
+        for n, r in sorted(evals.items())
+    }
     ctx.record("fedmkt_clients", clients)
     llm_res = _evaluate(cfg, ctx.task, llm, tok) if args.server_trains else None
     ctx.record("fedmkt_llm", llm_res)
     comm = grid.log.communication()
     ctx.record("communication", comm)
     metric = next(iter(clients.values()))["metric"] if clients else (llm_res or {}).get("metric", "accuracy")
-    row = {"method": "FedMKT" if args.server_trains else "LLM2SLM",
-           "LLM": llm_res["value"] if llm_res else None,
-           **{n: c["value"] for n, c in clients.items()},
-           "SLM mean": float(np.mean([c["value"] for c in clients.values()])) if clients else None}
-    return MethodResult([row], f"FedMKT on {ctx.task.name} ({metric}, %)",
-                        {"metric": metric, "utility": row["SLM mean"], "llm_utility": row["LLM"], "rounds": history,
-                         "communication": comm, "clients": clients,
-                         "llm": llm_res, "dropped": dropped_log})
+    row = {
+        "method": "FedMKT" if args.server_trains else "LLM2SLM",
+        "LLM": llm_res["value"] if llm_res else None,
+        **{n: c["value"] for n, c in clients.items()},
+        "SLM mean": float(np.mean([c["value"] for c in clients.values()])) if clients else None,
+    }
+    return MethodResult(
+        [row],
+        f"FedMKT on {ctx.task.name} ({metric}, %)",
+        {
+            "metric": metric,
+            "utility": row["SLM mean"],
+            "llm_utility": row["LLM"],
+            "rounds": history,
+            "communication": comm,
+            "clients": clients,
+            "llm": llm_res,
+            "dropped": dropped_log,
+        },
+    )
 
 
 # ------------------------------------------------------------------------------------------ baselines + table
@@ -293,8 +369,15 @@ def run_fedmkt(ctx: RunContext) -> MethodResult:
     rows: list[dict] = []
 
     def add(row: dict) -> None:
-        rows.append({"method": row["method"], "LLM": row.get("LLM"), **{n: row.get(n) for n in names},
-                     "SLM mean": row.get("SLM mean"), "note": row.get("note", "")})
+        rows.append(
+            {
+                "method": row["method"],
+                "LLM": row.get("LLM"),
+                **{n: row.get(n) for n in names},
+                "SLM mean": row.get("SLM mean"),
+                "note": row.get("note", ""),
+            }
+        )
         ctx.record("results", rows)
 
     def slm_mean(vals: dict) -> float | None:
@@ -327,15 +410,21 @@ def run_fedmkt(ctx: RunContext) -> MethodResult:
         alone = {}
         for k, n in enumerate(names):
             m, t = _lora_model(cfg, args.client_model(cfg, k), cfg.seed * 1000 + k)  # as client k starts
-            train_sft(m, t, label_pairs(ctx.clients[k]), _settings(ctx, epochs=cfg.train.epochs * args.rounds,
-                                                                    seed=cfg.seed * 1000 + k),
-                      description=f"Standalone {n}: training")
+            train_sft(
+                m,
+                t,
+                label_pairs(ctx.clients[k]),
+                _settings(ctx, epochs=cfg.train.epochs * args.rounds, seed=cfg.seed * 1000 + k),
+                description=f"Standalone {n}: training",
+            )
             alone[n] = _evaluate(cfg, ctx.task, m, t)["value"]
             del m
         add({"method": "Standalone", **alone, "SLM mean": slm_mean(alone)})
 
         # LLM2SLM: frozen LLM, knowledge flows only LLM -> SLMs.
-        sub_cfg = cfg.model_copy(update={"method_args": {**cfg.method_args, "server_trains": False, "baselines": False}})
+        sub_cfg = cfg.model_copy(
+            update={"method_args": {**cfg.method_args, "server_trains": False, "baselines": False}}
+        )
         sub = replace(ctx, cfg=sub_cfg, run_dir=_subdir(ctx, "llm2slm"), metrics={})
         res = run_in_process(sub, server_main, make_client)
         add(res.rows[0] | {"LLM": zero_llm, "note": "LLM frozen"})
@@ -354,14 +443,17 @@ def run_fedmkt(ctx: RunContext) -> MethodResult:
             except ImportError:
                 fedavg = None
             if fedavg is not None:
-                sub = replace(ctx, cfg=cfg.model_copy(update={"method_args": {"rounds": args.rounds}}),
-                              run_dir=_subdir(ctx, "fedavg"), metrics={})
+                sub = replace(
+                    ctx,
+                    cfg=cfg.model_copy(update={"method_args": {"rounds": args.rounds}}),
+                    run_dir=_subdir(ctx, "fedavg"),
+                    metrics={},
+                )
                 res = run_in_process(sub, fedavg.server_main, fedavg.make_client)
                 v = res.summary.get("final", res.summary.get("fedavg"))
                 add({"method": "FedAvg", **{n: v for n in names}, "SLM mean": v, "note": "global adapter"})
         else:
             add({"method": "FedAvg", "note": "n/a: heterogeneous clients (FedAvg needs one architecture)"})
-
 
     metric = fed.summary["metric"]
     summary = {**fed.summary, "table": rows}
@@ -369,8 +461,12 @@ def run_fedmkt(ctx: RunContext) -> MethodResult:
     if "Zero-shot" in by:
         summary["llm_gain_over_zero_shot"] = (by["FedMKT"]["LLM"] or 0) - by["Zero-shot"]["LLM"]
         summary["slm_gain_over_standalone"] = (by["FedMKT"]["SLM mean"] or 0) - (by["Standalone"]["SLM mean"] or 0)
-    return MethodResult(rows, f"FedMKT on {ctx.task.name} ({metric}, %; LLM {cfg.llm.model}, "
-                              f"SLMs {', '.join(args.client_model(cfg, k) for k in range(cfg.clients))})", summary)
+    return MethodResult(
+        rows,
+        f"FedMKT on {ctx.task.name} ({metric}, %; LLM {cfg.llm.model}, "
+        f"SLMs {', '.join(args.client_model(cfg, k) for k in range(cfg.clients))})",
+        summary,
+    )
 
 
 def _subdir(ctx: RunContext, name: str):

@@ -8,8 +8,8 @@ prompt. A payload that breaks any of these rules is rejected with a reason (the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -23,8 +23,13 @@ class MalformedKnowledge(ValueError):
 
 
 def to_payload(k: Knowledge) -> dict:
-    return {"loss": k.loss, "offsets": k.offsets, "token_ids": k.token_ids, "topk_ids": k.topk_ids,
-            "topk_logits": k.topk_logits}
+    return {
+        "loss": k.loss,
+        "offsets": k.offsets,
+        "token_ids": k.token_ids,
+        "topk_ids": k.topk_ids,
+        "topk_logits": k.topk_logits,
+    }
 
 
 def from_payload(payload: dict, *, n_samples: int, vocab_size: int) -> Knowledge:
@@ -58,8 +63,13 @@ def from_payload(payload: dict, *, n_samples: int, vocab_size: int) -> Knowledge
     for name, arr in (("topk_ids", topk_ids), ("token_ids", token_ids)):
         if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
             raise MalformedKnowledge(f"{name} outside the sender's vocabulary [0, {vocab_size})")
-    return Knowledge(loss, offsets.astype(np.int32), token_ids.astype(np.int32), topk_ids.astype(np.int32),
-                     topk_logits.astype(np.float16))
+    return Knowledge(
+        loss,
+        offsets.astype(np.int32),
+        token_ids.astype(np.int32),
+        topk_ids.astype(np.int32),
+        topk_logits.astype(np.float16),
+    )
 
 
 @dataclass
@@ -110,8 +120,13 @@ def dual_min_ce(local_loss: np.ndarray, sender_losses: Sequence[np.ndarray | Non
     return out
 
 
-def kd_pairs(pairs: Sequence[TrainPair], receiver_text_ids: Sequence[Sequence[int]], selection: Sequence[int | None],
-             knowledge: Sequence[Knowledge | None], aligners: Sequence[Aligner | None]) -> list[KDPair]:
+def kd_pairs(
+    pairs: Sequence[TrainPair],
+    receiver_text_ids: Sequence[Sequence[int]],
+    selection: Sequence[int | None],
+    knowledge: Sequence[Knowledge | None],
+    aligners: Sequence[Aligner | None],
+) -> list[KDPair]:
     """Public pairs with soft targets from the selected sender (or none where DualMinCE dropped the sample)."""
     out = []
     for i, (pair, chosen) in enumerate(zip(pairs, selection)):

@@ -19,15 +19,39 @@ def run_standalone(ctx: RunContext) -> MethodResult:
         model, tok = load_slm(ctx)
         tr = finetune(ctx, model, tok, label_pairs(data), description=f"client {k}: training")
         res = eval_slm(ctx, model, tok)
-        per_client.append({"client": k, "n_train": len(data), **res, "loss_first": tr.first_loss,
-                           "loss_last": tr.last_loss, "train_tokens": tr.tokens})
+        per_client.append(
+            {
+                "client": k,
+                "n_train": len(data),
+                **res,
+                "loss_first": tr.first_loss,
+                "loss_last": tr.last_loss,
+                "train_tokens": tr.tokens,
+            }
+        )
         ctx.record("clients", per_client)
-        rows.append({"client": str(k), "train examples": len(data), f"zero-shot SLM {metric}": zero["value"],
-                     f"standalone {metric}": res["value"]})
+        rows.append(
+            {
+                "client": str(k),
+                "train examples": len(data),
+                f"zero-shot SLM {metric}": zero["value"],
+                f"standalone {metric}": res["value"],
+            }
+        )
         del model
     mean = sum(c["value"] for c in per_client) / len(per_client)
-    rows.append({"client": "mean", "train examples": sum(len(c) for c in ctx.clients),
-                 f"zero-shot SLM {metric}": zero["value"], f"standalone {metric}": mean})
-    summary = {"metric": metric, "zero_shot_slm": zero["value"], "standalone_mean": mean,
-               "improvement": mean - zero["value"]}
+    rows.append(
+        {
+            "client": "mean",
+            "train examples": sum(len(c) for c in ctx.clients),
+            f"zero-shot SLM {metric}": zero["value"],
+            f"standalone {metric}": mean,
+        }
+    )
+    summary = {
+        "metric": metric,
+        "zero_shot_slm": zero["value"],
+        "standalone_mean": mean,
+        "improvement": mean - zero["value"],
+    }
     return MethodResult(rows, f"Standalone on {ctx.task.name} ({metric}, %)", summary)

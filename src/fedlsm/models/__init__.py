@@ -3,5 +3,13 @@
 from fedlsm.models.generation import GenerationConfig, HFGenerator, TextGenerator
 from fedlsm.models.loading import BUNDLED_MODELS, DEFAULT_MODEL, load_causal_lm, load_tokenizer, resolve_model
 
-__all__ = ["BUNDLED_MODELS", "DEFAULT_MODEL", "GenerationConfig", "HFGenerator", "TextGenerator",
-           "load_causal_lm", "load_tokenizer", "resolve_model"]
+__all__ = [
+    "BUNDLED_MODELS",
+    "DEFAULT_MODEL",
+    "GenerationConfig",
+    "HFGenerator",
+    "TextGenerator",
+    "load_causal_lm",
+    "load_tokenizer",
+    "resolve_model",
+]

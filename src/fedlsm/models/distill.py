@@ -8,8 +8,8 @@ asked for the logits of the last T+1 positions only (``logits_to_keep``). With a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -40,8 +40,8 @@ def _left_batch(rows: Sequence[EncodedPair], pad: int):
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for r, row in enumerate(rows):
-        ids[r, width - len(row.ids):] = torch.tensor(row.ids, dtype=torch.long)
-        mask[r, width - len(row.ids):] = 1
+        ids[r, width - len(row.ids) :] = torch.tensor(row.ids, dtype=torch.long)
+        mask[r, width - len(row.ids) :] = 1
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     return ids, mask, pos
 
@@ -53,8 +53,7 @@ def _target_log_probs(model, rows: Sequence[EncodedPair], pad: int):
     ids, mask, pos = _left_batch(rows, pad)
     t_max = max(r.n_target for r in rows)
     dev = model.device
-    out = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                logits_to_keep=t_max + 1)
+    out = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), logits_to_keep=t_max + 1)
     logits = out.logits[:, :-1].float()  # position p predicts token p+1: drop the last
     if logits.size(1) != t_max:  # models that ignore logits_to_keep return every position
         logits = logits[:, -t_max:]
@@ -76,16 +75,24 @@ class Knowledge:
         return slice(int(self.offsets[i]), int(self.offsets[i + 1]))
 
 
-def compute_knowledge(model, tokenizer, pairs: Sequence[TrainPair], *, top_k: int, batch_size: int = 8,
-                      max_length: int = 256, description: str = "knowledge on public data",
-                      show_progress: bool = True) -> Knowledge:
+def compute_knowledge(
+    model,
+    tokenizer,
+    pairs: Sequence[TrainPair],
+    *,
+    top_k: int,
+    batch_size: int = 8,
+    max_length: int = 256,
+    description: str = "knowledge on public data",
+    show_progress: bool = True,
+) -> Knowledge:
     import torch
 
     rows = [encode_for_kd(tokenizer, p, max_length) for p in pairs]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     losses, tok_ids, top_i, top_v, counts = [], [], [], [], []
     model.eval()
-    batches = [rows[s:s + batch_size] for s in range(0, len(rows), batch_size)]
+    batches = [rows[s : s + batch_size] for s in range(0, len(rows), batch_size)]
     with torch.no_grad():
         for batch in progress_iter(batches, description, enabled=show_progress):
             logp, tgt, t_max = _target_log_probs(model, batch, pad)
@@ -97,8 +104,8 @@ def compute_knowledge(model, tokenizer, pairs: Sequence[TrainPair], *, top_k: in
                 losses.append(float(nll.mean()))
                 n_text = len(row.target_text_ids)
                 tok_ids.extend(row.target_text_ids)
-                top_i.append(idx[b, start:start + n_text].cpu().numpy())
-                top_v.append(vals[b, start:start + n_text].cpu().numpy())
+                top_i.append(idx[b, start : start + n_text].cpu().numpy())
+                top_v.append(vals[b, start : start + n_text].cpu().numpy())
                 counts.append(n_text)
     k = top_k
     return Knowledge(
@@ -120,8 +127,16 @@ class KDPair:
     soft_logits: np.ndarray | None = None
 
 
-def train_kd(model, tokenizer, examples: Sequence[KDPair], settings: TrainSettings, *, lam: float,
-             description: str = "distilling", show_progress: bool = True) -> TrainResult:
+def train_kd(
+    model,
+    tokenizer,
+    examples: Sequence[KDPair],
+    settings: TrainSettings,
+    *,
+    lam: float,
+    description: str = "distilling",
+    show_progress: bool = True,
+) -> TrainResult:
     """Minimise lam * CE(gold) + (1 - lam) * CE(soft targets) per example (soft term only where given)."""
     import torch
 
@@ -139,7 +154,7 @@ def train_kd(model, tokenizer, examples: Sequence[KDPair], settings: TrainSettin
                 sid = torch.as_tensor(ex.soft_ids[:n], device=logp.device)
                 sval = torch.as_tensor(ex.soft_logits[:n], dtype=torch.float32, device=logp.device)
                 p = torch.softmax(sval, dim=-1)  # padding logits are -inf -> probability 0
-                student = logp[b, start:start + n].gather(-1, sid.clamp(min=0))
+                student = logp[b, start : start + n].gather(-1, sid.clamp(min=0))
                 loss = loss + (1 - lam) * -(p * student.masked_fill(sid < 0, 0.0)).sum(-1).mean()
             per_example.append(loss)
         return torch.stack(per_example).mean(), sum(r.n_target for r, _ in batch)

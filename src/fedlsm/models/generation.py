@@ -8,8 +8,9 @@ completion tokens it handled, which the benchmark reports as the LLM query cost.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 
 @dataclass
@@ -29,16 +30,20 @@ class GenerationStats:
     completion_tokens: int = 0
 
     def as_dict(self) -> dict:
-        return {"requests": self.requests, "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens}
+        return {
+            "requests": self.requests,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+        }
 
 
 @runtime_checkable
 class TextGenerator(Protocol):
     stats: GenerationStats
 
-    def generate(self, prompts: Sequence[str], config: GenerationConfig | None = None,
-                 *, system: str | None = None) -> list[str]:
+    def generate(
+        self, prompts: Sequence[str], config: GenerationConfig | None = None, *, system: str | None = None
+    ) -> list[str]:
         """Return one completion per prompt (in order)."""
         ...
 
@@ -59,8 +64,16 @@ class HFGenerator:
     left-padded and generated in batches of ``batch_size``.
     """
 
-    def __init__(self, model, tokenizer, *, batch_size: int = 8, use_chat_template: bool | None = None,
-                 show_progress: bool = False, max_prompt_tokens: int = 1024):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        batch_size: int = 8,
+        use_chat_template: bool | None = None,
+        show_progress: bool = False,
+        max_prompt_tokens: int = 1024,
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -71,7 +84,7 @@ class HFGenerator:
         self.stats = GenerationStats()
 
     @classmethod
-    def from_name(cls, spec: str, **kw) -> "HFGenerator":
+    def from_name(cls, spec: str, **kw) -> HFGenerator:
         from fedlsm.models.loading import default_device, load_causal_lm
 
         model, tok = load_causal_lm(spec, device=default_device())
@@ -83,8 +96,9 @@ class HFGenerator:
         msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
 
-    def generate(self, prompts: Sequence[str], config: GenerationConfig | None = None,
-                 *, system: str | None = None) -> list[str]:
+    def generate(
+        self, prompts: Sequence[str], config: GenerationConfig | None = None, *, system: str | None = None
+    ) -> list[str]:
         import torch
 
         from fedlsm.progress import progress_iter
@@ -96,24 +110,29 @@ class HFGenerator:
         out: list[str] = []
         if cfg.seed is not None:
             torch.manual_seed(cfg.seed)
-        batches = [list(prompts[i:i + self.batch_size]) for i in range(0, len(prompts), self.batch_size)]
+        batches = [list(prompts[i : i + self.batch_size]) for i in range(0, len(prompts), self.batch_size)]
         try:
             for batch in progress_iter(batches, "generating", enabled=self.show_progress):
                 texts = [self.render(p, system) for p in batch]
-                enc = tok(texts, return_tensors="pt", padding=True, truncation=True,
-                          max_length=self.max_prompt_tokens, add_special_tokens=not self.use_chat_template)
+                enc = tok(
+                    texts,
+                    return_tensors="pt",
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_prompt_tokens,
+                    add_special_tokens=not self.use_chat_template,
+                )
                 enc = {k: v.to(self.model.device) for k, v in enc.items()}
                 gen_kw: dict = dict(max_new_tokens=cfg.max_new_tokens, pad_token_id=tok.pad_token_id)
                 if cfg.stop:  # end the whole batch early once every row has hit a stop string
                     gen_kw.update(stop_strings=list(cfg.stop), tokenizer=tok)
                 if cfg.temperature > 0:
-                    gen_kw.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p,
-                                  top_k=cfg.top_k or None)
+                    gen_kw.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k or None)
                 else:
                     gen_kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
                 with torch.no_grad():
                     seqs = self.model.generate(**enc, **gen_kw)
-                new = seqs[:, enc["input_ids"].shape[1]:]
+                new = seqs[:, enc["input_ids"].shape[1] :]
                 for row in new:
                     ids = row.tolist()
                     if tok.eos_token_id in ids:  # count only real tokens, not padding after EOS

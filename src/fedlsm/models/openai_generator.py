@@ -10,8 +10,8 @@ client itself (``max_retries``); we only turn its final failure into a :class:`F
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
 
 from fedlsm.errors import ConfigError, FedLSMError
 from fedlsm.models.generation import GenerationConfig, GenerationStats, truncate_at_stop
@@ -26,16 +26,26 @@ class OpenAIGenerator:
     the token counts the server reports in ``usage`` are added to :attr:`stats`.
     """
 
-    def __init__(self, base_url: str, model: str, api_key: str = "EMPTY", concurrency: int = 8,
-                 max_retries: int = 3, timeout: float = 60, use_chat: bool = True):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str = "EMPTY",
+        concurrency: int = 8,
+        max_retries: int = 3,
+        timeout: float = 60,
+        use_chat: bool = True,
+    ):
         if not base_url or not str(base_url).strip():
             raise ConfigError("llm.base_url", "is empty", "set it to the server's URL, e.g. http://127.0.0.1:8000/v1")
         if not str(base_url).startswith(("http://", "https://")):
-            raise ConfigError("llm.base_url", f"'{base_url}' is not an http(s) URL",
-                              "use a URL such as http://127.0.0.1:8000/v1")
+            raise ConfigError(
+                "llm.base_url", f"'{base_url}' is not an http(s) URL", "use a URL such as http://127.0.0.1:8000/v1"
+            )
         if not model:
-            raise ConfigError("llm.model", "is empty",
-                              "set it to a model name the server serves (GET /v1/models lists them)")
+            raise ConfigError(
+                "llm.model", "is empty", "set it to a model name the server serves (GET /v1/models lists them)"
+            )
         if concurrency < 1:
             raise ConfigError("llm.concurrency", f"must be at least 1, got {concurrency}", "use e.g. 8")
         if max_retries < 0:
@@ -55,21 +65,22 @@ class OpenAIGenerator:
         self._stats_lock = threading.Lock()  # stats are updated from the worker threads
         # The sync client (and the httpx connection pool under it) is thread-safe, so one
         # client serves all worker threads and reuses keep-alive connections.
-        self._client = openai.OpenAI(base_url=self.base_url, api_key=api_key or "EMPTY",
-                                     max_retries=max_retries, timeout=timeout)
+        self._client = openai.OpenAI(
+            base_url=self.base_url, api_key=api_key or "EMPTY", max_retries=max_retries, timeout=timeout
+        )
 
     # -- TextGenerator -------------------------------------------------------------------
 
-    def generate(self, prompts: Sequence[str], config: GenerationConfig | None = None,
-                 *, system: str | None = None) -> list[str]:
+    def generate(
+        self, prompts: Sequence[str], config: GenerationConfig | None = None, *, system: str | None = None
+    ) -> list[str]:
         cfg = config or GenerationConfig()
         prompts = list(prompts)
         if not prompts:
             return []
         if len(prompts) == 1 or self.concurrency == 1:
             return [self._one(p, cfg, system) for p in prompts]
-        pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(prompts)),
-                                  thread_name_prefix="fedlsm-llm")
+        pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(prompts)), thread_name_prefix="fedlsm-llm")
         try:
             # map() yields in submission order, so outputs line up with prompts.
             return list(pool.map(lambda p: self._one(p, cfg, system), prompts))
@@ -81,7 +92,7 @@ class OpenAIGenerator:
     def close(self) -> None:
         self._client.close()
 
-    def __enter__(self) -> "OpenAIGenerator":
+    def __enter__(self) -> OpenAIGenerator:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -113,8 +124,9 @@ class OpenAIGenerator:
         kw = self._sampling_kwargs(cfg)
         try:
             if self.use_chat:
-                messages = ([{"role": "system", "content": system}] if system else []) + \
-                           [{"role": "user", "content": prompt}]
+                messages = ([{"role": "system", "content": system}] if system else []) + [
+                    {"role": "user", "content": prompt}
+                ]
                 resp = self._client.chat.completions.create(model=self.model, messages=messages, **kw)
                 text = resp.choices[0].message.content if resp.choices else None
             else:
@@ -141,32 +153,42 @@ class OpenAIGenerator:
         if isinstance(e, openai.APITimeoutError):  # subclass of APIConnectionError: test first
             return FedLSMError(
                 f"the LLM endpoint at {url} did not answer within {self.timeout:g} s ({attempts}) "
-                "(fix: raise llm.timeout, lower llm.concurrency or max_new_tokens, or check the server's load)")
+                "(fix: raise llm.timeout, lower llm.concurrency or max_new_tokens, or check the server's load)"
+            )
         if isinstance(e, openai.APIConnectionError):
             cause = e.__cause__ or e
             return FedLSMError(
                 f"could not reach the LLM endpoint at {url} after {attempts} "
                 f"({type(cause).__name__}: {str(cause)[:200] or 'connection failed'}) "
-                "(fix: start the server or check llm.base_url)")
+                "(fix: start the server or check llm.base_url)"
+            )
         if isinstance(e, openai.APIStatusError):
             detail = _error_detail(e)
             code = e.status_code
             if code in (401, 403):
-                return FedLSMError(f"the LLM endpoint at {url} refused the API key (HTTP {code}: {detail}) "
-                                   "(fix: set llm.api_key)")
+                return FedLSMError(
+                    f"the LLM endpoint at {url} refused the API key (HTTP {code}: {detail}) (fix: set llm.api_key)"
+                )
             if code == 404:
                 return FedLSMError(
                     f"the LLM endpoint at {url} answered 404 for model '{self.model}' ({detail}) "
-                    "(fix: check llm.model against GET /v1/models, and that llm.base_url ends with /v1)")
+                    "(fix: check llm.model against GET /v1/models, and that llm.base_url ends with /v1)"
+                )
             if code >= 500 or code in (408, 409, 429):
-                return FedLSMError(f"the LLM endpoint at {url} kept failing (HTTP {code}: {detail}) after {attempts} "
-                                   "(fix: check the server's log, or raise llm.max_retries)")
-            return FedLSMError(f"the LLM endpoint at {url} rejected the request (HTTP {code}: {detail}) "
-                               "(fix: check llm.model and the generation settings)")
+                return FedLSMError(
+                    f"the LLM endpoint at {url} kept failing (HTTP {code}: {detail}) after {attempts} "
+                    "(fix: check the server's log, or raise llm.max_retries)"
+                )
+            return FedLSMError(
+                f"the LLM endpoint at {url} rejected the request (HTTP {code}: {detail}) "
+                "(fix: check llm.model and the generation settings)"
+            )
         if isinstance(e, FedLSMError):
             return e
-        return FedLSMError(f"the LLM endpoint at {url} gave an unusable answer ({type(e).__name__}: {str(e)[:200]}) "
-                           "(fix: check that llm.base_url points to an OpenAI-compatible API)")
+        return FedLSMError(
+            f"the LLM endpoint at {url} gave an unusable answer ({type(e).__name__}: {str(e)[:200]}) "
+            "(fix: check that llm.base_url points to an OpenAI-compatible API)"
+        )
 
 
 def _error_detail(e) -> str:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from fedlsm.progress import progress_iter
 
@@ -47,20 +47,20 @@ class TrainResult:
 
     @property
     def last_loss(self) -> float:
-        tail = self.losses[-max(1, len(self.losses) // 5):]
+        tail = self.losses[-max(1, len(self.losses) // 5) :]
         return sum(tail) / len(tail) if tail else math.nan
 
 
-def apply_lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.05, target_modules="all-linear",
-               seed: int | None = None):
+def apply_lora(
+    model, r: int = 8, alpha: int = 16, dropout: float = 0.05, target_modules="all-linear", seed: int | None = None
+):
     """Wrap ``model`` with fresh LoRA adapters (peft); base weights are frozen. With ``seed``, the
     random initialisation depends on it alone (not on what the process drew before), so a role
     gets the same adapters in any process or engine; the global RNG is left as it was."""
     import torch
     from peft import LoraConfig, get_peft_model
 
-    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
-                     task_type="CAUSAL_LM")
+    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type="CAUSAL_LM")
     if seed is None:
         return get_peft_model(model, cfg)
     with torch.random.fork_rng(devices=[]):
@@ -109,8 +109,9 @@ def sequence_losses(model, ids, labels, mask):
 
     logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
     tgt = labels[:, 1:]
-    tok_loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt.reshape(-1), ignore_index=-100,
-                               reduction="none").view(tgt.shape)
+    tok_loss = F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), tgt.reshape(-1), ignore_index=-100, reduction="none"
+    ).view(tgt.shape)
     n = (tgt != -100).sum(-1).clamp(min=1)
     return tok_loss.sum(-1) / n
 
@@ -128,7 +129,7 @@ def batch_plan(rows: Sequence, s: TrainSettings) -> list[list]:
             order = list(range(len(rows)))
             rng.shuffle(order)
         batches.append([rows[i] for i in order[: s.batch_size]])
-        order = order[s.batch_size:]
+        order = order[s.batch_size :]
     return batches
 
 
@@ -139,13 +140,17 @@ def optimizer_and_schedule(params, s: TrainSettings, total: int):
     opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
     warm = max(1, int(s.warmup_ratio * total))
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda t: min(1.0, (t + 1) / warm) * max(0.0, (total - t) / max(1, total - warm)) if t >= warm
-        else (t + 1) / warm)
+        opt,
+        lambda t: (
+            min(1.0, (t + 1) / warm) * max(0.0, (total - t) / max(1, total - warm)) if t >= warm else (t + 1) / warm
+        ),
+    )
     return opt, sched
 
 
-def optimize(model, rows: Sequence, settings: TrainSettings, batch_loss, *, description: str,
-             show_progress: bool = True) -> TrainResult:
+def optimize(
+    model, rows: Sequence, settings: TrainSettings, batch_loss, *, description: str, show_progress: bool = True
+) -> TrainResult:
     """The shared loop: ``batch_loss(batch) -> (loss tensor, target tokens)`` over :func:`batch_plan`
     batches, AdamW + warm-up/decay, gradient clipping; only parameters with requires_grad move."""
     import torch
@@ -173,8 +178,15 @@ def optimize(model, rows: Sequence, settings: TrainSettings, batch_loss, *, desc
     return result
 
 
-def train_sft(model, tokenizer, pairs: Sequence[TrainPair], settings: TrainSettings | None = None, *,
-              description: str = "training", show_progress: bool = True) -> TrainResult:
+def train_sft(
+    model,
+    tokenizer,
+    pairs: Sequence[TrainPair],
+    settings: TrainSettings | None = None,
+    *,
+    description: str = "training",
+    show_progress: bool = True,
+) -> TrainResult:
     """Fine-tune ``model`` in place on ``pairs`` (loss on the target tokens, weighted per pair)."""
     s = settings or TrainSettings()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -185,8 +197,14 @@ def train_sft(model, tokenizer, pairs: Sequence[TrainPair], settings: TrainSetti
         per_seq = sequence_losses(model, ids.to(dev), labels.to(dev), mask.to(dev))
         return (per_seq * w.to(dev)).sum() / w.sum().clamp(min=1e-8), (labels != -100).sum()
 
-    return optimize(model, encode_pairs(tokenizer, pairs, s.max_length), s, batch_loss, description=description,
-                    show_progress=show_progress)
+    return optimize(
+        model,
+        encode_pairs(tokenizer, pairs, s.max_length),
+        s,
+        batch_loss,
+        description=description,
+        show_progress=show_progress,
+    )
 
 
 def mean_loss(model, tokenizer, pairs: Sequence[TrainPair], *, batch_size: int = 8, max_length: int = 256) -> float:
@@ -199,9 +217,10 @@ def mean_loss(model, tokenizer, pairs: Sequence[TrainPair], *, batch_size: int =
     model.eval()
     with torch.no_grad():
         for i in range(0, len(rows), batch_size):
-            ids, labels, mask, _ = _collate(rows[i:i + batch_size], pad)
-            vals.extend(sequence_losses(model, ids.to(model.device), labels.to(model.device),
-                                        mask.to(model.device)).tolist())
+            ids, labels, mask, _ = _collate(rows[i : i + batch_size], pad)
+            vals.extend(
+                sequence_losses(model, ids.to(model.device), labels.to(model.device), mask.to(model.device)).tolist()
+            )
     return sum(vals) / max(1, len(vals))
 
 

@@ -13,8 +13,13 @@ relation, :class:`PrivacyReport`), ``attacks`` (inversion attacks), ``metrics`` 
 """
 
 from fedlsm.privacy.accounting import NEIGHBOURING_RELATION, PrivacyReport, check_epsilon, compose, prompt_epsilon
-from fedlsm.privacy.attacks import (attack_sanitized, bayesian_attack, corpus_prior, nearest_neighbour_attack,
-                                    success_rate)
+from fedlsm.privacy.attacks import (
+    attack_sanitized,
+    bayesian_attack,
+    corpus_prior,
+    nearest_neighbour_attack,
+    success_rate,
+)
 from fedlsm.privacy.curve import CurvePoint, PrivacyCurve, privacy_curve
 from fedlsm.privacy.embeddings import WordTokenizer, glove_embeddings, model_embeddings
 from fedlsm.privacy.mechanism import SENSITIVITY, ExponentialMechanism
@@ -23,10 +28,34 @@ from fedlsm.privacy.public import CHOICE_LETTERS, PRESETS, STOPWORDS, resolve_pu
 from fedlsm.privacy.sanitizer import AdaptivePerturber, Perturber, SanitizeResult, TextSanitizer, check_texts
 
 __all__ = [
-    "AdaptivePerturber", "CHOICE_LETTERS", "CurvePoint", "ExponentialMechanism", "NEIGHBOURING_RELATION",
-    "PRESETS", "Perturber", "PrivacyCurve", "PrivacyReport", "SENSITIVITY", "STOPWORDS", "SanitizeResult",
-    "TextSanitizer", "WordTokenizer", "attack_sanitized", "bayesian_attack", "check_epsilon", "check_texts",
-    "compose", "corpus_prior", "glove_embeddings", "mean_token_ratio", "model_embeddings",
-    "nearest_neighbour_attack", "privacy_curve", "prompt_epsilon", "resolve_public_ids", "success_rate",
-    "token_ratio", "words",
+    "AdaptivePerturber",
+    "CHOICE_LETTERS",
+    "CurvePoint",
+    "ExponentialMechanism",
+    "NEIGHBOURING_RELATION",
+    "PRESETS",
+    "Perturber",
+    "PrivacyCurve",
+    "PrivacyReport",
+    "SENSITIVITY",
+    "STOPWORDS",
+    "SanitizeResult",
+    "TextSanitizer",
+    "WordTokenizer",
+    "attack_sanitized",
+    "bayesian_attack",
+    "check_epsilon",
+    "check_texts",
+    "compose",
+    "corpus_prior",
+    "glove_embeddings",
+    "mean_token_ratio",
+    "model_embeddings",
+    "nearest_neighbour_attack",
+    "privacy_curve",
+    "prompt_epsilon",
+    "resolve_public_ids",
+    "success_rate",
+    "token_ratio",
+    "words",
 ]

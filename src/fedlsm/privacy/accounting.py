@@ -21,8 +21,8 @@ private, its value is released as-is - the report counts such tokens so that nob
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Sequence
 
 from fedlsm.errors import ConfigError
 
@@ -123,7 +123,7 @@ class PrivacyReport:
         return d
 
     @classmethod
-    def combine(cls, reports: Sequence["PrivacyReport"]) -> "PrivacyReport":
+    def combine(cls, reports: Sequence[PrivacyReport]) -> PrivacyReport:
         """One report for several sanitize calls over *different* prompts (e.g. batches of a run).
 
         Sanitizing the same prompt twice is composition, not combination: add the ε with
@@ -133,13 +133,33 @@ class PrivacyReport:
             raise ValueError("combine() needs at least one report")
         first = reports[0]
         for r in reports[1:]:
-            if (r.mechanism, r.epsilon_per_token, r.candidate_k) != (first.mechanism, first.epsilon_per_token, first.candidate_k):
+            if (r.mechanism, r.epsilon_per_token, r.candidate_k) != (
+                first.mechanism,
+                first.epsilon_per_token,
+                first.candidate_k,
+            ):
                 raise ValueError("combine() needs reports of the same mechanism, ε and candidate set")
-        counts = {name: sum(getattr(r, name) for r in reports) for name in (
-            "n_prompts", "tokens_total", "tokens_perturbed", "tokens_public", "tokens_special",
-            "tokens_fallback", "tokens_unchanged", "perturbed_unchanged")}
-        return cls(mechanism=first.mechanism, epsilon_per_token=first.epsilon_per_token,
-                   candidate_k=first.candidate_k, **counts,
-                   prompt_private_tokens=[n for r in reports for n in r.prompt_private_tokens],
-                   sensitivity=first.sensitivity, neighbouring=first.neighbouring, guarantee=first.guarantee,
-                   randomness=first.randomness)
+        counts = {
+            name: sum(getattr(r, name) for r in reports)
+            for name in (
+                "n_prompts",
+                "tokens_total",
+                "tokens_perturbed",
+                "tokens_public",
+                "tokens_special",
+                "tokens_fallback",
+                "tokens_unchanged",
+                "perturbed_unchanged",
+            )
+        }
+        return cls(
+            mechanism=first.mechanism,
+            epsilon_per_token=first.epsilon_per_token,
+            candidate_k=first.candidate_k,
+            **counts,
+            prompt_private_tokens=[n for r in reports for n in r.prompt_private_tokens],
+            sensitivity=first.sensitivity,
+            neighbouring=first.neighbouring,
+            guarantee=first.guarantee,
+            randomness=first.randomness,
+        )

@@ -21,7 +21,7 @@ from public text. Only tokens with positive prior are considered as guesses.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -61,7 +61,9 @@ def _support(mech: ExponentialMechanism, prior: torch.Tensor | None) -> tuple[to
     return ids.to(mech.device), (p[ids] / p.sum()).log().to(mech.device)
 
 
-def nearest_neighbour_attack(mech: ExponentialMechanism, perturbed_ids, *, prior: torch.Tensor | None = None) -> torch.Tensor:
+def nearest_neighbour_attack(
+    mech: ExponentialMechanism, perturbed_ids, *, prior: torch.Tensor | None = None
+) -> torch.Tensor:
     """Guess each original token as the support token most cosine-similar to the observed one.
 
     Ties go to the observed token itself (duplicate embeddings exist in real vocabularies).
@@ -78,7 +80,7 @@ def nearest_neighbour_attack(mech: ExponentialMechanism, perturbed_ids, *, prior
         unit = mech.unit_embeddings
         table = torch.empty(mech.vocab_size, dtype=torch.long, device=mech.device)
         for s in range(0, outside.numel(), mech.chunk_rows):
-            y = outside[s:s + mech.chunk_rows]
+            y = outside[s : s + mech.chunk_rows]
             table[y] = support[(unit[y] @ unit[support].T).argmax(1)]
         miss = ~in_support[flat]
         guess[miss] = table[flat[miss]]
@@ -106,9 +108,9 @@ def bayesian_attack(mech: ExponentialMechanism, perturbed_ids, *, prior: torch.T
         bias = log_prior - log_z  # the part of the log posterior that depends on x only
         unit = mech.unit_embeddings
         for s in range(0, uniq.numel(), mech.chunk_rows):
-            y = uniq[s:s + mech.chunk_rows]
+            y = uniq[s : s + mech.chunk_rows]
             scores = (unit[y] @ unit[support].T).clamp_(-1.0, 1.0).double() * scale + bias
-            guess_u[s:s + mech.chunk_rows] = support[scores.argmax(1)]
+            guess_u[s : s + mech.chunk_rows] = support[scores.argmax(1)]
     else:
         # Only x whose candidate set contains y can have produced y: score every (x, candidate)
         # pair once and keep, for each y, the best x (smallest id among ties).
@@ -142,8 +144,9 @@ def success_rate(original_ids, guesses, mask=None) -> float:
 ATTACKS = ("nearest_neighbour", "bayesian")
 
 
-def attack_sanitized(result, mech: ExponentialMechanism, *, prior: torch.Tensor | None = None,
-                     attacks: Sequence[str] = ATTACKS) -> dict[str, float]:
+def attack_sanitized(
+    result, mech: ExponentialMechanism, *, prior: torch.Tensor | None = None, attacks: Sequence[str] = ATTACKS
+) -> dict[str, float]:
     """Run the chosen attacks on a :class:`~fedlsm.privacy.sanitizer.SanitizeResult`.
 
     Success is measured over the private tokens only (those the mechanism perturbed): public and
@@ -178,7 +181,8 @@ def inversion_success(result, sanitizer, public_texts: Sequence[str] = ()) -> di
     out = attack_sanitized(result, mech, attacks=("nearest_neighbour",))
     if public_texts:
         prior = corpus_prior(sanitizer.tokenizer, public_texts, mech.vocab_size)
-        out["nearest_neighbour_public_prior"] = attack_sanitized(result, mech, prior=prior,
-                                                                 attacks=("nearest_neighbour",))["nearest_neighbour"]
+        out["nearest_neighbour_public_prior"] = attack_sanitized(
+            result, mech, prior=prior, attacks=("nearest_neighbour",)
+        )["nearest_neighbour"]
     out["success_rate"] = max(v for k, v in out.items() if k.startswith("nearest"))
     return out

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -28,7 +28,9 @@ def parse_epsilons(spec: str) -> list[float]:
         try:
             value = float(p)
         except ValueError:
-            raise ConfigError("epsilons", f"'{p}' is not a number", "give a comma-separated list such as 1,3,5,10") from None
+            raise ConfigError(
+                "epsilons", f"'{p}' is not a number", "give a comma-separated list such as 1,3,5,10"
+            ) from None
         out.append(check_epsilon(value, "epsilons"))
     return out
 
@@ -80,15 +82,25 @@ def print_table(curve: PrivacyCurve) -> None:
         return f"{100 * x:.1f}%"
 
     for p in curve.points:
-        t.add_row(f"{p.epsilon:g}", str(p.private_tokens), pct(p.unchanged_fraction), pct(p.nearest_neighbour_success),
-                  pct(p.bayesian_success), pct(p.prior_guess_success), f"{p.token_ratio_prompt:.3f}",
-                  "-" if p.token_ratio_rationale is None else f"{p.token_ratio_rationale:.3f}",
-                  "-" if p.epsilon_prompt_mean is None else f"{p.epsilon_prompt_mean:g}")
+        t.add_row(
+            f"{p.epsilon:g}",
+            str(p.private_tokens),
+            pct(p.unchanged_fraction),
+            pct(p.nearest_neighbour_success),
+            pct(p.bayesian_success),
+            pct(p.prior_guess_success),
+            f"{p.token_ratio_prompt:.3f}",
+            "-" if p.token_ratio_rationale is None else f"{p.token_ratio_rationale:.3f}",
+            "-" if p.epsilon_prompt_mean is None else f"{p.epsilon_prompt_mean:g}",
+        )
     console = Console(width=max(Console().width, 110))  # the 9 columns need it; narrow pipes wrap headers
     console.print(t)
-    console.print("tokens: private tokens; same: of those, output = input; NN/Bayes: recovered by the "
-                  "inversion attacks; prior: by always guessing the most frequent token; TR: TokenRatio of "
-                  "the perturbed prompt / rationale vs the original; ε/prompt: mean n·ε.", style="dim")
+    console.print(
+        "tokens: private tokens; same: of those, output = input; NN/Bayes: recovered by the "
+        "inversion attacks; prior: by always guessing the most frequent token; TR: TokenRatio of "
+        "the perturbed prompt / rationale vs the original; ε/prompt: mean n·ε.",
+        style="dim",
+    )
 
 
 def plot_curve(curve: PrivacyCurve, path: Path) -> None:
@@ -123,16 +135,43 @@ def plot_curve(curve: PrivacyCurve, path: Path) -> None:
 
 def privacy_curve_command(
     epsilons: Annotated[str, typer.Option(help="Comma-separated per-token ε values (inf allowed).")] = "1,3,5,10",
-    model: Annotated[str, typer.Option(help="Model whose tokenizer and input embeddings define the mechanism.")] = "smollm2",
-    texts: Annotated[Optional[Path], typer.Option(help="Prompts: .txt (one per line) or .jsonl (question/text/prompt field). Default: built-in arith questions.")] = None,
+    model: Annotated[
+        str, typer.Option(help="Model whose tokenizer and input embeddings define the mechanism.")
+    ] = "smollm2",
+    texts: Annotated[
+        Path | None,
+        typer.Option(
+            help="Prompts: .txt (one per line) or .jsonl (question/text/prompt field). "
+            "Default: built-in arith questions."
+        ),
+    ] = None,
     n_texts: Annotated[int, typer.Option(help="How many prompts to use.")] = 50,
-    top_k: Annotated[Optional[int], typer.Option(help="Candidate-set size (CusText-style); default: full vocabulary.")] = None,
-    public: Annotated[Optional[str], typer.Option(help="Comma-separated public tokens: punctuation, stopwords, choice_letters, or words.")] = None,
-    prior: Annotated[str, typer.Option(help="Attacker prior: 'corpus' (token frequencies of public text) or 'uniform' (slow: a V×V pass per ε).")] = "corpus",
-    prior_corpus: Annotated[Optional[Path], typer.Option(help="Public text for the corpus prior (.txt/.jsonl). Default: built-in arith questions of another seed.")] = None,
-    rationales: Annotated[bool, typer.Option(help="Also generate rationales with the model and report their TokenRatio (slow on CPU).")] = False,
+    top_k: Annotated[
+        int | None, typer.Option(help="Candidate-set size (CusText-style); default: full vocabulary.")
+    ] = None,
+    public: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated public tokens: punctuation, stopwords, choice_letters, or words."),
+    ] = None,
+    prior: Annotated[
+        str,
+        typer.Option(
+            help="Attacker prior: 'corpus' (token frequencies of public text) or 'uniform' (slow: a V×V pass per ε)."
+        ),
+    ] = "corpus",
+    prior_corpus: Annotated[
+        Path | None,
+        typer.Option(
+            help="Public text for the corpus prior (.txt/.jsonl). Default: built-in arith questions of another seed."
+        ),
+    ] = None,
+    rationales: Annotated[
+        bool, typer.Option(help="Also generate rationales with the model and report their TokenRatio (slow on CPU).")
+    ] = False,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
-    out: Annotated[Path, typer.Option(help="Output folder for privacy_curve.json and privacy_curve.png.")] = Path("runs/privacy-curve"),
+    out: Annotated[Path, typer.Option(help="Output folder for privacy_curve.json and privacy_curve.png.")] = Path(
+        "runs/privacy-curve"
+    ),
 ) -> PrivacyCurve:
     """Measure how much private prompt content leaks, and how much survives, as ε grows."""
     from fedlsm.privacy.attacks import corpus_prior
@@ -156,11 +195,21 @@ def privacy_curve_command(
 
         generator = HFGenerator.from_name(model, batch_size=8)
         gen_config = GenerationConfig(max_new_tokens=96, seed=seed)
-    curve = privacy_curve(sanitizer, prompts, eps, prior=prior_vec, prior_name=prior, model_name=model,
-                          seed=seed, generator=generator, generation_config=gen_config)
+    curve = privacy_curve(
+        sanitizer,
+        prompts,
+        eps,
+        prior=prior_vec,
+        prior_name=prior,
+        model_name=model,
+        seed=seed,
+        generator=generator,
+        generation_config=gen_config,
+    )
     out.mkdir(parents=True, exist_ok=True)
-    (out / "privacy_curve.json").write_text(json.dumps(json_safe(curve.as_dict()), indent=2, ensure_ascii=False),
-                                            encoding="utf-8")
+    (out / "privacy_curve.json").write_text(
+        json.dumps(json_safe(curve.as_dict()), indent=2, ensure_ascii=False), encoding="utf-8"
+    )
     plot_curve(curve, out / "privacy_curve.png")
     print_table(curve)
     typer.echo(f"wrote {out / 'privacy_curve.json'} and {out / 'privacy_curve.png'}")

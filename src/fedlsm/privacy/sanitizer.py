@@ -17,8 +17,9 @@ import difflib
 import inspect
 import math
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Literal, Protocol, Sequence, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import torch
 
@@ -32,8 +33,7 @@ from fedlsm.privacy.public import PublicSpec, resolve_public_ids
 class Perturber(Protocol):
     """Anything that turns private prompts into releasable ones."""
 
-    def perturb(self, texts: list[str], seed: int) -> list[str]:
-        ...
+    def perturb(self, texts: list[str], seed: int) -> list[str]: ...
 
 
 @dataclass
@@ -56,7 +56,9 @@ class SanitizeResult:
 def check_texts(texts: Sequence[str], field: str = "texts") -> list[str]:
     """Validate a batch of prompts: a non-empty list of non-empty strings."""
     if isinstance(texts, str) or not isinstance(texts, Sequence):
-        raise ConfigError(field, f"must be a list of strings, got {type(texts).__name__}", "wrap a single prompt in a list")
+        raise ConfigError(
+            field, f"must be a list of strings, got {type(texts).__name__}", "wrap a single prompt in a list"
+        )
     if len(texts) == 0:
         raise ConfigError(field, "is empty", "pass at least one prompt")
     for i, t in enumerate(texts):
@@ -70,7 +72,7 @@ def check_texts(texts: Sequence[str], field: str = "texts") -> list[str]:
 def _split(flat: list, lengths: list[int]) -> list[list]:
     out, s = [], 0
     for n in lengths:
-        out.append(flat[s:s + n])
+        out.append(flat[s : s + n])
         s += n
     return out
 
@@ -86,8 +88,15 @@ class TextSanitizer:
     guarantee is kept).
     """
 
-    def __init__(self, tokenizer, mechanism: ExponentialMechanism, *, public_tokens: PublicSpec = None,
-                 unknown: Literal["error", "fallback"] = "error", fallback_token: int | str | None = None):
+    def __init__(
+        self,
+        tokenizer,
+        mechanism: ExponentialMechanism,
+        *,
+        public_tokens: PublicSpec = None,
+        unknown: Literal["error", "fallback"] = "error",
+        fallback_token: int | str | None = None,
+    ):
         if not isinstance(mechanism, ExponentialMechanism):
             raise ConfigError("mechanism", f"must be an ExponentialMechanism, got {type(mechanism).__name__}")
         if unknown not in ("error", "fallback"):
@@ -97,7 +106,9 @@ class TextSanitizer:
         self.public_tokens = public_tokens
         self.unknown = unknown
         v = mechanism.vocab_size
-        self._special = torch.tensor(sorted(i for i in (getattr(tokenizer, "all_special_ids", None) or [])), dtype=torch.long)
+        self._special = torch.tensor(
+            sorted(i for i in (getattr(tokenizer, "all_special_ids", None) or [])), dtype=torch.long
+        )
         self._public = torch.tensor(sorted(resolve_public_ids(tokenizer, public_tokens, v)), dtype=torch.long)
         self.fallback_id: int | None = None
         if unknown == "fallback":
@@ -108,8 +119,11 @@ class TextSanitizer:
         if token is None:
             token = getattr(self.tokenizer, "unk_token_id", None)
             if token is None:
-                raise ConfigError("fallback_token", "is needed with unknown='fallback' (the tokenizer has no unk token)",
-                                  "pass a token id or token string the mechanism has an embedding for")
+                raise ConfigError(
+                    "fallback_token",
+                    "is needed with unknown='fallback' (the tokenizer has no unk token)",
+                    "pass a token id or token string the mechanism has an embedding for",
+                )
         if isinstance(token, str):
             if token not in mech.vocab:
                 raise ConfigError("fallback_token", f"{token!r} is not in the mechanism's vocabulary")
@@ -119,9 +133,17 @@ class TextSanitizer:
         return token
 
     @classmethod
-    def from_model(cls, spec: str = "smollm2", *, epsilon: float = 3.0, top_k: int | None = None,
-                   public_tokens: PublicSpec = None, unknown: Literal["error", "fallback"] = "error",
-                   fallback_token: int | str | None = None, **mechanism_kwargs) -> "TextSanitizer":
+    def from_model(
+        cls,
+        spec: str = "smollm2",
+        *,
+        epsilon: float = 3.0,
+        top_k: int | None = None,
+        public_tokens: PublicSpec = None,
+        unknown: Literal["error", "fallback"] = "error",
+        fallback_token: int | str | None = None,
+        **mechanism_kwargs,
+    ) -> TextSanitizer:
         """Sanitizer over a causal LM's tokenizer and input embeddings (``"smollm2"`` is bundled).
 
         The mechanism never outputs special tokens or embedding rows the tokenizer cannot decode.
@@ -137,21 +159,30 @@ class TextSanitizer:
         return cls(tok, mech, public_tokens=public_tokens, unknown=unknown, fallback_token=fallback_token)
 
     @classmethod
-    def from_glove(cls, *, epsilon: float = 3.0, top_k: int | None = None, max_words: int = 50_000,
-                   public_tokens: PublicSpec = None, fallback_token: str = "unknown", **mechanism_kwargs) -> "TextSanitizer":
+    def from_glove(
+        cls,
+        *,
+        epsilon: float = 3.0,
+        top_k: int | None = None,
+        max_words: int = 50_000,
+        public_tokens: PublicSpec = None,
+        fallback_token: str = "unknown",
+        **mechanism_kwargs,
+    ) -> TextSanitizer:
         """Word-level sanitizer over GloVe 6B-50d; out-of-vocabulary words are perturbed as ``fallback_token``."""
         from fedlsm.privacy.embeddings import WordTokenizer, glove_embeddings
 
         emb, vocab = glove_embeddings(max_words)
         mech = ExponentialMechanism(emb, vocab, epsilon=epsilon, top_k=top_k, **mechanism_kwargs)
-        return cls(WordTokenizer(vocab), mech, public_tokens=public_tokens, unknown="fallback",
-                   fallback_token=fallback_token)
+        return cls(
+            WordTokenizer(vocab), mech, public_tokens=public_tokens, unknown="fallback", fallback_token=fallback_token
+        )
 
     @property
     def epsilon(self) -> float:
         return self.mechanism.epsilon
 
-    def with_epsilon(self, epsilon: float) -> "TextSanitizer":
+    def with_epsilon(self, epsilon: float) -> TextSanitizer:
         """The same sanitizer at another ε (shares tokenizer, embeddings and top-k table)."""
         other = object.__new__(TextSanitizer)
         other.__dict__.update(self.__dict__)
@@ -184,7 +215,8 @@ class TextSanitizer:
             raise FedLSMError(
                 f"texts[{prompt}]: token {name!r} (id {tok_id}) has no embedding in the mechanism "
                 f"(vocabulary size {mech.vocab_size}) and would pass unperturbed "
-                "(fix: build the mechanism from this tokenizer's model, or use unknown='fallback')")
+                "(fix: build the mechanism from this tokenizer's model, or use unknown='fallback')"
+            )
         inputs = torch.where(unknown, torch.full_like(flat, self.fallback_id or 0), flat)
         out = flat.clone()
         out[private] = mech.sample(inputs[private], seed=seed)
@@ -210,9 +242,14 @@ class TextSanitizer:
             guarantee=mech.guarantee,
             randomness=randomness(seed),
         )
-        return SanitizeResult(texts=decoded, input_ids=[list(x) for x in enc], token_ids=out_ids,
-                              perturbed=_split(private.tolist(), lengths), unchanged=_split(same.tolist(), lengths),
-                              report=report)
+        return SanitizeResult(
+            texts=decoded,
+            input_ids=[list(x) for x in enc],
+            token_ids=out_ids,
+            perturbed=_split(private.tolist(), lengths),
+            unchanged=_split(same.tolist(), lengths),
+            report=report,
+        )
 
 
 def randomness(seed: int | None) -> str:
@@ -242,8 +279,14 @@ class AdaptivePerturber:
     lower-case words when no tokenizer is given.
     """
 
-    def __init__(self, fn: Callable[[list[str]], list[str]], *, tokenizer=None, name: str = "adaptive",
-                 nominal_epsilon: float | None = None):
+    def __init__(
+        self,
+        fn: Callable[[list[str]], list[str]],
+        *,
+        tokenizer=None,
+        name: str = "adaptive",
+        nominal_epsilon: float | None = None,
+    ):
         if not callable(fn):
             raise ConfigError("fn", f"must be callable (texts -> texts), got {type(fn).__name__}")
         self.fn = fn
@@ -274,27 +317,50 @@ class AdaptivePerturber:
             torch.manual_seed(seed)
             outs = self.fn(list(texts))
         if not isinstance(outs, (list, tuple)) or len(outs) != len(texts) or not all(isinstance(o, str) for o in outs):
-            raise FedLSMError(f"{self.name}: the perturber must return one string per prompt "
-                              f"({len(texts)} prompts in, got {type(outs).__name__} of length {len(outs) if hasattr(outs, '__len__') else '?'})")
+            raise FedLSMError(
+                f"{self.name}: the perturber must return one string per prompt "
+                f"({len(texts)} prompts in, got {type(outs).__name__} "
+                f"of length {len(outs) if hasattr(outs, '__len__') else '?'})"
+            )
         ins, outs_tok = self._tokens(texts), self._tokens(list(outs))
         unchanged: list[list[bool]] = []
         for a, b in zip(ins, outs_tok):
             mask = [False] * len(a)
             for block in difflib.SequenceMatcher(None, a, b, autojunk=False).get_matching_blocks():
-                mask[block.a:block.a + block.size] = [True] * block.size
+                mask[block.a : block.a + block.size] = [True] * block.size
             unchanged.append(mask)
         n_same = sum(sum(m) for m in unchanged)
         total = sum(len(a) for a in ins)
-        nominal = "" if self.nominal_epsilon is None or math.isinf(self.nominal_epsilon) else \
-            f"; trained to imitate the ε = {self.nominal_epsilon:g} exponential mechanism, which it does not inherit"
+        nominal = (
+            ""
+            if self.nominal_epsilon is None or math.isinf(self.nominal_epsilon)
+            else f"; trained to imitate the ε = {self.nominal_epsilon:g} exponential mechanism, "
+            "which it does not inherit"
+        )
         report = PrivacyReport(
-            mechanism=self.name, epsilon_per_token=None, candidate_k=None, n_prompts=len(texts),
-            tokens_total=total, tokens_perturbed=total, tokens_public=0, tokens_special=0, tokens_fallback=0,
-            tokens_unchanged=n_same, perturbed_unchanged=n_same, prompt_private_tokens=[len(a) for a in ins],
-            sensitivity=None, guarantee="none: a learned perturber has no formal DP guarantee" + nominal,
+            mechanism=self.name,
+            epsilon_per_token=None,
+            candidate_k=None,
+            n_prompts=len(texts),
+            tokens_total=total,
+            tokens_perturbed=total,
+            tokens_public=0,
+            tokens_special=0,
+            tokens_fallback=0,
+            tokens_unchanged=n_same,
+            perturbed_unchanged=n_same,
+            prompt_private_tokens=[len(a) for a in ins],
+            sensitivity=None,
+            guarantee="none: a learned perturber has no formal DP guarantee" + nominal,
             randomness=randomness(seed),
         )
         token_ids = [list(x) for x in outs_tok] if self.tokenizer is not None else None
         input_ids = [list(x) for x in ins] if self.tokenizer is not None else []
-        return SanitizeResult(texts=list(outs), input_ids=input_ids, token_ids=token_ids,
-                              perturbed=[[True] * len(a) for a in ins], unchanged=unchanged, report=report)
+        return SanitizeResult(
+            texts=list(outs),
+            input_ids=input_ids,
+            token_ids=token_ids,
+            perturbed=[[True] * len(a) for a in ins],
+            unchanged=unchanged,
+            report=report,
+        )
