@@ -21,7 +21,7 @@ included) and runs in stages, each handing on only what it could not settle:
 4. rapidfuzz's C++ ``cdist`` over length windows, in passes with a growing distance cutoff (a pass with
    cutoff ``c`` settles every query whose best distance is <= c), for the rest.
 
-``bench/bench_align.py`` measures the cost against the loop.
+``benchmarks/scripts/bench_align.py`` measures the cost against the loop.
 """
 
 from __future__ import annotations

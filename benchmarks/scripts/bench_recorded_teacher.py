@@ -6,8 +6,8 @@ step-by-step (``[label]`` and ``[rationale]`` tasks, Eq. 7) on PaLM's recorded r
 the same examples and the same training settings. Several seeds, paired, because one seed's
 difference on a few hundred questions is within noise.
 
-    python bench/bench_recorded_teacher.py --seeds 0 1 2 [--n-train 300] [--n-test 200]
-    python bench/bench_recorded_teacher.py --seeds 0 --n-train 9741 --n-test 1221 --batch-size 32   # all of CQA (GPU)
+    python benchmarks/scripts/bench_recorded_teacher.py --seeds 0 1 2 [--n-train 300] [--n-test 200]
+    python benchmarks/scripts/bench_recorded_teacher.py --seeds 0 --n-train 9741 --n-test 1221 --batch-size 32   # all of CQA (GPU)
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ that computes the exp weights with numpy and samples. Both are measured in the s
 is timed on a small sample of tokens and compared per token. Also times building the mechanism
 (full vocabulary: normalising the embeddings; top-k: the whole 49k × k candidate table).
 
-    python bench/bench_sanitizer.py                  # defaults: ε = 1,3,5,10, one thread
-    python bench/bench_sanitizer.py --threads 2 --tokens 100000
+    python benchmarks/scripts/bench_sanitizer.py                  # defaults: ε = 1,3,5,10, one thread
+    python benchmarks/scripts/bench_sanitizer.py --threads 2 --tokens 100000
 
 Prompts: GSM8K test questions from ../shared/data (read in place), or the built-in arith task.
 """
@@ -27,7 +27,7 @@ import torch
 from fedlsm.privacy import ExponentialMechanism, TextSanitizer, model_embeddings
 from fedlsm.privacy.mechanism import SENSITIVITY
 
-GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
+GSM8K = Path(__file__).resolve().parents[3] / "shared" / "data" / "gsm8k" / "test.jsonl"
 
 
 def load_prompts() -> tuple[str, list[str]]:

@@ -1,6 +1,6 @@
 """How the Flower Simulation Engine scales with clients: rounds/second and peak memory for 10, 50, 100.
 
-    python bench/bench_flower_scale.py [--clients 10,50,100] [--rounds 3]
+    python benchmarks/scripts/bench_flower_scale.py [--clients 10,50,100] [--rounds 3]
 
 Loading 100 copies of even the smallest LM on a 2-core, 24 GB machine is impossible (each Ray actor
 would hold its own), so the clients here are a TINY NON-LLM ROLE: each holds a private vector and

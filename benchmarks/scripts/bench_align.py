@@ -8,7 +8,7 @@ vocabulary. Both sides use rapidfuzz's Levenshtein, so the ratio measures the se
 rapidfuzz.process.cdist for the rest; see fedlsm.align.vocab), not a faster distance function.
 The maps are built from scratch (build_vocab_map, not the on-disk cache).
 
-    python bench/bench_align.py [--sample 30] [--workers -1]
+    python benchmarks/scripts/bench_align.py [--sample 30] [--workers -1]
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@
 # Each step has its own time limit, so a slow or failing step leaves the others' results.
 # Measured on one H200 (README): step 2 took 86 s; a Standalone half of step 1 about 3 min.
 #
-#   FEDLSM_DATA=../shared/data bash bench/gpu_fedcot.sh OUT_DIR [SECONDS_AVAILABLE]
+#   FEDLSM_DATA=../shared/data bash benchmarks/scripts/gpu_fedcot.sh OUT_DIR [SECONDS_AVAILABLE]
 # (CQA_N_TRAIN, CQA_N_TEST, FEDCOT_ARGS, CQA_LIMIT, FEDCOT_LIMIT shrink it for a smoke run on a CPU.)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +36,7 @@ print("torch", torch.__version__, "transformers", transformers.__version__, "pef
 EOF
 
 cqa() {  # cqa SEED LIMIT
-  step "cqa seed $1" "$2" "$py" bench/bench_recorded_teacher.py --seeds "$1" --n-train "${CQA_N_TRAIN:-9741}" --n-test "${CQA_N_TEST:-1221}" \
+  step "cqa seed $1" "$2" "$py" benchmarks/scripts/bench_recorded_teacher.py --seeds "$1" --n-train "${CQA_N_TRAIN:-9741}" --n-test "${CQA_N_TEST:-1221}" \
     --batch-size 32 --eval-batch-size 64 --output-dir "$runs"
   cp "$runs/recorded-teacher-cqa-seed$1.json" "$out/" 2>/dev/null
 }
