@@ -1,0 +1,168 @@
+"""The Python API: what the CLI does, for a notebook or a script.
+
+    import fedlsm
+    cfg = fedlsm.load_config("standalone", overrides={"data.n_train": 40, "train.epochs": 1})
+    result = fedlsm.run(cfg)
+    print(result.metric, result.value, result.run_dir)
+
+A run writes the same run folder as ``fedlsm run`` (``config.yaml``, ``metrics.json``, logs);
+:class:`RunResult` is that folder read back as a typed object, so a finished run can be reopened
+later with :func:`load_result`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedlsm.config import RunConfig, build_config
+from fedlsm.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """A registered method: its name, the engines it runs on, and whether it is a raw-data baseline
+    (a simulation-only reference that sends private examples to the server)."""
+
+    name: str
+    engines: tuple[str, ...]
+    raw_data_baseline: bool
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One finished (or failed) run, read from its run folder.
+
+    ``value`` is the run's own headline result in [0, 1] under ``metric`` (not its baselines');
+    ``rows`` is its printed table, one dict per row; the other fields are ``metrics.json`` sections
+    (``None`` where the run did not measure them)."""
+
+    name: str
+    method: str
+    task: str
+    status: str
+    run_dir: Path
+    metric: str | None
+    value: float | None
+    title: str
+    rows: list[dict[str, Any]]
+    privacy: dict[str, Any] | None = None
+    communication: dict[str, Any] | None = None
+    llm_cost: dict[str, Any] | None = None
+    compute: dict[str, Any] | None = None
+    wall_seconds: float | None = None
+    metrics: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def row(self, label: str) -> dict[str, Any]:
+        """The table row whose first column is ``label`` (e.g. ``"Standalone"``)."""
+        for r in self.rows:
+            if r and str(next(iter(r.values()))) == label:
+                return r
+        labels = [str(next(iter(r.values()))) for r in self.rows if r]
+        raise KeyError(f"no row '{label}' in {self.name}'s table (rows: {', '.join(labels)})")
+
+
+def methods() -> list[MethodInfo]:
+    """Every registered method with the engines it supports."""
+    from fedlsm.federation.policy import NON_PRIVATE_BASELINES
+    from fedlsm.methods import METHODS, ROLES
+
+    out = []
+    for name in METHODS:
+        engines: tuple[str, ...] = ("in-process",)
+        if name in ROLES:
+            engines += ("flower-sim",) if name in NON_PRIVATE_BASELINES else ("flower-sim", "flower-deploy")
+        out.append(MethodInfo(name, engines, name in NON_PRIVATE_BASELINES))
+    return out
+
+
+def load_config(source: str | Path, *, overrides: dict[str, Any] | None = None, method: str | None = None) -> RunConfig:
+    """A validated run config, as ``fedlsm run`` builds it.
+
+    ``source`` is a method name (``"fedcot"``: the method's defaults) or a YAML config file (its
+    ``method`` field, or ``method=``, picks the method). ``overrides`` are dotted fields
+    (``{"privacy.epsilon": 3.0, "clients": 2}``), applied last. Bad input raises
+    :class:`fedlsm.errors.ConfigError` naming the field."""
+    from fedlsm.methods import METHOD_DEFAULTS, METHODS, check_options
+
+    path = Path(source)
+    is_file = path.suffix.lower() in (".yaml", ".yml") or path.is_file()
+    if is_file:
+        name = method or _method_of(path)
+    else:
+        name = str(source)
+        if name not in METHODS:
+            raise ConfigError(
+                "source", f"'{name}' is neither a method nor a YAML file", f"use one of {', '.join(METHODS)}"
+            )
+    cfg = build_config(
+        {"method": name}, overrides, file=path if is_file else None, defaults=METHOD_DEFAULTS.get(name, {})
+    )
+    check_options(cfg)
+    return cfg
+
+
+def _method_of(path: Path) -> str:
+    import yaml
+
+    if not path.is_file():
+        raise ConfigError("source", f"file '{path}' does not exist", "check the path")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError("source", f"'{path}' is not valid YAML ({e})", "fix the YAML syntax") from None
+    name = loaded.get("method") if isinstance(loaded, dict) else None
+    if not name:
+        raise ConfigError("method", f"'{path}' names no method", "add method: <name> to it, or pass method=")
+    return str(name)
+
+
+def run(config: RunConfig | str | Path, *, overrides: dict[str, Any] | None = None, quiet: bool = False) -> RunResult:
+    """Run a method (and, in simulation, its raw-data baselines) and return its result.
+
+    ``config`` is a :class:`RunConfig` or anything :func:`load_config` takes. ``quiet`` silences the
+    console output (the run folder is written either way)."""
+    from rich.console import Console
+
+    from fedlsm import runner
+
+    cfg = config if isinstance(config, RunConfig) else load_config(config, overrides=overrides)
+    if overrides and isinstance(config, RunConfig):
+        cfg = build_config(cfg.model_dump(), overrides)
+    if cfg.engine == "flower-deploy" and not cfg.name:  # the submitter returns no context to read it from
+        cfg = cfg.model_copy(update={"name": f"{cfg.method}-{cfg.data.task}-{time.strftime('%Y%m%d-%H%M%S')}"})
+    ctx, _ = runner.run(cfg, Console(quiet=True) if quiet else None)
+    run_dir = ctx.run_dir if ctx is not None else Path(cfg.output_dir) / str(cfg.name)
+    return load_result(run_dir)
+
+
+def load_result(run_dir: str | Path) -> RunResult:
+    """A run folder's ``metrics.json`` as a :class:`RunResult`."""
+    from fedlsm.bench.aggregate import headline_utility
+
+    run_dir = Path(run_dir)
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        raise ConfigError("run_dir", f"'{run_dir}' holds no metrics.json", "pass a run folder under runs/")
+    m = json.loads(path.read_text())
+    info, summary, table = m.get("run", {}), m.get("summary") or {}, m.get("table") or {}
+    return RunResult(
+        name=info.get("name", run_dir.name),
+        method=info.get("method", ""),
+        task=info.get("task", ""),
+        status=info.get("status", "unknown"),
+        run_dir=run_dir,
+        metric=summary.get("metric"),
+        value=headline_utility(info.get("method", ""), m),
+        title=table.get("title", ""),
+        rows=table.get("rows", []),
+        privacy=m.get("privacy"),
+        communication=m.get("communication") or summary.get("communication"),
+        llm_cost=m.get("llm_query_cost"),
+        compute=m.get("compute"),
+        wall_seconds=info.get("wall_seconds"),
+        metrics=m,
+    )
