@@ -96,6 +96,24 @@ def test_csv_classification_loader(tmp_path):
     assert all(e.choices[e.label] == e.answer for e in task.train + task.test)
 
 
+def test_columns_named_like_the_fields_need_no_mapping(tmp_path):
+    # a classification file with text/label columns and no choices column
+    f = tmp_path / "d.csv"
+    f.write_text("text,label\ngreat movie,positive\nawful,negative\nfine film,positive\nbad,negative\n")
+    task = load_file_task(f, None, task_type="classification", test_fraction=0.5)
+    assert task.labels == ["negative", "positive"]
+    assert sorted(e.question for e in task.train + task.test) == ["awful", "bad", "fine film", "great movie"]
+    # a multiple-choice file whose columns are the field names: its rationales are found
+    g = tmp_path / "mc.jsonl"
+    rows = [{"question": f"q{i}", "choices": ["a", "b"], "answer": "b", "rationale": f"because {i}"} for i in range(4)]
+    g.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    mc = load_file_task(g, None, test_fraction=0.5)
+    assert sorted(e.rationale for e in mc.train + mc.test) == [f"because {i}" for i in range(4)]
+    # an explicit mapping to a missing column still names the field
+    with pytest.raises(ConfigError, match="data.columns.question"):
+        load_file_task(f, None, task_type="classification", columns=ColumnMap(question="review"))
+
+
 def test_hf_datasets_loader_on_a_local_folder(tmp_path):
     import datasets
 

@@ -54,8 +54,15 @@ def _read_records(path: Path, field: str = "data.path") -> list[dict]:
     raise ConfigError("data.path", f"unsupported file type '{suffix}'", "use .jsonl, .json, .csv or .tsv")
 
 
+# Columns found without a mapping when the field's own name is absent: the usual names of
+# classification files (``text``/``label``). Only for a field left at its default name.
+_ALIASES = {"question": ("text", "sentence"), "answer": ("label",)}
+
+
 def _normalize(rec: dict, cols: ColumnMap, idx: int, source: str, task_type: str) -> Example:
     def get(col: str, field_name: str) -> Any:
+        if col not in rec and col == field_name:
+            col = next((a for a in _ALIASES.get(field_name, ()) if a in rec), col)
         if col not in rec:
             raise ConfigError(
                 f"data.columns.{field_name}",
@@ -67,7 +74,9 @@ def _normalize(rec: dict, cols: ColumnMap, idx: int, source: str, task_type: str
     question = str(get(cols.question, "question")).strip()
     raw_answer = get(cols.answer, "answer")
     choices = None
-    if cols.choices and task_type != "generation":
+    # a classification file may list no choices: its labels are the set of its answers
+    optional_choices = task_type == "classification" and cols.choices not in rec
+    if cols.choices and task_type != "generation" and not optional_choices:
         raw = get(cols.choices, "choices")
         if isinstance(raw, str):
             raw = json.loads(raw) if raw.strip().startswith(("[", "{")) else raw.split("|")
