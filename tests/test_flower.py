@@ -446,6 +446,8 @@ def test_deployment_tls_auth_survives_a_dead_supernode(reference, tmp_path):
         run.wait(timeout=900)
         text = log.read_text()
         assert run.returncode == 0, text[-3000:]
+        title = json.loads(metrics.read_text())["table"]["title"]
+        assert text.count(title[:20]) == 1, "one final table per run"
         dep = _outcome(tmp_path / "dep")
         assert [r["clients_answered"] for r in dep["rounds"]] == [["client-0"], ["client-0", "client-1"]]
         assert [(d["round"], d["client"], d["step"]) for d in dep["dropped"]] == [(0, "client-1", "local_update")]

@@ -10,7 +10,7 @@
 #   FEDLSM_DATA=../shared/data bash benchmarks/scripts/gpu_fedcot.sh OUT_DIR [SECONDS_AVAILABLE]
 # (CQA_N_TRAIN, CQA_N_TEST, FEDCOT_ARGS, CQA_LIMIT, FEDCOT_LIMIT shrink it for a smoke run on a CPU.)
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 out=${1:?usage: gpu_fedcot.sh OUT_DIR [SECONDS_AVAILABLE]}
 budget=${2:-1800}
 mkdir -p "$out"

@@ -177,8 +177,9 @@ def check_engine(cfg: RunConfig) -> None:
 
 def run(cfg: RunConfig, console: Console | None = None) -> tuple[RunContext, MethodResult]:
     """One run of ``cfg.method``; in simulation also its raw-data baselines, each as its own run."""
-    from fedlsm.methods import get_method
+    from fedlsm.methods import check_options, get_method
 
+    check_options(cfg)  # every option named and typed before anything loads
     check_engine(cfg)
     server_only = False
     if cfg.engine == "in-process":
@@ -211,7 +212,8 @@ def run(cfg: RunConfig, console: Console | None = None) -> tuple[RunContext, Met
     ctx.metrics["run"].update(status="done", wall_seconds=round(time.time() - t0, 1))
     ctx.record("table", {"title": result.title, "rows": result.rows})
     ctx.record("summary", result.summary)
-    ctx.console.print(render_table(result))
+    if cfg.engine != "flower-deploy":  # a deployment's submitter prints it once, from metrics.json
+        ctx.console.print(render_table(result))
     ctx.console.print(f"metrics: {ctx.run_dir / 'metrics.json'}")
     return ctx, result
 
