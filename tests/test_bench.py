@@ -70,6 +70,13 @@ def test_grid_schema_errors_name_the_field(data, field):
         (_with(base={"train.lr": -1}), "train.lr", "cell standalone × arith"),
         (_with(base={"trian.lr": 1}), "trian", "cell"),
         (_with(base={"data.n_train": None}, data_fractions=[0.5]), "data.n_train", "data_fractions"),
+        # a misspelt method option stops the grid at expansion, naming the cell and the valid options
+        (
+            _with(methods=["standalone", {"name": "fedmkt", "set": {"method_args.lamda": 0.5}}]),
+            "method_args.lamda",
+            "use one of baselines, client_models, kd_epochs, lam, rounds",
+        ),
+        (_with(methods=[{"name": "fedcot", "set": {"method_args.demoz": 1}}]), "method_args.demoz", "cell fedcot"),
     ],
 )
 def test_grid_cells_are_validated_before_anything_runs(data, field, words):

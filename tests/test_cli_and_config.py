@@ -37,6 +37,25 @@ def test_bad_values_stop_with_one_clear_line(args, field, tmp_path):
     assert len(lines) == 1 and lines[0].startswith(f"error: {field}")
 
 
+@pytest.mark.parametrize(
+    "method,option,valid",
+    [
+        ("fedcot", "demoz=1", "ablate_decoding, adaptive_guard, baselines, demos, rationale_weight, teacher, variant"),
+        ("fedmkt", "lamda=0.5", "baselines, client_models, kd_epochs, lam, rounds, server_trains, top_k"),
+        ("fedavg", "round=3", "baselines, client_eval, client_slms, rounds"),
+        ("crosslm", "n_synthethic=8", "arrival, balance_labels"),
+    ],
+)
+def test_a_misspelt_method_option_stops_before_any_model_loads(method, option, valid, tmp_path):
+    # --slm names a folder that does not exist: the run would stop there if it got past the options
+    r = _cli("run", method, "--output-dir", str(tmp_path), "--set", f"method_args.{option}", "--slm", "/no/such/slm")
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    name = option.split("=")[0]
+    assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
+    assert lines[0].startswith(f"error: method_args.{name}: is not a {method} option (fix: use one of {valid}")
+    assert not list(tmp_path.iterdir())  # no run folder: nothing started
+
+
 def test_column_not_found_is_reported(tmp_path):
     f = tmp_path / "d.jsonl"
     f.write_text(json.dumps({"q": "x", "a": "y"}) + "\n")

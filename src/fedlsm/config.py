@@ -228,6 +228,8 @@ def typed_method_args(cls: type, args: dict[str, Any], method: str) -> dict[str,
 
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(args) - set(hints))
+    if unknown and not hints:
+        raise ConfigError(f"method_args.{unknown[0]}", f"{method} takes no options", "remove method_args")
     if unknown:
         raise ConfigError(
             f"method_args.{unknown[0]}", f"is not a {method} option", f"use one of {', '.join(sorted(hints))}"

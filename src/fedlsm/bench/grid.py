@@ -226,7 +226,7 @@ def load_grid(path: str | Path) -> GridSpec:
 
 def expand(spec: GridSpec, output_dir: str | Path | None = None) -> list[Cell]:
     """Every cell of the grid, each with a validated config. Fails on the first bad cell, naming it."""
-    from fedlsm.methods import METHOD_DEFAULTS, METHODS
+    from fedlsm.methods import METHOD_DEFAULTS, METHODS, check_options
 
     out_dir = str(output_dir or spec.output_dir or Path("runs") / "bench" / (spec.name or "grid"))
     methods, datasets = spec.method_entries(), spec.dataset_entries()
@@ -277,6 +277,7 @@ def expand(spec: GridSpec, output_dir: str | Path | None = None) -> list[Cell]:
                             ov["privacy.epsilon"] = eps
                         try:
                             cfg = build_config(overrides=ov, defaults=METHOD_DEFAULTS.get(m.name, {}))
+                            check_options(cfg)  # a misspelt option stops the grid before its first cell
                             if frac is not None:
                                 if cfg.data.n_train is None:
                                     raise ConfigError(

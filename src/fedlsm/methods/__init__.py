@@ -56,6 +56,32 @@ METHOD_DEFAULTS: dict[str, dict] = {
 }
 
 
+# name -> "module:Class": the method's options (``method_args``), a dataclass holding their defaults.
+# check_options validates them before any model loads (fedlsm run, grid expansion, fedlsm.load_config).
+OPTIONS: dict[str, str] = {
+    "standalone": "fedlsm.methods.standalone:StandaloneArgs",
+    "fedcot": "fedlsm.methods.fedcot:FedCoTArgs",
+    "fedcot-nonprivate": "fedlsm.methods.fedcot:FedCoTArgs",
+    "fedavg": "fedlsm.methods.fedavg:FedAvgArgs",
+    "crosslm": "fedlsm.methods.crosslm:CrossLMArgs",
+    "fedmkt": "fedlsm.methods.fedmkt:FedMKTArgs",
+}
+
+
+def check_options(cfg) -> None:
+    """Stop with one line naming a ``method_args`` field the method does not declare (listing the
+    valid ones) or a value of the wrong type; ``from_cfg`` adds the method's own value checks."""
+    from fedlsm.config import typed_method_args
+
+    get_method(cfg.method)  # an unknown method is named first
+    mod, name = OPTIONS[cfg.method].split(":")
+    cls = getattr(import_module(mod), name)
+    if hasattr(cls, "from_cfg"):  # which runs typed_method_args itself, after any normalisation
+        cls.from_cfg(cfg)
+    else:
+        typed_method_args(cls, dict(cfg.method_args), cfg.method)
+
+
 # name -> module exposing the method's roles, ``server_main(ctx, grid) -> MethodResult`` and
 # ``make_client(ClientContext) -> ClientRole`` (see fedlsm.federation.grid). Methods listed here can
 # run on Flower (``--engine flower-sim`` / ``flower-deploy``); the others run in-process only.

@@ -102,9 +102,10 @@ class CrossLMArgs:
     n_general: int = 64
 
     @classmethod
-    def from_config(cls, cfg, task) -> CrossLMArgs:
+    def from_cfg(cls, cfg) -> dict[str, Any]:
+        """The options the run sets, converted to their declared types (checked before a run starts;
+        the prompts' defaults depend on the task, see :meth:`from_config`)."""
         a = dict(cfg.method_args)
-        prompts = {**GENERIC_PROMPTS, **TASK_PROMPTS.get(task.name, {})}
         if isinstance(a.get("slms"), str):
             a["slms"] = [a["slms"]]
         if "gammas" in a and (not isinstance(a["gammas"], (list, tuple)) or len(a["gammas"]) != 3):
@@ -113,7 +114,15 @@ class CrossLMArgs:
                 f"needs three weights (γ1, γ2, γ3), got {a['gammas']!r}",
                 "use e.g. [1, 0.1, 0.05]",
             )
-        typed = typed_method_args(cls, a, "CrossLM")  # gammas come back as a tuple of floats
+        typed = typed_method_args(cls, a, cfg.method)  # gammas come back as a tuple of floats
+        # the value checks, on the task-independent defaults where the run sets no value
+        cls(**{"slms": [], "generate": "{label}", "instruction": "", **typed}).check_values()
+        return typed
+
+    @classmethod
+    def from_config(cls, cfg, task) -> CrossLMArgs:
+        prompts = {**GENERIC_PROMPTS, **TASK_PROMPTS.get(task.name, {})}
+        typed = cls.from_cfg(cfg)
         kw = {
             **{k: v for k, v in prompts.items() if k in cls.__dataclass_fields__},
             "slms": ["minilm-l6", cfg.slm],
@@ -122,19 +131,22 @@ class CrossLMArgs:
         if kw.get("general_task") is None:
             kw["general_task"] = "ag-news" if task.name != "ag-news" else "sst2"
         args = cls(**kw)
-        if not 0 < args.keep_fraction <= 1:
+        args.check_values()
+        return args
+
+    def check_values(self) -> None:
+        if not 0 < self.keep_fraction <= 1:
             raise ConfigError(
-                "method_args.keep_fraction", f"must be in (0, 1], got {args.keep_fraction}", "use e.g. 0.25"
+                "method_args.keep_fraction", f"must be in (0, 1], got {self.keep_fraction}", "use e.g. 0.25"
             )
-        if args.reward_baseline not in ("none", "label_mean"):
+        if self.reward_baseline not in ("none", "label_mean"):
             raise ConfigError(
                 "method_args.reward_baseline",
-                f"unknown baseline '{args.reward_baseline}'",
+                f"unknown baseline '{self.reward_baseline}'",
                 "use none (the paper's raw rewards) or label_mean",
             )
-        if "{label}" not in args.generate:
+        if "{label}" not in self.generate:
             raise ConfigError("method_args.generate", "must contain {label}", "e.g. 'Write one {label} movie review.'")
-        return args
 
     def prompt_for(self, label: str) -> str:
         return self.generate.format(label=self.label_words.get(label, label))

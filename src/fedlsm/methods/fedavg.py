@@ -19,10 +19,12 @@ the checkpoint under ``run_dir/checkpoint-<tag>``).
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from fedlsm.config import typed_method_args
 from fedlsm.errors import ConfigError
 from fedlsm.federation.checkpoint import ServerCheckpoint
 from fedlsm.federation.grid import ClientContext, Grid, broadcast, report_dropped, require_quorum, run_in_process
@@ -37,6 +39,24 @@ FIT_REPLY = "fedavg_fit_reply"
 def run_fedavg(ctx: RunContext) -> MethodResult:
     """The registered method: server and clients in this process (``--engine in-process``)."""
     return run_in_process(ctx, server_main, make_client)
+
+
+@dataclass(frozen=True)
+class FedAvgArgs:
+    """``method_args`` of FedAvg (checked before a run starts; the roles read them by name because
+    FedMKT's table runs this server with its own options)."""
+
+    rounds: int = 2
+    client_eval: bool = False  # clients also report their local model's test accuracy
+    client_slms: list[str] = field(default_factory=list)  # must all equal `slm` (FedAvg averages weights)
+    baselines: bool = True
+
+    @classmethod
+    def from_cfg(cls, cfg) -> FedAvgArgs:
+        out = cls(**typed_method_args(cls, dict(cfg.method_args), cfg.method))
+        rounds_of(cfg)
+        check_homogeneous(cfg)
+        return out
 
 
 def rounds_of(cfg) -> int:

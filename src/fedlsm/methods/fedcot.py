@@ -25,12 +25,14 @@ few-shot CoT demonstrations from public examples; it never sees a client's data,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from fedlsm.config import typed_method_args
 from fedlsm.data.task import Example, answer_continuation, answer_prompt, format_question
 from fedlsm.errors import ConfigError
 from fedlsm.eval.scoring import evaluate, extract_number
@@ -153,11 +155,32 @@ def multitask_pairs(
 # ------------------------------------------------------------------------------------------- shared
 
 
+@dataclass(frozen=True)
+class FedCoTArgs:
+    """``method_args`` of FedCoT and its Non-Private baseline (``--set method_args.<name>=...``)."""
+
+    variant: str = "e"  # e: in-context decoding (FedCoT-E); a: a trained perturber/decoder SLM (FedCoT-A)
+    demos: int = 3  # public CoT demonstrations in the server's few-shot prompt
+    rationale_weight: float = 1.0  # weight of the rationale task beside the label task (Eq. 9)
+    ablate_decoding: bool = False  # Table 5: train on the perturbed rationales as received
+    adaptive_guard: bool = True  # FedCoT-A: the exponential mechanism guards the perturber's output
+    teacher: str = "llm"  # Non-Private: "recorded" uses a larger LLM's recorded rationales (cqa)
+    baselines: bool = True  # run the raw-data baseline beside the method (simulation only)
+
+    @classmethod
+    def from_cfg(cls, cfg) -> FedCoTArgs:
+        out = cls(**typed_method_args(cls, dict(cfg.method_args), cfg.method))
+        if out.variant.lower() not in ("e", "a"):
+            raise ConfigError("method_args.variant", f"unknown FedCoT variant '{out.variant}'", "use e or a")
+        if out.teacher not in ("llm", "recorded"):
+            raise ConfigError("method_args.teacher", f"unknown teacher '{out.teacher}'", "use llm or recorded")
+        if out.demos < 0:
+            raise ConfigError("method_args.demos", f"must be >= 0 (got {out.demos})", "use e.g. 3")
+        return dataclasses.replace(out, variant=out.variant.lower())
+
+
 def _variant(cfg) -> str:
-    variant = str(cfg.method_args.get("variant", "e")).lower()
-    if variant not in ("e", "a"):
-        raise ConfigError("method_args.variant", f"unknown FedCoT variant '{variant}'", "use e or a")
-    return variant
+    return FedCoTArgs.from_cfg(cfg).variant
 
 
 def generation_config(cfg) -> GenerationConfig:
@@ -215,7 +238,7 @@ class FedCoTClient:
 
     def __init__(self, ctx: ClientContext):
         self.ctx = ctx
-        self.args = ctx.cfg.method_args
+        self.args = FedCoTArgs.from_cfg(ctx.cfg)
         self.raw_prompts = [format_question(e) for e in ctx.data]
         # what later requests need (kept in state(): Flower may host each request in a fresh process)
         self.sent: list[str] | None = None  # the perturbed private prompts released to the server
@@ -245,7 +268,7 @@ class FedCoTClient:
             self.ctx,
             model,
             tok,
-            multitask_pairs(self.ctx.data, rationales, keep, float(self.args.get("rationale_weight", 1.0))),
+            multitask_pairs(self.ctx.data, rationales, keep, self.args.rationale_weight),
             f"{self.ctx.name}: {what}: training",
         )
         return eval_slm(self.ctx, model, tok, LABEL_PREFIX)["value"]
@@ -382,7 +405,7 @@ class FedCoTClient:
         self._save_rationales(fed)
         self.ctx.record_local("rationales_kept", fed.kept_fraction)
         out = {"mode": mode, "value": self._train_and_eval(fed.decoded, fed.kept, mode, stage=2)}
-        if self.args.get("ablate_decoding", False):  # Table 5: train on the perturbed rationales as received
+        if self.args.ablate_decoding:  # Table 5: train on the perturbed rationales as received
             kept_wo = [consistent(r, e) for r, e in zip(received, self.ctx.data)]
             out["without_decoding"] = self._train_and_eval(received, kept_wo, f"{mode} w/o decoding", stage=5)
             self.ctx.record_local("without_decoding_kept", sum(kept_wo) / max(1, len(kept_wo)))
@@ -435,7 +458,7 @@ def rationale_writer(ctx: RunContext) -> RationaleWriter:
             "FedCoT needs public examples with rationales for the server's CoT demonstrations",
             "set data.public_fraction (e.g. 0.2) on a task with rationales, or data.public_path",
         )
-    demos = cot_demonstrations(ctx.public, int(ctx.cfg.method_args.get("demos", 3)))
+    demos = cot_demonstrations(ctx.public, FedCoTArgs.from_cfg(ctx.cfg).demos)
     return RationaleWriter(_llm_generator(ctx), demos, generation_config(ctx.cfg))
 
 
@@ -532,7 +555,7 @@ def _fedcot_round(ex: Exchange, write: RationaleWriter, variant: str, per_client
         per_client=lambda c: {"rationales": write(requests[c].payload["prompts"])},
     )
     ex.add_row(f"{label} (ε={ex.ctx.cfg.privacy.epsilon:g})", _mean(m.payload["value"] for m in fed.values()))
-    if ex.ctx.cfg.method_args.get("ablate_decoding", False):
+    if FedCoTArgs.from_cfg(ex.ctx.cfg).ablate_decoding:
         ex.add_row(f"{label} w/o decoding", _mean(m.payload["without_decoding"] for m in fed.values()))
     for c, m in fed.items():
         per_client.setdefault(c, {})["fedcot"] = m.payload["value"]
@@ -571,7 +594,7 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
     """Server role: the LLM baselines, each client's local baselines, then FedCoT. It holds the LLM, the
     public CoT demonstrations and the evaluation split, and receives perturbed prompts and accuracies."""
     variant = _variant(ctx.cfg)
-    n_demos = int(ctx.cfg.method_args.get("demos", 3))
+    n_demos = FedCoTArgs.from_cfg(ctx.cfg).demos
     write = rationale_writer(ctx)
     ex = Exchange(ctx, grid)
     ctx.record("privacy", privacy_declaration(ctx.cfg, variant))

@@ -83,10 +83,10 @@ class AdaptiveCodec:
 
 def build_codec(ctx, model, tok, sanitizer: TextSanitizer) -> AdaptiveCodec:
     """The codec around a (trained) SLM; the exponential-mechanism guard unless ``adaptive_guard=false``."""
-    from fedlsm.methods.fedcot import generation_config  # the decoder writes rationales as the LLM does
+    from fedlsm.methods.fedcot import FedCoTArgs, generation_config  # the decoder writes as the LLM does
 
     cfg = ctx.cfg
-    guard = sanitizer if cfg.method_args.get("adaptive_guard", True) else None
+    guard = sanitizer if FedCoTArgs.from_cfg(cfg).adaptive_guard else None
     return AdaptiveCodec(model, tok, generation_config(cfg), cfg.llm.batch_size, cfg.privacy.epsilon, guard)
 
 

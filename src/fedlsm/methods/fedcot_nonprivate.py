@@ -28,7 +28,7 @@ class NonPrivateClient(FedCoTClient):
 
     def handle(self, msg: Message) -> Message:
         if msg.kind == "prompts" and msg.payload.get("mode") == "non-private":
-            recorded = str(self.args.get("teacher", "llm")) == "recorded"
+            recorded = self.args.teacher == "recorded"
             return msg.reply(
                 "rationale_request",
                 {"mode": "non-private", "prompts": [] if recorded else self.raw_prompts, "recorded": recorded},

@@ -67,9 +67,7 @@ class FedMKTArgs:
 
     @classmethod
     def from_cfg(cls, cfg) -> FedMKTArgs:
-        a = dict(cfg.method_args)
-        a.pop("variant", None)
-        out = cls(**typed_method_args(cls, a, "FedMKT"))
+        out = cls(**typed_method_args(cls, dict(cfg.method_args), cfg.method))
         if not 0 <= out.lam <= 1:
             raise ConfigError("method_args.lam", f"must be in [0, 1] (got {out.lam})", "use e.g. 0.9 as in the paper")
         if out.rounds < 1 or out.top_k < 1:

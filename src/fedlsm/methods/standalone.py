@@ -6,8 +6,15 @@ untrained (zero-shot) SLM so a run shows what training alone bought.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from fedlsm.methods.common import eval_slm, finetune, label_pairs, load_slm, zero_shot_slm
 from fedlsm.runner import MethodResult, RunContext
+
+
+@dataclass(frozen=True)
+class StandaloneArgs:
+    """Standalone takes no ``method_args``."""
 
 
 def run_standalone(ctx: RunContext) -> MethodResult:
