@@ -7,7 +7,8 @@ the same examples and the same training settings. Several seeds, paired, because
 difference on a few hundred questions is within noise.
 
     python benchmarks/scripts/bench_recorded_teacher.py --seeds 0 1 2 [--n-train 300] [--n-test 200]
-    python benchmarks/scripts/bench_recorded_teacher.py --seeds 0 --n-train 9741 --n-test 1221 --batch-size 32   # all of CQA (GPU)
+    python benchmarks/scripts/bench_recorded_teacher.py --seeds 0 --n-train 9741 --n-test 1221 --batch-size 32
+    (the second: all of CQA, on a GPU)
 """
 
 from __future__ import annotations
