@@ -96,6 +96,7 @@ def prepare(cfg: RunConfig, console: Console | None = None, *, server_only: bool
         resolve_model(cfg.llm.model, "llm.model")
     resolve_model(cfg.slm, "slm")  # fail fast on a bad model path, before any work
     seed_everything(cfg.seed)
+    clients: list[list[Example]]
     if server_only:
         view = server_data(cfg)
         task, public, clients = view.task, view.public, []

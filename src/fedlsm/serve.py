@@ -121,6 +121,7 @@ class MicroBatcher:
         """Queue one job per prompt and wait for all of them; results are in prompt order."""
         if self._task is None or self._task.done():
             raise RuntimeError("the batcher is not running")
+        assert self._has_work is not None and self._full is not None  # made by start(), with the task
         loop = asyncio.get_running_loop()
         jobs = [_Job(p, system, cfg, raw, loop.create_future()) for p in prompts]
         self._pending.extend(jobs)
@@ -131,6 +132,7 @@ class MicroBatcher:
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
+        assert self._has_work is not None and self._full is not None  # start() makes them before this task
         while True:
             await self._has_work.wait()
             if not self._pending:
@@ -174,7 +176,8 @@ class MicroBatcher:
     def _take_batch(self) -> list[_Job]:
         """The oldest job plus up to ``batch_size - 1`` later jobs with the same settings."""
         key = self._pending[0].key
-        batch, rest = [], deque()
+        batch: list[_Job] = []
+        rest: deque[_Job] = deque()
         while self._pending:
             j = self._pending.popleft()
             (batch if len(batch) < self.batch_size and j.key == key else rest).append(j)
@@ -206,7 +209,7 @@ def _without_chat_template(generator: TextGenerator) -> TextGenerator:
     generator the caller handed us is never mutated.
     """
     if getattr(generator, "use_chat_template", False):
-        raw = copy.copy(generator)
+        raw: Any = copy.copy(generator)  # the flag is not part of the TextGenerator protocol
         raw.use_chat_template = False
         return raw
     return generator

@@ -34,6 +34,7 @@ import math
 import os
 import weakref
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -278,13 +279,13 @@ def _index_passes(
         for part in progress_iter(
             chunks, f"vocab map: {len(rows):,} tokens, deletion index <= {k}", enabled=show_progress
         ):
-            q_keys, q_rows = [], []
+            key_parts, row_parts = [], []
             for _, (ids, codes) in _codes_by_length(queries, part).items():
                 for j in range(k + 1):
                     h = _deletion_hashes(codes, j)
-                    q_keys.append(h.ravel())
-                    q_rows.append(np.repeat(ids, h.shape[1]))
-            q_keys, q_rows = np.concatenate(q_keys), np.concatenate(q_rows)
+                    key_parts.append(h.ravel())
+                    row_parts.append(np.repeat(ids, h.shape[1]))
+            q_keys, q_rows = np.concatenate(key_parts), np.concatenate(row_parts)
             order = np.argsort(q_keys)  # sorted lookups stay in cache; random ones into a big index do not
             q_keys, q_rows = q_keys[order], q_rows[order]
             lo, hi = np.searchsorted(keys, q_keys, "left"), np.searchsorted(keys, q_keys, "right")
@@ -312,7 +313,7 @@ def _index_passes(
 
 def _cdist_passes(
     queries: Sequence[str],
-    cand_text: Sequence[str],
+    cand_text: list[str],
     cand_len: np.ndarray,
     todo: list[int],
     best: np.ndarray,
@@ -376,7 +377,7 @@ def _cdist_passes(
 
 def _nearest(
     queries: Sequence[str],
-    cand_text: Sequence[str],
+    cand_text: list[str],
     wildcard: str,
     *,
     index_depth: int | None,
@@ -437,8 +438,8 @@ def min_edit_distance_map(
     target_norm: Sequence[str],
     target_raw: Sequence[str],
     *,
-    source_skip: set[int] = frozenset(),
-    target_skip: set[int] = frozenset(),
+    source_skip: AbstractSet[int] = frozenset(),
+    target_skip: AbstractSet[int] = frozenset(),
     index_depth: int | None = None,
     rare: int = 100,
     cutoffs: Sequence[int] = (2, 4, 8),
@@ -472,7 +473,9 @@ def min_edit_distance_map(
     # ' यही' both become ' ' + 3 wildcards, whose nearest is found once).
     rare_chars = {ch for ch, pos in holders.items() if len(pos) <= rare}
     wildcard = next(chr(c) for c in range(0xE000, 0x110000) if chr(c) not in holders)
-    rows, row_query, queries = [], [], {}
+    rows: list[int] = []
+    row_query: list[int] = []
+    queries: dict[str, int] = {}
     held_rows, held_pos = [], []
     for i, text in enumerate(source_norm):
         if i in source_skip:
@@ -496,7 +499,7 @@ def min_edit_distance_map(
         workers=workers,
         show_progress=show_progress,
     )
-    row_query = np.array(row_query, dtype=np.int64)
+    query_of_row = np.array(row_query, dtype=np.int64)
     d_held = process.cpdist(
         [source_norm[i] for i in held_rows],
         [cand_text[p] for p in held_pos],
@@ -506,15 +509,15 @@ def min_edit_distance_map(
     )
     r, p, d = _first_minimum(
         np.concatenate([np.array(rows, dtype=np.int64), np.array(held_rows, dtype=np.int64)]),
-        np.concatenate([q_best[row_query], np.array(held_pos, dtype=np.int64)]),
-        np.concatenate([q_dist[row_query], np.asarray(d_held, dtype=np.int64)]),
+        np.concatenate([q_best[query_of_row], np.array(held_pos, dtype=np.int64)]),
+        np.concatenate([q_dist[query_of_row], np.asarray(d_held, dtype=np.int64)]),
     )
     out_ids[r], out_dist[r] = cand[p], d
     return out_ids, out_dist
 
 
 def brute_force_nearest(
-    text: str, target_norm: Sequence[str], target_raw: Sequence[str], target_skip: set[int] = frozenset()
+    text: str, target_norm: Sequence[str], target_raw: Sequence[str], target_skip: AbstractSet[int] = frozenset()
 ) -> tuple[int, int]:
     """Reference implementation: one Levenshtein call per target token (for tests and the benchmark)."""
     from rapidfuzz.distance import Levenshtein

@@ -85,13 +85,13 @@ def table_rows(metrics: dict) -> list[tuple[str, float]]:
     (the baselines a method reports beside itself, e.g. FedCoT's Zero-shot, Standalone, Non-Private)."""
     rows = _get(metrics, "table", "rows") or []
     metric = _get(metrics, "summary", "metric")
-    out = []
+    out: list[tuple[str, float]] = []
     for r in rows:
         if not isinstance(r, dict) or next(iter(r), None) != "method":
             continue
         split = [c for c in SPLIT_COLUMNS if c in r]
         if metric not in r and split:  # e.g. FedMKT: the server LLM's and the clients' result per row
-            out += [(f"{r['method']} ({c})", _num(r[c])) for c in split if _num(r[c]) is not None]
+            out += [(f"{r['method']} ({c})", v) for c in split if (v := _num(r[c])) is not None]
             continue
         val = _num(r.get(metric)) if metric in r else next((_num(v) for v in list(r.values())[1:2]), None)
         if val is not None:
@@ -151,7 +151,7 @@ class RunRecord:
     per_round: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
-    def group(self) -> tuple:
+    def group(self) -> tuple[str, str, float | None, float | None]:
         return (self.method, self.dataset, self.epsilon_axis, self.fraction)
 
 
@@ -160,7 +160,7 @@ def load_run(run_dir: Path) -> RunRecord | None:
         metrics = json.loads((run_dir / "metrics.json").read_text())
     except (OSError, ValueError):
         return None
-    cfg = {}
+    cfg: dict[str, Any] = {}
     if (run_dir / "config.yaml").is_file():
         cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
     cell = json.loads((run_dir / "cell.json").read_text()) if (run_dir / "cell.json").is_file() else {}
@@ -226,8 +226,8 @@ def collect(runs_dir: str | Path) -> list[RunRecord]:
     root = Path(runs_dir)
     if not root.is_dir():
         raise ConfigError("runs_dir", f"'{runs_dir}' is not a folder", "pass the folder `fedlsm bench` wrote to")
-    recs = [load_run(p.parent) for p in sorted(root.rglob("metrics.json"))]
-    recs = [r for r in recs if r is not None]
+    loaded = [load_run(p.parent) for p in sorted(root.rglob("metrics.json"))]
+    recs = [r for r in loaded if r is not None]
     if not recs:
         raise ConfigError(
             "runs_dir", f"no run folder (with metrics.json) under '{runs_dir}'", "run `fedlsm bench <grid.yaml>` first"
@@ -282,7 +282,7 @@ def _sort_key(g: tuple) -> tuple:
 
 
 def aggregate(records: Sequence[RunRecord], *, only_done: bool = True) -> list[Group]:
-    by: dict[tuple, list[RunRecord]] = defaultdict(list)
+    by: dict[tuple[str, str, float | None, float | None], list[RunRecord]] = defaultdict(list)
     for r in records:
         if r.status == "done" or not only_done:
             by[r.group].append(r)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -260,8 +261,11 @@ def expand(spec: GridSpec, output_dir: str | Path | None = None) -> list[Cell]:
     cells: list[Cell] = []
     for i, m in enumerate(methods):
         mset = _flatten(m.set, f"methods[{i}].set")
-        eps_axis = spec.epsilons if m.epsilons == "inherit" else m.epsilons
-        fractions = spec.data_fractions if m.data_fractions == "inherit" else m.data_fractions
+        # the one string these fields pass validation with is "inherit"; None: the axis is not varied
+        eps_axis: Sequence[float | None] | None = spec.epsilons if isinstance(m.epsilons, str) else m.epsilons
+        fractions: Sequence[float | None] | None = (
+            spec.data_fractions if isinstance(m.data_fractions, str) else m.data_fractions
+        )
         for j, d in enumerate(datasets):
             if m.datasets is not None and d.name not in m.datasets:
                 continue

@@ -215,16 +215,20 @@ def plot_privacy_utility(groups: Sequence[Group], path: Path) -> bool:
         top = max((g.fraction or 1.0) for g in groups if g.dataset == ds)
         gs = [g for g in groups if g.dataset == ds and (g.fraction or 1.0) == top and g.mean("utility") is not None]
         for m in sorted({g.method for g in gs}):
+            # every group in gs has a utility; the walrus only lets the checker see it
             pts = sorted(
-                (g.epsilon, g.stats["utility"])
+                (g.epsilon, st)
                 for g in gs
-                if g.method == m and g.epsilon is not None and not math.isinf(g.epsilon)
+                if g.method == m
+                and g.epsilon is not None
+                and not math.isinf(g.epsilon)
+                and (st := g.stats["utility"]) is not None
             )
-            flat = [g for g in gs if g.method == m and g.epsilon is None]
+            flat = [st for g in gs if g.method == m and g.epsilon is None and (st := g.stats["utility"]) is not None]
             if pts:
                 _errorbar(ax, pts, m)
-            for g in flat:
-                ax.axhline(100 * g.mean("utility"), linestyle="--", color="grey", label=f"{m} (no ε)")
+            for st in flat:
+                ax.axhline(100 * st.mean, linestyle="--", color="grey", label=f"{m} (no ε)")
         ax.set_xscale("log")
         eps_ticks = sorted({g.epsilon for g in gs if g.epsilon is not None and not math.isinf(g.epsilon)})
         if eps_ticks:

@@ -15,10 +15,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from fedlsm.data.builtin import BUILTIN_TASKS
-from fedlsm.data.task import TASK_TYPES, Example, Task
+from fedlsm.data.task import TASK_TYPES, Example, Task, TaskType
 from fedlsm.errors import ConfigError, FedLSMError
 
 
@@ -123,7 +123,7 @@ def load_file_task(
     seed: int = 0,
 ) -> Task:
     """Load a task from JSONL/JSON/CSV/TSV files. Without a test file, ``test_fraction`` is held out."""
-    _check_type(task_type)
+    ttype = _check_type(task_type)
     cols = columns or ColumnMap()
     train_path = Path(train)
     tr = [_normalize(r, cols, i, str(train_path), task_type) for i, r in enumerate(_read_records(train_path))]
@@ -136,7 +136,7 @@ def load_file_task(
         te, tr = tr[:n_test], tr[n_test:]
     if task_type == "classification":
         _set_labels(tr + te, sorted({e.answer for e in tr + te}), str(train_path), "data.path")
-    return Task(name=name or train_path.stem, type=task_type, train=tr, test=te, numeric=numeric)
+    return Task(name=name or train_path.stem, type=ttype, train=tr, test=te, numeric=numeric)
 
 
 def load_examples(
@@ -157,9 +157,10 @@ def load_examples(
     return out
 
 
-def _check_type(task_type: str) -> None:
+def _check_type(task_type: str) -> TaskType:
     if task_type not in TASK_TYPES:
         raise ConfigError("data.type", f"unknown task type '{task_type}'", f"use one of {', '.join(TASK_TYPES)}")
+    return cast(TaskType, task_type)
 
 
 def _set_labels(examples: list[Example], label_set: list[str], source: str, field: str) -> None:
@@ -188,6 +189,7 @@ def load_hf_task(
     ``save_to_disk`` / holding data files)."""
     import datasets
 
+    ttype = _check_type(task_type)
     cols = columns or ColumnMap()
     p = Path(dataset_id)
     try:
@@ -209,7 +211,7 @@ def load_hf_task(
             )
     tr = [_normalize(r, cols, i, dataset_id, task_type) for i, r in enumerate(ds[train_split])]
     te = [_normalize(r, cols, i, dataset_id, task_type) for i, r in enumerate(ds[test_split])]
-    return Task(name=dataset_id.rstrip("/").split("/")[-1], type=task_type, train=tr, test=te, numeric=numeric)
+    return Task(name=dataset_id.rstrip("/").split("/")[-1], type=ttype, train=tr, test=te, numeric=numeric)
 
 
 # ---------------------------------------------------------------- presets for local benchmark files
@@ -305,13 +307,13 @@ def _obqa(root: Path) -> Task:
     return Task("obqa", "multiple_choice", rows(d / "train.tsv"), rows(d / "test.tsv"))
 
 
-def _tsv_rows(path: Path) -> list[tuple[str, str]]:
+def _tsv_rows(path: Path) -> list[tuple[str, ...]]:
     """Two tab-separated columns per line, read without CSV quoting (the texts hold bare quotes)."""
     with path.open(encoding="utf-8") as f:
         return [tuple(line.rstrip("\n").split("\t")) for line in f if line.strip()]
 
 
-def _classification(name: str, rows: dict[str, list[tuple[str, str]]], labels: list[str]) -> Task:
+def _classification(name: str, rows: dict[str, list[tuple[str, int]]], labels: list[str]) -> Task:
     splits = {
         split: [
             Example(id=f"{name}-{split}-{i}", question=text, answer=labels[y], choices=labels, label=y)
@@ -330,7 +332,7 @@ def _dialogsum(root: Path) -> Task:
     def conv(path: Path, split: str) -> list[Example]:
         out = []
         for i, r in enumerate(_read_records(path)):
-            summary = r.get("summary") or r.get("summary1")
+            summary = r.get("summary") or r["summary1"]
             out.append(
                 Example(
                     id=f"dialogsum-{split}-{r.get('fname', i)}",

@@ -163,10 +163,11 @@ def choice_accuracy(
     prompt_fn=answer_prompt,
 ) -> ChoiceResult:
     """Log-likelihood multiple-choice accuracy (lm-eval ``acc`` and ``acc_norm``)."""
+    conts = []
     for ex in examples:
         if not ex.choices or ex.label is None:
             raise ValueError(f"example {ex.id} has no choices/label; use generation metrics")
-    conts = [[answer_continuation(ex, c) for c in ex.choices] for ex in examples]
+        conts.append([answer_continuation(ex, c) for c in ex.choices])
     lps = shared_context_logprobs(
         model,
         tokenizer,

@@ -72,7 +72,8 @@ class ServerCheckpoint:
         name = f"arrays-{round:05d}.npz"
         tmp = self.dir / (name + ".tmp")
         with tmp.open("wb") as f:
-            np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
+            # numpy's stub lets a **mapping fill allow_pickle too; these keys are array names, never that
+            np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})  # type: ignore[arg-type]
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.dir / name)
@@ -131,7 +132,9 @@ class ClientCheckpoint:
         path = self.dir / f"round-{round:05d}.npz"
         tmp = self.dir / (path.name + ".tmp")
         with tmp.open("wb") as f:
-            np.savez(f, **arrays, **{_STATE: np.array(json.dumps({"run": self.run, "state": text}))})
+            meta = np.array(json.dumps({"run": self.run, "state": text}))
+            # numpy's stub lets a **mapping fill allow_pickle too; these keys are "0", "1", ... and _STATE
+            np.savez(f, **arrays, **{_STATE: meta})  # type: ignore[arg-type]
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -161,7 +164,9 @@ _STATE = "__state__"
 
 def _get_rng() -> dict[str, Any]:
     version, internal, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = np.random.get_state(legacy=True)  # the default; numpy's stub assumes legacy=False without it
+    assert isinstance(state, tuple)  # the global RandomState is an MT19937, whose legacy state is a tuple
+    name, keys, pos, has_gauss, cached = state
     out: dict[str, Any] = {
         "python": [version, list(internal), gauss],
         "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from functools import lru_cache
 from importlib import import_module
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import yaml
@@ -69,15 +69,23 @@ def to_records(msg: Message) -> RecordDict:
     return RecordDict({META: meta, ARRAYS: _array_record(arrays)})
 
 
+def _numpy_arrays(content: RecordDict, key: str) -> dict[str, np.ndarray]:
+    if key not in content:
+        return {}
+    record = content[key]
+    assert isinstance(record, ArrayRecord)  # written by _array_record
+    return {k: a.numpy() for k, a in record.items()}
+
+
 def from_records(content: RecordDict) -> Message:
     meta = content[META]
-    arrays = {k: a.numpy() for k, a in content[ARRAYS].items()} if ARRAYS in content else {}
+    arrays = _numpy_arrays(content, ARRAYS)
     return Message(
         str(meta["sender"]),
         str(meta["receiver"]),
         str(meta["kind"]),
         join_arrays(str(meta["payload"]), arrays),
-        int(meta["round"]),
+        int(cast(int, meta["round"])),  # to_records wrote an int
     )
 
 
@@ -90,7 +98,7 @@ def _save_state(store: RecordDict, state: dict[str, Any]) -> None:
 def _load_state(store: RecordDict) -> dict[str, Any] | None:
     if STATE_META not in store:
         return None
-    arrays = {k: a.numpy() for k, a in store[STATE_ARRAYS].items()} if STATE_ARRAYS in store else {}
+    arrays = _numpy_arrays(store, STATE_ARRAYS)
     return join_arrays(str(store[STATE_META]["json"]), arrays)
 
 
@@ -191,7 +199,7 @@ class FlowerGrid:
             if req is None:
                 continue
             if r.has_error():
-                self._drop(req.receiver, req.round, f"error {r.error.code}: {r.error.reason.strip()[:300]}")
+                self._drop(req.receiver, req.round, f"error {r.error.code}: {(r.error.reason or '').strip()[:300]}")
                 continue
             reply = from_records(r.content)
             self.log.add(reply)
@@ -341,7 +349,7 @@ def run_simulation_engine(ctx, roles_module: str, *, num_cpus: int | None = None
         holder["result"] = roles.server_main(server_view(ctx), _flower_grid(grid, ctx))
 
     cpus = num_cpus or max(1, min(ctx.cfg.clients, os.cpu_count() or 1))
-    backend = {
+    backend: dict[str, dict[str, Any]] = {
         "init_args": {
             "num_cpus": cpus,
             "_node_ip_address": "127.0.0.1",

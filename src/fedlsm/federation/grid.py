@@ -290,9 +290,10 @@ def server_view(ctx: Any) -> Any:
 
 def run_log(ctx: Any) -> MessageLog:
     """The run's message log, ``messages.jsonl`` (started afresh unless the run resumes)."""
-    log = MessageLog(ctx.run_dir / "messages.jsonl")
+    path = ctx.run_dir / "messages.jsonl"
+    log = MessageLog(path)
     if not getattr(ctx.cfg, "resume", False):  # a resumed run appends to the messages it already logged
-        log.path.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
     return log
 
 

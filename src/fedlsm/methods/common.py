@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
-from fedlsm.data.task import Example, answer_continuation, answer_prompt
+from fedlsm.config import RunConfig
+from fedlsm.data.task import Example, Task, answer_continuation, answer_prompt
 from fedlsm.eval.scoring import evaluate
 from fedlsm.models.loading import default_device, load_causal_lm
 from fedlsm.models.training import TrainPair, TrainResult, TrainSettings, apply_lora, train_sft
 from fedlsm.runner import RunContext
 
 
-def train_settings(ctx: RunContext) -> TrainSettings:
+class RoleContext(Protocol):
+    """What these helpers read of a context: a simulation's RunContext or a client role's ClientContext."""
+
+    @property
+    def cfg(self) -> RunConfig: ...
+
+    @property
+    def task(self) -> Task: ...
+
+
+def train_settings(ctx: RoleContext) -> TrainSettings:
     t = ctx.cfg.train
     return TrainSettings(
         epochs=t.epochs,
@@ -23,7 +35,7 @@ def train_settings(ctx: RunContext) -> TrainSettings:
     )
 
 
-def load_slm(ctx: RunContext, *, trainable: bool = True):
+def load_slm(ctx: RoleContext, *, trainable: bool = True):
     """A fresh copy of the client SLM, with LoRA adapters when configured."""
     model, tok = load_causal_lm(ctx.cfg.slm, device=default_device())
     if trainable and ctx.cfg.train.lora:
@@ -37,11 +49,11 @@ def label_pairs(examples: Sequence[Example]) -> list[TrainPair]:
     return [TrainPair(answer_prompt(e), answer_continuation(e)) for e in examples]
 
 
-def finetune(ctx: RunContext, model, tok, pairs: Sequence[TrainPair], description: str) -> TrainResult:
+def finetune(ctx: RoleContext, model, tok, pairs: Sequence[TrainPair], description: str) -> TrainResult:
     return train_sft(model, tok, pairs, train_settings(ctx), description=description)
 
 
-def eval_slm(ctx: RunContext, model, tok, prefix: str = "") -> dict:
+def eval_slm(ctx: RoleContext, model, tok, prefix: str = "") -> dict:
     """Evaluate a trained client SLM. LoRA adapters are merged into the weights first (in place: the
     model is done training), which removes the adapters' extra matmuls from every forward pass."""
     if hasattr(model, "merge_and_unload"):

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from fedlsm.config import typed_method_args
-from fedlsm.data.task import answer_continuation, answer_prompt
+from fedlsm.data.task import Example, answer_continuation, answer_prompt
 from fedlsm.errors import ConfigError
 from fedlsm.federation.grid import ClientContext, Grid, client_name, run_in_process
 from fedlsm.federation.messages import Message
@@ -177,6 +177,14 @@ def slm_spec_for(cfg, args: CrossLMArgs, index: int, labels: list[str]) -> SLMSp
 # --------------------------------------------------------------------------------------------- client
 
 
+def _gold(examples: Sequence[Example]) -> list[int]:
+    out = []
+    for e in examples:
+        assert e.label is not None  # a classification task's examples all have one (the loaders set it)
+        out.append(e.label)
+    return out
+
+
 class CrossLMClient:
     """Client role: trains its SLM on its own data, uploads the weights, evaluates returned SLMs."""
 
@@ -186,7 +194,7 @@ class CrossLMClient:
         self.standalone_accuracy: float | None = None
 
     def _test(self) -> tuple[list[str], list[int]]:
-        return [e.question for e in self.ctx.task.test], [e.label for e in self.ctx.task.test]
+        return [e.question for e in self.ctx.task.test], _gold(self.ctx.task.test)
 
     def handle(self, msg: Message) -> Message:
         c = self.ctx
@@ -196,7 +204,7 @@ class CrossLMClient:
             clf = build_classifier(self.spec, seed=c.seed)
             fit = clf.fit(
                 [e.question for e in c.data],
-                [e.label for e in c.data],
+                _gold(c.data),
                 fit_settings(c.cfg, args, self.spec.kind, c.seed),
                 description=f"{c.name}: training its {self.spec.kind} SLM on private data",
             )
@@ -261,6 +269,7 @@ class CrossLMServer:
         from fedlsm.models.training import apply_lora
 
         self.ctx, self.args, self.cfg = ctx, args, ctx.cfg
+        assert ctx.task.labels is not None  # run() takes classification tasks only
         self.labels: list[str] = list(ctx.task.labels)
         model, self.tok = load_causal_lm(self.cfg.llm.model, device=default_device())
         t = self.cfg.train
@@ -451,6 +460,7 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
             "leave llm.base_url unset",
         )
     args = CrossLMArgs.from_config(cfg, ctx.task)
+    assert args.general_task is not None  # from_config chooses one when none is given
     general = load_task(args.general_task, n_test=args.n_general, seed=cfg.seed, data_dir=cfg.data.root)
     server = CrossLMServer(ctx, args)
     labels = server.labels
@@ -536,7 +546,7 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
 
     # Table 6: every received (Step-1) SLM judges the original and the final LLM's generations.
     final = pool
-    nlg = {"original": [], "enhanced": []}
+    nlg: dict[str, list[float]] = {"original": [], "enhanced": []}
     for _name, up in progress_iter(list(uploads.items()), "SLMs judging the LLM's generations"):
         judge = build_classifier(SLMSpec.from_dict(up["spec"]), up["arrays"])
         for key, pl in (("original", pool0), ("enhanced", final)):

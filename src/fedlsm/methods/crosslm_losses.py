@@ -15,13 +15,19 @@ a 10-token and a 60-token sample.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 GAMMAS = (1.0, 0.1, 0.05)  # γ1 (L_g), γ2 (L_t), γ3 (L_r): the paper's setting
 
 
-def reward(prob_of_label: torch.Tensor) -> torch.Tensor:
+_Probs = TypeVar("_Probs", torch.Tensor, np.ndarray)
+
+
+def reward(prob_of_label: _Probs) -> _Probs:
     """Eq. 4: r = 2·S(y^s|x^s) − 1, in [-1, 1]; > 0 when the SLM agrees with the intended label."""
     return 2 * prob_of_label - 1
 

@@ -103,7 +103,7 @@ def average(updates: list[tuple[dict[str, np.ndarray], int]]) -> dict[str, np.nd
     if total <= 0:
         raise ValueError("no client had training examples this round")
     keys = updates[0][0].keys()
-    return {k: (sum(w[k].astype(np.float64) * n for w, n in updates) / total).astype(np.float32) for k in keys}
+    return {k: np.asarray(sum(w[k].astype(np.float64) * n for w, n in updates) / total, dtype=np.float32) for k in keys}
 
 
 # --- client role ---------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedlsm.config import typed_method_args
 from fedlsm.data.task import Example, answer_continuation, answer_prompt, format_question
@@ -50,6 +50,9 @@ from fedlsm.methods.common import eval_slm, finetune, label_pairs, load_slm
 from fedlsm.models.generation import GenerationConfig, HFGenerator, TextGenerator
 from fedlsm.models.training import TrainPair, adapter_arrays, load_adapter_arrays
 from fedlsm.runner import MethodResult, RunContext
+
+if TYPE_CHECKING:
+    from fedlsm.methods.fedcot_adaptive import AdaptiveCodec
 
 LABEL_PREFIX = "[label] "
 RATIONALE_PREFIX = "[rationale] "
@@ -103,9 +106,9 @@ def consistent(rationale: str, ex: Example) -> bool:
     ans = stated_answer(rationale, ex)
     if ans is None:
         return False
-    if ex.choices is None and extract_number(ex.answer) is not None:
+    if ex.choices is None and (gold := extract_number(ex.answer)) is not None:
         try:
-            return float(ans) == float(extract_number(ex.answer))
+            return float(ans) == float(gold)
         except ValueError:
             return False
     return ans.strip().lower() == ex.answer.strip().lower()
@@ -244,7 +247,7 @@ class FedCoTClient:
         self.sent: list[str] | None = None  # the perturbed private prompts released to the server
         self.codec_public: dict[str, Any] | None = None  # FedCoT-A: public prompts, their p^ε and p^p
         self.codec_adapter: dict[str, Any] | None = None  # FedCoT-A: the perturber/decoder SLM's LoRA weights
-        self._codec = None
+        self._codec: AdaptiveCodec | None = None
 
     # --- pieces
     def _seed(self, stage: int) -> None:
@@ -311,6 +314,7 @@ class FedCoTClient:
 
         if self._codec is None:
             model, tok = load_slm(self.ctx)
+            assert self.codec_adapter is not None  # trained and kept by the earlier codec_public_prompts request
             load_adapter_arrays(model, self.codec_adapter)
             self._codec = build_codec(self.ctx, model, tok, self._sanitizer())
         return self._codec
@@ -354,6 +358,7 @@ class FedCoTClient:
 
         self._seed(4)
         codec = self._codec_model()
+        assert self.codec_public is not None  # kept by the earlier codec_public_prompts request
         train_jointly(
             self.ctx, codec, self.codec_public, msg.payload["rationales"], msg.payload["perturbed_rationales"]
         )
@@ -384,6 +389,7 @@ class FedCoTClient:
         )
 
     def _decode(self, mode: str, received: Sequence[str]) -> list[str]:
+        assert self.sent is not None  # released by the earlier prompts / codec_rationales request
         if mode == "fedcot-a":
             return self._codec_model().decode(self.raw_prompts, self.sent, received)
         # FedCoT-E: in-context decoding with the client's untrained SLM, input (p, p^p, r^p)
@@ -398,6 +404,7 @@ class FedCoTClient:
 
     def _distil(self, msg: Message) -> Message:
         mode, received = msg.payload["mode"], list(msg.payload["rationales"])
+        assert self.sent is not None  # released by the earlier prompts / codec_rationales request
         decoded = self._decode(mode, received)
         fed = RationaleSet(
             mode, self.sent, received, decoded, [consistent(r, e) for r, e in zip(decoded, self.ctx.data)]

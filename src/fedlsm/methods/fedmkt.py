@@ -439,8 +439,8 @@ def run_fedmkt(ctx: RunContext) -> MethodResult:
             try:
                 from fedlsm.methods import fedavg
             except ImportError:
-                fedavg = None
-            if fedavg is not None:
+                pass  # no FedAvg row
+            else:
                 sub = replace(
                     ctx,
                     cfg=cfg.model_copy(update={"method_args": {"rounds": args.rounds}}),

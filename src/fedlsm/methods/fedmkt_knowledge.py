@@ -91,6 +91,8 @@ class Aligner:
         if self.identity:
             n = min(len(receiver_ids), len(s_ids))
             return s_ids[:n].astype(np.int64), s_val[:n]
+        # make_aligner sets the map and both vocabularies, or none of them
+        assert self.sender_norm is not None and self.receiver_norm is not None and self.vocab_map is not None
         sender_tokens = [self.sender_norm[t] for t in k.token_ids[rows]]
         receiver_tokens = [self.receiver_norm[t] for t in receiver_ids]
         matches = receiver_matches(dp_align(sender_tokens, receiver_tokens), len(receiver_tokens))
@@ -133,6 +135,8 @@ def kd_pairs(
         if chosen is None:
             out.append(KDPair(pair))
             continue
-        ids, vals = aligners[chosen].soft_targets(knowledge[chosen], i, receiver_text_ids[i])
+        k, aligner = knowledge[chosen], aligners[chosen]
+        assert k is not None and aligner is not None  # a sender without knowledge is never selected
+        ids, vals = aligner.soft_targets(k, i, receiver_text_ids[i])
         out.append(KDPair(pair, ids, vals))
     return out

@@ -24,12 +24,16 @@ import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fedlsm.errors import ConfigError, FedLSMError
 from fedlsm.models.training import TrainResult, TrainSettings
 from fedlsm.progress import progress_iter
+
+if TYPE_CHECKING:
+    import torch
 
 ENCODER_ALIASES = {"minilm-l6": "minilm-l6", "minilm": "minilm-l6", "all-minilm-l6-v2": "minilm-l6"}
 _ENCODER_TYPES = {"bert", "distilbert", "roberta", "xlm-roberta", "deberta", "deberta-v2", "electra", "albert"}
@@ -90,7 +94,7 @@ class SLMClassifier:
     """A trained-or-trainable text classifier over ``spec.labels``."""
 
     spec: SLMSpec
-    model: object
+    model: torch.nn.Module
 
     def probabilities(self, texts: Sequence[str], *, batch_size: int = 16) -> np.ndarray:
         """``S(y|x)`` for every text and label: shape (len(texts), len(labels)), rows sum to 1."""

@@ -188,7 +188,9 @@ def load_causal_lm(spec: str | ModelSource, *, dtype=None, device: str | None = 
                 tok = load_tokenizer(src)
                 # The weights are already dequantized to `dtype`; drop the GGUF quantizer marker so
                 # transformers lets us save them as ordinary safetensors.
-                model.hf_quantizer = None
+                # transformers declares no hf_quantizer on PreTrainedModel; nn.Module's __setattr__ annotation
+                # admits only tensors and modules, but a plain attribute set to None is what it does here
+                model.hf_quantizer = None  # type: ignore[assignment]
                 if hasattr(model.config, "quantization_config"):
                     del model.config.quantization_config
                 tmp = cached.with_name(f"{cached.name}.tmp-{os.getpid()}")
@@ -203,7 +205,8 @@ def load_causal_lm(spec: str | ModelSource, *, dtype=None, device: str | None = 
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
     if device:
-        model.to(device)
+        # PreTrainedModel.to is decorated with functools.wraps, whose typeshed type does not bind self
+        model.to(device)  # type: ignore[arg-type]
     model.eval()
     return model, tok
 

@@ -12,9 +12,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from fedlsm.errors import ConfigError, FedLSMError
 from fedlsm.models.generation import GenerationConfig, GenerationStats, truncate_at_stop
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam
 
 
 class OpenAIGenerator:
@@ -124,9 +128,8 @@ class OpenAIGenerator:
         kw = self._sampling_kwargs(cfg)
         try:
             if self.use_chat:
-                messages = ([{"role": "system", "content": system}] if system else []) + [
-                    {"role": "user", "content": prompt}
-                ]
+                messages: list[ChatCompletionMessageParam] = [{"role": "system", "content": system}] if system else []
+                messages.append({"role": "user", "content": prompt})
                 resp = self._client.chat.completions.create(model=self.model, messages=messages, **kw)
                 text = resp.choices[0].message.content if resp.choices else None
             else:

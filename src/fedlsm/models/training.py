@@ -123,7 +123,7 @@ def batch_plan(rows: Sequence, s: TrainSettings) -> list[list]:
     if s.max_steps:
         total = min(total, s.max_steps)
     order: list[int] = []
-    batches = []
+    batches: list[list] = []
     while len(batches) < total:
         if not order:
             order = list(range(len(rows)))

@@ -90,6 +90,7 @@ def privacy_curve(
     for eps in progress_iter(eps_list, "privacy curve", enabled=show_progress):
         san = sanitizer.with_epsilon(eps)
         res = san.sanitize(texts, seed=seed)
+        assert res.token_ids is not None  # a TextSanitizer's output is always token ids of its tokenizer
         orig = torch.tensor([t for row in res.input_ids for t in row], dtype=torch.long)
         seen = torch.tensor([t for row in res.token_ids for t in row], dtype=torch.long)
         private = torch.tensor([b for row in res.perturbed for b in row], dtype=torch.bool)
@@ -99,6 +100,7 @@ def privacy_curve(
         rationale_ratio = None
         if generator is not None:
             perturbed_r = generator.generate([rationale_prompt.format(text=t) for t in res.texts], generation_config)
+            assert reference is not None  # generated above whenever there is a generator
             rationale_ratio = mean_token_ratio(perturbed_r, reference)
         curve.points.append(
             CurvePoint(

@@ -324,6 +324,7 @@ class ExponentialMechanism:
     def _sample_topk(self, xs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Inverse-CDF sampling: one float64 CDF per distinct token, one binary search per occurrence."""
         uniq, inv = torch.unique(xs, return_inverse=True)
+        assert self._table is not None  # sample() calls this for a top-k mechanism only
         cand, sims = self._table.lookup(uniq)
         cdf = torch.cumsum(torch.softmax(sims.double() * self.scale, dim=1), dim=1)
         cdf /= cdf[:, -1:].clone()  # the last entry is exactly 1, so a uniform draw in [0, 1) always lands
@@ -442,7 +443,9 @@ class _CandidateTable:
 
     def __init__(self, mech: ExponentialMechanism):
         self.mech = mech
-        v, k, dev = mech.vocab_size, mech.top_k, mech.device
+        assert mech.top_k is not None  # only a top-k mechanism has a candidate table
+        self.k: int = mech.top_k
+        v, k, dev = mech.vocab_size, self.k, mech.device
         self.ids = torch.zeros((v, k), dtype=torch.long, device=dev)
         self.sims = torch.zeros((v, k), dtype=torch.float32, device=dev)
         self.ready = torch.zeros(v, dtype=torch.bool, device=dev)
@@ -460,7 +463,7 @@ class _CandidateTable:
             self._store(rows, sims)
 
     def _store(self, rows: torch.Tensor, sims: torch.Tensor) -> None:
-        mech, k = self.mech, self.mech.top_k
+        mech, k = self.mech, self.k
         sims = sims.masked_fill(~mech._allowed, -math.inf)
         r = torch.arange(rows.numel(), device=rows.device)
         own = mech._allowed[rows]
@@ -478,7 +481,7 @@ class _CandidateTable:
         """
         from fedlsm.progress import progress_iter
 
-        mech, k, v = self.mech, self.mech.top_k, self.mech.vocab_size
+        mech, k, v = self.mech, self.k, self.mech.vocab_size
         unit, allowed = mech._unit, mech._allowed
         b = 4096  # a block of similarities is b × b floats (64 MB): large blocks, few small operations
         blocks = [(s, min(v, s + b)) for s in range(0, v, b)]

@@ -281,7 +281,7 @@ class AdaptivePerturber:
 
     def __init__(
         self,
-        fn: Callable[[list[str]], list[str]],
+        fn: Callable[..., list[str]],  # texts -> texts, optionally with a `seed` keyword
         *,
         tokenizer=None,
         name: str = "adaptive",
