@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from fedlsm.core import RunContext
 from fedlsm.data.task import Example, answer_continuation, answer_prompt
 from fedlsm.eval.scoring import evaluate
 from fedlsm.models.loading import default_device, load_causal_lm
 from fedlsm.models.training import TrainPair, TrainResult, TrainSettings, apply_lora, train_sft
-from fedlsm.runner import RunContext
 
 
 def train_settings(ctx: RunContext) -> TrainSettings:
