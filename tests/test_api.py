@@ -9,7 +9,7 @@ from fedlsm.errors import ConfigError
 
 
 def test_registry_and_config_errors(tmp_path):
-    by_name = {m.name: m for m in fedlsm.methods()}
+    by_name = {m.name: m for m in fedlsm.available_methods()}
     assert by_name["fedcot"].engines == ("in-process", "flower-sim", "flower-deploy")
     assert (
         by_name["fedcot-nonprivate"].raw_data_baseline and "flower-deploy" not in by_name["fedcot-nonprivate"].engines

@@ -110,9 +110,9 @@ def bench(n: int, rounds: int, out: Path) -> dict:
     from rich.console import Console
 
     from fedlsm.config import RunConfig
+    from fedlsm.core import RunContext
     from fedlsm.data.loaders import load_task
     from fedlsm.federation.flower import run_simulation_engine
-    from fedlsm.runner import RunContext
 
     cfg = RunConfig(
         method="fedavg",

@@ -23,9 +23,10 @@ from rich.console import Console
 from rich.table import Table
 
 from fedlsm.config import build_config
+from fedlsm.core import seed_everything
 from fedlsm.methods.common import eval_slm, finetune, label_pairs, load_slm
 from fedlsm.methods.fedcot import LABEL_PREFIX, consistent, multitask_pairs
-from fedlsm.runner import prepare, seed_everything
+from fedlsm.runner import prepare
 
 
 def _seed_file(a: argparse.Namespace, seed: int) -> Path:

@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["MethodInfo", "RunConfig", "RunResult", "load_config", "load_result", "methods", "run"]
+__all__ = ["MethodInfo", "RunConfig", "RunResult", "available_methods", "load_config", "load_result", "run"]
 
 if TYPE_CHECKING:
-    from fedlsm.api import MethodInfo, RunResult, load_config, load_result, methods, run
+    from fedlsm.api import MethodInfo, RunResult, available_methods, load_config, load_result, run
     from fedlsm.config import RunConfig
 
 
@@ -25,6 +25,7 @@ def __getattr__(name: str) -> Any:
         from fedlsm.config import RunConfig
 
         return RunConfig
+    # (not `methods`: that name is the fedlsm.methods subpackage once it is imported)
     if name in __all__:
         from fedlsm import api
 

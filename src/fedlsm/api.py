@@ -65,7 +65,7 @@ class RunResult:
         raise KeyError(f"no row '{label}' in {self.name}'s table (rows: {', '.join(labels)})")
 
 
-def methods() -> list[MethodInfo]:
+def available_methods() -> list[MethodInfo]:
     """Every registered method with the engines it supports."""
     from fedlsm.federation.policy import NON_PRIVATE_BASELINES
     from fedlsm.methods import METHODS, ROLES

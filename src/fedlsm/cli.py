@@ -7,16 +7,15 @@ traceback unless ``FEDLSM_DEBUG=1``.
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import sys
-import warnings
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
 from fedlsm.errors import ConfigError, FedLSMError
+from fedlsm.library_logs import quiet_libraries
 
 app = typer.Typer(
     help="fedlsm: privacy-preserving collaboration between a server LLM and client SLMs.",
@@ -26,22 +25,6 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # one line per error, never wrapped
-
-
-def _quiet_libraries() -> None:
-    # transformers/peft deprecation chatter hides our own output; users can re-enable with FEDLSM_DEBUG.
-    if os.environ.get("FEDLSM_DEBUG"):
-        return
-    warnings.filterwarnings("ignore")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    logging.getLogger("transformers").setLevel(logging.ERROR)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except Exception:
-        pass
 
 
 def user_errors(fn):
@@ -82,7 +65,7 @@ def run_command(
     resume: bool = typer.Option(False, "--resume", help="continue run folder --name from its last checkpoint"),
 ):
     """Run a method (and its baselines) and print a table; results go to runs/<name>/."""
-    _quiet_libraries()
+    quiet_libraries()
     from fedlsm.config import build_config, parse_override
     from fedlsm.runner import run
 
@@ -119,7 +102,7 @@ def eval_command(
     seed: int = typer.Option(0),
 ):
     """Evaluate a model zero-shot on a task's test split."""
-    _quiet_libraries()
+    quiet_libraries()
     from fedlsm.data.loaders import load_task
     from fedlsm.eval.scoring import evaluate
     from fedlsm.models.loading import default_device, load_causal_lm

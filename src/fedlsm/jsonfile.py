@@ -17,3 +17,12 @@ def write_json_atomic(
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(value, indent=indent, default=default))
     os.replace(tmp, path)
+
+
+def to_jsonable(x: Any) -> Any:
+    """``json.dumps``'s ``default``: report objects by their ``as_dict``, numpy values as lists."""
+    if hasattr(x, "as_dict"):
+        return x.as_dict()
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    return str(x)

@@ -100,7 +100,7 @@ class _PlainReporter:
                     self._thread = None
                     return
                 stage = self._stages[-1]
-            if time.monotonic() - self._last_line >= interval:
+            if progress_enabled() and time.monotonic() - self._last_line >= interval:
                 stage.reported = True
                 self.emit(stage.line())
 

@@ -7,81 +7,17 @@ finished step, so a crash loses nothing already measured) and whatever the metho
 
 from __future__ import annotations
 
-import json
-import random
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
 from fedlsm.config import RunConfig
-from fedlsm.data.sources import build_task, server_data, simulation_data  # noqa: F401 - build_task re-exported
-from fedlsm.data.task import Example, Task
+from fedlsm.core import MethodResult, RunContext, render_table, seed_everything
+from fedlsm.data.sources import server_data, simulation_data
+from fedlsm.data.task import Example
 from fedlsm.errors import ConfigError
-from fedlsm.jsonfile import write_json_atomic
-
-
-@dataclass
-class RunContext:
-    """One run as the composition root sees it. ``task`` never holds training examples (only its type,
-    labels and evaluation split); ``clients`` holds each simulated client's partition (empty in a
-    deployed server, and cut away by ``server_view`` before a server role sees the context)."""
-
-    cfg: RunConfig
-    task: Task
-    public: list[Example]
-    clients: list[list[Example]]
-    run_dir: Path
-    console: Console
-    metrics: dict[str, Any] = field(default_factory=dict)
-
-    def record(self, key: str, value: Any) -> None:
-        """Store a metric and flush metrics.json at once (nothing measured is lost on a crash)."""
-        self.metrics[key] = value
-        self.flush()
-
-    def flush(self) -> None:
-        write_json_atomic(self.run_dir / "metrics.json", self.metrics, default=_jsonable)
-
-    def save_jsonl(self, name: str, rows: list[dict]) -> Path:
-        p = self.run_dir / name
-        with p.open("w") as f:
-            for r in rows:
-                f.write(json.dumps(r, default=_jsonable) + "\n")
-        return p
-
-
-def _jsonable(x: Any) -> Any:
-    if hasattr(x, "as_dict"):
-        return x.as_dict()
-    if hasattr(x, "tolist"):
-        return x.tolist()
-    return str(x)
-
-
-@dataclass
-class MethodResult:
-    """What a method returns: table rows (one dict per row, same keys) and a title."""
-
-    rows: list[dict[str, Any]]
-    title: str
-    summary: dict[str, Any] = field(default_factory=dict)
-
-
-MethodFn = Callable[[RunContext], MethodResult]
-
-
-def seed_everything(seed: int) -> None:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def prepare(cfg: RunConfig, console: Console | None = None, *, server_only: bool = False) -> RunContext:
@@ -125,23 +61,6 @@ def prepare(cfg: RunConfig, console: Console | None = None, *, server_only: bool
     return ctx
 
 
-def render_table(result: MethodResult) -> Table:
-    table = Table(title=result.title)
-    if not result.rows:
-        return table
-    for i, col in enumerate(result.rows[0]):
-        table.add_column(str(col), justify="left" if i == 0 else "right")  # row labels left, numbers right
-    for row in result.rows:
-        table.add_row(*[_fmt(v) for v in row.values()])
-    return table
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{100 * v:.1f}" if 0 <= v <= 1 else f"{v:.3g}"
-    return "" if v is None else str(v)
-
-
 def compute_usage(t0: float, cpu0: float) -> dict[str, float]:
     """Wall and CPU seconds since (t0, cpu0) and the process's peak resident memory (getrusage: the
     whole process's peak, so a run's own peak when it has the process to itself, as in `fedlsm bench`)."""
@@ -176,8 +95,12 @@ def check_engine(cfg: RunConfig) -> None:
         )
 
 
-def run(cfg: RunConfig, console: Console | None = None) -> tuple[RunContext, MethodResult]:
-    """One run of ``cfg.method``; in simulation also its raw-data baselines, each as its own run."""
+def run(
+    cfg: RunConfig, console: Console | None = None, *, deployed_grid: Any = None
+) -> tuple[RunContext | None, MethodResult]:
+    """One run of ``cfg.method``; in simulation also its raw-data baselines, each as its own run.
+    ``deployed_grid``: inside a deployment's ServerApp (fedlsm.federation.apps), the grid Flower gave
+    it; without one, a flower-deploy run is submitted to the SuperLink (the context is then None)."""
     from fedlsm.methods import check_options, get_method
 
     check_options(cfg)  # every option named and typed before anything loads
@@ -188,11 +111,11 @@ def run(cfg: RunConfig, console: Console | None = None) -> tuple[RunContext, Met
     else:  # the method's roles on Flower (fedlsm.federation.flower); methods never import flwr
         from fedlsm.federation import flower
 
-        if cfg.engine == "flower-deploy" and not flower.in_server_app():
+        if cfg.engine == "flower-deploy" and deployed_grid is None:
             from fedlsm.federation.deploy import submit_run
 
             return submit_run(cfg, console or Console())  # the run happens in the SuperLink's ServerApp
-        method = flower.flower_method(cfg)
+        method = flower.flower_method(cfg, deployed_grid)
         server_only = cfg.engine == "flower-deploy"  # the ServerApp loads no client's data
     ctx = prepare(cfg, console, server_only=server_only)
     who = f"{[len(c) for c in ctx.clients]} examples" if ctx.clients else "their own data"
@@ -229,8 +152,10 @@ def _simulation_harness(ctx: RunContext, result: MethodResult) -> MethodResult:
         for name in SIMULATION_BASELINES.get(ctx.cfg.method, ()):
             ctx.console.print(f"[bold]baseline[/] {name}: its own run, {ctx.run_dir.name}.{name}")
             bcfg = ctx.cfg.model_copy(update={"method": name, "name": f"{ctx.run_dir.name}.{name}"})
-            baselines[name] = run(bcfg, ctx.console)
-            baselines[name][0].metrics["run"]["baseline_of"] = ctx.run_dir.name
-            baselines[name][0].flush()
+            bctx, bresult = run(bcfg, ctx.console)
+            assert bctx is not None  # a simulation run always has its context here
+            bctx.metrics["run"]["baseline_of"] = ctx.run_dir.name
+            bctx.flush()
+            baselines[name] = (bctx, bresult)
     harness = get_harness(ctx.cfg.method)
     return harness(ctx, result, baselines) if harness else result

@@ -49,11 +49,11 @@ def is_done(run_dir: Path) -> bool:
 def _child(cfg_json: str, log_path: str) -> None:
     """Entry point of the child process: one runner.run, console to run.log, exit code = outcome."""
     os.environ["FEDLSM_NO_PROGRESS"] = "1"
-    from fedlsm.cli import _quiet_libraries
     from fedlsm.config import RunConfig
+    from fedlsm.library_logs import quiet_libraries
     from fedlsm.runner import run
 
-    _quiet_libraries()
+    quiet_libraries()
     with open(log_path, "a") as log:
         os.dup2(log.fileno(), 1)  # library chatter (stdout and stderr) goes to the log too
         os.dup2(log.fileno(), 2)

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from fedlsm.jsonfile import write_json_atomic
+from fedlsm.jsonfile import to_jsonable, write_json_atomic
 
 _POINTER = "checkpoint.json"
 
@@ -77,10 +77,8 @@ class ServerCheckpoint:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.dir / name)
-        from fedlsm.runner import _jsonable  # metrics.json's encoder: numpy values, report objects
-
         pointer = {"round": round, "arrays": name, "state": state, "rng": _get_rng()}
-        write_json_atomic(self.dir / _POINTER, pointer, default=_jsonable, indent=None)  # the commit point
+        write_json_atomic(self.dir / _POINTER, pointer, default=to_jsonable, indent=None)  # the commit point
         for old in self.dir.glob("arrays-*.npz"):  # keep only the committed one
             if old.name != name:
                 old.unlink(missing_ok=True)

@@ -16,7 +16,7 @@
   runtime dependency installation off (the environment is installed already), each SuperNode
   told only its partition index (``--node-config partition-id=K``).
 * :func:`submit_run` is ``fedlsm run --engine flower-deploy``: it writes a minimal Flower app
-  (``pyproject.toml`` whose components are :data:`fedlsm.federation.flower.server_app` and
+  (``pyproject.toml`` whose components are :data:`fedlsm.federation.apps.server_app` and
   ``client_app``, with the run config as Flower run config) and calls ``flwr run`` against the
   SuperLink. The run itself (run folder, metrics, table) happens in the SuperLink's ServerApp
   process; when that folder is on this machine its table is printed here too.
@@ -272,8 +272,8 @@ def _app_dir(folder: Path, cfg_text: str, roles: str) -> Path:
                 "app": {
                     "publisher": "fedlsm",
                     "components": {
-                        "serverapp": "fedlsm.federation.flower:server_app",
-                        "clientapp": "fedlsm.federation.flower:client_app",
+                        "serverapp": "fedlsm.federation.apps:server_app",
+                        "clientapp": "fedlsm.federation.apps:client_app",
                     },
                     "config": {"fedlsm-config": cfg_text, "fedlsm-roles": roles},
                 }
@@ -299,8 +299,8 @@ def _flower_home(folder: Path, superlink: str, root_certificates: str | None, in
 
 def submit_run(cfg, console):
     """``fedlsm run --engine flower-deploy``: hand the run to the SuperLink and wait for it to finish."""
+    from fedlsm.core import MethodResult, render_table
     from fedlsm.methods import ROLES, get_roles
-    from fedlsm.runner import MethodResult, render_table
 
     get_roles(cfg.method)
     f = cfg.federation

@@ -371,46 +371,19 @@ def run_simulation_engine(ctx, roles_module: str, *, num_cpus: int | None = None
     return holder["result"]
 
 
-_DEPLOYED_GRID: FlowerGridBase | None = None
-
-
-def in_server_app() -> bool:
-    """True inside the deployed ServerApp (the SuperLink's process), False where a run is submitted."""
-    return _DEPLOYED_GRID is not None
-
-
-def flower_method(cfg) -> Callable[[Any], Any]:
-    """``RunContext -> MethodResult`` running ``cfg.method``'s roles on ``cfg.engine``."""
+def flower_method(cfg, deployed_grid: FlowerGridBase | None = None) -> Callable[[Any], Any]:
+    """``RunContext -> MethodResult`` running ``cfg.method``'s roles on ``cfg.engine``; a deployment's
+    ServerApp passes in the grid Flower gave it."""
     from fedlsm.methods import ROLES, get_roles
 
     get_roles(cfg.method)  # ConfigError when the method has no roles
     if cfg.engine == "flower-sim":
         return lambda ctx: run_simulation_engine(ctx, ROLES[cfg.method])
-    if cfg.engine == "flower-deploy" and _DEPLOYED_GRID is not None:
-        grid = _DEPLOYED_GRID
+    if cfg.engine == "flower-deploy" and deployed_grid is not None:
+        grid = deployed_grid
         return lambda ctx: get_roles(cfg.method).server_main(server_view(ctx), _flower_grid(grid, ctx))
     raise ValueError(f"no Flower method for engine {cfg.engine!r} here")
 
-
-def _deployed_main(grid: FlowerGridBase, context: Context) -> None:
-    """The deployed ServerApp: the whole ``fedlsm run`` (run folder, table, metrics) in the SuperLink's process."""
-    global _DEPLOYED_GRID
-    from rich.console import Console
-
-    from fedlsm.config import RunConfig
-    from fedlsm.runner import run
-
-    cfg = RunConfig.model_validate(yaml.safe_load(str(context.run_config[RUN_CONFIG_KEY])))
-    _DEPLOYED_GRID = grid
-    try:  # the server's own data only: run() prepares a server-only context inside the ServerApp
-        run(cfg.model_copy(update={"engine": "flower-deploy"}), Console(force_terminal=False, width=120))
-    finally:
-        _DEPLOYED_GRID = None
-
-
-server_app = ServerApp()
-server_app.main()(_deployed_main)
-client_app = make_client_app()
 
 __all__ = [
     "FlowerGrid",
@@ -418,9 +391,6 @@ __all__ = [
     "from_records",
     "make_client_app",
     "run_simulation_engine",
-    "server_app",
-    "client_app",
     "flower_method",
-    "in_server_app",
     "portable_config",
 ]

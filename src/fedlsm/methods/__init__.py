@@ -60,8 +60,8 @@ METHOD_DEFAULTS: dict[str, dict] = {
 # check_options validates them before any model loads (fedlsm run, grid expansion, fedlsm.load_config).
 OPTIONS: dict[str, str] = {
     "standalone": "fedlsm.methods.standalone:StandaloneArgs",
-    "fedcot": "fedlsm.methods.fedcot:FedCoTArgs",
-    "fedcot-nonprivate": "fedlsm.methods.fedcot:FedCoTArgs",
+    "fedcot": "fedlsm.methods.fedcot_settings:FedCoTArgs",
+    "fedcot-nonprivate": "fedlsm.methods.fedcot_settings:FedCoTArgs",
     "fedavg": "fedlsm.methods.fedavg:FedAvgArgs",
     "crosslm": "fedlsm.methods.crosslm:CrossLMArgs",
     "fedmkt": "fedlsm.methods.fedmkt:FedMKTArgs",

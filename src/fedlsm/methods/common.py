@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from fedlsm.config import RunConfig
+from fedlsm.core import RunContext
 from fedlsm.data.task import Example, Task, answer_continuation, answer_prompt
 from fedlsm.eval.scoring import evaluate
 from fedlsm.models.loading import default_device, load_causal_lm
 from fedlsm.models.training import TrainPair, TrainResult, TrainSettings, apply_lora, train_sft
-from fedlsm.runner import RunContext
 
 
 class RoleContext(Protocol):

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from fedlsm.config import typed_method_args
+from fedlsm.core import MethodResult, RunContext
 from fedlsm.data.task import Example, answer_continuation, answer_prompt
 from fedlsm.errors import ConfigError
 from fedlsm.federation.grid import ClientContext, Grid, client_name, run_in_process
@@ -54,7 +55,6 @@ from fedlsm.models.classifier import (
 )
 from fedlsm.models.training import TrainSettings
 from fedlsm.progress import progress_iter
-from fedlsm.runner import MethodResult, RunContext
 
 # Per-task prompt templates (method_args override each): M(y) asks the LLM for a sample of label y
 # ({label} is the label word), `instruction` goes before every verbalizer prompt of Eq. 1.

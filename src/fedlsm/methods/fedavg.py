@@ -25,12 +25,12 @@ from typing import Any
 import numpy as np
 
 from fedlsm.config import typed_method_args
+from fedlsm.core import MethodResult, RunContext
 from fedlsm.errors import ConfigError
 from fedlsm.federation.checkpoint import ServerCheckpoint
 from fedlsm.federation.grid import ClientContext, Grid, broadcast, report_dropped, require_quorum, run_in_process
 from fedlsm.federation.messages import Message
 from fedlsm.methods.common import label_pairs, load_slm, train_settings
-from fedlsm.runner import MethodResult, RunContext
 
 FIT = "fedavg_fit"
 FIT_REPLY = "fedavg_fit_reply"

@@ -25,14 +25,13 @@ few-shot CoT demonstrations from public examples; it never sees a client's data,
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fedlsm.config import typed_method_args
+from fedlsm.core import MethodResult, RunContext
 from fedlsm.data.task import Example, answer_continuation, answer_prompt, format_question
 from fedlsm.errors import ConfigError
 from fedlsm.eval.scoring import evaluate, extract_number
@@ -47,9 +46,9 @@ from fedlsm.federation.grid import (
 )
 from fedlsm.federation.messages import Message
 from fedlsm.methods.common import eval_slm, finetune, label_pairs, load_slm
+from fedlsm.methods.fedcot_settings import FedCoTArgs, generation_config
 from fedlsm.models.generation import GenerationConfig, HFGenerator, TextGenerator
 from fedlsm.models.training import TrainPair, adapter_arrays, load_adapter_arrays
-from fedlsm.runner import MethodResult, RunContext
 
 if TYPE_CHECKING:
     from fedlsm.methods.fedcot_adaptive import AdaptiveCodec
@@ -158,38 +157,8 @@ def multitask_pairs(
 # ------------------------------------------------------------------------------------------- shared
 
 
-@dataclass(frozen=True)
-class FedCoTArgs:
-    """``method_args`` of FedCoT and its Non-Private baseline (``--set method_args.<name>=...``)."""
-
-    variant: str = "e"  # e: in-context decoding (FedCoT-E); a: a trained perturber/decoder SLM (FedCoT-A)
-    demos: int = 3  # public CoT demonstrations in the server's few-shot prompt
-    rationale_weight: float = 1.0  # weight of the rationale task beside the label task (Eq. 9)
-    ablate_decoding: bool = False  # Table 5: train on the perturbed rationales as received
-    adaptive_guard: bool = True  # FedCoT-A: the exponential mechanism guards the perturber's output
-    teacher: str = "llm"  # Non-Private: "recorded" uses a larger LLM's recorded rationales (cqa)
-    baselines: bool = True  # run the raw-data baseline beside the method (simulation only)
-
-    @classmethod
-    def from_cfg(cls, cfg) -> FedCoTArgs:
-        out = cls(**typed_method_args(cls, dict(cfg.method_args), cfg.method))
-        if out.variant.lower() not in ("e", "a"):
-            raise ConfigError("method_args.variant", f"unknown FedCoT variant '{out.variant}'", "use e or a")
-        if out.teacher not in ("llm", "recorded"):
-            raise ConfigError("method_args.teacher", f"unknown teacher '{out.teacher}'", "use llm or recorded")
-        if out.demos < 0:
-            raise ConfigError("method_args.demos", f"must be >= 0 (got {out.demos})", "use e.g. 3")
-        return dataclasses.replace(out, variant=out.variant.lower())
-
-
 def _variant(cfg) -> str:
     return FedCoTArgs.from_cfg(cfg).variant
-
-
-def generation_config(cfg) -> GenerationConfig:
-    return GenerationConfig(
-        max_new_tokens=cfg.llm.max_new_tokens, temperature=cfg.llm.temperature, stop=["\n\n", "\nQ:"]
-    )
 
 
 def _eval(ctx, model, tok, prefix: str = "") -> dict:
@@ -252,7 +221,7 @@ class FedCoTClient:
     # --- pieces
     def _seed(self, stage: int) -> None:
         """The same training draws for this client and stage on every engine (not the privacy noise)."""
-        from fedlsm.runner import seed_everything
+        from fedlsm.core import seed_everything
 
         seed_everything(self.ctx.seed * 10 + stage)
 

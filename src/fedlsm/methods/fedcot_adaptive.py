@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from fedlsm.data.task import format_question
 from fedlsm.federation.grid import ClientContext
 from fedlsm.methods.common import finetune, load_slm
+from fedlsm.methods.fedcot_settings import FedCoTArgs, generation_config
 from fedlsm.models.generation import GenerationConfig, HFGenerator
 from fedlsm.models.training import TrainPair
 from fedlsm.privacy import AdaptivePerturber, TextSanitizer
@@ -83,8 +84,6 @@ class AdaptiveCodec:
 
 def build_codec(ctx, model, tok, sanitizer: TextSanitizer) -> AdaptiveCodec:
     """The codec around a (trained) SLM; the exponential-mechanism guard unless ``adaptive_guard=false``."""
-    from fedlsm.methods.fedcot import FedCoTArgs, generation_config  # the decoder writes as the LLM does
-
     cfg = ctx.cfg
     guard = sanitizer if FedCoTArgs.from_cfg(cfg).adaptive_guard else None
     return AdaptiveCodec(model, tok, generation_config(cfg), cfg.llm.batch_size, cfg.privacy.epsilon, guard)

@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from fedlsm.core import MethodResult, RunContext
 from fedlsm.errors import ConfigError
 from fedlsm.federation.grid import ClientContext, Grid, run_in_process
 from fedlsm.federation.messages import Message
 from fedlsm.methods.fedcot import Exchange, FedCoTClient, _mean, consistent, rationale_writer
-from fedlsm.runner import MethodResult, RunContext
 
 ROW = "Non-Private"
 

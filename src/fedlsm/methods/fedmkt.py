@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from fedlsm.config import typed_method_args
+from fedlsm.core import MethodResult, RunContext
 from fedlsm.errors import ConfigError
 from fedlsm.eval.scoring import evaluate
 from fedlsm.federation.checkpoint import ServerCheckpoint
@@ -50,7 +51,6 @@ from fedlsm.methods.fedmkt_knowledge import (
 from fedlsm.models.distill import compute_knowledge, encode_for_kd, train_kd
 from fedlsm.models.loading import default_device, load_causal_lm
 from fedlsm.models.training import TrainSettings, adapter_arrays, apply_lora, load_adapter_arrays, train_sft
-from fedlsm.runner import MethodResult, RunContext
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fedlsm.core import MethodResult, RunContext
 from fedlsm.methods.common import eval_slm, finetune, label_pairs, load_slm, zero_shot_slm
-from fedlsm.runner import MethodResult, RunContext
 
 
 @dataclass(frozen=True)
