@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from fedlsm.federation.checkpoint import ClientCheckpoint
 from fedlsm.federation.messages import Message, MessageLog
+from fedlsm.federation.protocol import QuorumError
 from fedlsm.jsonfile import write_json_atomic
 
 if TYPE_CHECKING:
@@ -239,10 +240,6 @@ def broadcast(
         for c in (grid.clients() if to is None else to)
     ]
     return {r.sender: r for r in grid.send_and_receive(msgs, timeout=timeout)}
-
-
-class QuorumError(RuntimeError):
-    """Fewer clients answered a round than the method (or ``federation.min_clients``) needs."""
 
 
 def require_quorum(replies: dict[str, Message], sent: Sequence[str], minimum: int, round: int) -> list[str]:

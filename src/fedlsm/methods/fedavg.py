@@ -19,6 +19,7 @@ the checkpoint under ``run_dir/checkpoint-<tag>``).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,8 +29,8 @@ from fedlsm.config import typed_method_args
 from fedlsm.core import MethodResult, RunContext
 from fedlsm.errors import ConfigError
 from fedlsm.federation.checkpoint import ServerCheckpoint
-from fedlsm.federation.grid import ClientContext, Grid, broadcast, report_dropped, require_quorum, run_in_process
-from fedlsm.federation.messages import Message
+from fedlsm.federation.grid import ClientContext, Grid, run_in_process
+from fedlsm.federation.protocol import MalformedMessage, Payload, Rounds, TypedRole, handles, message
 from fedlsm.methods.common import label_pairs, load_slm, train_settings
 
 FIT = "fedavg_fit"
@@ -120,40 +121,53 @@ def _client_model(ctx: ClientContext):
     return _CLIENT_MODEL[key]
 
 
-class FedAvgClient:
+@message(FIT)
+@dataclass(frozen=True)
+class Fit(Payload):
+    """The server's request: the global adapters; ``client_eval`` asks for the local model's accuracy."""
+
+    weights: dict[str, np.ndarray]
+    client_eval: bool
+
+
+@message(FIT_REPLY)
+@dataclass(frozen=True)
+class FitReply(Payload):
+    weights: dict[str, np.ndarray]
+    n_examples: int
+    slm: str
+    metrics: dict[str, float]
+    rounds_joined: list[int]
+
+    def check(self) -> None:
+        if self.n_examples < 0:
+            raise MalformedMessage(f"n_examples is negative ({self.n_examples})")
+
+
+class FedAvgClient(TypedRole):
     def __init__(self, ctx: ClientContext):
         self.ctx = ctx
         self.rounds: list[int] = []  # rounds this client took part in (kept across Flower's per-message rebuilds)
 
-    def handle(self, msg: Message) -> Message:
-        if msg.kind != FIT:
-            raise ValueError(f"fedavg client cannot handle {msg.kind!r}")
+    @handles(Fit)
+    def fit(self, req: Fit, round: int) -> FitReply:
         from fedlsm.eval.scoring import evaluate
         from fedlsm.models.training import train_sft
 
         ctx = self.ctx
         model, tok = _client_model(ctx)
-        set_adapter_weights(model, msg.payload["weights"])
+        set_adapter_weights(model, req.weights)
         metrics: dict[str, Any] = {}
         if ctx.data:
-            settings = dataclasses.replace(train_settings(ctx), seed=ctx.seed * 1009 + msg.round)
+            settings = dataclasses.replace(train_settings(ctx), seed=ctx.seed * 1009 + round)
             tr = train_sft(
-                model, tok, label_pairs(ctx.data), settings, description=f"{ctx.name} round {msg.round}: training"
+                model, tok, label_pairs(ctx.data), settings, description=f"{ctx.name} round {round}: training"
             )
             metrics.update(loss_first=tr.first_loss, loss_last=tr.last_loss, steps=tr.steps, train_tokens=tr.tokens)
-        if msg.payload.get("client_eval"):
+        if req.client_eval:
             metrics["local_test"] = evaluate(model, tok, ctx.task, batch_size=ctx.cfg.eval_batch_size)["value"]
-        self.rounds.append(msg.round)
-        return msg.reply(
-            FIT_REPLY,
-            {
-                "weights": adapter_weights(model),
-                "n_examples": len(ctx.data),
-                "slm": ctx.cfg.slm,
-                "metrics": metrics,
-                "rounds_joined": list(self.rounds),
-            },
-        )
+        self.rounds.append(round)
+        return FitReply(adapter_weights(model), len(ctx.data), ctx.cfg.slm, metrics, list(self.rounds))
 
     def state(self) -> dict[str, Any]:
         return {"rounds": list(self.rounds)}
@@ -176,58 +190,55 @@ def _evaluate(ctx, model, tok, weights: dict[str, np.ndarray]) -> dict:
     return evaluate(model, tok, ctx.task, batch_size=ctx.cfg.eval_batch_size, show_progress=True)
 
 
-def _check_reply(reply: Message, weights: dict[str, np.ndarray], server_slm: str) -> None:
-    got = reply.payload["weights"]
-    if set(got) != set(weights) or any(got[k].shape != weights[k].shape for k in weights):
-        raise ConfigError(
-            "slm",
-            f"{reply.sender} sent adapters of another shape (its model: "
-            f"{reply.payload.get('slm')!r}, the server's: {server_slm!r})",
-            "run every client with the same `slm` and train.lora_r, or use fedmkt for heterogeneous clients",
-        )
+def _same_shapes(weights: dict[str, np.ndarray], server_slm: str) -> Callable[[str, FitReply], None]:
+    """A reply's adapters must have the server's names and shapes (one model, one LoRA rank)."""
+
+    def check(client: str, reply: FitReply) -> None:
+        got = reply.weights
+        if set(got) != set(weights) or any(got[k].shape != weights[k].shape for k in weights):
+            raise MalformedMessage(
+                f"adapters of another shape (its model: {reply.slm!r}, the server's: {server_slm!r}; "
+                "run every client with the same `slm` and train.lora_r, or use fedmkt)"
+            )
+
+    return check
+
+
+def _start(ctx, ckpt: ServerCheckpoint, model, tok, rounds: int) -> tuple[dict, dict, int]:
+    """(weights, history, first round): from the checkpoint on --resume, else round 0 (zero-shot)."""
+    resume = ctx.cfg.resume
+    saved = ckpt.load() if resume else None
+    if saved:
+        saved.restore_rng()
+        ctx.console.print(f"resuming {ctx.run_dir.name} after round {saved.round} of {rounds}")
+        return saved.arrays, saved.state, saved.round + 1
+    if resume:
+        ctx.console.print(f"[yellow]no checkpoint in {ckpt.dir}: starting at round 1[/]")
+    weights = adapter_weights(model)
+    hist = {"zero_shot_slm": _evaluate(ctx, model, tok, weights), "rounds": [], "dropped": []}
+    ckpt.save(0, weights, hist)
+    return weights, hist, 1
 
 
 def server_main(ctx, grid: Grid, *, tag: str = "fedavg") -> MethodResult:
+    """Rounds of: send the global adapters, average the replies weighted by examples, evaluate."""
     cfg = ctx.cfg
     check_homogeneous(cfg)
     rounds = rounds_of(cfg)
     ckpt = ServerCheckpoint(ctx.run_dir, name=f"checkpoint-{tag}" if tag != "fedavg" else "checkpoint")
     model, tok = load_slm(ctx)  # the server's copy: initial adapters (B = 0, so round 0 is zero-shot) and evaluation
-    saved = ckpt.load() if getattr(cfg, "resume", False) else None
-    if saved:
-        weights, hist, start = saved.arrays, saved.state, saved.round + 1
-        saved.restore_rng()
-        ctx.console.print(f"resuming {ctx.run_dir.name} after round {saved.round} of {rounds}")
-    else:
-        if getattr(cfg, "resume", False):
-            ctx.console.print(f"[yellow]no checkpoint in {ckpt.dir}: starting at round 1[/]")
-        weights = adapter_weights(model)
-        hist = {"zero_shot_slm": _evaluate(ctx, model, tok, weights), "rounds": [], "dropped": []}
-        start = 1
-        ckpt.save(0, weights, hist)
+    weights, hist, start = _start(ctx, ckpt, model, tok, rounds)
     ctx.record(tag, hist)
+    server = Rounds(ctx, grid)
     for t in range(start, rounds + 1):
-        sent = grid.clients()
-        replies = broadcast(
-            grid, FIT, {"weights": weights, "client_eval": bool(cfg.method_args.get("client_eval"))}, round=t
-        )
-        dropped = require_quorum(replies, sent, cfg.federation.min_clients, t)
-        hist["dropped"] += report_dropped(ctx, grid, dropped, t)
-        for r in replies.values():
-            _check_reply(r, weights, cfg.slm)
-        weights = average([(r.payload["weights"], int(r.payload["n_examples"])) for r in replies.values()])
+        request = Fit(weights, bool(cfg.method_args.get("client_eval")))
+        replies = server.ask(request, FitReply, round=t, check=_same_shapes(weights, cfg.slm))
+        hist["dropped"] += [d for d in server.dropped if d["round"] == t]
+        weights = average([(r.weights, r.n_examples) for r in replies.values()])
         res = _evaluate(ctx, model, tok, weights)
-        hist["rounds"].append(
-            {
-                "round": t,
-                **res,
-                "clients": {
-                    c: {"n_examples": r.payload["n_examples"], **r.payload["metrics"]}
-                    for c, r in sorted(replies.items())
-                },
-                "dropped": dropped,
-            }
-        )
+        clients = {c: {"n_examples": r.n_examples, **r.metrics} for c, r in replies.items()}
+        dropped = sorted({d["client"] for d in server.dropped if d["round"] == t})
+        hist["rounds"].append({"round": t, **res, "clients": clients, "dropped": dropped})
         ctx.record(tag, hist)
         ckpt.save(t, weights, hist)
         ctx.console.print(
