@@ -14,6 +14,7 @@ METHODS: dict[str, str] = {
     "fedavg": "fedlsm.methods.fedavg:run_fedavg",
     "crosslm": "fedlsm.methods.crosslm:run_crosslm",
     "fedmkt": "fedlsm.methods.fedmkt:run_fedmkt",
+    "fedeval": "fedlsm.methods.fedeval:run_fedeval",
 }
 
 # Defaults a method needs that differ from the global ones; the config file and CLI flags override them.
@@ -65,6 +66,7 @@ OPTIONS: dict[str, str] = {
     "fedavg": "fedlsm.methods.fedavg:FedAvgArgs",
     "crosslm": "fedlsm.methods.crosslm:CrossLMArgs",
     "fedmkt": "fedlsm.methods.fedmkt:FedMKTArgs",
+    "fedeval": "fedlsm.methods.fedeval:FedEvalArgs",
 }
 
 
@@ -91,6 +93,7 @@ ROLES: dict[str, str] = {
     "crosslm": "fedlsm.methods.crosslm",
     "fedcot": "fedlsm.methods.fedcot",
     "fedcot-nonprivate": "fedlsm.methods.fedcot_nonprivate",
+    "fedeval": "fedlsm.methods.fedeval",
 }
 
 # Baselines that need raw private data at the server run as their own labelled simulation runs beside
