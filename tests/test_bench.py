@@ -115,21 +115,32 @@ def test_grid_expands_axes_and_names_folders_deterministically(tmp_path):
     assert {c.seed for c in one_seed if c.method == "fedcot"} == {0, 1}
 
 
-def test_baseline_rows_keep_both_the_llm_and_the_clients_result():
-    from fedlsm.bench.aggregate import table_rows
+def test_a_run_is_read_through_the_results_contract_only(tmp_path):
+    """bench reads metrics.json → result (the same keys for every method) and nothing method-specific:
+    the labelled rows as the method gave them (unmeasured ones left out), its utility, ε, attack."""
+    from fedlsm.bench.aggregate import load_run
 
-    fedmkt = {
-        "summary": {"metric": "accuracy"},
-        "table": {
-            "rows": [
-                {"method": "FedMKT", "LLM": 0.3, "client-0": 0.2, "SLM mean": 0.25, "note": ""},
-                {"method": "Standalone", "LLM": None, "client-0": 0.2, "SLM mean": 0.2, "note": ""},
-            ]
-        },
+    d = tmp_path / "r"
+    d.mkdir()
+    result = {
+        "metric": "accuracy",
+        "utility": 0.25,
+        "llm_utility": 0.3,
+        "labelled": {"FedMKT (LLM)": 0.3, "FedMKT (SLM mean)": 0.25, "Standalone (LLM)": None},
+        "epsilon": 3.0,
+        "attack_success": 0.1,
     }
-    assert table_rows(fedmkt) == [("FedMKT (LLM)", 0.3), ("FedMKT (SLM mean)", 0.25), ("Standalone (SLM mean)", 0.2)]
-    fedcot = {"summary": {"metric": "accuracy"}, "table": {"rows": [{"method": "Standalone", "value": 0.4}]}}
-    assert table_rows(fedcot) == [("Standalone", 0.4)]
+    m = {
+        "run": {"method": "anything", "task": "arith", "status": "done", "seed": 0},
+        "summary": {"metric": "rouge", "anything": 0.9},  # free-form: never read
+        "table": {"title": "t", "rows": [{"method": "anything", "accuracy": 0.9}]},
+        "result": result,
+    }
+    (d / "metrics.json").write_text(json.dumps(m))
+    rec = load_run(d)
+    assert rec is not None and rec.metric == "accuracy"
+    assert rec.rows == [("FedMKT (LLM)", 0.3), ("FedMKT (SLM mean)", 0.25)]
+    assert (rec.values["utility"], rec.values["epsilon"], rec.values["attack_success"]) == (0.25, 3.0, 0.1)
 
 
 def test_shipped_grids_parse():
@@ -171,24 +182,24 @@ def _fake_run(
     d.mkdir(parents=True)
     m = {
         "run": {"method": method, "task": "arith", "status": "done", "seed": seed, "n_train": 16},
-        "summary": {"metric": "accuracy", method: utility},
-        "table": {
-            "title": "t",
-            "rows": [{"method": "Standalone", "accuracy": 0.25}, {"method": method, "accuracy": utility}],
+        "result": {
+            "metric": "accuracy",
+            "utility": utility,
+            "labelled": {"Standalone": 0.25, method: utility},
+            "epsilon": eps,
+            "attack_success": attack,
         },
         "compute": {"wall_seconds": wall, "cpu_seconds": wall, "peak_rss_mb": 1000.0},
     }
-    if eps is not None:
-        m["privacy"] = {"epsilon_per_token": eps, "attack": {"success_rate": attack}}
     if bytes_up is not None:
-        m["communication"] = {"bytes_up": bytes_up, "bytes_down": 100, "messages": 2}
+        m["result"]["communication"] = {"bytes_up": bytes_up, "bytes_down": 100, "messages": 2}
         rows = [
             {"sender": "client-0/x", "receiver": "server", "round": 0, "bytes": bytes_up},
             {"sender": "server", "receiver": "client-0/x", "round": 0, "bytes": 100, "handle_seconds": 2.0},
         ]
         (d / "messages.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if tokens is not None:
-        m["llm_query_cost"] = {"requests": 1, "prompt_tokens": 10, "completion_tokens": tokens}
+        m["result"]["llm_cost"] = {"requests": 1, "prompt_tokens": 10, "completion_tokens": tokens}
     (d / "metrics.json").write_text(json.dumps(m))
     (d / "cell.json").write_text(
         json.dumps(

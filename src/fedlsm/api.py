@@ -36,9 +36,10 @@ class MethodInfo:
 class RunResult:
     """One finished (or failed) run, read from its run folder.
 
-    ``value`` is the run's own headline result in [0, 1] under ``metric`` (not its baselines');
-    ``rows`` is its printed table, one dict per row; the other fields are ``metrics.json`` sections
-    (``None`` where the run did not measure them)."""
+    ``value`` is the run's own headline result in [0, 1] under ``metric`` (not its baselines'),
+    ``llm_value`` the server LLM's where the method has one; ``rows`` is its printed table, one dict
+    per row; the rest come from ``metrics.json`` (``result``, the contract every method fills, and the
+    ``privacy`` and ``compute`` sections); ``None`` where the run did not measure it."""
 
     name: str
     method: str
@@ -47,6 +48,7 @@ class RunResult:
     run_dir: Path
     metric: str | None
     value: float | None
+    llm_value: float | None
     title: str
     rows: list[dict[str, Any]]
     privacy: dict[str, Any] | None = None
@@ -141,27 +143,26 @@ def run(config: RunConfig | str | Path, *, overrides: dict[str, Any] | None = No
 
 def load_result(run_dir: str | Path) -> RunResult:
     """A run folder's ``metrics.json`` as a :class:`RunResult`."""
-    from fedlsm.bench.aggregate import headline_utility
-
     run_dir = Path(run_dir)
     path = run_dir / "metrics.json"
     if not path.is_file():
         raise ConfigError("run_dir", f"'{run_dir}' holds no metrics.json", "pass a run folder under runs/")
     m = json.loads(path.read_text())
-    info, summary, table = m.get("run", {}), m.get("summary") or {}, m.get("table") or {}
+    info, table, result = m.get("run", {}), m.get("table") or {}, m.get("result") or {}
     return RunResult(
         name=info.get("name", run_dir.name),
         method=info.get("method", ""),
         task=info.get("task", ""),
         status=info.get("status", "unknown"),
         run_dir=run_dir,
-        metric=summary.get("metric"),
-        value=headline_utility(info.get("method", ""), m),
+        metric=result.get("metric"),
+        value=result.get("utility"),
+        llm_value=result.get("llm_utility"),
         title=table.get("title", ""),
         rows=table.get("rows", []),
         privacy=m.get("privacy"),
-        communication=m.get("communication") or summary.get("communication"),
-        llm_cost=m.get("llm_query_cost"),
+        communication=result.get("communication"),
+        llm_cost=result.get("llm_cost"),
         compute=m.get("compute"),
         wall_seconds=info.get("wall_seconds"),
         metrics=m,

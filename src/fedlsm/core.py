@@ -12,7 +12,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from rich.console import Console
 from rich.table import Table
@@ -54,11 +54,42 @@ class RunContext:
 
 @dataclass
 class MethodResult:
-    """What a method returns: table rows (one dict per row, same keys) and a title."""
+    """What a method returns: its printed table (``rows``, one dict per row with the same keys, and a
+    ``title``), a free-form ``summary``, and the results contract: the typed fields below, the same
+    for every method. ``fedlsm bench``, its report and ``fedlsm.load_result`` read only the contract
+    (``metrics.json → result``), so they never need to know which method ran. ``None``: not measured.
+    """
 
     rows: list[dict[str, Any]]
     title: str
     summary: dict[str, Any] = field(default_factory=dict)
+    metric: str | None = None  # the task's metric (accuracy, rouge_l, ...)
+    utility: float | None = None  # the method's own headline result in [0, 1] (the clients' mean for SLMs)
+    llm_utility: float | None = None  # the server LLM's result after the method, where it has one
+    labelled: dict[str, float] = field(default_factory=dict)  # every result row: the method and its baselines
+    epsilon: float | None = None  # privacy budget per token of what was released under noise
+    attack_success: float | None = None  # inversion-attack success on the released text, measured
+    token_ratio: float | None = None  # TokenRatio of the perturbed prompts (FedCoT's utility proxy)
+    token_ratio_decoded: float | None = None
+    communication: dict[str, Any] | None = None  # bytes and messages up and down (MessageLog.communication)
+    llm_cost: dict[str, Any] | None = None  # requests, prompt and completion tokens of the LLM
+
+    CONTRACT: ClassVar[tuple[str, ...]] = (
+        "metric",
+        "utility",
+        "llm_utility",
+        "labelled",
+        "epsilon",
+        "attack_success",
+        "token_ratio",
+        "token_ratio_decoded",
+        "communication",
+        "llm_cost",
+    )
+
+    def contract(self) -> dict[str, Any]:
+        """The results contract as ``metrics.json`` stores it under ``result``."""
+        return {k: getattr(self, k) for k in self.CONTRACT}
 
 
 MethodFn = Callable[[RunContext], MethodResult]

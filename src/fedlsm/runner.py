@@ -135,6 +135,7 @@ def run(
     ctx.metrics["compute"] = compute_usage(t0, cpu0)
     ctx.metrics["run"].update(status="done", wall_seconds=round(time.time() - t0, 1))
     ctx.record("table", {"title": result.title, "rows": result.rows})
+    ctx.record("result", result.contract())
     ctx.record("summary", result.summary)
     if cfg.engine != "flower-deploy":  # a deployment's submitter prints it once, from metrics.json
         ctx.console.print(render_table(result))

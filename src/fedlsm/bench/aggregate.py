@@ -48,55 +48,16 @@ FIELDS = [
 ]
 
 
-def _get(d: Any, *path: str) -> Any:
-    for p in path:
-        if not isinstance(d, dict) or p not in d:
-            return None
-        d = d[p]
-    return d
-
-
 def _num(x: Any) -> float | None:
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         return None
     return float(x)
 
 
-def headline_utility(method: str, metrics: dict) -> float | None:
-    """The run's own result (not its baselines): ``summary.utility`` if the method states it, else
-    ``summary.<method>`` (FedCoT) or ``summary.<method>_mean`` (Standalone)."""
-    s = metrics.get("summary") or {}
-    for key in ("utility", method, f"{method}_mean"):
-        v = _num(s.get(key))
-        if v is not None:
-            return v
-    for label, v in table_rows(metrics):  # else the table row named after the method (e.g. "FedMKT")
-        if label.lower() == method.lower():
-            return v
-    return None
-
-
-# Tables with one result for the LLM and one for the clients (FedMKT's) report both, each row once per column.
-SPLIT_COLUMNS = ("LLM", "SLM mean")
-
-
-def table_rows(metrics: dict) -> list[tuple[str, float]]:
-    """(method label, value) for each row of a run's table whose first column is ``method``
-    (the baselines a method reports beside itself, e.g. FedCoT's Zero-shot, Standalone, Non-Private)."""
-    rows = _get(metrics, "table", "rows") or []
-    metric = _get(metrics, "summary", "metric")
-    out: list[tuple[str, float]] = []
-    for r in rows:
-        if not isinstance(r, dict) or next(iter(r), None) != "method":
-            continue
-        split = [c for c in SPLIT_COLUMNS if c in r]
-        if metric not in r and split:  # e.g. FedMKT: the server LLM's and the clients' result per row
-            out += [(f"{r['method']} ({c})", v) for c in split if (v := _num(r[c])) is not None]
-            continue
-        val = _num(r.get(metric)) if metric in r else next((_num(v) for v in list(r.values())[1:2]), None)
-        if val is not None:
-            out.append((str(r["method"]), val))
-    return out
+def _labelled(result: dict) -> list[tuple[str, float]]:
+    """(label, value) for every result row the run reports (itself and its baselines)."""
+    rows = result.get("labelled") or {}
+    return [(str(k), v) for k, v in ((k, _num(v)) for k, v in rows.items()) if v is not None]
 
 
 def message_stats(path: Path) -> dict[str, Any]:
@@ -168,11 +129,11 @@ def load_run(run_dir: Path) -> RunRecord | None:
     if run.get("baseline_of"):  # a raw-data baseline's own run: its row is in the method's table already
         return None
     method_name = cell.get("method_name") or run.get("method") or cfg.get("method", "?")
-    privacy = metrics.get("privacy") if isinstance(metrics.get("privacy"), dict) else None
-    eps = _num(_get(privacy, "epsilon_per_token")) if privacy else None
+    result = metrics.get("result") or {}  # the results contract (fedlsm.core.MethodResult)
+    eps = _num(result.get("epsilon"))
     compute = metrics.get("compute") or {}
-    comm = metrics.get("communication") or {}
-    llm = metrics.get("llm_query_cost") or {}
+    comm = result.get("communication") or {}
+    llm = result.get("llm_cost") or {}
     msgs = message_stats(run_dir / "messages.jsonl")
     wall = _num(compute.get("wall_seconds")) or _num(run.get("wall_seconds"))
     server_s = client_s = None
@@ -186,16 +147,16 @@ def load_run(run_dir: Path) -> RunRecord | None:
         elif client_s and not server_s:
             server_s = max(0.0, wall - client_s)
     values = {
-        "utility": headline_utility(method_name, metrics),
+        "utility": _num(result.get("utility")),
         "epsilon": eps,
-        "attack_success": _num(_get(privacy, "attack", "success_rate")),
+        "attack_success": _num(result.get("attack_success")),
         "bytes_up_per_client_round": _num(msgs.get("bytes_up_per_client_round")),
         "bytes_down_per_client_round": _num(msgs.get("bytes_down_per_client_round")),
         "wall_seconds": wall,
         "peak_rss_mb": _num(compute.get("peak_rss_mb")),
         "llm_tokens": _num(llm.get("completion_tokens")),
-        "token_ratio": _num(_get(metrics, "summary", "token_ratio_perturbed")),
-        "token_ratio_decoded": _num(_get(metrics, "summary", "token_ratio_decoded")),
+        "token_ratio": _num(result.get("token_ratio")),
+        "token_ratio_decoded": _num(result.get("token_ratio_decoded")),
         "bytes_up": _num(comm.get("bytes_up")),
         "bytes_down": _num(comm.get("bytes_down")),
         "messages": _num(comm.get("messages")),
@@ -214,9 +175,9 @@ def load_run(run_dir: Path) -> RunRecord | None:
         cell.get("fraction"),
         int(cell.get("seed", run.get("seed", cfg.get("seed", 0)))),
         run.get("status", "?"),
-        _get(metrics, "summary", "metric"),
+        result.get("metric"),
         values,
-        table_rows(metrics),
+        _labelled(result),
         msgs.get("per_round", {}),
     )
 
@@ -328,7 +289,7 @@ def pareto_front(
 
 def baseline_table(records: Sequence[RunRecord]) -> dict[tuple[str, str], dict[str, Stat | None]]:
     """(grid method, row label) -> dataset -> mean ± std over seeds of that row. A baseline row that
-    several cells of one seed repeat (FedCoT's Standalone at every ε) counts once per seed."""
+    several cells of one seed repeat (a baseline run at every ε) counts once per seed."""
     vals: dict[tuple[str, str], dict[str, dict[int, list[float]]]] = defaultdict(
         lambda: defaultdict(lambda: defaultdict(list))
     )

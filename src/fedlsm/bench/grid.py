@@ -1,10 +1,11 @@
-"""The benchmark grid: a YAML file naming methods × datasets × ε × data fractions × seeds.
+"""The benchmark grid: a YAML file naming methods × datasets × ε × data fractions × seeds
+(``benchmarks/smoke.yaml`` is a real one).
 
     name: smoke
     base: {data.n_train: 16, data.n_test: 20, train.max_steps: 2}   # every cell
     methods:
-      - {name: standalone, epsilons: null}      # does not use ε: one cell, not one per ε
-      - {name: fedcot, set: {method_args.variant: e}}
+      - {name: <method A>, epsilons: null}      # does not use ε: one cell, not one per ε
+      - {name: <method B>, set: {method_args.<option>: <value>}}
     datasets: [arith]                           # or {name: sst2, set: {data.path: ...}}
     epsilons: [1, 3]
     seeds: [0]

@@ -360,7 +360,7 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, title:
     for name, fn, t in (
         ("privacy_utility.png", plot_privacy_utility, "Privacy–utility (utility vs ε)"),
         ("communication.png", plot_communication, "Communication per round"),
-        ("data_fraction.png", plot_data_fraction, "Utility vs training data size (FedCoT Table 8)"),
+        ("data_fraction.png", plot_data_fraction, "Utility vs training data size"),
     ):
         if groups and fn(groups, out / name):
             sections.append(Section(t, image=name))

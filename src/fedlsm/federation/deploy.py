@@ -329,6 +329,6 @@ def submit_run(cfg, console):
     m = json.loads(metrics.read_text())
     if m.get("run", {}).get("status") != "done" or "table" not in m:
         raise RuntimeError(f"the run did not finish (status {m.get('run', {}).get('status')!r}; see {metrics})")
-    result = MethodResult(m["table"]["rows"], m["table"]["title"], m.get("summary", {}))
+    result = MethodResult(m["table"]["rows"], m["table"]["title"], m.get("summary", {}), **m.get("result", {}))
     console.print(render_table(result))
     return None, result

@@ -265,4 +265,12 @@ def _result(ctx, hist: dict, grid: Grid) -> MethodResult:
         "dropped": hist["dropped"],
         "communication": grid.log.communication(),
     }
-    return MethodResult(rows, f"FedAvg of LoRA adapters on {ctx.task.name} ({metric}, %)", summary)
+    return MethodResult(
+        rows,
+        f"FedAvg of LoRA adapters on {ctx.task.name} ({metric}, %)",
+        summary,
+        metric=metric,
+        utility=final,
+        labelled={"Zero-shot SLM": zero["value"], "FedAvg": final},
+        communication=summary["communication"],
+    )

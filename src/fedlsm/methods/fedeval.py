@@ -103,8 +103,13 @@ def server_main(ctx, grid: Grid) -> MethodResult:
     rows.append({"site": "weighted mean", "examples": sum(s.n_examples for s in scores.values()), metric: mean})
     ctx.record("privacy", {"released": RELEASED})
     ctx.record("dropped", server.dropped)
-    summary = {"metric": metric, "utility": mean, "sites": {c: s.value for c, s in scores.items()}}
-    return MethodResult(rows, f"Federated evaluation of {ctx.cfg.slm} on each site's data ({metric}, %)", summary)
+    summary = {"sites": {c: s.value for c, s in scores.items()}}
+    title = f"Federated evaluation of {ctx.cfg.slm} on each site's data ({metric}, %)"
+    labelled = {"weighted mean": mean} if mean is not None else {}
+    communication = grid.log.communication()
+    return MethodResult(
+        rows, title, summary, metric=metric, utility=mean, labelled=labelled, communication=communication
+    )
 
 
 def run_fedeval(ctx: RunContext) -> MethodResult:

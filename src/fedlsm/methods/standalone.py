@@ -61,4 +61,11 @@ def run_standalone(ctx: RunContext) -> MethodResult:
         "standalone_mean": mean,
         "improvement": mean - zero["value"],
     }
-    return MethodResult(rows, f"Standalone on {ctx.task.name} ({metric}, %)", summary)
+    return MethodResult(
+        rows,
+        f"Standalone on {ctx.task.name} ({metric}, %)",
+        summary,
+        metric=metric,
+        utility=mean,
+        labelled={"Zero-shot SLM": zero["value"], "Standalone": mean},
+    )
