@@ -13,12 +13,11 @@ later with :func:`load_result`.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedlsm.config import RunConfig, build_config
+from fedlsm.config import RunConfig, build_config, default_run_name
 from fedlsm.errors import ConfigError
 
 
@@ -135,7 +134,7 @@ def run(config: RunConfig | str | Path, *, overrides: dict[str, Any] | None = No
     if overrides and isinstance(config, RunConfig):
         cfg = build_config(cfg.model_dump(), overrides)
     if cfg.engine == "flower-deploy" and not cfg.name:  # the submitter returns no context to read it from
-        cfg = cfg.model_copy(update={"name": f"{cfg.method}-{cfg.data.task}-{time.strftime('%Y%m%d-%H%M%S')}"})
+        cfg = cfg.model_copy(update={"name": default_run_name(cfg)})
     ctx, _ = runner.run(cfg, Console(quiet=True) if quiet else None)
     run_dir = ctx.run_dir if ctx is not None else Path(cfg.output_dir) / str(cfg.name)
     return load_result(run_dir)

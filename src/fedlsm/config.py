@@ -148,6 +148,16 @@ class RunConfig(_Strict):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
+def default_run_name(cfg: RunConfig) -> str:
+    """``<method>-<data>-<time>``: the run folder's name when ``--name`` is not given (the same on the
+    machine that submits a deployment and in the process that runs it)."""
+    import time
+
+    d = cfg.data
+    source = Path(d.path).stem if d.path else (d.hf_id.rstrip("/").split("/")[-1] if d.hf_id else d.task)
+    return f"{cfg.method}-{source}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
 def _explain(e: ValidationError) -> ConfigError:
     err = e.errors()[0]
     field = ".".join(str(p) for p in err["loc"]) or "config"

@@ -13,7 +13,7 @@ from typing import Any
 
 from rich.console import Console
 
-from fedlsm.config import RunConfig
+from fedlsm.config import RunConfig, default_run_name
 from fedlsm.core import MethodResult, RunContext, render_table, seed_everything
 from fedlsm.data.sources import server_data, simulation_data
 from fedlsm.data.task import Example
@@ -38,7 +38,7 @@ def prepare(cfg: RunConfig, console: Console | None = None, *, server_only: bool
         task, public, clients = view.task, view.public, []
     else:
         task, public, clients = simulation_data(cfg)
-    name = cfg.name or f"{cfg.method}-{task.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = cfg.name or default_run_name(cfg)
     run_dir = Path(cfg.output_dir) / name
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(cfg.to_yaml())

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from fedlsm.data.task import Example, Task, answer_continuation, answer_prompt, format_question
+from fedlsm.models.loading import pad_id
 from fedlsm.models.training import right_pad
 from fedlsm.progress import progress_iter
 
@@ -42,7 +43,7 @@ def continuation_logprobs(
         pairs.append((c_ids, x_ids))
     order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))  # less padding
     scores = [0.0] * len(pairs)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     device = model.device
     was_training = model.training
@@ -85,7 +86,7 @@ def shared_context_logprobs(
 
     ctx_ids = [tokenizer(c, add_special_tokens=True)["input_ids"] for c in contexts]
     opt_ids = [[tokenizer(o, add_special_tokens=False)["input_ids"] for o in opts] for opts in options]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     order = sorted(range(len(contexts)), key=lambda i: -len(ctx_ids[i]))
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     out: list[list[float]] = [[] for _ in contexts]
@@ -278,7 +279,7 @@ def perplexity(
 
     seqs = [tokenizer(t, add_special_tokens=True)["input_ids"][:max_length] for t in texts]
     seqs = [s for s in seqs if len(s) > 1]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     nll, n = 0.0, 0
     was_training = model.training
     model.eval()

@@ -30,7 +30,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -299,6 +298,7 @@ def _flower_home(folder: Path, superlink: str, root_certificates: str | None, in
 
 def submit_run(cfg, console):
     """``fedlsm run --engine flower-deploy``: hand the run to the SuperLink and wait for it to finish."""
+    from fedlsm.config import default_run_name
     from fedlsm.core import MethodResult, render_table
     from fedlsm.methods import ROLES, get_roles
 
@@ -310,7 +310,7 @@ def submit_run(cfg, console):
             "flower-deploy talks TLS and needs the CA that signed the SuperLink's certificate",
             "pass --set federation.root_certificates=certs/ca.pem (or federation.insecure=true for a local test)",
         )
-    name = cfg.name or f"{cfg.method}-{cfg.data.task}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = cfg.name or default_run_name(cfg)
     out = Path(cfg.output_dir).resolve()
     run_dir = out / name
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -119,7 +119,7 @@ def answer(
     the answer is committed before the reply leaves, so a round the server has committed is
     always on the client's disk too. Returns the reply and that state."""
     if cold:
-        resume = bool(getattr(ctx.cfg, "resume", False))
+        resume = ctx.cfg.resume
         saved = ckpt.load(msg.round, resume=resume)
         if saved is not None:
             role.load_state(saved[1])
@@ -178,14 +178,13 @@ class Grid(Protocol):
 class InProcessGrid:
     """Client roles live in this process; a request is a direct call. Both directions are logged.
 
-    A client role that raises is treated like a client that dropped out: its reply is missing and
-    the failure is recorded in ``dropped`` (the same contract the Flower grid offers).
+    A client role that raises stops the run with its traceback: in one process it is a bug in the
+    method, not a site that went away (the Flower grids record such a client in ``dropped``).
     """
 
     roles: dict[str, ClientRole]
     log: MessageLog = field(default_factory=MessageLog)
     dropped: list[dict[str, Any]] = field(default_factory=list)
-    raise_errors: bool = True  # tests and single-machine runs want a traceback, not a silent drop
 
     def clients(self) -> list[str]:
         return list(self.roles)
@@ -197,13 +196,7 @@ class InProcessGrid:
                 raise KeyError(f"no client named {msg.receiver!r} (have {sorted(self.roles)})")
             self.log.add(msg)
             t0 = time.perf_counter()
-            try:
-                reply = self.roles[msg.receiver].handle(msg)
-            except Exception as e:  # noqa: BLE001 - a failing client must not stop the federation
-                if self.raise_errors:
-                    raise
-                self.dropped.append({"client": msg.receiver, "round": msg.round, "reason": repr(e)})
-                continue
+            reply = self.roles[msg.receiver].handle(msg)
             self.log.add(reply, handle_seconds=time.perf_counter() - t0)
             replies.append(reply)
         return replies
@@ -289,7 +282,7 @@ def run_log(ctx: Any) -> MessageLog:
     """The run's message log, ``messages.jsonl`` (started afresh unless the run resumes)."""
     path = ctx.run_dir / "messages.jsonl"
     log = MessageLog(path)
-    if not getattr(ctx.cfg, "resume", False):  # a resumed run appends to the messages it already logged
+    if not ctx.cfg.resume:  # a resumed run appends to the messages it already logged
         path.unlink(missing_ok=True)
     return log
 

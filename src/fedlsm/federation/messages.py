@@ -73,9 +73,6 @@ class MessageLog:
                 with self.path.open("a") as f:
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
-    def received_by(self, role_prefix: str) -> list[Message]:
-        return [m for m in self.messages if m.receiver.startswith(role_prefix)]
-
     def bytes(self, *, sender: str | None = None, receiver: str | None = None) -> int:
         return sum(
             m.size_bytes()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedlsm.models.loading import pad_id
 from fedlsm.models.training import TrainPair, TrainResult, TrainSettings, optimize
 from fedlsm.progress import progress_iter
 
@@ -89,7 +90,7 @@ def compute_knowledge(
     import torch
 
     rows = [encode_for_kd(tokenizer, p, max_length) for p in pairs]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     losses, tok_ids, top_i, top_v, counts = [], [], [], [], []
     model.eval()
     batches = [rows[s : s + batch_size] for s in range(0, len(rows), batch_size)]
@@ -141,7 +142,7 @@ def train_kd(
     import torch
 
     rows = [(encode_for_kd(tokenizer, e.pair, settings.max_length), e) for e in examples]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
 
     def batch_loss(batch):
         logp, tgt, t_max = _target_log_probs(model, [r for r, _ in batch], pad)

@@ -220,3 +220,8 @@ def default_device() -> str:
     # later GPUs at a precision loss far below what LoRA fine-tuning and choice scoring notice.
     torch.set_float32_matmul_precision("high")
     return "cuda"
+
+
+def pad_id(tokenizer) -> int:
+    """The id that pads a batch: the tokenizer's pad token, else 0 (masked out either way)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

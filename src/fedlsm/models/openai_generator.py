@@ -102,13 +102,6 @@ class OpenAIGenerator:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def list_models(self) -> list[str]:
-        """Ids the server serves (``GET /models``); a cheap way to check the endpoint is up."""
-        try:
-            return [m.id for m in self._client.models.list()]
-        except Exception as e:  # noqa: BLE001 - mapped to a user-facing error below
-            raise self._user_error(e) from e
-
     # -- internals -----------------------------------------------------------------------
 
     def _sampling_kwargs(self, cfg: GenerationConfig) -> dict:

@@ -12,6 +12,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from fedlsm.models.loading import pad_id
 from fedlsm.progress import progress_iter
 
 
@@ -189,7 +190,7 @@ def train_sft(
 ) -> TrainResult:
     """Fine-tune ``model`` in place on ``pairs`` (loss on the target tokens, weighted per pair)."""
     s = settings or TrainSettings()
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     dev = model.device
 
     def batch_loss(batch):
@@ -212,7 +213,7 @@ def mean_loss(model, tokenizer, pairs: Sequence[TrainPair], *, batch_size: int =
     import torch
 
     rows = encode_pairs(tokenizer, pairs, max_length)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     vals = []
     model.eval()
     with torch.no_grad():
