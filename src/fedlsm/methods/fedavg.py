@@ -32,6 +32,7 @@ from fedlsm.federation.checkpoint import ServerCheckpoint
 from fedlsm.federation.grid import ClientContext, Grid, run_in_process
 from fedlsm.federation.protocol import MalformedMessage, Payload, Rounds, TypedRole, handles, message
 from fedlsm.methods.common import label_pairs, load_slm, train_settings
+from fedlsm.models.training import adapter_arrays, load_adapter_arrays
 
 FIT = "fedavg_fit"
 FIT_REPLY = "fedavg_fit_reply"
@@ -82,20 +83,7 @@ def check_homogeneous(cfg) -> None:
         raise ConfigError("train.lora", "FedAvg here averages LoRA adapters, not full weights", "set train.lora=true")
 
 
-# --- adapter weights as numpy ------------------------------------------------------------------
-
-
-def adapter_weights(model) -> dict[str, np.ndarray]:
-    from peft import get_peft_model_state_dict
-
-    return {k: v.detach().float().cpu().numpy().copy() for k, v in get_peft_model_state_dict(model).items()}
-
-
-def set_adapter_weights(model, weights: dict[str, np.ndarray]) -> None:
-    import torch
-    from peft import set_peft_model_state_dict
-
-    set_peft_model_state_dict(model, {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in weights.items()})
+# --- aggregation ---------------------------------------------------------------------------------
 
 
 def average(updates: list[tuple[dict[str, np.ndarray], int]]) -> dict[str, np.ndarray]:
@@ -156,7 +144,7 @@ class FedAvgClient(TypedRole):
 
         ctx = self.ctx
         model, tok = _client_model(ctx)
-        set_adapter_weights(model, req.weights)
+        load_adapter_arrays(model, req.weights)
         metrics: dict[str, Any] = {}
         if ctx.data:
             settings = dataclasses.replace(train_settings(ctx), seed=ctx.seed * 1009 + round)
@@ -167,7 +155,7 @@ class FedAvgClient(TypedRole):
         if req.client_eval:
             metrics["local_test"] = evaluate(model, tok, ctx.task, batch_size=ctx.cfg.eval_batch_size)["value"]
         self.rounds.append(round)
-        return FitReply(adapter_weights(model), len(ctx.data), ctx.cfg.slm, metrics, list(self.rounds))
+        return FitReply(adapter_arrays(model), len(ctx.data), ctx.cfg.slm, metrics, list(self.rounds))
 
     def state(self) -> dict[str, Any]:
         return {"rounds": list(self.rounds)}
@@ -186,7 +174,7 @@ def make_client(ctx: ClientContext) -> FedAvgClient:
 def _evaluate(ctx, model, tok, weights: dict[str, np.ndarray]) -> dict:
     from fedlsm.eval.scoring import evaluate
 
-    set_adapter_weights(model, weights)
+    load_adapter_arrays(model, weights)
     return evaluate(model, tok, ctx.task, batch_size=ctx.cfg.eval_batch_size, show_progress=True)
 
 
@@ -214,7 +202,7 @@ def _start(ctx, ckpt: ServerCheckpoint, model, tok, rounds: int) -> tuple[dict, 
         return saved.arrays, saved.state, saved.round + 1
     if resume:
         ctx.console.print(f"[yellow]no checkpoint in {ckpt.dir}: starting at round 1[/]")
-    weights = adapter_weights(model)
+    weights = adapter_arrays(model)
     hist = {"zero_shot_slm": _evaluate(ctx, model, tok, weights), "rounds": [], "dropped": []}
     ckpt.save(0, weights, hist)
     return weights, hist, 1

@@ -226,10 +226,12 @@ def mean_loss(model, tokenizer, pairs: Sequence[TrainPair], *, batch_size: int =
 
 
 def adapter_arrays(model) -> dict:
-    """The trainable LoRA weights of a peft model as float32 numpy arrays (what travels or is checkpointed)."""
+    """The trainable LoRA weights of a peft model as float32 numpy arrays (what travels or is checkpointed).
+    Copies: on CPU a float32 parameter's ``.numpy()`` shares its memory, and later training would
+    change what was already sent or saved."""
     from peft import get_peft_model_state_dict
 
-    return {k: v.detach().float().cpu().numpy() for k, v in get_peft_model_state_dict(model).items()}
+    return {k: v.detach().float().cpu().numpy().copy() for k, v in get_peft_model_state_dict(model).items()}
 
 
 def load_adapter_arrays(model, arrays: dict) -> None:
