@@ -19,6 +19,7 @@ the checkpoint under ``run_dir/checkpoint-<tag>``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,16 +98,20 @@ def average(updates: list[tuple[dict[str, np.ndarray], int]]) -> dict[str, np.nd
 
 # --- client role ---------------------------------------------------------------------------------
 
-_CLIENT_MODEL: dict[tuple, Any] = {}  # one SLM per process, reused across rounds (its adapters are reset per message)
-
 
 def _client_model(ctx: ClientContext):
+    """One SLM per process, reused across rounds (every request overwrites its adapters)."""
     t = ctx.cfg.train
-    key = (ctx.cfg.slm, t.lora_r, t.lora_alpha, t.lora_dropout)
-    if key not in _CLIENT_MODEL:
-        _CLIENT_MODEL.clear()
-        _CLIENT_MODEL[key] = load_slm(ctx)
-    return _CLIENT_MODEL[key]
+    return _cached_slm(ctx.cfg.slm, t.lora, t.lora_r, t.lora_alpha, t.lora_dropout)
+
+
+@functools.lru_cache(maxsize=1)
+def _cached_slm(slm: str, lora: bool, r: int, alpha: int, dropout: float):
+    from fedlsm.models.loading import default_device, load_causal_lm
+    from fedlsm.models.training import apply_lora
+
+    model, tok = load_causal_lm(slm, device=default_device())
+    return (apply_lora(model, r=r, alpha=alpha, dropout=dropout) if lora else model), tok
 
 
 @message(FIT)
