@@ -378,7 +378,7 @@ def test_hostile_clients_are_dropped_with_a_reason_and_the_run_completes(tmp_pat
             "method_args.n_general": 6,
             "method_args.llm_batch_size": 4,
             "method_args.encoder_epochs": 2,
-            "method_args.arrival": [1, 2, 3, 0],
+            "method_args.arrival": [2, 3, 1, 0],
         },
         defaults=METHOD_DEFAULTS["crosslm"],
     )
@@ -410,9 +410,9 @@ def test_hostile_clients_are_dropped_with_a_reason_and_the_run_completes(tmp_pat
     assert "shape" in reasons["client-2"]
     assert "not one of the run's SLMs" in reasons["client-3"]
     assert [(r["client"], r.get("dropped", False)) for r in m["rounds"]] == [
-        ("client-1", True),
         ("client-2", True),
         ("client-3", True),
+        ("client-1", True),
         ("client-0", False),
     ]
     assert [c["client"] for c in m["clients"]] == ["client-0"]
