@@ -307,3 +307,117 @@ def test_crosslm_options_from_the_command_line_get_their_declared_types():
     args = CrossLMArgs.from_config(cfg, Task("sst2", "classification", [], []))
     assert args.llm_lr == pytest.approx(1e-3) and args.llm_epochs == 2 and args.balance_labels is True
     assert args.slms == ["minilm-l6"]
+
+
+# ------------------------------------------------------------------------------------ hostile clients
+
+
+def test_an_upload_that_does_not_fit_the_run_is_malformed_and_nothing_is_copied():
+    from fedlsm.config import build_config
+    from fedlsm.data.task import Task
+    from fedlsm.federation.messages import Message
+    from fedlsm.federation.protocol import MalformedMessage, decode, encode
+    from fedlsm.methods.crosslm import CrossLMArgs, SLMUpload, UploadCheck, slm_spec_for
+    from fedlsm.models.classifier import ArrayMismatch, build_classifier
+
+    cfg = build_config({"method": "crosslm"}, {"method_args.slms": ["minilm-l6"]}, defaults=METHOD_DEFAULTS["crosslm"])
+    labels = ["negative", "positive"]
+    args = CrossLMArgs.from_config(cfg, Task("sst2", "classification", [], []))
+    spec = slm_spec_for(cfg, args, 0, labels)
+    clf = build_classifier(spec, seed=0)
+    arrays = clf.trainable_arrays()
+    ok = SLMUpload(spec.to_dict(), arrays, 0.5, 1.0, 0.5)
+    check = UploadCheck(cfg, args, labels)
+    check("client-0", decode(Message("client-0", "server", "slm_upload", encode(ok)), SLMUpload))
+    assert np.allclose(check.judges["client-0"].probabilities(["fine"]), clf.probabilities(["fine"]))
+
+    def rejected(up: SLMUpload) -> str:
+        with pytest.raises(MalformedMessage) as e:
+            check("client-1", decode(Message("client-1", "server", "slm_upload", encode(up)), SLMUpload))
+        return str(e.value)
+
+    k = sorted(arrays)[0]
+    assert "NaN or infinite" in rejected(SLMUpload(spec.to_dict(), {**arrays, k: arrays[k] * np.nan}, 0.5, 1.0, 0.5))
+    assert "shape" in rejected(SLMUpload(spec.to_dict(), {**arrays, k: np.zeros((3, 3), np.float32)}, 0.5, 1.0, 0.5))
+    assert "missing" in rejected(SLMUpload(spec.to_dict(), {}, 0.5, 1.0, 0.5))
+    foreign = {**spec.to_dict(), "model": "gpt2"}
+    assert "not one of the run's SLMs" in rejected(SLMUpload(foreign, arrays, 0.5, 1.0, 0.5))
+    assert "not the run's" in rejected(SLMUpload({**spec.to_dict(), "lora_r": 512}, arrays, 0.5, 1.0, 0.5))
+    assert "fields" in rejected(SLMUpload({**spec.to_dict(), "note": "x"}, arrays, 0.5, 1.0, 0.5))
+    assert "accuracy" in rejected(SLMUpload(spec.to_dict(), arrays, 7.0, 1.0, 0.5))
+    assert "client-1" not in check.judges
+    # all or nothing: one wrong array and no weight of the model changes
+    before = {n: a.copy() for n, a in clf.trainable_arrays().items()}
+    bad = {n: a + 1 for n, a in arrays.items()} | {k: np.zeros((3, 3), np.float32)}
+    with pytest.raises(ArrayMismatch):
+        clf.load_arrays(bad)
+    assert all(np.array_equal(before[n], a) for n, a in clf.trainable_arrays().items())
+
+
+@pytest.mark.slow
+def test_hostile_clients_are_dropped_with_a_reason_and_the_run_completes(tmp_path, shared_data):
+    """Real clients whose upload is NaN, of another shape, or names a model outside the run: each is a
+    recorded drop with its reason; the honest client's round (LLM training, enhanced SLMs) goes on."""
+    from fedlsm.federation.grid import run_in_process
+    from fedlsm.methods import crosslm
+    from fedlsm.runner import prepare
+
+    cfg = build_config(
+        {"method": "crosslm", "name": "hostile", "output_dir": str(tmp_path)},
+        {
+            "clients": 4,
+            "data.n_train": 16,
+            "data.n_test": 8,
+            "data.alpha": 5.0,
+            "data.root": str(shared_data),
+            "train.epochs": 1,
+            "llm.max_new_tokens": 12,
+            "eval_batch_size": 8,
+            "method_args.slms": ["minilm-l6"],
+            "method_args.n_synthetic": 8,
+            "method_args.n_general": 6,
+            "method_args.llm_batch_size": 4,
+            "method_args.encoder_epochs": 2,
+            "method_args.arrival": [2, 3, 1, 0],
+        },
+        defaults=METHOD_DEFAULTS["crosslm"],
+    )
+    ctx = prepare(cfg)
+
+    class HostileClient(crosslm.CrossLMClient):
+        """A real client that poisons its upload before it leaves."""
+
+        def handle(self, msg):
+            reply = super().handle(msg)
+            if reply.kind == "slm_upload":
+                arrays, k = reply.payload["arrays"], sorted(reply.payload["arrays"])[0]
+                if self.ctx.index == 1:
+                    arrays[k] = np.full_like(arrays[k], np.nan)
+                elif self.ctx.index == 2:
+                    arrays[k] = np.zeros((3, 3), dtype=np.float32)
+                else:
+                    reply.payload["spec"] = {**reply.payload["spec"], "model": "gpt2"}
+            return reply
+
+    def factory(c):
+        return HostileClient(c) if c.index in (1, 2, 3) else crosslm.CrossLMClient(c)
+
+    result = run_in_process(ctx, crosslm.server_main, factory)
+    m = json.loads((ctx.run_dir / "metrics.json").read_text())
+    reasons = {d["client"]: d["reason"] for d in m["dropped"]}
+    assert set(reasons) == {"client-1", "client-2", "client-3"}
+    assert "NaN or infinite" in reasons["client-1"]
+    assert "shape" in reasons["client-2"]
+    assert "not one of the run's SLMs" in reasons["client-3"]
+    assert [(r["client"], r.get("dropped", False)) for r in m["rounds"]] == [
+        ("client-2", True),
+        ("client-3", True),
+        ("client-1", True),
+        ("client-0", False),
+    ]
+    assert [c["client"] for c in m["clients"]] == ["client-0"]
+    c0 = m["clients"][0]
+    assert all(0 <= c0[k] <= 1 for k in ("standalone", "datafree_kd", "crosslm"))
+    assert np.isfinite(m["rounds"][-1]["llm_losses"]["L_last"])
+    assert [r["method"] for r in result.rows] == ["Standalone", "Data-free KD (original LLM)", "CrossLM"]
+    assert result.summary["dropped"] == m["dropped"]

@@ -3,15 +3,22 @@ other with synthetic data, without client data leaving the clients. Baselines in
 Standalone (each SLM on its own data) and Data-free KD (SLMs enhanced with synthetic data from the
 original LLM).
 
-Roles and messages (every one logged):
+Roles and messages (typed, :mod:`fedlsm.federation.protocol`; every one logged):
 
-* server -> client ``train_slm`` {labels}: train your SLM on your private data (Step 1).
-* client -> server ``slm_upload`` {spec, arrays, standalone_accuracy}: the trained SLM as its
-  architecture spec plus its trainable weights (LoRA adapters + classification head) as numpy
-  arrays (Step 2). No text, no labels, no label counts.
-* server -> client ``enhanced_slms`` {models: {variant: arrays}}: the SLM after training on filtered
-  synthetic data (Step 5), for CrossLM and for the Data-free KD baseline.
-* client -> server ``slm_accuracy`` {accuracy: {variant: float}}: test accuracy of each.
+* server -> client ``train_slm`` (:class:`TrainSLM` {labels}): train your SLM on your private data (Step 1).
+* client -> server ``slm_upload`` (:class:`SLMUpload` {spec, arrays, standalone_accuracy, loss_first,
+  loss_last}): the trained SLM as its architecture spec plus its trainable weights (LoRA adapters +
+  classification head) as numpy arrays (Step 2). No text, no labels, no label counts.
+* server -> client ``enhanced_slms`` (:class:`EnhancedSLMs` {models: {variant: arrays}}): the SLM after
+  training on filtered synthetic data (Step 5), for CrossLM and for the Data-free KD baseline.
+* client -> server ``slm_accuracy`` (:class:`SLMAccuracy` {accuracy: {variant: float}}): test accuracy
+  of each.
+
+The server asks through :class:`~fedlsm.federation.protocol.Rounds`: an upload whose spec is not one
+the run configures (a model outside ``method_args.slms``, other labels or LoRA settings), or whose
+arrays are not exactly that model's trainable weights (names, shapes, finite values), is dropped with
+its reason (``dropped`` in metrics.json) before anything is loaded into a model, and the run goes on
+with the next client; QuorumError once fewer than ``federation.min_clients`` SLMs can still arrive.
 
 The server handles each client's SLM as it arrives (asynchronous arrival, in any order): the SLM
 scores the current synthetic pool (Eq. 4), the LLM is trained on that pool with
@@ -22,19 +29,21 @@ SLM is trained on the top α% of that pool by reward × diversity (Eq. 10) and r
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
+from pydantic import TypeAdapter, ValidationError
 
 from fedlsm.config import typed_method_args
 from fedlsm.core import MethodResult, RunContext
 from fedlsm.data.task import Example, answer_continuation, answer_prompt
 from fedlsm.errors import ConfigError
 from fedlsm.federation.grid import ClientContext, Grid, client_name, run_in_process
-from fedlsm.federation.messages import Message
+from fedlsm.federation.protocol import MalformedMessage, Payload, QuorumError, Rounds, TypedRole, handles, message
 from fedlsm.methods.crosslm_filter import diversity, select_top
 from fedlsm.methods.crosslm_losses import (
     GAMMAS,
@@ -47,7 +56,9 @@ from fedlsm.methods.crosslm_losses import (
     sequence_logprob,
 )
 from fedlsm.models.classifier import (
+    ArrayMismatch,
     SentenceEncoder,
+    SLMClassifier,
     SLMSpec,
     build_classifier,
     slm_kind,
@@ -174,6 +185,72 @@ def slm_spec_for(cfg, args: CrossLMArgs, index: int, labels: list[str]) -> SLMSp
     )
 
 
+# --------------------------------------------------------------------------------------------- messages
+
+VARIANTS = ("datafree_kd", "crosslm")  # the enhanced SLMs a client evaluates, in the order they are sent
+_SPEC = TypeAdapter(SLMSpec)
+
+
+def _check_accuracy(name: str, value: float) -> None:
+    if not (math.isfinite(value) and 0 <= value <= 1):
+        raise MalformedMessage(f"{name} is not an accuracy in [0, 1] ({value!r})")
+
+
+@message("train_slm")
+@dataclass(frozen=True)
+class TrainSLM(Payload):
+    """Step 1: train your SLM on your private data, over these labels."""
+
+    labels: list[str]
+
+
+@message("slm_upload")
+@dataclass(frozen=True)
+class SLMUpload(Payload):
+    """Step 2: the trained SLM as its architecture spec (:class:`SLMSpec` as a dict) plus its trainable
+    weights (LoRA adapters + classification head), and its own test accuracy. No text, no labels."""
+
+    spec: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+    standalone_accuracy: float
+    loss_first: float
+    loss_last: float
+
+    def slm_spec(self) -> SLMSpec:
+        names = {f.name for f in fields(SLMSpec)}
+        if set(self.spec) != names:
+            raise MalformedMessage(f"spec: fields {sorted(self.spec)}, not {sorted(names)}")
+        try:
+            return _SPEC.validate_python(self.spec)
+        except ValidationError as e:
+            raise MalformedMessage(f"spec: {e.errors()[0]['msg']} ({self.spec!r})") from None
+
+    def check(self) -> None:
+        self.slm_spec()
+        _check_accuracy("standalone_accuracy", self.standalone_accuracy)
+
+
+@message("enhanced_slms")
+@dataclass(frozen=True)
+class EnhancedSLMs(Payload):
+    """Step 5: the client's SLM after training on filtered synthetic data, per variant (CrossLM and the
+    Data-free KD baseline)."""
+
+    models: dict[str, dict[str, np.ndarray]]
+
+
+@message("slm_accuracy")
+@dataclass(frozen=True)
+class SLMAccuracy(Payload):
+    """Test accuracy of each enhanced SLM, by variant."""
+
+    accuracy: dict[str, float]
+
+    def check(self) -> None:
+        for variant, value in self.accuracy.items():
+            _check_accuracy(f"accuracy[{variant!r}]", value)
+
+
 # --------------------------------------------------------------------------------------------- client
 
 
@@ -185,7 +262,7 @@ def _gold(examples: Sequence[Example]) -> list[int]:
     return out
 
 
-class CrossLMClient:
+class CrossLMClient(TypedRole):
     """Client role: trains its SLM on its own data, uploads the weights, evaluates returned SLMs."""
 
     def __init__(self, ctx: ClientContext):
@@ -196,39 +273,32 @@ class CrossLMClient:
     def _test(self) -> tuple[list[str], list[int]]:
         return [e.question for e in self.ctx.task.test], _gold(self.ctx.task.test)
 
-    def handle(self, msg: Message) -> Message:
+    @handles(TrainSLM)
+    def train(self, req: TrainSLM, round: int) -> SLMUpload:
         c = self.ctx
-        if msg.kind == "train_slm":
-            args = CrossLMArgs.from_config(c.cfg, c.task)
-            self.spec = slm_spec_for(c.cfg, args, c.index, msg.payload["labels"])
-            clf = build_classifier(self.spec, seed=c.seed)
-            fit = clf.fit(
-                [e.question for e in c.data],
-                _gold(c.data),
-                fit_settings(c.cfg, args, self.spec.kind, c.seed),
-                description=f"{c.name}: training its {self.spec.kind} SLM on private data",
-            )
-            self.standalone_accuracy = clf.accuracy(*self._test(), batch_size=c.cfg.eval_batch_size)
-            return msg.reply(
-                "slm_upload",
-                {
-                    "spec": self.spec.to_dict(),
-                    "arrays": clf.trainable_arrays(),
-                    "standalone_accuracy": self.standalone_accuracy,
-                    "loss_first": fit.first_loss,
-                    "loss_last": fit.last_loss,
-                },
-            )
-        if msg.kind == "enhanced_slms":
-            if self.spec is None:
-                raise RuntimeError(f"{c.name}: enhanced SLMs before any train_slm request")
-            acc = {}
-            for variant, arrays in msg.payload["models"].items():
-                acc[variant] = build_classifier(self.spec, arrays).accuracy(
-                    *self._test(), batch_size=c.cfg.eval_batch_size
-                )
-            return msg.reply("slm_accuracy", {"accuracy": acc})
-        raise ValueError(f"{c.name}: unknown request kind {msg.kind!r}")
+        args = CrossLMArgs.from_config(c.cfg, c.task)
+        self.spec = slm_spec_for(c.cfg, args, c.index, req.labels)
+        clf = build_classifier(self.spec, seed=c.seed)
+        fit = clf.fit(
+            [e.question for e in c.data],
+            _gold(c.data),
+            fit_settings(c.cfg, args, self.spec.kind, c.seed),
+            description=f"{c.name}: training its {self.spec.kind} SLM on private data",
+        )
+        self.standalone_accuracy = clf.accuracy(*self._test(), batch_size=c.cfg.eval_batch_size)
+        return SLMUpload(
+            self.spec.to_dict(), clf.trainable_arrays(), self.standalone_accuracy, fit.first_loss, fit.last_loss
+        )
+
+    @handles(EnhancedSLMs)
+    def evaluate(self, req: EnhancedSLMs, round: int) -> SLMAccuracy:
+        c = self.ctx
+        if self.spec is None:
+            raise RuntimeError(f"{c.name}: enhanced SLMs before any train_slm request")
+        acc = {}
+        for variant, arrays in req.models.items():
+            acc[variant] = build_classifier(self.spec, arrays).accuracy(*self._test(), batch_size=c.cfg.eval_batch_size)
+        return SLMAccuracy(acc)
 
     def state(self) -> dict[str, Any]:
         return {"spec": self.spec.to_dict() if self.spec else None, "standalone_accuracy": self.standalone_accuracy}
@@ -319,49 +389,18 @@ class CrossLMServer:
         same model with its adapters disabled. Hand-written: no library trains this objective."""
         import torch
 
-        from fedlsm.models.training import TrainPair, encode_pairs, right_pad
-
-        a, tok, model = self.args, self.tok, self.llm
-        ml = self.cfg.train.max_length
-        gen_rows = encode_pairs(
-            tok,
-            [TrainPair(self.gen.render(a.prompt_for(self.labels[y])), x) for x, y in zip(pool.texts, pool.labels)],
-            ml,
-        )
-        # [x^s, M'(y^s)]: the whole sequence is the LM target (Eq. 7).
-        lm_rows = [
-            tok(self.m_prime(x, y), add_special_tokens=True)["input_ids"][:ml] for x, y in zip(pool.texts, pool.labels)
-        ]
+        a, model = self.args, self.llm
+        gen_rows, lm_rows = self._llm_rows(pool)
         r_all = torch.tensor(rewards, dtype=torch.float32)
         if a.reward_baseline == "label_mean":
             r_all = centered_by_label(r_all, torch.tensor(pool.labels))
-        rng = random.Random(self.cfg.seed * 7 + round)
-        order: list[int] = []
-        for _ in range(a.llm_epochs):
-            o = list(range(len(pool.texts)))
-            rng.shuffle(o)
-            order += o
-        batches = [order[i : i + a.llm_batch_size] for i in range(0, len(order), a.llm_batch_size)]
+        batches = self._llm_batches(len(pool.texts), round)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=a.llm_lr)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        dev = model.device
         hist: dict[str, list[float]] = {"L_g": [], "L_t": [], "L_r": [], "L": []}
         model.train()
         for b in progress_iter(batches, f"round {round}: training the LLM (L_g + L_t + L_r)"):
-            ids, mask = right_pad([gen_rows[i][0] for i in b], pad)
-            labels, _ = right_pad([gen_rows[i][1] for i in b], -100)
-            ids, mask, labels = ids.to(dev), mask.to(dev), labels.to(dev)
-            logits = model(input_ids=ids, attention_mask=mask).logits
-            with torch.no_grad(), model.disable_adapter():
-                logits_old = model(input_ids=ids, attention_mask=mask).logits
-            l_g = generation_loss(
-                sequence_logprob(logits, labels), sequence_logprob(logits_old, labels), r_all[b].to(dev)
-            )
-            l_r = kl_regularizer(logits, logits_old, labels)
-            t_ids, t_mask = right_pad([lm_rows[i] for i in b], pad)
-            t_labels = t_ids.masked_fill(t_mask == 0, -100)
-            l_t = lm_loss(model(input_ids=t_ids.to(dev), attention_mask=t_mask.to(dev)).logits, t_labels.to(dev))
+            l_g, l_t, l_r = self._llm_losses([gen_rows[i] for i in b], [lm_rows[i] for i in b], r_all[b])
             loss = llm_objective(l_g, l_t, l_r, a.gammas)
             opt.zero_grad()
             loss.backward()
@@ -371,6 +410,54 @@ class CrossLMServer:
                 hist[k].append(float(v.detach()))
         model.eval()
         return {f"{k}_first": v[0] for k, v in hist.items() if v} | {f"{k}_last": v[-1] for k, v in hist.items() if v}
+
+    def _llm_rows(self, pool: SyntheticPool) -> tuple[list, list[list[int]]]:
+        """(prompt M(y^s) → x^s rows for L_g and L_r, token ids of [x^s, M'(y^s)] for L_t)."""
+        from fedlsm.models.training import TrainPair, encode_pairs
+
+        a, tok, ml = self.args, self.tok, self.cfg.train.max_length
+        gen_rows = encode_pairs(
+            tok,
+            [TrainPair(self.gen.render(a.prompt_for(self.labels[y])), x) for x, y in zip(pool.texts, pool.labels)],
+            ml,
+        )
+        # [x^s, M'(y^s)]: the whole sequence is the LM target (Eq. 7).
+        lm_rows = [
+            tok(self.m_prime(x, y), add_special_tokens=True)["input_ids"][:ml] for x, y in zip(pool.texts, pool.labels)
+        ]
+        return gen_rows, lm_rows
+
+    def _llm_batches(self, n: int, round: int) -> list[list[int]]:
+        """Seeded shuffles of the pool, one per epoch, cut into batches."""
+        a = self.args
+        rng = random.Random(self.cfg.seed * 7 + round)
+        order: list[int] = []
+        for _ in range(a.llm_epochs):
+            o = list(range(n))
+            rng.shuffle(o)
+            order += o
+        return [order[i : i + a.llm_batch_size] for i in range(0, len(order), a.llm_batch_size)]
+
+    def _llm_losses(self, gen_rows: list, lm_rows: list[list[int]], rewards: Any) -> tuple[Any, Any, Any]:
+        """(L_g, L_t, L_r) of one batch (Eq. 5, 7, 8)."""
+        import torch
+
+        from fedlsm.models.training import right_pad
+
+        model, dev = self.llm, self.llm.device
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        ids, mask = right_pad([r[0] for r in gen_rows], pad)
+        labels, _ = right_pad([r[1] for r in gen_rows], -100)
+        ids, mask, labels = ids.to(dev), mask.to(dev), labels.to(dev)
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        with torch.no_grad(), model.disable_adapter():
+            logits_old = model(input_ids=ids, attention_mask=mask).logits
+        l_g = generation_loss(sequence_logprob(logits, labels), sequence_logprob(logits_old, labels), rewards.to(dev))
+        l_r = kl_regularizer(logits, logits_old, labels)
+        t_ids, t_mask = right_pad(lm_rows, pad)
+        t_labels = t_ids.masked_fill(t_mask == 0, -100)
+        l_t = lm_loss(model(input_ids=t_ids.to(dev), attention_mask=t_mask.to(dev)).logits, t_labels.to(dev))
+        return l_g, l_t, l_r
 
     # --- LLM metrics (Tables 5, 7, 8)
     def llm_metrics(self, general: Any) -> dict[str, float]:
@@ -443,183 +530,291 @@ def arrival_order(clients: list[str], arrival: str | list[int], seed: int) -> li
     raise ConfigError("method_args.arrival", f"unknown arrival order '{arrival}'", "use random, index or a list")
 
 
-def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
-    from fedlsm.data.loaders import load_task
-
-    cfg = ctx.cfg
+def _check_run(ctx: RunContext) -> None:
     if ctx.task.type != "classification":
         raise ConfigError(
             "data.task",
             f"CrossLM needs a classification task, got {ctx.task.type} ({ctx.task.name})",
             "use --task sst2 or --task ag-news, or data.type=classification",
         )
-    if cfg.llm.base_url:
+    if ctx.cfg.llm.base_url:
         raise ConfigError(
             "llm.base_url",
             "CrossLM trains the server LLM, which an HTTP endpoint does not allow",
             "leave llm.base_url unset",
         )
+
+
+class UploadCheck:
+    """``Rounds.ask`` check of an ``slm_upload``: the spec must be one the run configures (a model of
+    ``method_args.slms``, the run's labels and LoRA settings), and the arrays must be exactly that
+    model's trainable weights, finite. The judge built on the way (nothing is copied into it before the
+    arrays passed) is kept in ``judges`` for the round."""
+
+    def __init__(self, cfg: Any, args: CrossLMArgs, labels: list[str]):
+        specs = [slm_spec_for(cfg, args, i, labels) for i in range(len(args.slms))]
+        self.allowed = {s.model: s for s in specs}
+        self.judges: dict[str, SLMClassifier] = {}
+
+    def __call__(self, client: str, up: SLMUpload) -> None:
+        spec = up.slm_spec()
+        expected = self.allowed.get(spec.model)
+        if expected is None:
+            raise MalformedMessage(f"model {spec.model!r} is not one of the run's SLMs {sorted(self.allowed)}")
+        if spec != expected:
+            raise MalformedMessage(f"spec {spec.to_dict()} is not the run's {expected.to_dict()}")
+        judge = build_classifier(spec)
+        try:
+            judge.load_arrays(up.arrays)
+        except ArrayMismatch as e:
+            raise MalformedMessage(str(e)) from None
+        self.judges[client] = judge
+
+
+def _same_variants(sent: dict[str, Any]):
+    def check(client: str, reply: SLMAccuracy) -> None:
+        if set(reply.accuracy) != set(sent):
+            raise MalformedMessage(f"accuracy of {sorted(reply.accuracy)}, asked for {sorted(sent)}")
+
+    return check
+
+
+@dataclass
+class _Run:
+    """The server's state across arrivals."""
+
+    ctx: RunContext
+    grid: Grid
+    args: CrossLMArgs
+    server: CrossLMServer
+    general: Any  # the general-domain task of Tables 7-8
+    asks: Rounds
+    before: dict[str, float]
+    pool0: SyntheticPool
+    order: list[str]
+    pool: SyntheticPool  # the latest pool: the next arriving SLM scores it
+    pools: dict[str, SyntheticPool] = field(default_factory=dict)
+    uploads: dict[str, SLMUpload] = field(default_factory=dict)
+    per_client: list[dict] = field(default_factory=list)
+    rounds: list[dict] = field(default_factory=list)
+
+
+def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
+    """Each client's SLM, as it arrives, judges the latest pool; the LLM learns from it and writes the
+    next pool; the SLM is enhanced on it and returned. Then the tables."""
+    _check_run(ctx)
+    run = _start(ctx, grid)
+    for rnd, name in enumerate(run.order, start=1):
+        _arrival(run, rnd, name)
+    nlg_mean = _judge_generations(run)
+    return _finish(run, nlg_mean)
+
+
+def _start(ctx: RunContext, grid: Grid) -> _Run:
+    """The server LLM, its metrics before training, the original LLM's pool, the arrival order."""
+    from fedlsm.data.loaders import load_task
+
+    cfg = ctx.cfg
     args = CrossLMArgs.from_config(cfg, ctx.task)
     assert args.general_task is not None  # from_config chooses one when none is given
     general = load_task(args.general_task, n_test=args.n_general, seed=cfg.seed, data_dir=cfg.data.root)
     server = CrossLMServer(ctx, args)
-    labels = server.labels
-
     before = server.llm_metrics(general)
     ctx.record("llm_before", before)
     pool0 = server.synthesize("original LLM", seed=cfg.seed * 1000)
-    pool = pool0
-    pools = {pool0.name: pool0}
-    uploads: dict[str, dict] = {}
-    per_client: list[dict] = []
-    rounds: list[dict] = []
     order = arrival_order(grid.clients(), args.arrival, cfg.seed)
     ctx.record("arrival_order", order)
-    for rnd, name in enumerate(order, start=1):
-        replies = grid.send_and_receive([Message("server", name, "train_slm", {"labels": labels}, rnd)])
-        if not replies:
-            rounds.append({"round": rnd, "client": name, "dropped": True})
-            ctx.record("rounds", rounds)
-            continue
-        up = replies[0].payload
-        spec, arrays = SLMSpec.from_dict(up["spec"]), up["arrays"]
-        uploads[name] = up
-        judge = build_classifier(spec, arrays)
-        # Step 4: the SLM scores the current pool; the LLM learns from its rewards.
-        p_pool = judge.probabilities(pool.texts, batch_size=cfg.eval_batch_size)
-        r = reward(p_pool[np.arange(len(pool.labels)), pool.labels])
-        losses = server.train_llm(pool, r, rnd)
-        # the enhanced LLM writes the next pool: this client's SLM learns from it (Step 5) and the
-        # next arriving SLM scores it
-        new_pool = server.synthesize(f"after round {rnd}", seed=cfg.seed * 1000 + rnd)
-        pools[new_pool.name] = new_pool
-        p_orig = p_pool if pool is pool0 else judge.probabilities(pool0.texts, batch_size=cfg.eval_batch_size)
-        p_new = judge.probabilities(new_pool.texts, batch_size=cfg.eval_batch_size)
-        kd_arrays, kd_info = enhance(
-            spec,
-            arrays,
-            p_orig,
-            pool0,
-            server,
-            cfg.seed + rnd,
-            f"{name}: Data-free KD (original LLM's data)",
-            clf=judge,
-        )
-        cl_arrays, cl_info = enhance(
-            spec, arrays, p_new, new_pool, server, cfg.seed + rnd, f"{name}: CrossLM (enhanced LLM's data)"
-        )
-        del judge
-        acc = grid.send_and_receive(
-            [
-                Message(
-                    "server", name, "enhanced_slms", {"models": {"datafree_kd": kd_arrays, "crosslm": cl_arrays}}, rnd
-                )
-            ]
-        )
-        acc = acc[0].payload["accuracy"] if acc else {}
-        rounds.append(
-            {
-                "round": rnd,
-                "client": name,
-                "slm": spec.model,
-                "reward_mean": float(np.mean(r)),
-                "judged_correct_pool": judged_correct(p_pool, pool.labels),
-                "llm_losses": losses,
-                "datafree_kd_filter": kd_info,
-                "crosslm_filter": cl_info,
-            }
-        )
-        ctx.record("rounds", rounds)
-        k = int(name.split("-")[-1])
-        per_client.append(
-            {
-                "client": name,
-                "slm": f"{spec.kind}:{spec.model}",
-                "train_examples": ctx.metrics.get("run", {}).get("client_sizes", [None] * (k + 1))[k],
-                "standalone": up["standalone_accuracy"],
-                "datafree_kd": acc.get("datafree_kd"),
-                "crosslm": acc.get("crosslm"),
-            }
-        )
-        ctx.record("clients", per_client)
-        pool = new_pool
+    run = _Run(ctx, grid, args, server, general, Rounds(ctx, grid), before, pool0, order, pool0)
+    run.pools[pool0.name] = pool0
+    return run
 
-    # Table 6: every received (Step-1) SLM judges the original and the final LLM's generations.
-    final = pool
+
+def _arrival(run: _Run, rnd: int, name: str) -> None:
+    """One client's round: upload (Step 2), LLM training and the next pool (Step 4), enhanced SLMs
+    (Step 5) and their accuracy."""
+    got = _collect_upload(run, rnd, name)
+    if got is None:
+        return
+    up, judge = got
+    spec = up.slm_spec()
+    p_pool, new_pool, llm_info = _improve_llm(run, rnd, judge)
+    models, filters = _enhance_slm(run, rnd, name, up, judge, p_pool, new_pool)
+    del judge
+    acc = _ask_accuracy(run, rnd, name, models)
+    run.rounds.append({"round": rnd, "client": name, "slm": spec.model, **llm_info, **filters})
+    run.ctx.record("rounds", run.rounds)
+    _record_client(run, name, spec, up, acc)
+    run.pool = new_pool
+
+
+def _record_drops(run: _Run) -> None:
+    run.ctx.record("dropped", run.asks.dropped)
+
+
+def _collect_upload(run: _Run, rnd: int, name: str) -> tuple[SLMUpload, SLMClassifier] | None:
+    """Ask ``name`` for its trained SLM; (upload, its judge), or None when it is dropped (recorded with
+    its reason; QuorumError once fewer than ``federation.min_clients`` SLMs can still arrive)."""
+    check = UploadCheck(run.ctx.cfg, run.args, run.server.labels)
+    request = TrainSLM(run.server.labels)
+    replies = run.asks.ask(request, SLMUpload, round=rnd, to=[name], min_replies=0, check=check)
+    _record_drops(run)
+    if name in replies:
+        run.uploads[name] = replies[name]
+        return replies[name], check.judges[name]
+    reason = next(d["reason"] for d in reversed(run.asks.dropped) if d["client"] == name)
+    run.rounds.append({"round": rnd, "client": name, "dropped": True, "reason": reason})
+    run.ctx.record("rounds", run.rounds)
+    _require_quorum(run)
+    return None
+
+
+def _require_quorum(run: _Run) -> None:
+    """A round asks one client, so the quorum is over the run: the SLMs that arrived or may still arrive."""
+    lost = sum(1 for r in run.rounds if r.get("dropped"))
+    minimum = run.ctx.cfg.federation.min_clients
+    if len(run.order) - lost < minimum:
+        raise QuorumError(
+            f"{lost} of {len(run.order)} client(s) dropped before uploading their SLM, {minimum} needed "
+            f"(dropped: {', '.join(r['client'] for r in run.rounds if r.get('dropped'))}); "
+            "lower federation.min_clients or raise federation.round_timeout"
+        )
+
+
+def _improve_llm(run: _Run, rnd: int, judge: SLMClassifier) -> tuple[np.ndarray, SyntheticPool, dict]:
+    """Step 4: the SLM scores the current pool (Eq. 4), the LLM learns from its rewards, and the
+    enhanced LLM writes the next pool."""
+    cfg, pool = run.ctx.cfg, run.pool
+    p_pool = judge.probabilities(pool.texts, batch_size=cfg.eval_batch_size)
+    r = reward(p_pool[np.arange(len(pool.labels)), pool.labels])
+    losses = run.server.train_llm(pool, r, rnd)
+    new_pool = run.server.synthesize(f"after round {rnd}", seed=cfg.seed * 1000 + rnd)
+    run.pools[new_pool.name] = new_pool
+    info = {
+        "reward_mean": float(np.mean(r)),
+        "judged_correct_pool": judged_correct(p_pool, pool.labels),
+        "llm_losses": losses,
+    }
+    return p_pool, new_pool, info
+
+
+def _enhance_slm(
+    run: _Run, rnd: int, name: str, up: SLMUpload, judge: SLMClassifier, p_pool: np.ndarray, new_pool: SyntheticPool
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict]]:
+    """Step 5 for both variants: the SLM trained on the original LLM's pool (Data-free KD; the judge
+    itself is trained) and on the enhanced LLM's pool (CrossLM). (arrays by variant, filter info)."""
+    cfg, spec, pool0 = run.ctx.cfg, up.slm_spec(), run.pool0
+    p_orig = p_pool if run.pool is pool0 else judge.probabilities(pool0.texts, batch_size=cfg.eval_batch_size)
+    p_new = judge.probabilities(new_pool.texts, batch_size=cfg.eval_batch_size)
+    seed = cfg.seed + rnd
+    kd_arrays, kd_info = enhance(
+        spec, up.arrays, p_orig, pool0, run.server, seed, f"{name}: Data-free KD (original LLM's data)", clf=judge
+    )
+    cl_arrays, cl_info = enhance(
+        spec, up.arrays, p_new, new_pool, run.server, seed, f"{name}: CrossLM (enhanced LLM's data)"
+    )
+    models = dict(zip(VARIANTS, (kd_arrays, cl_arrays)))
+    return models, {"datafree_kd_filter": kd_info, "crosslm_filter": cl_info}
+
+
+def _ask_accuracy(run: _Run, rnd: int, name: str, models: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
+    """The client's test accuracy of each enhanced SLM ({} when it is dropped, with its reason)."""
+    replies = run.asks.ask(
+        EnhancedSLMs(models), SLMAccuracy, round=rnd, to=[name], min_replies=0, check=_same_variants(models)
+    )
+    _record_drops(run)
+    return replies[name].accuracy if name in replies else {}
+
+
+def _record_client(run: _Run, name: str, spec: SLMSpec, up: SLMUpload, acc: dict[str, float]) -> None:
+    k = int(name.split("-")[-1])
+    sizes = run.ctx.metrics.get("run", {}).get("client_sizes", [None] * (k + 1))
+    run.per_client.append(
+        {
+            "client": name,
+            "slm": f"{spec.kind}:{spec.model}",
+            "train_examples": sizes[k],
+            "standalone": up.standalone_accuracy,
+            "datafree_kd": acc.get("datafree_kd"),
+            "crosslm": acc.get("crosslm"),
+        }
+    )
+    run.ctx.record("clients", run.per_client)
+
+
+def _judge_generations(run: _Run) -> dict[str, float | None]:
+    """Table 6: every received (Step-1) SLM judges the original and the final LLM's generations."""
+    bs = run.ctx.cfg.eval_batch_size
     nlg: dict[str, list[float]] = {"original": [], "enhanced": []}
-    for _name, up in progress_iter(list(uploads.items()), "SLMs judging the LLM's generations"):
-        judge = build_classifier(SLMSpec.from_dict(up["spec"]), up["arrays"])
-        for key, pl in (("original", pool0), ("enhanced", final)):
-            nlg[key].append(judged_correct(judge.probabilities(pl.texts, batch_size=cfg.eval_batch_size), pl.labels))
+    for _name, up in progress_iter(list(run.uploads.items()), "SLMs judging the LLM's generations"):
+        judge = build_classifier(up.slm_spec(), up.arrays)
+        for key, pl in (("original", run.pool0), ("enhanced", run.pool)):
+            nlg[key].append(judged_correct(judge.probabilities(pl.texts, batch_size=bs), pl.labels))
         del judge
     nlg_mean = {k: float(np.mean(v)) if v else None for k, v in nlg.items()}
-    ctx.record("nlg_judged_by_slms", {"per_slm": nlg, "mean": nlg_mean})
+    run.ctx.record("nlg_judged_by_slms", {"per_slm": nlg, "mean": nlg_mean})
+    return nlg_mean
+
+
+def _finish(run: _Run, nlg_mean: dict[str, float | None]) -> MethodResult:
+    """The synthetic pools, the LLM after training, communication and query cost; then the table."""
+    ctx, labels = run.ctx, run.server.labels
     ctx.save_jsonl(
         "synthetic.jsonl",
-        [{"pool": p.name, "label": labels[y], "text": x} for p in pools.values() for x, y in zip(p.texts, p.labels)],
+        [
+            {"pool": p.name, "label": labels[y], "text": x}
+            for p in run.pools.values()
+            for x, y in zip(p.texts, p.labels)
+        ],
     )
-    after = server.llm_metrics(general)
+    after = run.server.llm_metrics(run.general)
     ctx.record("llm_after", after)
-    comm = grid.log.communication()
+    comm = run.grid.log.communication()
     ctx.record("communication", comm)
-    ctx.record("llm_query_cost", server.gen.stats.as_dict())  # every synthetic pool the LLM wrote
-
-    def mean(key: str) -> float | None:
-        vals = [c[key] for c in per_client if c.get(key) is not None]
-        return float(np.mean(vals)) if vals else None
-
-    for c in per_client:
-        accs = ", ".join(f"{k} {c[k]:.3f}" for k in ("standalone", "datafree_kd", "crosslm") if c[k] is not None)
+    ctx.record("llm_query_cost", run.server.gen.stats.as_dict())  # every synthetic pool the LLM wrote
+    for c in run.per_client:
+        accs = ", ".join(f"{k} {c[k]:.3f}" for k in ("standalone", *VARIANTS) if c[k] is not None)
         ctx.console.print(f"  {c['client']} ({c['slm']}, {c['train_examples']} examples): {accs}")
+    return _table(run, after, nlg_mean, comm)
+
+
+def _mean(per_client: list[dict], key: str) -> float | None:
+    vals = [c[key] for c in per_client if c.get(key) is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def _table(run: _Run, after: dict, nlg_mean: dict[str, float | None], comm: dict) -> MethodResult:
+    g, before, per_client = run.general.name, run.before, run.per_client
     cols = (
         "SLM accuracy (mean)",
         "LLM task accuracy",
         "LLM NLG judged by SLMs",
-        f"LLM accuracy on {general.name}",
-        f"LLM perplexity ({general.name} text)",
+        f"LLM accuracy on {g}",
+        f"LLM perplexity ({g} text)",
     )
+
+    def row(method: str, key: str, llm: dict | None = None, nlg: float | None = None) -> dict:
+        llm_cols = (
+            (None,) * 4 if llm is None else (llm["task_accuracy"], nlg, llm["general_accuracy"], llm["perplexity"])
+        )
+        return dict(zip(("method", *cols), (method, _mean(per_client, key), *llm_cols)))
+
     rows = [
-        dict(zip(("method", *cols), ("Standalone", mean("standalone"), None, None, None, None))),
-        dict(
-            zip(
-                ("method", *cols),
-                (
-                    "Data-free KD (original LLM)",
-                    mean("datafree_kd"),
-                    before["task_accuracy"],
-                    nlg_mean["original"],
-                    before["general_accuracy"],
-                    before["perplexity"],
-                ),
-            )
-        ),
-        dict(
-            zip(
-                ("method", *cols),
-                (
-                    "CrossLM",
-                    mean("crosslm"),
-                    after["task_accuracy"],
-                    nlg_mean["enhanced"],
-                    after["general_accuracy"],
-                    after["perplexity"],
-                ),
-            )
-        ),
+        row("Standalone", "standalone"),
+        row("Data-free KD (original LLM)", "datafree_kd", before, nlg_mean["original"]),
+        row("CrossLM", "crosslm", after, nlg_mean["enhanced"]),
     ]
     summary = {
         "metric": "accuracy",
-        "standalone": mean("standalone"),
-        "datafree_kd": mean("datafree_kd"),
-        "crosslm": mean("crosslm"),
+        **{k: _mean(per_client, k) for k in ("standalone", *VARIANTS)},
         "llm_before": before,
         "llm_after": after,
         "nlg_judged": nlg_mean,
         "perplexity_change": after["perplexity"] - before["perplexity"],
         "communication": comm,
-        "arrival_order": order,
+        "arrival_order": run.order,
+        "dropped": run.asks.dropped,
     }
-    return MethodResult(rows, f"CrossLM on {ctx.task.name} ({len(per_client)} clients; accuracy, %)", summary)
+    return MethodResult(rows, f"CrossLM on {run.ctx.task.name} ({len(per_client)} clients; accuracy, %)", summary)
 
 
 def run_crosslm(ctx: RunContext) -> MethodResult:

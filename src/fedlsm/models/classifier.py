@@ -90,6 +90,10 @@ class SLMSpec:
         return cls(**d)
 
 
+class ArrayMismatch(FedLSMError):
+    """Received weights that do not fit a classifier (names, shapes, non-finite values)."""
+
+
 class SLMClassifier:
     """A trained-or-trainable text classifier over ``spec.labels``."""
 
@@ -118,16 +122,31 @@ class SLMClassifier:
         LoRA is off), by parameter name. This is what a client uploads."""
         return {n: p.detach().cpu().float().numpy().copy() for n, p in self.model.named_parameters() if p.requires_grad}
 
+    def check_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Raise :class:`ArrayMismatch` unless ``arrays`` are exactly this model's trainable weights:
+        the same names, each of the parameter's shape, numeric and finite (what :meth:`load_arrays`
+        requires before it copies anything)."""
+        own = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        where = f"the {self.spec.kind} model '{self.spec.model}'"
+        unknown, missing = sorted(set(arrays) - set(own)), sorted(set(own) - set(arrays))
+        if unknown or missing:
+            raise ArrayMismatch(
+                f"slm: received arrays do not match {where} ({len(unknown)} unknown, first: "
+                f"{unknown[0] if unknown else None}; {len(missing)} missing, first: {missing[0] if missing else None})"
+            )
+        for n, a in arrays.items():
+            a = np.asarray(a)
+            if a.shape != tuple(own[n].shape):
+                raise ArrayMismatch(f"slm: array {n} has shape {a.shape}, {where} needs {tuple(own[n].shape)}")
+            if a.dtype.kind not in "fiu" or not np.isfinite(a).all():
+                raise ArrayMismatch(f"slm: array {n} is not finite numbers (dtype {a.dtype})")
+
     def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Copy ``arrays`` into the model, after :meth:`check_arrays` (nothing is copied if any is wrong)."""
         import torch
 
+        self.check_arrays(arrays)
         own = dict(self.model.named_parameters())
-        unknown = sorted(set(arrays) - set(own))
-        if unknown:
-            raise FedLSMError(
-                f"slm: {len(unknown)} received array(s) do not match the {self.spec.kind} model "
-                f"'{self.spec.model}' (first: {unknown[0]})"
-            )
         with torch.no_grad():
             for n, a in arrays.items():
                 own[n].copy_(torch.from_numpy(np.asarray(a)).to(own[n].dtype))
@@ -302,7 +321,7 @@ def build_classifier(spec: SLMSpec, arrays: dict[str, np.ndarray] | None = None,
     if spec.kind not in ("encoder", "causal"):
         raise ConfigError("method_args.slms", f"unknown SLM kind '{spec.kind}'", "use an encoder or a causal LM")
     clf = EncoderClassifier(spec, seed) if spec.kind == "encoder" else CausalClassifier(spec, seed)
-    if arrays:
+    if arrays is not None:  # checked first: {} or a partial set is an error, not an untrained model
         clf.load_arrays(arrays)
     return clf
 
