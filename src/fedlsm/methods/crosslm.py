@@ -814,7 +814,25 @@ def _table(run: _Run, after: dict, nlg_mean: dict[str, float | None], comm: dict
         "arrival_order": run.order,
         "dropped": run.asks.dropped,
     }
-    return MethodResult(rows, f"CrossLM on {run.ctx.task.name} ({len(per_client)} clients; accuracy, %)", summary)
+    slm = {label: summary[key] for label, key in (("Standalone", "standalone"), *_LABELS)}
+    llm = {"Data-free KD (original LLM)": before["task_accuracy"], "CrossLM": after["task_accuracy"]}
+    labelled = {f"{k} (SLM mean)": v for k, v in slm.items() if v is not None}
+    labelled |= {f"{k} (LLM)": v for k, v in llm.items() if v is not None}
+    return MethodResult(
+        rows,
+        f"CrossLM on {run.ctx.task.name} ({len(per_client)} clients; accuracy, %)",
+        summary,
+        metric="accuracy",
+        utility=summary["crosslm"],
+        llm_utility=after["task_accuracy"],
+        labelled=labelled,
+        communication=comm,
+        llm_cost=run.server.gen.stats.as_dict(),
+    )
+
+
+# the table's rows for the clients' enhanced SLMs, by their key in the clients' records
+_LABELS = (("Data-free KD (original LLM)", "datafree_kd"), ("CrossLM", "crosslm"))
 
 
 def run_crosslm(ctx: RunContext) -> MethodResult:
