@@ -3,19 +3,24 @@ SLMs, possibly with different tokenizers, all trained through LoRA.
 
 One round, driven by the server over the grid:
 
-1. ``local_update`` (server -> clients): each client fine-tunes its SLM on its private data (Eq. 4)
-   and replies with its knowledge on the public set: per-sample loss and top-K log-probabilities at
-   the answer tokens (wire format in :mod:`fedlsm.methods.fedmkt_knowledge`).
-2. The server validates every payload (a malformed one is dropped with a logged reason), aligns each
-   SLM's tokens to the LLM's (:mod:`fedlsm.align`), picks per sample the client with the smallest
-   loss if it beats the LLM's own (DualMinCE), and trains its LoRA on lambda*L_FT + (1-lambda)*L_KD
+1. ``local_update`` (server -> clients, :class:`LocalUpdate` -> :class:`KnowledgeReply`): each client
+   fine-tunes its SLM on its private data (Eq. 4) and replies with its knowledge on the public set:
+   per-sample loss and top-K log-probabilities at the answer tokens (wire format in
+   :mod:`fedlsm.methods.fedmkt_knowledge`).
+2. The server checks every payload, token ids against its own copy of the sender model's tokenizer
+   (a malformed one is rejected: a drop with its reason), aligns each SLM's tokens to the LLM's
+   (:mod:`fedlsm.align`), picks per sample the client with the smallest loss if it beats the LLM's
+   own (DualMinCE, :func:`select_knowledge`), and trains its LoRA on lambda*L_FT + (1-lambda)*L_KD
    (Eq. 9).
-3. ``distill`` (server -> the round's participants): the LLM's knowledge after training; each client
-   aligns it to its own vocabulary, keeps the samples where the LLM's loss beats its own, and trains
-   on Eq. 10.
+3. ``distill`` (server -> the round's participants, :class:`Distill` -> :class:`Distilled`): the LLM's
+   knowledge after training; each client checks it the same way, aligns it to its own vocabulary,
+   keeps the samples where the LLM's loss beats its own, and trains on Eq. 10.
 
-After the last round ``evaluate`` asks every client for its test metric and its own per-round losses.
-A client that drops is recorded (``dropped``: round, step, reason); clients keep their adapters
+After the last round ``evaluate`` (:class:`Evaluate` -> :class:`Evaluation`) asks every client for
+its test metric and its own per-round losses. The server asks through
+:class:`fedlsm.federation.protocol.Rounds`; ``server_main`` reads as its steps (``_collect_knowledge``,
+``_learn_from_clients``, ``_send_knowledge``, ``_evaluate_clients``).
+A client that drops is recorded (``dropped``: round, client, reason, step); clients keep their adapters
 between rounds, and the grid checkpoints them on the client's side, so ``--resume`` and a restarted
 SuperNode continue from them (:mod:`fedlsm.federation.checkpoint`). ``run_fedmkt`` adds the
 paper's baselines (Zero-shot, Standalone, Centralized, FedAvg for homogeneous clients, LLM2SLM)
