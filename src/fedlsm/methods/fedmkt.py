@@ -59,6 +59,7 @@ from fedlsm.models.distill import KDPair, Knowledge, compute_knowledge, encode_f
 from fedlsm.models.loading import default_device, load_causal_lm
 from fedlsm.models.training import (
     TrainPair,
+    TrainResult,
     TrainSettings,
     adapter_arrays,
     apply_lora,
@@ -375,10 +376,13 @@ def _start(ctx: RunContext, grid: Grid, args: FedMKTArgs) -> tuple[_Server, int]
 def _collect_knowledge(s: _Server, t: int) -> tuple[dict[str, tuple[str, Knowledge]], dict[str, str]]:
     """Step 1: every client trains locally and sends its knowledge. The valid knowledge by client
     (with its model), and why each malformed one was rejected (a drop in ``rounds.dropped`` too)."""
-    n = len(s.pairs)
+    valid: dict[str, tuple[str, Knowledge]] = {}
 
-    def check(client: str, reply: KnowledgeReply) -> None:
-        reply.knowledge(n_samples=n, vocab_size=s.senders.vocab_size(reply.model))
+    def check(client: str, reply: KnowledgeReply) -> None:  # raises MalformedKnowledge: a drop with its reason
+        valid[client] = (
+            reply.model,
+            reply.knowledge(n_samples=len(s.pairs), vocab_size=s.senders.vocab_size(reply.model)),
+        )
 
     replies = s.rounds.ask(LocalUpdate(s.args.top_k), KnowledgeReply, round=t, check=check, step="local_update")
     s.ctx.record("dropped", s.rounds.dropped)
@@ -389,11 +393,12 @@ def _collect_knowledge(s: _Server, t: int) -> tuple[dict[str, tuple[str, Knowled
     }
     for client, why in rejected.items():
         log.warning("round %d: rejected knowledge from %s: %s", t, client, why)
-    vocab = s.senders.vocab_size
-    return {c: (r.model, r.knowledge(n_samples=n, vocab_size=vocab(r.model))) for c, r in replies.items()}, rejected
+    return {c: valid[c] for c in replies}, rejected
 
 
-def _learn_from_clients(s: _Server, t: int, received: dict[str, tuple[str, Knowledge]]) -> tuple[Any, dict]:
+def _learn_from_clients(
+    s: _Server, t: int, received: dict[str, tuple[str, Knowledge]]
+) -> tuple[TrainResult, dict[str, int]]:
     """Step 2: the LLM trains on lambda*L_FT + (1-lambda)*L_KD with the winning clients' knowledge (Eq. 9)."""
     own = s.knowledge(1, f"own loss on public data (round {t})").loss
     aligned = {c: (k, s.senders.aligner(spec)) for c, (spec, k) in received.items()}
