@@ -65,6 +65,78 @@ def test_malformed_payload_is_rejected_with_a_reason(corrupt, reason):
         from_payload(p, n_samples=3, vocab_size=50)
 
 
+def test_server_aggregation_picks_the_best_client_per_sample_without_a_model():
+    from fedlsm.methods.fedmkt import select_knowledge
+    from fedlsm.methods.fedmkt_knowledge import Aligner
+    from fedlsm.models.training import TrainPair
+
+    a, b, identity = _knowledge(), _knowledge(), Aligner(None, None, None)
+    b.topk_ids = b.topk_ids + 1  # tell the senders apart
+    a.loss, b.loss = np.array([0.5, 2.0, 3.0], np.float32), np.array([0.7, 1.0, 4.0], np.float32)
+    pairs = [TrainPair(f"q{i}", f"a{i}") for i in range(3)]
+    text_ids = [[1, 2], [3], [4, 5]]  # the LLM's own target tokens (offsets 0, 2, 3, 5)
+    examples, won = select_knowledge(
+        np.array([1.0, 1.5, 2.0]), {"c0": (a, identity), "c1": (b, identity)}, pairs, text_ids
+    )
+    # sample 0: c0 (0.5); sample 1: c1 (1.0 < 1.5); sample 2: nobody beats the LLM's 2.0
+    assert won == {"c0": 1, "c1": 1} and [e.pair for e in examples] == pairs
+    assert np.array_equal(examples[0].soft_ids, a.topk_ids[0:2]) and np.array_equal(
+        examples[1].soft_ids, b.topk_ids[2:3]
+    )
+    assert examples[2].soft_ids is None
+
+
+class _ScriptedGrid:
+    """A transport that returns the replies a test wrote (hostile clients' among them)."""
+
+    def __init__(self, replies):
+        self.replies, self.dropped = replies, []
+
+    def clients(self):
+        return sorted({m.sender for m in self.replies})
+
+    def send_and_receive(self, messages, *, timeout=None):
+        return self.replies
+
+
+def test_knowledge_ids_are_bounded_by_the_servers_own_copy_of_the_senders_tokenizer():
+    """A client cannot widen the id check by declaring a vocabulary: ids are bounded by the length of
+    the server's copy of the sender model's tokenizer (50 here); each bad reply is a recorded drop."""
+    from types import SimpleNamespace
+
+    from fedlsm.federation.messages import Message
+    from fedlsm.federation.protocol import Rounds
+    from fedlsm.methods import fedmkt
+    from fedlsm.methods.fedmkt_knowledge import SenderModels
+
+    def load_tokenizer(spec):
+        if spec != "tiny":
+            raise OSError(f"no model {spec}")
+        return list(range(50))  # a 50-token vocabulary
+
+    k = _knowledge()
+    honest = {"model": "tiny", "n_examples": 4, **to_payload(k)}
+    wide = {**honest, "topk_ids": k.topk_ids + 10_000_000}
+    replies = {"c0": honest, "c1": wide, "c2": {**wide, "vocab_size": 10**9}, "c3": {**honest, "model": "/etc"}}
+    grid = _ScriptedGrid([Message(c, "server", "knowledge", p, 1) for c, p in replies.items()])
+    ctx = SimpleNamespace(
+        cfg=SimpleNamespace(federation=SimpleNamespace(min_clients=1)),
+        console=SimpleNamespace(print=print),
+        record=lambda key, value: None,
+    )
+    senders = SenderModels(None, load_tokenizer=load_tokenizer)
+    server = fedmkt._Server(
+        ctx, fedmkt.FedMKTArgs(top_k=4), Rounds(ctx, grid), None, None, [None] * 3, [], senders, None
+    )
+    received, rejected = fedmkt._collect_knowledge(server, 1)
+    assert list(received) == ["c0"] and np.array_equal(received["c0"][1].topk_ids, k.topk_ids)
+    assert "outside the sender's vocabulary [0, 50)" in rejected["c1"]
+    assert "unexpected ['vocab_size']" in rejected["c2"] and "cannot be loaded" in rejected["c3"]
+    assert [(d["client"], d["round"], d["step"]) for d in server.rounds.dropped] == [
+        (c, 1, "local_update") for c in ("c1", "c2", "c3")
+    ]
+
+
 @needs_shared
 @pytest.mark.slow
 def test_heterogeneous_round_survives_a_corrupt_client_and_leaks_no_private_text(tmp_path):

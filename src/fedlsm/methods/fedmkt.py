@@ -3,19 +3,24 @@ SLMs, possibly with different tokenizers, all trained through LoRA.
 
 One round, driven by the server over the grid:
 
-1. ``local_update`` (server -> clients): each client fine-tunes its SLM on its private data (Eq. 4)
-   and replies with its knowledge on the public set: per-sample loss and top-K log-probabilities at
-   the answer tokens (wire format in :mod:`fedlsm.methods.fedmkt_knowledge`).
-2. The server validates every payload (a malformed one is dropped with a logged reason), aligns each
-   SLM's tokens to the LLM's (:mod:`fedlsm.align`), picks per sample the client with the smallest
-   loss if it beats the LLM's own (DualMinCE), and trains its LoRA on lambda*L_FT + (1-lambda)*L_KD
+1. ``local_update`` (server -> clients, :class:`LocalUpdate` -> :class:`KnowledgeReply`): each client
+   fine-tunes its SLM on its private data (Eq. 4) and replies with its knowledge on the public set:
+   per-sample loss and top-K log-probabilities at the answer tokens (wire format in
+   :mod:`fedlsm.methods.fedmkt_knowledge`).
+2. The server checks every payload, token ids against its own copy of the sender model's tokenizer
+   (a malformed one is rejected: a drop with its reason), aligns each SLM's tokens to the LLM's
+   (:mod:`fedlsm.align`), picks per sample the client with the smallest loss if it beats the LLM's
+   own (DualMinCE, :func:`select_knowledge`), and trains its LoRA on lambda*L_FT + (1-lambda)*L_KD
    (Eq. 9).
-3. ``distill`` (server -> the round's participants): the LLM's knowledge after training; each client
-   aligns it to its own vocabulary, keeps the samples where the LLM's loss beats its own, and trains
-   on Eq. 10.
+3. ``distill`` (server -> the round's participants, :class:`Distill` -> :class:`Distilled`): the LLM's
+   knowledge after training; each client checks it the same way, aligns it to its own vocabulary,
+   keeps the samples where the LLM's loss beats its own, and trains on Eq. 10.
 
-After the last round ``evaluate`` asks every client for its test metric and its own per-round losses.
-A client that drops is recorded (``dropped``: round, step, reason); clients keep their adapters
+After the last round ``evaluate`` (:class:`Evaluate` -> :class:`Evaluation`) asks every client for
+its test metric and its own per-round losses. The server asks through
+:class:`fedlsm.federation.protocol.Rounds`; ``server_main`` reads as its steps (``_collect_knowledge``,
+``_learn_from_clients``, ``_send_knowledge``, ``_evaluate_clients``).
+A client that drops is recorded (``dropped``: round, client, reason, step); clients keep their adapters
 between rounds, and the grid checkpoints them on the client's side, so ``--resume`` and a restarted
 SuperNode continue from them (:mod:`fedlsm.federation.checkpoint`). ``run_fedmkt`` adds the
 paper's baselines (Zero-shot, Standalone, Centralized, FedAvg for homogeneous clients, LLM2SLM)
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -36,21 +42,30 @@ from fedlsm.core import MethodResult, RunContext
 from fedlsm.errors import ConfigError
 from fedlsm.eval.scoring import evaluate
 from fedlsm.federation.checkpoint import ServerCheckpoint
-from fedlsm.federation.grid import ClientContext, Grid, broadcast, report_dropped, require_quorum, run_in_process
-from fedlsm.federation.messages import Message
+from fedlsm.federation.grid import ClientContext, Grid, run_in_process
+from fedlsm.federation.protocol import MalformedMessage, Payload, Rounds, TypedRole, handles, message
+from fedlsm.methods import fedavg
 from fedlsm.methods.common import label_pairs, train_settings
 from fedlsm.methods.fedmkt_knowledge import (
     Aligner,
+    KnowledgeFields,
     MalformedKnowledge,
+    SenderModels,
     dual_min_ce,
-    from_payload,
     kd_pairs,
-    make_aligner,
     to_payload,
 )
-from fedlsm.models.distill import compute_knowledge, encode_for_kd, train_kd
+from fedlsm.models.distill import KDPair, Knowledge, compute_knowledge, encode_for_kd, train_kd
 from fedlsm.models.loading import default_device, load_causal_lm
-from fedlsm.models.training import TrainSettings, adapter_arrays, apply_lora, load_adapter_arrays, train_sft
+from fedlsm.models.training import (
+    TrainPair,
+    TrainResult,
+    TrainSettings,
+    adapter_arrays,
+    apply_lora,
+    load_adapter_arrays,
+    train_sft,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +118,84 @@ def _evaluate(cfg, task, model, tok) -> dict:
     return evaluate(model, tok, task, batch_size=cfg.eval_batch_size, show_progress=True)
 
 
+# ------------------------------------------------------------------------------------------ messages
+
+
+@message("local_update")
+@dataclass(frozen=True)
+class LocalUpdate(Payload):
+    """Server -> clients: fine-tune on your private data, then send your top-K knowledge."""
+
+    top_k: int
+
+    def check(self) -> None:
+        if self.top_k < 1:
+            raise MalformedMessage(f"top_k must be >= 1 (got {self.top_k})")
+
+
+@message("knowledge")
+@dataclass(frozen=True)
+class KnowledgeReply(KnowledgeFields):
+    """Client -> server: its knowledge on the public set, and the model that produced it (the server
+    bounds the token ids with its own copy of that model's tokenizer)."""
+
+    model: str
+    n_examples: int
+
+
+@message("distill")
+@dataclass(frozen=True)
+class Distill(KnowledgeFields):
+    """Server -> the round's participants: the LLM's knowledge after training, and Eq. 10's weights."""
+
+    model: str
+    lam: float
+    kd_epochs: int
+
+    def check(self) -> None:
+        super().check()
+        if not 0 <= self.lam <= 1 or self.kd_epochs < 0:
+            raise MalformedMessage(f"lam {self.lam} must be in [0, 1] and kd_epochs {self.kd_epochs} >= 0")
+
+
+@message("distilled")
+@dataclass(frozen=True)
+class Distilled(Payload):
+    """Client -> server: how many public samples it distilled; ``rejected`` says why it used none of
+    the server's knowledge (``None`` when it was valid)."""
+
+    kd_samples: int
+    kd_loss_last: float | None
+    rejected: str | None
+
+    def check(self) -> None:
+        if self.kd_samples < 0:
+            raise MalformedMessage(f"kd_samples is negative ({self.kd_samples})")
+
+
+@message("evaluate")
+@dataclass(frozen=True)
+class Evaluate(Payload):
+    """Server -> clients, after the last round: your test metric and your own account of the rounds."""
+
+
+@message("evaluation")
+@dataclass(frozen=True)
+class Evaluation(Payload):
+    model: str
+    metric: str
+    value: float
+    history: list[dict[str, Any]]
+
+    def check(self) -> None:
+        if not 0 <= self.value <= 1:  # every metric here is a fraction (NaN fails too)
+            raise MalformedMessage(f"{self.metric} {self.value} is not in [0, 1]")
+
+
 # ------------------------------------------------------------------------------------------ client
 
 
-class FedMKTClient:
+class FedMKTClient(TypedRole):
     def __init__(self, ctx: ClientContext):
         self.ctx = ctx
         self.args = FedMKTArgs.from_cfg(ctx.cfg)
@@ -116,10 +205,10 @@ class FedMKTClient:
         self.text_ids = [
             encode_for_kd(self.tok, p, ctx.cfg.train.max_length).target_text_ids for p in self.public_pairs
         ]
-        self._aligners: dict[str, Aligner] = {}
+        self.servers = SenderModels(self.tok)  # the server's model as this client sees it
         self.history: list[dict] = []
 
-    def _knowledge(self, top_k: int):
+    def _knowledge(self, top_k: int) -> Knowledge:
         return compute_knowledge(
             self.model,
             self.tok,
@@ -130,53 +219,50 @@ class FedMKTClient:
             description=f"{self.ctx.name}: knowledge on public data",
         )
 
-    def handle(self, msg: Message) -> Message:
-        cfg, t = self.ctx.cfg, msg.round
-        if msg.kind == "local_update":
-            tr = train_sft(
-                self.model,
-                self.tok,
-                label_pairs(self.ctx.data),
-                _settings(self.ctx, seed=self.ctx.seed + t),
-                description=f"{self.ctx.name}: local fine-tuning (round {t})",
-            )
-            k = self._knowledge(int(msg.payload["top_k"]))
-            self.history.append({"round": t, "local_loss_first": tr.first_loss, "local_loss_last": tr.last_loss})
-            return msg.reply(
-                "knowledge",
-                {"model": self.spec, "vocab_size": len(self.tok), "n_examples": len(self.ctx.data), **to_payload(k)},
-            )
-        if msg.kind == "distill":
-            p = msg.payload
-            try:
-                server = from_payload(p, n_samples=len(self.public_pairs), vocab_size=int(p["vocab_size"]))
-            except (MalformedKnowledge, KeyError, TypeError, ValueError) as e:
-                log.warning("%s: rejected the server's knowledge: %s", self.ctx.name, e)
-                return msg.reply("distilled", {"rejected": str(e), "kd_samples": 0})
-            if p["model"] not in self._aligners:
-                from fedlsm.models.loading import load_tokenizer
+    @handles(LocalUpdate)
+    def local_update(self, req: LocalUpdate, round: int) -> KnowledgeReply:
+        """Eq. 4 on the private data, then the knowledge on the public set."""
+        tr = train_sft(
+            self.model,
+            self.tok,
+            label_pairs(self.ctx.data),
+            _settings(self.ctx, seed=self.ctx.seed + round),
+            description=f"{self.ctx.name}: local fine-tuning (round {round})",
+        )
+        k = self._knowledge(req.top_k)
+        self.history.append({"round": round, "local_loss_first": tr.first_loss, "local_loss_last": tr.last_loss})
+        return KnowledgeReply(model=self.spec, n_examples=len(self.ctx.data), **to_payload(k))
 
-                self._aligners[p["model"]] = make_aligner(load_tokenizer(p["model"]), self.tok)
-            own = self._knowledge(1).loss  # l_local with the current SLM (Algorithm 2, line 6)
-            selection = dual_min_ce(own, [server.loss])
-            examples = kd_pairs(self.public_pairs, self.text_ids, selection, [server], [self._aligners[p["model"]]])
-            tr = train_kd(
-                self.model,
-                self.tok,
-                examples,
-                _settings(self.ctx, epochs=int(p.get("kd_epochs", 1)), seed=self.ctx.seed + 7919 * (t + 1)),
-                lam=float(p["lam"]),
-                description=f"{self.ctx.name}: distilling from the LLM (round {t})",
-            )
-            n_kd = sum(s is not None for s in selection)
-            if not self.history or self.history[-1]["round"] != t:  # restarted after this round's local update
-                self.history.append({"round": t})
-            self.history[-1].update(kd_samples=n_kd, kd_loss_first=tr.first_loss, kd_loss_last=tr.last_loss)
-            return msg.reply("distilled", {"kd_samples": n_kd, "kd_loss_last": tr.last_loss})
-        if msg.kind == "evaluate":
-            res = _evaluate(cfg, self.ctx.task, self.model, self.tok)
-            return msg.reply("evaluation", {"model": self.spec, **res, "history": self.history})
-        raise ValueError(f"FedMKT client: unknown request kind {msg.kind!r}")
+    @handles(Distill)
+    def distill(self, req: Distill, round: int) -> Distilled:
+        """Algorithm 2: keep the samples where the LLM's loss beats this SLM's own, train on Eq. 10."""
+        try:
+            server = req.knowledge(n_samples=len(self.public_pairs), vocab_size=self.servers.vocab_size(req.model))
+        except MalformedKnowledge as e:
+            log.warning("%s: rejected the server's knowledge: %s", self.ctx.name, e)
+            return Distilled(kd_samples=0, kd_loss_last=None, rejected=str(e))
+        own = self._knowledge(1).loss  # l_local with the current SLM (Algorithm 2, line 6)
+        selection = dual_min_ce(own, [server.loss])
+        aligner = self.servers.aligner(req.model)
+        examples = kd_pairs(self.public_pairs, self.text_ids, selection, [server], [aligner])
+        tr = train_kd(
+            self.model,
+            self.tok,
+            examples,
+            _settings(self.ctx, epochs=req.kd_epochs, seed=self.ctx.seed + 7919 * (round + 1)),
+            lam=req.lam,
+            description=f"{self.ctx.name}: distilling from the LLM (round {round})",
+        )
+        n_kd = sum(s is not None for s in selection)
+        if not self.history or self.history[-1]["round"] != round:  # restarted after this round's local update
+            self.history.append({"round": round})
+        self.history[-1].update(kd_samples=n_kd, kd_loss_first=tr.first_loss, kd_loss_last=tr.last_loss)
+        return Distilled(kd_samples=n_kd, kd_loss_last=tr.last_loss, rejected=None)
+
+    @handles(Evaluate)
+    def evaluate(self, req: Evaluate, round: int) -> Evaluation:
+        res = _evaluate(self.ctx.cfg, self.ctx.task, self.model, self.tok)
+        return Evaluation(model=self.spec, metric=res["metric"], value=res["value"], history=self.history)
 
     def state(self) -> dict[str, Any]:
         return {"adapter": adapter_arrays(self.model), "history": self.history}
@@ -190,7 +276,27 @@ def make_client(ctx: ClientContext) -> FedMKTClient:
     return FedMKTClient(ctx)
 
 
+# ------------------------------------------------------------------------------------------ aggregation
+
+
+def select_knowledge(
+    own_loss: np.ndarray,
+    received: Mapping[str, tuple[Knowledge, Aligner]],
+    pairs: Sequence[TrainPair],
+    text_ids: Sequence[Sequence[int]],
+) -> tuple[list[KDPair], dict[str, int]]:
+    """DualMinCE on the server (Algorithm 1): per public sample, the soft targets of the client whose
+    loss is smallest and below the LLM's own (none where no client beats it); and how many samples
+    each client won. ``received``: each client's valid knowledge and its aligner into the LLM's vocabulary."""
+    names = list(received)
+    selection = dual_min_ce(own_loss, [received[n][0].loss for n in names])
+    examples = kd_pairs(pairs, text_ids, selection, [received[n][0] for n in names], [received[n][1] for n in names])
+    return examples, {n: sum(s == i for s in selection) for i, n in enumerate(names)}
+
+
 # ------------------------------------------------------------------------------------------ server
+
+MALFORMED = "malformed reply: "  # how Rounds.ask words the drop of a reply it could not use
 
 
 def _round_bytes(grid: Grid, t: int) -> dict[str, dict[str, int]]:
@@ -205,9 +311,36 @@ def _round_bytes(grid: Grid, t: int) -> dict[str, dict[str, int]]:
     return per
 
 
-def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
+@dataclass
+class _Server:
+    """The server's side across rounds: its LLM, the public set, the client models it has seen."""
+
+    ctx: RunContext
+    args: FedMKTArgs
+    rounds: Rounds  # asks the clients; ``rounds.dropped`` is the run's drop log
+    llm: Any
+    tok: Any
+    pairs: list[TrainPair]
+    text_ids: list[list[int]]
+    senders: SenderModels
+    ckpt: ServerCheckpoint
+    history: list[dict] = field(default_factory=list)
+
+    def knowledge(self, top_k: int, label: str) -> Knowledge:
+        cfg = self.ctx.cfg
+        return compute_knowledge(
+            self.llm,
+            self.tok,
+            self.pairs,
+            top_k=top_k,
+            batch_size=cfg.eval_batch_size,
+            max_length=cfg.train.max_length,
+            description=f"server: {label}",
+        )
+
+
+def _check_setup(ctx: RunContext, args: FedMKTArgs) -> None:
     cfg = ctx.cfg
-    args = FedMKTArgs.from_cfg(cfg)
     if not ctx.public:
         raise ConfigError(
             "data.public_fraction",
@@ -219,138 +352,149 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
             f"[yellow]{cfg.engine}: the FedMKT rows only; the baselines (Zero-shot, Standalone, "
             "LLM2SLM, Centralized, FedAvg) run with --engine in-process[/]"
         )
+
+
+def _start(ctx: RunContext, grid: Grid, args: FedMKTArgs) -> tuple[_Server, int]:
+    """The server with a fresh LLM adapter, or the checkpointed one on --resume; and the first round."""
+    cfg = ctx.cfg
     llm, tok = _lora_model(cfg, cfg.llm.model, cfg.seed)
     pairs = label_pairs(ctx.public)
     text_ids = [encode_for_kd(tok, p, cfg.train.max_length).target_text_ids for p in pairs]
-    aligners: dict[str, Aligner] = {}
-    ckpt = ServerCheckpoint(ctx.run_dir)
-    history: list[dict] = []
-    dropped_log: list[dict] = []
-    start = 0
-    saved = ckpt.load() if getattr(cfg, "resume", False) else None
-    if saved:
-        load_adapter_arrays(llm, saved.arrays)
-        history, start = saved.state["history"], saved.round + 1
-        dropped_log = saved.state.get("dropped", [])
-        saved.restore_rng()
-        ctx.console.print(f"resuming FedMKT after round {saved.round}")
+    s = _Server(
+        ctx, args, Rounds(ctx, grid), llm, tok, pairs, text_ids, SenderModels(tok), ServerCheckpoint(ctx.run_dir)
+    )
+    saved = s.ckpt.load() if getattr(cfg, "resume", False) else None
+    if not saved:
+        return s, 0
+    load_adapter_arrays(llm, saved.arrays)
+    s.history, s.rounds.dropped = saved.state["history"], saved.state.get("dropped", [])
+    saved.restore_rng()
+    ctx.console.print(f"resuming FedMKT after round {saved.round}")
+    return s, saved.round + 1
 
-    def knowledge(top_k: int, label: str):
-        return compute_knowledge(
-            llm,
-            tok,
-            pairs,
-            top_k=top_k,
-            batch_size=cfg.eval_batch_size,
-            max_length=cfg.train.max_length,
-            description=f"server: {label}",
+
+def _collect_knowledge(s: _Server, t: int) -> tuple[dict[str, tuple[str, Knowledge]], dict[str, str]]:
+    """Step 1: every client trains locally and sends its knowledge. The valid knowledge by client
+    (with its model), and why each malformed one was rejected (a drop in ``rounds.dropped`` too)."""
+    valid: dict[str, tuple[str, Knowledge]] = {}
+
+    def check(client: str, reply: KnowledgeReply) -> None:  # raises MalformedKnowledge: a drop with its reason
+        valid[client] = (
+            reply.model,
+            reply.knowledge(n_samples=len(s.pairs), vocab_size=s.senders.vocab_size(reply.model)),
         )
 
-    for t in range(start, args.rounds):
-        t0 = time.time()
-        sent = grid.clients()
-        replies = broadcast(grid, "local_update", {"top_k": args.top_k}, t)
-        dropped = require_quorum(replies, sent, cfg.federation.min_clients, t)
-        dropped_log += report_dropped(ctx, grid, dropped, t, "local_update")
-        ctx.record("dropped", dropped_log)
-        received, rejected = {}, {}
-        for name, r in sorted(replies.items()):
-            try:
-                received[name] = (
-                    r.payload["model"],
-                    from_payload(r.payload, n_samples=len(pairs), vocab_size=int(r.payload["vocab_size"])),
-                )
-            except (MalformedKnowledge, KeyError, TypeError, ValueError) as e:
-                rejected[name] = str(e)
-                log.warning("round %d: rejected knowledge from %s: %s", t, name, e)
-        names = list(received)
-        for spec, _ in received.values():
-            if spec not in aligners:
-                from fedlsm.models.loading import load_tokenizer
+    replies = s.rounds.ask(LocalUpdate(s.args.top_k), KnowledgeReply, round=t, check=check, step="local_update")
+    s.ctx.record("dropped", s.rounds.dropped)
+    rejected = {
+        d["client"]: d["reason"][len(MALFORMED) :]
+        for d in s.rounds.dropped
+        if d["round"] == t and d["step"] == "local_update" and d["reason"].startswith(MALFORMED)
+    }
+    for client, why in rejected.items():
+        log.warning("round %d: rejected knowledge from %s: %s", t, client, why)
+    return {c: valid[c] for c in replies}, rejected
 
-                aligners[spec] = make_aligner(load_tokenizer(spec), tok)
-        kd_n = 0
-        if args.server_trains:
-            own = knowledge(1, f"own loss on public data (round {t})").loss
-            selection = dual_min_ce(own, [received[n][1].loss for n in names])
-            examples = kd_pairs(
-                pairs, text_ids, selection, [received[n][1] for n in names], [aligners[received[n][0]] for n in names]
-            )
-            tr = train_kd(
-                llm,
-                tok,
-                examples,
-                _settings(ctx, epochs=args.kd_epochs, seed=cfg.seed + t),
-                lam=args.lam,
-                description=f"server: distilling from {len(names)} SLM(s) (round {t})",
-            )
-            kd_n = sum(s is not None for s in selection)
-            won = {n: sum(s == i for s in selection) for i, n in enumerate(names)}
-        else:
-            tr, won = None, {}
-        s0 = knowledge(args.top_k, f"knowledge for the clients (round {t})")
-        down = {
-            "model": cfg.llm.model,
-            "vocab_size": len(tok),
-            "lam": args.lam,
-            "kd_epochs": args.kd_epochs,
-            **to_payload(s0),
-        }
-        # The round's knowledge goes to its participants; a client that (re)joined mid-round waits for the next.
-        distilled = broadcast(grid, "distill", down, t, to=sorted(replies))
-        dropped_log += report_dropped(ctx, grid, sorted(set(replies) - set(distilled)), t, "distill")
-        entry = {
+
+def _learn_from_clients(
+    s: _Server, t: int, received: dict[str, tuple[str, Knowledge]]
+) -> tuple[TrainResult, dict[str, int]]:
+    """Step 2: the LLM trains on lambda*L_FT + (1-lambda)*L_KD with the winning clients' knowledge (Eq. 9)."""
+    own = s.knowledge(1, f"own loss on public data (round {t})").loss
+    aligned = {c: (k, s.senders.aligner(spec)) for c, (spec, k) in received.items()}
+    examples, won = select_knowledge(own, aligned, s.pairs, s.text_ids)
+    tr = train_kd(
+        s.llm,
+        s.tok,
+        examples,
+        _settings(s.ctx, epochs=s.args.kd_epochs, seed=s.ctx.cfg.seed + t),
+        lam=s.args.lam,
+        description=f"server: distilling from {len(received)} SLM(s) (round {t})",
+    )
+    return tr, won
+
+
+def _send_knowledge(s: _Server, t: int, participants: list[str]) -> dict[str, Distilled]:
+    """Step 3: the LLM's knowledge after training goes to the round's participants (a client that
+    (re)joined mid-round waits for the next); each distills the samples where it beats its own loss."""
+    k = s.knowledge(s.args.top_k, f"knowledge for the clients (round {t})")
+    req = Distill(model=s.ctx.cfg.llm.model, lam=s.args.lam, kd_epochs=s.args.kd_epochs, **to_payload(k))
+    return s.rounds.ask(req, Distilled, round=t, to=participants, min_replies=0, step="distill")
+
+
+def _round(s: _Server, grid: Grid, t: int) -> None:
+    """One round: knowledge up, the LLM learns from it, the LLM's knowledge down; logged and checkpointed."""
+    t0 = time.time()
+    received, rejected = _collect_knowledge(s, t)
+    answered = sorted([*received, *rejected])
+    tr, won = _learn_from_clients(s, t, received) if s.args.server_trains else (None, {})
+    distilled = _send_knowledge(s, t, answered)
+    no_reply = [d["client"] for d in s.rounds.dropped if d["round"] == t and d["step"] == "local_update"]
+    s.history.append(
+        {
             "round": t,
-            "clients_answered": sorted(replies),
+            "clients_answered": answered,
             "rejected": rejected,
-            "dropped": dropped,
-            "server_kd_samples": kd_n,
+            "dropped": [c for c in no_reply if c not in rejected],
+            "server_kd_samples": sum(won.values()),
             "server_kd_from": won,
             "server_loss_last": tr.last_loss if tr else None,
-            "client_kd_samples": {n: r.payload.get("kd_samples") for n, r in distilled.items()},
+            "client_kd_samples": {c: r.kd_samples for c, r in distilled.items()},
             "bytes": _round_bytes(grid, t),
             "seconds": round(time.time() - t0, 1),
         }
-        history.append(entry)
-        ctx.record("rounds", history)
-        ctx.record("dropped", dropped_log)
-        ckpt.save(t, adapter_arrays(llm), {"history": history, "dropped": dropped_log})
+    )
+    s.ctx.record("rounds", s.history)
+    s.ctx.record("dropped", s.rounds.dropped)
+    s.ckpt.save(t, adapter_arrays(s.llm), {"history": s.history, "dropped": s.rounds.dropped})
 
-    asked = grid.clients()
-    evals = broadcast(grid, "evaluate", {}, args.rounds, to=asked)
-    dropped_log += report_dropped(ctx, grid, sorted(set(asked) - set(evals)), args.rounds, "evaluate")
-    ctx.record("dropped", dropped_log)
-    # Each client's own account of its rounds (local and distillation losses), with its test metric.
+
+def _evaluate_clients(s: _Server) -> dict[str, dict]:
+    """After the last round: each client's test metric and its own account of its rounds."""
+    evals = s.rounds.ask(Evaluate(), Evaluation, round=s.args.rounds, min_replies=0, step="evaluate")
+    s.ctx.record("dropped", s.rounds.dropped)
     clients = {
-        n: {**{k: r.payload[k] for k in ("model", "metric", "value")}, "history": r.payload.get("history", [])}
-        for n, r in sorted(evals.items())
+        c: {"model": r.model, "metric": r.metric, "value": r.value, "history": r.history} for c, r in evals.items()
     }
-    ctx.record("fedmkt_clients", clients)
-    llm_res = _evaluate(cfg, ctx.task, llm, tok) if args.server_trains else None
+    s.ctx.record("fedmkt_clients", clients)
+    return clients
+
+
+def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
+    """FedMKT's server: ``rounds`` rounds of steps 1-3, then every client's and the LLM's evaluation."""
+    args = FedMKTArgs.from_cfg(ctx.cfg)
+    _check_setup(ctx, args)
+    s, start = _start(ctx, grid, args)
+    for t in range(start, args.rounds):
+        _round(s, grid, t)
+    clients = _evaluate_clients(s)
+    llm_res = _evaluate(ctx.cfg, ctx.task, s.llm, s.tok) if args.server_trains else None
     ctx.record("fedmkt_llm", llm_res)
+    return _result(s, grid, clients, llm_res)
+
+
+def _result(s: _Server, grid: Grid, clients: dict[str, dict], llm_res: dict | None) -> MethodResult:
+    ctx = s.ctx
     comm = grid.log.communication()
     ctx.record("communication", comm)
     metric = next(iter(clients.values()))["metric"] if clients else (llm_res or {}).get("metric", "accuracy")
     row = {
-        "method": "FedMKT" if args.server_trains else "LLM2SLM",
+        "method": "FedMKT" if s.args.server_trains else "LLM2SLM",
         "LLM": llm_res["value"] if llm_res else None,
         **{n: c["value"] for n, c in clients.items()},
         "SLM mean": float(np.mean([c["value"] for c in clients.values()])) if clients else None,
     }
-    return MethodResult(
-        [row],
-        f"FedMKT on {ctx.task.name} ({metric}, %)",
-        {
-            "metric": metric,
-            "utility": row["SLM mean"],
-            "llm_utility": row["LLM"],
-            "rounds": history,
-            "communication": comm,
-            "clients": clients,
-            "llm": llm_res,
-            "dropped": dropped_log,
-        },
-    )
+    summary = {
+        "metric": metric,
+        "utility": row["SLM mean"],
+        "llm_utility": row["LLM"],
+        "rounds": s.history,
+        "communication": comm,
+        "clients": clients,
+        "llm": llm_res,
+        "dropped": s.rounds.dropped,
+    }
+    return MethodResult([row], f"FedMKT on {ctx.task.name} ({metric}, %)", summary)
 
 
 # ------------------------------------------------------------------------------------------ baselines + table
@@ -360,110 +504,120 @@ def _homogeneous(cfg, args: FedMKTArgs) -> bool:
     return len({args.client_model(cfg, k) for k in range(cfg.clients)}) == 1
 
 
-def run_fedmkt(ctx: RunContext) -> MethodResult:
-    cfg = ctx.cfg
-    args = FedMKTArgs.from_cfg(cfg)
-    names = [f"client-{k}" for k in range(cfg.clients)]
-    rows: list[dict] = []
+def _slm_mean(vals: dict) -> float | None:
+    v = [x for x in vals.values() if x is not None]
+    return float(np.mean(v)) if v else None
 
-    def add(row: dict) -> None:
-        rows.append(
+
+@dataclass
+class _Table:
+    """The rows of FedMKT's table, in the paper's columns; recorded as each one is added."""
+
+    ctx: RunContext
+    names: list[str]
+    rows: list[dict] = field(default_factory=list)
+
+    def add(self, row: dict) -> None:
+        self.rows.append(
             {
                 "method": row["method"],
                 "LLM": row.get("LLM"),
-                **{n: row.get(n) for n in names},
+                **{n: row.get(n) for n in self.names},
                 "SLM mean": row.get("SLM mean"),
                 "note": row.get("note", ""),
             }
         )
-        ctx.record("results", rows)
+        self.ctx.record("results", self.rows)
 
-    def slm_mean(vals: dict) -> float | None:
-        v = [x for x in vals.values() if x is not None]
-        return float(np.mean(v)) if v else None
 
-    if args.baselines:
-        # Zero-shot: untrained LLM and each distinct client model.
-        model, tok = load_causal_lm(cfg.llm.model, device=default_device())
-        zero_llm = _evaluate(cfg, ctx.task, model, tok)["value"]
-        del model
-        zero_by_spec: dict[str, float] = {}
-        for k in range(cfg.clients):
-            spec = args.client_model(cfg, k)
-            if spec not in zero_by_spec:
-                if spec == cfg.llm.model:
-                    zero_by_spec[spec] = zero_llm
-                else:
-                    m, t = load_causal_lm(spec, device=default_device())
-                    zero_by_spec[spec] = _evaluate(cfg, ctx.task, m, t)["value"]
-                    del m
-        zs = {n: zero_by_spec[args.client_model(cfg, k)] for k, n in enumerate(names)}
-        add({"method": "Zero-shot", "LLM": zero_llm, **zs, "SLM mean": slm_mean(zs)})
-
-    # FedMKT itself first (the headline row), then the baselines that need training.
-    fed = run_in_process(ctx, server_main, make_client)
-    add(fed.rows[0])
-    if args.baselines:
-        # Standalone: each client alone on its private data, as many local epochs as FedMKT gives it.
-        alone = {}
-        for k, n in enumerate(names):
-            m, t = _lora_model(cfg, args.client_model(cfg, k), cfg.seed * 1000 + k)  # as client k starts
-            train_sft(
-                m,
-                t,
-                label_pairs(ctx.clients[k]),
-                _settings(ctx, epochs=cfg.train.epochs * args.rounds, seed=cfg.seed * 1000 + k),
-                description=f"Standalone {n}: training",
-            )
-            alone[n] = _evaluate(cfg, ctx.task, m, t)["value"]
+def _zero_shot_row(ctx: RunContext, args: FedMKTArgs, table: _Table) -> float:
+    """Zero-shot: the untrained LLM and each distinct client model; the LLM's score."""
+    cfg = ctx.cfg
+    model, tok = load_causal_lm(cfg.llm.model, device=default_device())
+    zero_by_spec = {cfg.llm.model: _evaluate(cfg, ctx.task, model, tok)["value"]}
+    del model
+    for k in range(cfg.clients):
+        spec = args.client_model(cfg, k)
+        if spec not in zero_by_spec:
+            m, t = load_causal_lm(spec, device=default_device())
+            zero_by_spec[spec] = _evaluate(cfg, ctx.task, m, t)["value"]
             del m
-        add({"method": "Standalone", **alone, "SLM mean": slm_mean(alone)})
+    zs = {n: zero_by_spec[args.client_model(cfg, k)] for k, n in enumerate(table.names)}
+    table.add({"method": "Zero-shot", "LLM": zero_by_spec[cfg.llm.model], **zs, "SLM mean": _slm_mean(zs)})
+    return zero_by_spec[cfg.llm.model]
 
-        # LLM2SLM: frozen LLM, knowledge flows only LLM -> SLMs.
-        sub_cfg = cfg.model_copy(
-            update={"method_args": {**cfg.method_args, "server_trains": False, "baselines": False}}
+
+def _standalone_row(ctx: RunContext, args: FedMKTArgs, table: _Table) -> None:
+    """Standalone: each client alone on its private data, as many local epochs as FedMKT gives it."""
+    cfg = ctx.cfg
+    alone = {}
+    for k, n in enumerate(table.names):
+        m, t = _lora_model(cfg, args.client_model(cfg, k), cfg.seed * 1000 + k)  # as client k starts
+        train_sft(
+            m,
+            t,
+            label_pairs(ctx.clients[k]),
+            _settings(ctx, epochs=cfg.train.epochs * args.rounds, seed=cfg.seed * 1000 + k),
+            description=f"Standalone {n}: training",
         )
-        sub = replace(ctx, cfg=sub_cfg, run_dir=_subdir(ctx, "llm2slm"), metrics={})
-        res = run_in_process(sub, server_main, make_client)
-        add(res.rows[0] | {"LLM": zero_llm, "note": "LLM frozen"})
-
-        # Centralized: the LLM trained on every client's data plus the public set (upper bound, no privacy).
-        m, t = _lora_model(cfg, cfg.llm.model, cfg.seed)
-        all_data = [e for c in ctx.clients for e in c] + list(ctx.public)
-        train_sft(m, t, label_pairs(all_data), _settings(ctx), description="Centralized LLM: training")
-        add({"method": "Centralized", "LLM": _evaluate(cfg, ctx.task, m, t)["value"], "note": "LLM on all data"})
+        alone[n] = _evaluate(cfg, ctx.task, m, t)["value"]
         del m
+    table.add({"method": "Standalone", **alone, "SLM mean": _slm_mean(alone)})
 
-        # FedAvg of LoRA adapters: homogeneous clients only.
-        if _homogeneous(cfg, args):
-            try:
-                from fedlsm.methods import fedavg
-            except ImportError:
-                pass  # no FedAvg row
-            else:
-                sub = replace(
-                    ctx,
-                    cfg=cfg.model_copy(update={"method_args": {"rounds": args.rounds}}),
-                    run_dir=_subdir(ctx, "fedavg"),
-                    metrics={},
-                )
-                res = run_in_process(sub, fedavg.server_main, fedavg.make_client)
-                v = res.summary.get("final", res.summary.get("fedavg"))
-                add({"method": "FedAvg", **{n: v for n in names}, "SLM mean": v, "note": "global adapter"})
-        else:
-            add({"method": "FedAvg", "note": "n/a: heterogeneous clients (FedAvg needs one architecture)"})
 
-    metric = fed.summary["metric"]
-    summary = {**fed.summary, "table": rows}
-    by = {r["method"]: r for r in rows}
+def _llm2slm_row(ctx: RunContext, table: _Table, zero_llm: float) -> None:
+    """LLM2SLM: frozen LLM, knowledge flows only LLM -> SLMs."""
+    cfg = ctx.cfg
+    sub_cfg = cfg.model_copy(update={"method_args": {**cfg.method_args, "server_trains": False, "baselines": False}})
+    sub = replace(ctx, cfg=sub_cfg, run_dir=_subdir(ctx, "llm2slm"), metrics={})
+    res = run_in_process(sub, server_main, make_client)
+    table.add(res.rows[0] | {"LLM": zero_llm, "note": "LLM frozen"})
+
+
+def _centralized_row(ctx: RunContext, table: _Table) -> None:
+    """Centralized: the LLM trained on every client's data plus the public set (upper bound, no privacy)."""
+    cfg = ctx.cfg
+    m, t = _lora_model(cfg, cfg.llm.model, cfg.seed)
+    all_data = [e for c in ctx.clients for e in c] + list(ctx.public)
+    train_sft(m, t, label_pairs(all_data), _settings(ctx), description="Centralized LLM: training")
+    table.add({"method": "Centralized", "LLM": _evaluate(cfg, ctx.task, m, t)["value"], "note": "LLM on all data"})
+    del m
+
+
+def _fedavg_row(ctx: RunContext, args: FedMKTArgs, table: _Table) -> None:
+    """FedAvg of LoRA adapters: homogeneous clients only."""
+    cfg = ctx.cfg
+    if not _homogeneous(cfg, args):
+        table.add({"method": "FedAvg", "note": "n/a: heterogeneous clients (FedAvg needs one architecture)"})
+        return
+    sub_cfg = cfg.model_copy(update={"method_args": {"rounds": args.rounds}})
+    sub = replace(ctx, cfg=sub_cfg, run_dir=_subdir(ctx, "fedavg"), metrics={})
+    v = run_in_process(sub, fedavg.server_main, fedavg.make_client).summary["fedavg"]
+    table.add({"method": "FedAvg", **{n: v for n in table.names}, "SLM mean": v, "note": "global adapter"})
+
+
+def run_fedmkt(ctx: RunContext) -> MethodResult:
+    """FedMKT in-process, with the paper's baselines in one table (``baselines: false``: FedMKT only)."""
+    cfg = ctx.cfg
+    args = FedMKTArgs.from_cfg(cfg)
+    table = _Table(ctx, [f"client-{k}" for k in range(cfg.clients)])
+    zero_llm = _zero_shot_row(ctx, args, table) if args.baselines else None
+    fed = run_in_process(ctx, server_main, make_client)  # FedMKT itself first (the headline row)
+    table.add(fed.rows[0])
+    if args.baselines:
+        assert zero_llm is not None
+        _standalone_row(ctx, args, table)
+        _llm2slm_row(ctx, table, zero_llm)
+        _centralized_row(ctx, table)
+        _fedavg_row(ctx, args, table)
+    summary = {**fed.summary, "table": table.rows}
+    by = {r["method"]: r for r in table.rows}
     if "Zero-shot" in by:
         summary["llm_gain_over_zero_shot"] = (by["FedMKT"]["LLM"] or 0) - by["Zero-shot"]["LLM"]
         summary["slm_gain_over_standalone"] = (by["FedMKT"]["SLM mean"] or 0) - (by["Standalone"]["SLM mean"] or 0)
+    slms = ", ".join(args.client_model(cfg, k) for k in range(cfg.clients))
     return MethodResult(
-        rows,
-        f"FedMKT on {ctx.task.name} ({metric}, %; LLM {cfg.llm.model}, "
-        f"SLMs {', '.join(args.client_model(cfg, k) for k in range(cfg.clients))})",
-        summary,
+        table.rows, f"FedMKT on {ctx.task.name} ({fed.summary['metric']}, %; LLM {cfg.llm.model}, SLMs {slms})", summary
     )
 
 

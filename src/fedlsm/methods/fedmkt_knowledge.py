@@ -3,23 +3,26 @@
 Wire format (what one side sends about the N public samples): ``loss`` float32 [N], ``offsets``
 int32 [N+1], the sender's target tokens ``token_ids`` int32 [P], and top-K ``topk_ids`` int32 [P, K]
 with ``topk_logits`` float16 [P, K] -- only at the answer positions of each sample, never the
-prompt. A payload that breaks any of these rules is rejected with a reason (the round goes on).
+prompt. A payload that breaks any of these rules is rejected with a reason (the round goes on); token
+ids are bounded by the receiver's own copy of the sender's tokenizer (:class:`SenderModels`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from fedlsm.align.sequence import dp_align, project_topk, receiver_matches
+from fedlsm.federation.protocol import MalformedMessage, Payload
 from fedlsm.models.distill import KDPair, Knowledge
 from fedlsm.models.training import TrainPair
 
 
-class MalformedKnowledge(ValueError):
-    """A knowledge payload that must not be used; the message says what is wrong."""
+class MalformedKnowledge(MalformedMessage):
+    """A knowledge payload that must not be used; the message says what is wrong (a drop reason)."""
 
 
 def to_payload(k: Knowledge) -> dict:
@@ -32,6 +35,47 @@ def to_payload(k: Knowledge) -> dict:
     }
 
 
+def check_knowledge(k: Knowledge, *, n_samples: int | None = None, vocab_size: int | None = None) -> None:
+    """Raise :class:`MalformedKnowledge` naming the first broken rule of the wire format. ``n_samples``
+    (the receiver's public set) and ``vocab_size`` (the receiver's own copy of the sender's tokenizer)
+    are what only the receiver knows; without them only the arrays' consistency is checked."""
+    for name, arr in (("offsets", k.offsets), ("token_ids", k.token_ids), ("topk_ids", k.topk_ids)):
+        if arr.size and not np.issubdtype(arr.dtype, np.integer):
+            raise MalformedKnowledge(f"{name} must be integers, got {arr.dtype}")
+    for name, arr in (("loss", k.loss), ("topk_logits", k.topk_logits)):
+        if arr.dtype.kind not in "biuf":
+            raise MalformedKnowledge(f"{name} must be real numbers, got {arr.dtype}")
+    n = k.loss.shape[0] if n_samples is None and k.loss.ndim == 1 else n_samples
+    if n is None or k.loss.shape != (n,):
+        raise MalformedKnowledge(f"loss has shape {k.loss.shape}, expected ({n if n is not None else 'N'},)")
+    offsets = k.offsets
+    if offsets.shape != (n + 1,) or offsets[0] != 0 or np.any(np.diff(offsets) < 0):
+        raise MalformedKnowledge(f"offsets must be {n + 1} non-decreasing values from 0")
+    p = int(offsets[-1])
+    if k.token_ids.shape != (p,):
+        raise MalformedKnowledge(f"token_ids has shape {k.token_ids.shape}, expected ({p},)")
+    topk_ids, topk_logits = k.topk_ids, k.topk_logits
+    if topk_ids.ndim != 2 or topk_ids.shape[0] != p or topk_logits.shape != topk_ids.shape:
+        raise MalformedKnowledge(f"top-K ids {topk_ids.shape} and logits {topk_logits.shape} must both be ({p}, K)")
+    if not np.all(np.isfinite(k.loss)) or not np.all(np.isfinite(topk_logits)):
+        raise MalformedKnowledge("NaN or infinite values in loss or logits")
+    if vocab_size is None:
+        return
+    for name, arr in (("topk_ids", topk_ids), ("token_ids", k.token_ids)):
+        if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
+            raise MalformedKnowledge(f"{name} outside the sender's vocabulary [0, {vocab_size})")
+
+
+def _wire_types(k: Knowledge) -> Knowledge:
+    return Knowledge(
+        k.loss.astype(np.float32),
+        k.offsets.astype(np.int32),
+        k.token_ids.astype(np.int32),
+        k.topk_ids.astype(np.int32),
+        k.topk_logits.astype(np.float16),
+    )
+
+
 def from_payload(payload: dict, *, n_samples: int, vocab_size: int) -> Knowledge:
     """Validate and unpack; raises :class:`MalformedKnowledge` naming the first problem found."""
     need = ("loss", "offsets", "token_ids", "topk_ids", "topk_logits")
@@ -39,37 +83,41 @@ def from_payload(payload: dict, *, n_samples: int, vocab_size: int) -> Knowledge
     if missing:
         raise MalformedKnowledge(f"missing field(s) {missing}")
     try:
-        loss = np.asarray(payload["loss"], dtype=np.float32)
-        offsets = np.asarray(payload["offsets"])
-        token_ids = np.asarray(payload["token_ids"])
-        topk_ids = np.asarray(payload["topk_ids"])
-        topk_logits = np.asarray(payload["topk_logits"], dtype=np.float32)
+        k = Knowledge(
+            np.asarray(payload["loss"], dtype=np.float32),
+            np.asarray(payload["offsets"]),
+            np.asarray(payload["token_ids"]),
+            np.asarray(payload["topk_ids"]),
+            np.asarray(payload["topk_logits"], dtype=np.float32),
+        )
     except (TypeError, ValueError) as e:
         raise MalformedKnowledge(f"not numeric arrays ({e})") from None
-    for name, arr in (("offsets", offsets), ("token_ids", token_ids), ("topk_ids", topk_ids)):
-        if arr.size and not np.issubdtype(arr.dtype, np.integer):
-            raise MalformedKnowledge(f"{name} must be integers, got {arr.dtype}")
-    if loss.shape != (n_samples,):
-        raise MalformedKnowledge(f"loss has shape {loss.shape}, expected ({n_samples},)")
-    if offsets.shape != (n_samples + 1,) or offsets[0] != 0 or np.any(np.diff(offsets) < 0):
-        raise MalformedKnowledge(f"offsets must be {n_samples + 1} non-decreasing values from 0")
-    p = int(offsets[-1])
-    if token_ids.shape != (p,):
-        raise MalformedKnowledge(f"token_ids has shape {token_ids.shape}, expected ({p},)")
-    if topk_ids.ndim != 2 or topk_ids.shape[0] != p or topk_logits.shape != topk_ids.shape:
-        raise MalformedKnowledge(f"top-K ids {topk_ids.shape} and logits {topk_logits.shape} must both be ({p}, K)")
-    if not np.all(np.isfinite(loss)) or not np.all(np.isfinite(topk_logits)):
-        raise MalformedKnowledge("NaN or infinite values in loss or logits")
-    for name, arr in (("topk_ids", topk_ids), ("token_ids", token_ids)):
-        if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
-            raise MalformedKnowledge(f"{name} outside the sender's vocabulary [0, {vocab_size})")
-    return Knowledge(
-        loss,
-        offsets.astype(np.int32),
-        token_ids.astype(np.int32),
-        topk_ids.astype(np.int32),
-        topk_logits.astype(np.float16),
-    )
+    check_knowledge(k, n_samples=n_samples, vocab_size=vocab_size)
+    return _wire_types(k)
+
+
+@dataclass(frozen=True)
+class KnowledgeFields(Payload):
+    """The knowledge arrays as fields of a typed message (FedMKT's knowledge reply and distill request);
+    decoding checks their consistency, :meth:`knowledge` what only the receiver can check."""
+
+    loss: np.ndarray
+    offsets: np.ndarray
+    token_ids: np.ndarray
+    topk_ids: np.ndarray
+    topk_logits: np.ndarray
+
+    def _arrays(self) -> Knowledge:
+        return Knowledge(self.loss, self.offsets, self.token_ids, self.topk_ids, self.topk_logits)
+
+    def check(self) -> None:
+        check_knowledge(self._arrays())
+
+    def knowledge(self, *, n_samples: int, vocab_size: int) -> Knowledge:
+        """The knowledge about the receiver's ``n_samples`` public samples, with ids below
+        ``vocab_size``: the length of the receiver's own copy of the sender's tokenizer."""
+        check_knowledge(self._arrays(), n_samples=n_samples, vocab_size=vocab_size)
+        return _wire_types(self._arrays())
 
 
 @dataclass
@@ -140,3 +188,36 @@ def kd_pairs(
         ids, vals = aligner.soft_targets(k, i, receiver_text_ids[i])
         out.append(KDPair(pair, ids, vals))
     return out
+
+
+class SenderModels:
+    """A receiver's view of each model that sends it knowledge, from its own copy of that model's
+    tokenizer: the vocabulary size that bounds the sender's token ids (never a size the sender
+    declares) and the aligner into the receiver's vocabulary. A model that cannot be loaded here
+    makes the knowledge malformed (a drop with its reason, not a crash)."""
+
+    def __init__(self, receiver_tok, load_tokenizer: Callable[[str], Any] | None = None):
+        self.receiver_tok = receiver_tok
+        self._load = load_tokenizer
+        self._tokenizers: dict[str, Any] = {}
+        self._aligners: dict[str, Aligner] = {}
+
+    def tokenizer(self, spec: str):
+        if spec not in self._tokenizers:
+            if self._load is None:
+                from fedlsm.models.loading import load_tokenizer
+
+                self._load = load_tokenizer
+            try:
+                self._tokenizers[spec] = self._load(spec)
+            except Exception as e:  # noqa: BLE001 - the name came over the wire: any failure is the sender's
+                raise MalformedKnowledge(f"the sender's model {spec!r} cannot be loaded here ({e})") from None
+        return self._tokenizers[spec]
+
+    def vocab_size(self, spec: str) -> int:
+        return len(self.tokenizer(spec))
+
+    def aligner(self, spec: str) -> Aligner:
+        if spec not in self._aligners:
+            self._aligners[spec] = make_aligner(self.tokenizer(spec), self.receiver_tok)
+        return self._aligners[spec]
