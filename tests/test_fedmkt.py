@@ -117,14 +117,20 @@ def test_knowledge_ids_are_bounded_by_the_servers_own_copy_of_the_senders_tokeni
     k = _knowledge()
     honest = {"model": "tiny", "n_examples": 4, **to_payload(k)}
     wide = {**honest, "topk_ids": k.topk_ids + 10_000_000}
-    replies = {"c0": honest, "c1": wide, "c2": {**wide, "vocab_size": 10**9}, "c3": {**honest, "model": "/etc"}}
+    replies = {
+        "c0": honest,
+        "c1": wide,
+        "c2": {**wide, "vocab_size": 10**9},
+        "c3": {**honest, "model": "gone"},
+        "c4": {**honest, "model": "/etc"},
+    }
     grid = _ScriptedGrid([Message(c, "server", "knowledge", p, 1) for c, p in replies.items()])
     ctx = SimpleNamespace(
         cfg=SimpleNamespace(federation=SimpleNamespace(min_clients=1)),
         console=SimpleNamespace(print=print),
         record=lambda key, value: None,
     )
-    senders = SenderModels(None, load_tokenizer=load_tokenizer)
+    senders = SenderModels(None, load_tokenizer=load_tokenizer, allowed=["tiny", "gone"])
     server = fedmkt._Server(
         ctx, fedmkt.FedMKTArgs(top_k=4), Rounds(ctx, grid), None, None, [None] * 3, [], senders, None
     )
@@ -132,8 +138,9 @@ def test_knowledge_ids_are_bounded_by_the_servers_own_copy_of_the_senders_tokeni
     assert list(received) == ["c0"] and np.array_equal(received["c0"][1].topk_ids, k.topk_ids)
     assert "outside the sender's vocabulary [0, 50)" in rejected["c1"]
     assert "unexpected ['vocab_size']" in rejected["c2"] and "cannot be loaded" in rejected["c3"]
+    assert "names model '/etc', not one of the run's (gone, tiny)" in rejected["c4"]  # never loaded
     assert [(d["client"], d["round"], d["step"]) for d in server.rounds.dropped] == [
-        (c, 1, "local_update") for c in ("c1", "c2", "c3")
+        (c, 1, "local_update") for c in ("c1", "c2", "c3", "c4")
     ]
 
 

@@ -36,6 +36,9 @@ class MalformedMessage(ValueError):
     """A message that must not be used; the text says what is wrong (it becomes a drop reason)."""
 
 
+MALFORMED_REPLY = "malformed reply: "  # how Rounds.ask begins the drop reason of a reply it could not use
+
+
 class Payload:
     """Base of every typed message. ``KIND`` is set by :func:`message`."""
 
@@ -59,8 +62,9 @@ def message(kind: str) -> Callable[[type[T]], type[T]]:
         params = getattr(cls, "__dataclass_params__", None)
         if params is None or not params.frozen:
             raise TypeError(f"{cls.__qualname__} must be a @dataclass(frozen=True)")
-        if kind in _KINDS and _KINDS[kind].__qualname__ != cls.__qualname__:
-            raise ValueError(f"message kind {kind!r} is already {_KINDS[kind].__qualname__}")
+        known = _KINDS.get(kind)
+        if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise ValueError(f"message kind {kind!r} is already {known.__module__}.{known.__qualname__}")
         cls.KIND = kind
         _KINDS[kind] = cls
         return cls
@@ -193,7 +197,7 @@ class Rounds:
                 replies_from = self._accept(r, sent, replies, expect, round, check)
             except MalformedMessage as e:
                 if r.sender in sent and r.sender not in replies:
-                    reasons[r.sender] = f"malformed reply: {e}"
+                    reasons[r.sender] = f"{MALFORMED_REPLY}{e}"
                 continue
             replies[r.sender] = replies_from
         return self._settle(replies, sent, reasons, round, step or expect.KIND, min_replies)

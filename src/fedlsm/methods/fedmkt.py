@@ -43,7 +43,7 @@ from fedlsm.errors import ConfigError
 from fedlsm.eval.scoring import evaluate
 from fedlsm.federation.checkpoint import ServerCheckpoint
 from fedlsm.federation.grid import ClientContext, Grid, run_in_process
-from fedlsm.federation.protocol import MalformedMessage, Payload, Rounds, TypedRole, handles, message
+from fedlsm.federation.protocol import MALFORMED_REPLY, MalformedMessage, Payload, Rounds, TypedRole, handles, message
 from fedlsm.methods import fedavg
 from fedlsm.methods.common import label_pairs, train_settings
 from fedlsm.methods.fedmkt_knowledge import (
@@ -205,7 +205,7 @@ class FedMKTClient(TypedRole):
         self.text_ids = [
             encode_for_kd(self.tok, p, ctx.cfg.train.max_length).target_text_ids for p in self.public_pairs
         ]
-        self.servers = SenderModels(self.tok)  # the server's model as this client sees it
+        self.servers = SenderModels(self.tok, allowed=[ctx.cfg.llm.model])  # the server's model as this client sees it
         self.history: list[dict] = []
 
     def _knowledge(self, top_k: int) -> Knowledge:
@@ -296,7 +296,7 @@ def select_knowledge(
 
 # ------------------------------------------------------------------------------------------ server
 
-MALFORMED = "malformed reply: "  # how Rounds.ask words the drop of a reply it could not use
+MALFORMED = MALFORMED_REPLY  # how Rounds.ask begins the drop reason of a reply it could not use
 
 
 def _round_bytes(grid: Grid, t: int) -> dict[str, dict[str, int]]:
@@ -361,9 +361,17 @@ def _start(ctx: RunContext, grid: Grid, args: FedMKTArgs) -> tuple[_Server, int]
     pairs = label_pairs(ctx.public)
     text_ids = [encode_for_kd(tok, p, cfg.train.max_length).target_text_ids for p in pairs]
     s = _Server(
-        ctx, args, Rounds(ctx, grid), llm, tok, pairs, text_ids, SenderModels(tok), ServerCheckpoint(ctx.run_dir)
+        ctx,
+        args,
+        Rounds(ctx, grid),
+        llm,
+        tok,
+        pairs,
+        text_ids,
+        SenderModels(tok, allowed=args.client_models or [cfg.slm]),  # clients may name only the run's models
+        ServerCheckpoint(ctx.run_dir),
     )
-    saved = s.ckpt.load() if getattr(cfg, "resume", False) else None
+    saved = s.ckpt.load() if cfg.resume else None
     if not saved:
         return s, 0
     load_adapter_arrays(llm, saved.arrays)
@@ -494,7 +502,21 @@ def _result(s: _Server, grid: Grid, clients: dict[str, dict], llm_res: dict | No
         "llm": llm_res,
         "dropped": s.rounds.dropped,
     }
-    return MethodResult([row], f"FedMKT on {ctx.task.name} ({metric}, %)", summary)
+    return MethodResult(
+        [row],
+        f"FedMKT on {ctx.task.name} ({metric}, %)",
+        summary,
+        metric=metric,
+        utility=row["SLM mean"],
+        llm_utility=row["LLM"],
+        labelled=_labelled([row]),
+        communication=comm,
+    )
+
+
+def _labelled(rows: list[dict]) -> dict[str, float]:
+    """Each row's two results (the server LLM's and the clients' mean) as the contract's labelled rows."""
+    return {f"{r['method']} ({col})": r[col] for r in rows for col in ("LLM", "SLM mean") if r.get(col) is not None}
 
 
 # ------------------------------------------------------------------------------------------ baselines + table
@@ -616,9 +638,8 @@ def run_fedmkt(ctx: RunContext) -> MethodResult:
         summary["llm_gain_over_zero_shot"] = (by["FedMKT"]["LLM"] or 0) - by["Zero-shot"]["LLM"]
         summary["slm_gain_over_standalone"] = (by["FedMKT"]["SLM mean"] or 0) - (by["Standalone"]["SLM mean"] or 0)
     slms = ", ".join(args.client_model(cfg, k) for k in range(cfg.clients))
-    return MethodResult(
-        table.rows, f"FedMKT on {ctx.task.name} ({fed.summary['metric']}, %; LLM {cfg.llm.model}, SLMs {slms})", summary
-    )
+    title = f"FedMKT on {ctx.task.name} ({fed.summary['metric']}, %; LLM {cfg.llm.model}, SLMs {slms})"
+    return replace(fed, rows=table.rows, title=title, summary=summary, labelled=_labelled(table.rows))
 
 
 def _subdir(ctx: RunContext, name: str):

@@ -9,7 +9,7 @@ ids are bounded by the receiver's own copy of the sender's tokenizer (:class:`Se
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -196,13 +196,18 @@ class SenderModels:
     declares) and the aligner into the receiver's vocabulary. A model that cannot be loaded here
     makes the knowledge malformed (a drop with its reason, not a crash)."""
 
-    def __init__(self, receiver_tok, load_tokenizer: Callable[[str], Any] | None = None):
+    def __init__(
+        self, receiver_tok, load_tokenizer: Callable[[str], Any] | None = None, allowed: Collection[str] | None = None
+    ):
         self.receiver_tok = receiver_tok
+        self.allowed = None if allowed is None else frozenset(allowed)  # the run's models a peer may name
         self._load = load_tokenizer
         self._tokenizers: dict[str, Any] = {}
         self._aligners: dict[str, Aligner] = {}
 
     def tokenizer(self, spec: str):
+        if self.allowed is not None and spec not in self.allowed:
+            raise MalformedKnowledge(f"names model {spec!r}, not one of the run's ({', '.join(sorted(self.allowed))})")
         if spec not in self._tokenizers:
             if self._load is None:
                 from fedlsm.models.loading import load_tokenizer
