@@ -74,7 +74,7 @@ def test_grid_schema_errors_name_the_field(data, field):
         (
             _with(methods=["standalone", {"name": "fedmkt", "set": {"method_args.lamda": 0.5}}]),
             "method_args.lamda",
-            "use one of baselines, client_models, kd_epochs, lam, rounds",
+            "use one of baselines, client_slms, kd_epochs, lam, rounds",
         ),
         (_with(methods=[{"name": "fedcot", "set": {"method_args.demoz": 1}}]), "method_args.demoz", "cell fedcot"),
     ],

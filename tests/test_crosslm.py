@@ -299,14 +299,14 @@ def test_crosslm_options_from_the_command_line_get_their_declared_types():
             "method_args.llm_lr=1e-3",
             "method_args.llm_epochs=2",
             "method_args.balance_labels=yes",
-            "method_args.slms=minilm-l6",
+            "method_args.client_slms=minilm-l6",
         ]
     )
     assert sets["method_args.llm_lr"] == "1e-3"  # the YAML quirk this guards against
     cfg = build_config({"method": "crosslm"}, sets, defaults=METHOD_DEFAULTS["crosslm"])
     args = CrossLMArgs.from_config(cfg, Task("sst2", "classification", [], []))
     assert args.llm_lr == pytest.approx(1e-3) and args.llm_epochs == 2 and args.balance_labels is True
-    assert args.slms == ["minilm-l6"]
+    assert args.client_slms == ["minilm-l6"]
 
 
 # ------------------------------------------------------------------------------------ hostile clients
@@ -320,7 +320,8 @@ def test_an_upload_that_does_not_fit_the_run_is_malformed_and_nothing_is_copied(
     from fedlsm.methods.crosslm import CrossLMArgs, SLMUpload, UploadCheck, slm_spec_for
     from fedlsm.models.classifier import ArrayMismatch, build_classifier
 
-    cfg = build_config({"method": "crosslm"}, {"method_args.slms": ["minilm-l6"]}, defaults=METHOD_DEFAULTS["crosslm"])
+    one_slm = {"method_args.client_slms": ["minilm-l6"]}
+    cfg = build_config({"method": "crosslm"}, one_slm, defaults=METHOD_DEFAULTS["crosslm"])
     labels = ["negative", "positive"]
     args = CrossLMArgs.from_config(cfg, Task("sst2", "classification", [], []))
     spec = slm_spec_for(cfg, args, 0, labels)
@@ -373,7 +374,7 @@ def test_hostile_clients_are_dropped_with_a_reason_and_the_run_completes(tmp_pat
             "train.epochs": 1,
             "llm.max_new_tokens": 12,
             "eval_batch_size": 8,
-            "method_args.slms": ["minilm-l6"],
+            "method_args.client_slms": ["minilm-l6"],
             "method_args.n_synthetic": 8,
             "method_args.n_general": 6,
             "method_args.llm_batch_size": 4,

@@ -15,7 +15,7 @@ Roles and messages (typed, :mod:`fedlsm.federation.protocol`; every one logged):
   of each.
 
 The server asks through :class:`~fedlsm.federation.protocol.Rounds`: an upload whose spec is not one
-the run configures (a model outside ``method_args.slms``, other labels or LoRA settings), or whose
+the run configures (a model outside ``method_args.client_slms``, other labels or LoRA settings), or whose
 arrays are not exactly that model's trainable weights (names, shapes, finite values), is dropped with
 its reason (``dropped`` in metrics.json) before anything is loaded into a model, and the run goes on
 with the next client; QuorumError once fewer than ``federation.min_clients`` SLMs can still arrive.
@@ -92,7 +92,7 @@ GENERIC_PROMPTS = {"generate": "Write one short text that is an example of '{lab
 class CrossLMArgs:
     """``method_args`` of a CrossLM run, with the paper's defaults where it has one."""
 
-    slms: list[str]  # cycled over clients: client k gets slms[k % len(slms)]
+    client_slms: list[str]  # cycled over clients: client k gets client_slms[k % len(client_slms)]
     generate: str  # M(y)
     instruction: str  # before every verbalizer prompt (Eq. 1, and M' by default)
     label_words: dict[str, str] = field(default_factory=dict)
@@ -117,8 +117,8 @@ class CrossLMArgs:
         """The options the run sets, converted to their declared types (checked before a run starts;
         the prompts' defaults depend on the task, see :meth:`from_config`)."""
         a = dict(cfg.method_args)
-        if isinstance(a.get("slms"), str):
-            a["slms"] = [a["slms"]]
+        if isinstance(a.get("client_slms"), str):
+            a["client_slms"] = [a["client_slms"]]
         if "gammas" in a and (not isinstance(a["gammas"], (list, tuple)) or len(a["gammas"]) != 3):
             raise ConfigError(
                 "method_args.gammas",
@@ -127,7 +127,7 @@ class CrossLMArgs:
             )
         typed = typed_method_args(cls, a, cfg.method)  # gammas come back as a tuple of floats
         # the value checks, on the task-independent defaults where the run sets no value
-        cls(**{"slms": [], "generate": "{label}", "instruction": "", **typed}).check_values()
+        cls(**{"client_slms": [], "generate": "{label}", "instruction": "", **typed}).check_values()
         return typed
 
     @classmethod
@@ -136,7 +136,7 @@ class CrossLMArgs:
         typed = cls.from_cfg(cfg)
         kw = {
             **{k: v for k, v in prompts.items() if k in cls.__dataclass_fields__},
-            "slms": ["minilm-l6", cfg.slm],
+            "client_slms": ["minilm-l6", cfg.slm],
             **typed,
         }
         if kw.get("general_task") is None:
@@ -171,7 +171,7 @@ def fit_settings(cfg, args: CrossLMArgs, kind: str, seed: int) -> TrainSettings:
 
 
 def slm_spec_for(cfg, args: CrossLMArgs, index: int, labels: list[str]) -> SLMSpec:
-    model = args.slms[index % len(args.slms)]
+    model = args.client_slms[index % len(args.client_slms)]
     t = cfg.train
     return SLMSpec(
         kind=slm_kind(model),
@@ -547,12 +547,12 @@ def _check_run(ctx: RunContext) -> None:
 
 class UploadCheck:
     """``Rounds.ask`` check of an ``slm_upload``: the spec must be one the run configures (a model of
-    ``method_args.slms``, the run's labels and LoRA settings), and the arrays must be exactly that
+    ``method_args.client_slms``, the run's labels and LoRA settings), and the arrays must be exactly that
     model's trainable weights, finite. The judge built on the way (nothing is copied into it before the
     arrays passed) is kept in ``judges`` for the round."""
 
     def __init__(self, cfg: Any, args: CrossLMArgs, labels: list[str]):
-        specs = [slm_spec_for(cfg, args, i, labels) for i in range(len(args.slms))]
+        specs = [slm_spec_for(cfg, args, i, labels) for i in range(len(args.client_slms))]
         self.allowed = {s.model: s for s in specs}
         self.judges: dict[str, SLMClassifier] = {}
 

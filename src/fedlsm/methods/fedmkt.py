@@ -76,7 +76,7 @@ class FedMKTArgs:
     top_k: int = 16  # Appendix C's K
     lam: float = 0.9  # Appendix D's lambda: weight of fine-tuning vs distillation
     kd_epochs: int = 1
-    client_models: list[str] = field(default_factory=list)  # per client; empty = cfg.slm for all
+    client_slms: list[str] = field(default_factory=list)  # per client; empty = cfg.slm for all
     server_trains: bool = True  # False = LLM2SLM baseline (frozen LLM, one-way transfer)
     baselines: bool = True
 
@@ -89,16 +89,16 @@ class FedMKTArgs:
             raise ConfigError(
                 "method_args.rounds" if out.rounds < 1 else "method_args.top_k", "must be >= 1", "use a positive value"
             )
-        if out.client_models and len(out.client_models) != cfg.clients:
+        if out.client_slms and len(out.client_slms) != cfg.clients:
             raise ConfigError(
-                "method_args.client_models",
-                f"lists {len(out.client_models)} models for {cfg.clients} clients",
+                "method_args.client_slms",
+                f"lists {len(out.client_slms)} models for {cfg.clients} clients",
                 "give one model per client, or leave it empty",
             )
         return out
 
     def client_model(self, cfg, index: int) -> str:
-        return self.client_models[index] if self.client_models else cfg.slm
+        return self.client_slms[index] if self.client_slms else cfg.slm
 
 
 def _settings(ctx, *, epochs: int | None = None, seed: int | None = None) -> TrainSettings:
@@ -368,7 +368,7 @@ def _start(ctx: RunContext, grid: Grid, args: FedMKTArgs) -> tuple[_Server, int]
         tok,
         pairs,
         text_ids,
-        SenderModels(tok, allowed=args.client_models or [cfg.slm]),  # clients may name only the run's models
+        SenderModels(tok, allowed=args.client_slms or [cfg.slm]),  # clients may name only the run's models
         ServerCheckpoint(ctx.run_dir),
     )
     saved = s.ckpt.load() if cfg.resume else None

@@ -319,7 +319,7 @@ class CausalClassifier(SLMClassifier):
 def build_classifier(spec: SLMSpec, arrays: dict[str, np.ndarray] | None = None, *, seed: int = 0) -> SLMClassifier:
     """A classifier from public base weights, with ``arrays`` (from :meth:`trainable_arrays`) loaded."""
     if spec.kind not in ("encoder", "causal"):
-        raise ConfigError("method_args.slms", f"unknown SLM kind '{spec.kind}'", "use an encoder or a causal LM")
+        raise ConfigError("method_args.client_slms", f"unknown SLM kind '{spec.kind}'", "use an encoder or a causal LM")
     clf = EncoderClassifier(spec, seed) if spec.kind == "encoder" else CausalClassifier(spec, seed)
     if arrays is not None:  # checked first: {} or a partial set is an error, not an untrained model
         clf.load_arrays(arrays)
