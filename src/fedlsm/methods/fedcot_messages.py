@@ -3,13 +3,14 @@ shape per kind. Every field a FedCoT client sends is declared in :data:`RELEASED
 writes to ``metrics.json`` → ``privacy.released`` (tests/test_fedcot.py checks the declaration names
 every field of every reply a FedCoT client sends, and nothing else).
 
-Server → client (requests)                     Client → server (replies)
-``fedcot_local_baselines``                     ``fedcot_local_results``
-``fedcot_e_prompts``                           ``fedcot_perturbed_prompts``
-``fedcot_a_public_prompts``                    ``fedcot_public_prompts``
-``fedcot_a_codec_rationales``                  ``fedcot_perturbed_prompts``
-``fedcot_e_rationales``, ``fedcot_a_rationales`` ``fedcot_accuracy`` (``fedcot_accuracy_ablation``
-                                               with ``method_args.ablate_decoding``)
+Request (server → client) → reply (client → server):
+
+* round 0: ``fedcot_local_baselines`` → ``fedcot_local_results``
+* round 1, FedCoT-E: ``fedcot_e_prompts`` → ``fedcot_perturbed_prompts``
+* round 1, FedCoT-A: ``fedcot_a_public_prompts`` → ``fedcot_public_prompts``, then
+  ``fedcot_a_codec_rationales`` → ``fedcot_perturbed_prompts``
+* round 2: ``fedcot_e_rationales`` or ``fedcot_a_rationales`` → ``fedcot_accuracy``
+  (``fedcot_accuracy_ablation`` with ``method_args.ablate_decoding``)
 
 The Non-Private baseline's own run (:mod:`fedlsm.methods.fedcot_nonprivate`) has its own kinds:
 ``fedcot_nonprivate_prompts`` → ``fedcot_raw_prompts``, ``fedcot_nonprivate_rationales`` →
