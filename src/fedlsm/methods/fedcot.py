@@ -337,14 +337,14 @@ class FedCoTClient(FedCoTSite, TypedRole):
             [decode_prompt(p, pp, rp) for p, pp, rp in zip(self.raw_prompts, sent, req.rationales)],
             generation_config(self.ctx.cfg),
         )
-        return self._distil("fedcot-e", req.rationales, decoded)
+        return self._distil("fedcot-e", sent, req.rationales, decoded)
 
     @handles(ARationales)
     def a_rationales(self, req: ARationales, round: int) -> Accuracy | AccuracyAblation:
         """FedCoT-A: decoding with the client's trained perturber/decoder SLM."""
         sent = self._sent(req.KIND, req.rationales)
         decoded = self._codec_model().decode(self.raw_prompts, sent, req.rationales)
-        return self._distil("fedcot-a", req.rationales, decoded)
+        return self._distil("fedcot-a", sent, req.rationales, decoded)
 
     def _sent(self, kind: str, received: Sequence[str]) -> list[str]:
         if self.sent is None:
@@ -352,12 +352,13 @@ class FedCoTClient(FedCoTSite, TypedRole):
         self._check_count(kind, received)
         return self.sent
 
-    def _distil(self, mode: str, received: list[str], decoded: list[str]) -> Accuracy | AccuracyAblation:
+    def _distil(
+        self, mode: str, sent: list[str], received: list[str], decoded: list[str]
+    ) -> Accuracy | AccuracyAblation:
         """Filter the decoded rationales, keep them in the client's folder, train and evaluate (and, for
         Table 5's ablation, train on the perturbed rationales as received)."""
-        assert self.sent is not None
         keep = [consistent(r, e) for r, e in zip(decoded, self.ctx.data)]
-        fed = RationaleSet(mode, self.sent, received, decoded, keep)
+        fed = RationaleSet(mode, sent, received, decoded, keep)
         write_jsonl(self.ctx.work_dir / "rationales.jsonl", _rationale_rows(self, fed))
         self.ctx.record_local("rationales_kept", fed.kept_fraction)
         value = self._train_and_eval(fed.decoded, fed.kept, mode, stage=2)
