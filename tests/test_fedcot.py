@@ -90,11 +90,13 @@ def test_server_never_receives_private_prompts_and_audit_can_fail(tiny_fedcot_ru
         msgs = [json.loads(line) for line in (run_dir / "messages.jsonl").read_text().splitlines()]
         return [m for m in msgs if m["receiver"] == "server"]
 
-    fedcot_msgs = [m for m in to_server(ctx.run_dir) if m["kind"] == "rationale_request"]
-    assert fedcot_msgs and all(m["payload"]["mode"] == "fedcot-e" for m in fedcot_msgs)
+    fedcot_msgs = [m for m in to_server(ctx.run_dir) if m["kind"] == "fedcot_perturbed_prompts"]
+    # FedCoT-E's prompts only: the server got no other kind of message (no raw or public prompts)
+    kinds = {m["kind"] for m in to_server(ctx.run_dir)}
+    assert fedcot_msgs and kinds == {"fedcot_local_results", "fedcot_perturbed_prompts", "fedcot_accuracy"}
     # the Non-Private baseline is its own run, with its own message log
     nonpriv_msgs = [
-        m for m in to_server(ctx.run_dir.with_name("audit.fedcot-nonprivate")) if m["kind"] == "rationale_request"
+        m for m in to_server(ctx.run_dir.with_name("audit.fedcot-nonprivate")) if m["kind"] == "fedcot_raw_prompts"
     ]
 
     def texts(x):
@@ -113,7 +115,6 @@ def test_server_never_receives_private_prompts_and_audit_can_fail(tiny_fedcot_ru
     assert leaked(nonpriv_msgs) == len(raw)  # the same audit finds every raw prompt when privacy is off
     # what the server got back is the declared release only: perturbed prompts and accuracies
     assert {k for m in to_server(ctx.run_dir) for k in m["payload"]} <= {
-        "mode",
         "prompts",
         "metric",
         "zero_shot",
@@ -183,9 +184,8 @@ def test_fedcot_a_trains_a_perturber_and_releases_no_private_prompt(tmp_path):
     ctx, result = run(cfg, Console(quiet=True))
     assert result.rows[-1]["method"].startswith("FedCoT-A")
     msgs = [json.loads(x) for x in (ctx.run_dir / "messages.jsonl").read_text().splitlines()]
-    requests = [m for m in msgs if m["receiver"] == "server" and m["kind"] == "rationale_request"]
-    private_msgs = [m for m in requests if m["payload"]["mode"] == "fedcot-a"]
-    public_msgs = [m for m in requests if m["payload"]["mode"] == "fedcot-a-public"]
+    private_msgs = [m for m in msgs if m["receiver"] == "server" and m["kind"] == "fedcot_perturbed_prompts"]
+    public_msgs = [m for m in msgs if m["receiver"] == "server" and m["kind"] == "fedcot_public_prompts"]
     # one request with the raw public prompts and the SLM-perturbed ones
     assert private_msgs and len(public_msgs) == 1 and public_msgs[0]["payload"]["perturbed_prompts"]
     sent = [p for m in private_msgs for p in m["payload"]["prompts"]]
@@ -229,3 +229,68 @@ def test_in_process_canaries_never_reach_the_server(shared_data, tmp_path):
     # the clients' own folders hold their data (the audit sees it there), and the raw-data baseline leaks it
     assert sites.audit_folder(ctx.run_dir, skip_sites=False)
     assert any("canary" in f for f in sites.audit_folder(ctx.run_dir.with_name("canary.fedcot-nonprivate")))
+
+
+def _handled(role) -> dict[str, set[str]]:
+    """request kind -> the reply kinds its handler may return (from the handler's annotation)."""
+    import typing
+
+    out = {}
+    for kind, (_, fn) in role._handlers().items():
+        ret = typing.get_type_hints(fn)["return"]
+        out[kind] = {t.KIND for t in (typing.get_args(ret) or (ret,))}
+    return out
+
+
+def test_one_handler_per_request_and_released_declares_every_field_a_client_sends():
+    import dataclasses
+
+    from fedlsm.methods.fedcot import FedCoTClient
+    from fedlsm.methods.fedcot_messages import FEDCOT_REPLIES, released_fields
+    from fedlsm.methods.fedcot_nonprivate import NonPrivateClient
+
+    assert _handled(FedCoTClient) == {
+        "fedcot_local_baselines": {"fedcot_local_results"},
+        "fedcot_e_prompts": {"fedcot_perturbed_prompts"},
+        "fedcot_a_public_prompts": {"fedcot_public_prompts"},
+        "fedcot_a_codec_rationales": {"fedcot_perturbed_prompts"},
+        "fedcot_e_rationales": {"fedcot_accuracy", "fedcot_accuracy_ablation"},
+        "fedcot_a_rationales": {"fedcot_accuracy", "fedcot_accuracy_ablation"},
+    }
+    # the raw-data baseline's requests are answered by its own role only
+    assert _handled(NonPrivateClient) == {
+        "fedcot_nonprivate_prompts": {"fedcot_raw_prompts"},
+        "fedcot_nonprivate_rationales": {"fedcot_accuracy"},
+    }
+    replies = {k for kinds in _handled(FedCoTClient).values() for k in kinds}
+    assert {r.KIND for r in FEDCOT_REPLIES} == replies
+    # RELEASED (metrics.json -> privacy.released) names exactly the fields of those replies
+    sent = {f"{r.KIND}.{f.name}" for r in FEDCOT_REPLIES for f in dataclasses.fields(r)}
+    assert released_fields() == sent
+
+
+def test_a_fedcot_client_checks_what_it_is_sent(tmp_path):
+    from fedlsm.data.builtin import make_arith
+    from fedlsm.federation.grid import ClientContext
+    from fedlsm.federation.messages import Message
+    from fedlsm.federation.protocol import MalformedMessage
+    from fedlsm.methods.fedcot import FedCoTClient
+
+    cfg = build_config({"method": "fedcot"}, {}, defaults=METHOD_DEFAULTS["fedcot"])
+    task = make_arith(n_train=6, n_test=2, seed=0)
+    client = FedCoTClient(ClientContext(cfg, 0, task.train[:4], task.train[4:], task.eval_only(), tmp_path))
+
+    def ask(kind, payload):
+        return client.handle(Message("server", "client-0", kind, payload, 2))
+
+    with pytest.raises(MalformedMessage, match="before this client released its prompts"):
+        ask("fedcot_e_rationales", {"rationales": ["r"] * 4})
+    client.load_state({"sent": ["p"] * 4})
+    with pytest.raises(MalformedMessage, match="3 rationales for 4 prompts"):
+        ask("fedcot_e_rationales", {"rationales": ["r"] * 3})
+    with pytest.raises(MalformedMessage, match="fields missing"):
+        ask("fedcot_a_codec_rationales", {"rationales": ["r"]})
+    with pytest.raises(MalformedMessage, match="1 rationales but 2 perturbed_rationales"):
+        ask("fedcot_a_codec_rationales", {"rationales": ["r"], "perturbed_rationales": ["a", "b"]})
+    with pytest.raises(MalformedMessage, match="llm_scores"):
+        ask("fedcot_local_baselines", {"few_shot": "", "llm_scores": {"zero_shot": 0.5}})

@@ -103,8 +103,9 @@ def _fedcot_client(tmp_path, **privacy):
 
 
 def _release(client) -> list[str]:
-    reply = client.handle(Message("server", "client-0", "prompts", {"mode": "fedcot-e"}, 1))
-    assert set(reply.payload) == {"mode", "prompts"}  # no privacy report, no statistic of the private data
+    reply = client.handle(Message("server", "client-0", "fedcot_e_prompts", {}, 1))
+    assert reply.kind == "fedcot_perturbed_prompts"
+    assert set(reply.payload) == {"prompts"}  # no privacy report, no statistic of the private data
     return reply.payload["prompts"]
 
 
@@ -157,7 +158,10 @@ def test_client_policy_refuses_what_its_operator_did_not_allow():
 
 def test_fedcot_client_never_sends_raw_prompts(tmp_path):
     client = _fedcot_client(tmp_path)
-    with pytest.raises(ValueError, match="refused prompts in mode 'non-private'"):
+    # the Non-Private baseline's request has no handler on a FedCoT client (nor has the old string form)
+    with pytest.raises(ValueError, match="does not answer 'fedcot_nonprivate_prompts'"):
+        client.handle(Message("server", "client-0", "fedcot_nonprivate_prompts", {}, 1))
+    with pytest.raises(ValueError, match="does not answer 'prompts'"):
         client.handle(Message("server", "client-0", "prompts", {"mode": "non-private"}, 1))
 
 

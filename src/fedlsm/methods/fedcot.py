@@ -3,18 +3,21 @@ client SLMs.
 
 Written as a server role and a client role on the server-driven grid (fedlsm.federation.grid), so
 the same code runs in-process and on Flower (``--engine flower-sim | flower-deploy``). Every
-request comes from the server; everything a client sends is a reply, and each field of it is
-declared in :data:`RELEASED`:
+request comes from the server; everything a client sends is a reply, a typed message of
+:mod:`fedlsm.methods.fedcot_messages` whose every field is declared in :data:`RELEASED`:
 
-* round 0 ``local_baselines``: each client evaluates its untrained SLM and trains Standalone on its
-  own data; it replies with accuracies only.
-* round 1 ``prompts`` (mode ``fedcot-e``): the client's prompts perturbed by the exponential mechanism
-  (noise from the OS entropy source unless ``privacy.seeded``); FedCoT-A first trains its
-  perturber/decoder SLM on public data (``codec_public_prompts`` / ``codec_rationales``).
-* round 2 ``rationales``: the server's rationales are decoded back to the raw prompts (§3.3), filtered
-  (rationales whose stated answer contradicts the label are dropped) and distilled into the task SLM
-  multi-task on label + rationale (§3.4, Eq. 7-9; the two task prefixes of distilling step-by-step);
-  the client replies with its accuracy.
+* round 0 ``fedcot_local_baselines``: each client evaluates its untrained SLM and trains Standalone on
+  its own data; it replies ``fedcot_local_results`` (accuracies only).
+* round 1 ``fedcot_e_prompts``: the client's prompts perturbed by the exponential mechanism (noise from
+  the OS entropy source unless ``privacy.seeded``), replied as ``fedcot_perturbed_prompts``. FedCoT-A
+  first trains its perturber/decoder SLM on public data (``fedcot_a_public_prompts`` →
+  ``fedcot_public_prompts``), then ``fedcot_a_codec_rationales`` brings the LLM's rationales for them
+  and the client replies with its private prompts through that SLM (``fedcot_perturbed_prompts``).
+* round 2 ``fedcot_e_rationales`` / ``fedcot_a_rationales``: the server's rationales are decoded back to
+  the raw prompts (§3.3), filtered (rationales whose stated answer contradicts the label are dropped)
+  and distilled into the task SLM multi-task on label + rationale (§3.4, Eq. 7-9; the two task
+  prefixes of distilling step-by-step); the client replies ``fedcot_accuracy`` (with
+  ``method_args.ablate_decoding``: ``fedcot_accuracy_ablation``).
 
 What needs private data to measure (the privacy report's attack and unchanged-token figures, the share
 of rationales kept, TokenRatio) stays in the client's folder; in simulation
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -35,17 +38,23 @@ from fedlsm.core import MethodResult, RunContext
 from fedlsm.data.task import Example, answer_continuation, answer_prompt, format_question
 from fedlsm.errors import ConfigError
 from fedlsm.eval.scoring import evaluate, extract_number
-from fedlsm.federation.grid import (
-    ClientContext,
-    Grid,
-    broadcast,
-    report_dropped,
-    require_quorum,
-    run_in_process,
-    site_measurements,
-)
-from fedlsm.federation.messages import Message
+from fedlsm.federation.grid import ClientContext, Grid, run_in_process, site_measurements
+from fedlsm.federation.protocol import MalformedMessage, Payload, R, Rounds, TypedRole, handles
 from fedlsm.methods.common import eval_slm, finetune, label_pairs, load_slm
+from fedlsm.methods.fedcot_messages import (
+    RELEASED,
+    Accuracy,
+    AccuracyAblation,
+    APublicPrompts,
+    ARationales,
+    CodecRationales,
+    EPrompts,
+    ERationales,
+    LocalBaselines,
+    LocalResults,
+    PerturbedPrompts,
+    PublicPrompts,
+)
 from fedlsm.methods.fedcot_settings import FedCoTArgs, generation_config
 from fedlsm.models.generation import GenerationConfig, HFGenerator, TextGenerator
 from fedlsm.models.training import TrainPair, adapter_arrays, load_adapter_arrays
@@ -167,19 +176,6 @@ def _eval(ctx, model, tok, prefix: str = "") -> dict:
 
 # ----------------------------------------------------------------------------- what crosses the boundary
 
-# Every field a FedCoT client sends, and why it may leave the client (DESIGN: everything released is
-# declared). Recorded in the privacy report of every run.
-RELEASED = {
-    "rationale_request.prompts": "covered by ε: the private prompts after the mechanism (per token; n·ε for a "
-    "prompt of n private tokens)",
-    "local_results.zero_shot, few_shot, standalone, value, without_decoding": (
-        "released without noise: accuracy of the client's SLM on the task's evaluation split "
-        "(the result the federation exists to report)"
-    ),
-    "local_results.n_examples": "released without noise: how many training examples the client holds",
-    "local_results.metric": "data-independent: the task's metric name",
-    "rationale_request.prompts, perturbed_prompts (FedCoT-A, fedcot-a-public)": "public examples only",
-}
 KEPT_ON_SITE = (
     "the privacy measurements (unchanged tokens, inversion-attack success)",
     "the share of rationales the filter kept",
@@ -203,22 +199,15 @@ def privacy_declaration(cfg, variant: str) -> dict[str, Any]:
 # -------------------------------------------------------------------------------------------- client
 
 
-class FedCoTClient:
-    """Client role: holds its private examples, perturbs its prompts, decodes and filters the
-    rationales it gets back and trains its task SLM. It replies with perturbed prompts and accuracies
-    only (see RELEASED); everything measured on its private data stays in its own folder."""
+class FedCoTSite:
+    """What every FedCoT client role shares (the method's and the Non-Private baseline's): its private
+    examples, the training draws, the mechanism, and distillation into the task SLM. Answers nothing."""
 
     def __init__(self, ctx: ClientContext):
         self.ctx = ctx
         self.args = FedCoTArgs.from_cfg(ctx.cfg)
         self.raw_prompts = [format_question(e) for e in ctx.data]
-        # what later requests need (kept in state(): Flower may host each request in a fresh process)
-        self.sent: list[str] | None = None  # the perturbed private prompts released to the server
-        self.codec_public: dict[str, Any] | None = None  # FedCoT-A: public prompts, their p^ε and p^p
-        self.codec_adapter: dict[str, Any] | None = None  # FedCoT-A: the perturber/decoder SLM's LoRA weights
-        self._codec: AdaptiveCodec | None = None
 
-    # --- pieces
     def _seed(self, stage: int) -> None:
         """The same training draws for this client and stage on every engine (not the privacy noise)."""
         from fedlsm.core import seed_everything
@@ -236,37 +225,84 @@ class FedCoTClient:
     def _train_and_eval(self, rationales: Sequence[str], keep: Sequence[bool], what: str, stage: int) -> float:
         self._seed(stage)
         model, tok = load_slm(self.ctx)
-        finetune(
-            self.ctx,
-            model,
-            tok,
-            multitask_pairs(self.ctx.data, rationales, keep, self.args.rationale_weight),
-            f"{self.ctx.name}: {what}: training",
-        )
+        pairs = multitask_pairs(self.ctx.data, rationales, keep, self.args.rationale_weight)
+        finetune(self.ctx, model, tok, pairs, f"{self.ctx.name}: {what}: training")
         return eval_slm(self.ctx, model, tok, LABEL_PREFIX)["value"]
 
-    def _save_rationales(self, fed: RationaleSet) -> None:
-        """Every prompt and rationale (raw, perturbed, decoded) in the client's own folder."""
-        with (self.ctx.work_dir / "rationales.jsonl").open("w") as out:
-            for e, p, pp, rp, rd, k in zip(
-                self.ctx.data, self.raw_prompts, fed.sent_prompts, fed.received, fed.decoded, fed.kept
-            ):
-                out.write(
-                    json.dumps(
-                        {
-                            "id": e.id,
-                            "prompt": p,
-                            "perturbed_prompt": pp,
-                            "rationale_perturbed": rp,
-                            "rationale_decoded": rd,
-                            "kept": k,
-                        },
-                        ensure_ascii=False,
-                    )
-                    + "\n"
-                )
+    def _check_count(self, kind: str, received: Sequence[str]) -> None:
+        if len(received) != len(self.raw_prompts):
+            raise MalformedMessage(f"{kind}: {len(received)} rationales for {len(self.raw_prompts)} prompts")
 
-    def _release(self, perturber, sanitizer, mode: str, msg: Message) -> Message:
+
+def _rationale_rows(site: FedCoTSite, fed: RationaleSet) -> list[dict[str, Any]]:
+    rows = zip(site.ctx.data, site.raw_prompts, fed.sent_prompts, fed.received, fed.decoded, fed.kept)
+    keys = ("prompt", "perturbed_prompt", "rationale_perturbed", "rationale_decoded", "kept")
+    return [{"id": e.id, **dict(zip(keys, rest))} for e, *rest in rows]
+
+
+def write_jsonl(path, rows: Sequence[dict[str, Any]]) -> None:
+    with path.open("w") as out:
+        for r in rows:
+            out.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+class FedCoTClient(FedCoTSite, TypedRole):
+    """Client role: holds its private examples, perturbs its prompts, decodes and filters the
+    rationales it gets back and trains its task SLM. It replies with perturbed prompts and accuracies
+    only (see RELEASED); everything measured on its private data stays in its own folder. It has no
+    handler for the Non-Private baseline's requests: its raw prompts never leave."""
+
+    def __init__(self, ctx: ClientContext):
+        super().__init__(ctx)
+        # what later requests need (kept in state(): Flower may host each request in a fresh process)
+        self.sent: list[str] | None = None  # the perturbed private prompts released to the server
+        self.codec_public: dict[str, Any] | None = None  # FedCoT-A: public prompts, their p^ε and p^p
+        self.codec_adapter: dict[str, Any] | None = None  # FedCoT-A: the perturber/decoder SLM's LoRA weights
+        self._codec: AdaptiveCodec | None = None
+
+    # --- round 0
+    @handles(LocalBaselines)
+    def local_baselines(self, req: LocalBaselines, round: int) -> LocalResults:
+        c = self.ctx
+        if req.llm_scores:  # the server's LLM is this very model: its scores are ours
+            zero, few = req.llm_scores["zero_shot"], req.llm_scores["few_shot"]
+        else:
+            slm0, tok = load_slm(c, trainable=False)
+            zero, few = _eval(c, slm0, tok)["value"], _eval(c, slm0, tok, req.few_shot)["value"]
+            del slm0
+        self._seed(0)
+        model, tok = load_slm(c)
+        finetune(c, model, tok, label_pairs(c.data), f"{c.name}: Standalone: training")
+        res = eval_slm(c, model, tok)
+        return LocalResults(res["metric"], zero, few, res["value"], len(c.data))
+
+    # --- round 1: prompts for the server's LLM
+    @handles(EPrompts)
+    def e_prompts(self, req: EPrompts, round: int) -> PerturbedPrompts:
+        sanitizer = self._sanitizer()
+        return self._release(sanitizer, sanitizer)
+
+    @handles(APublicPrompts)
+    def a_public_prompts(self, req: APublicPrompts, round: int) -> PublicPrompts:
+        from fedlsm.methods.fedcot_adaptive import train_encoder
+
+        self._seed(3)
+        self._codec, self.codec_public = train_encoder(self.ctx, self._sanitizer())
+        self.codec_adapter = adapter_arrays(self._codec.gen.model)
+        return PublicPrompts(self.codec_public["prompts"], self.codec_public["slm_perturbed"])
+
+    @handles(CodecRationales)
+    def a_codec_rationales(self, req: CodecRationales, round: int) -> PerturbedPrompts:
+        from fedlsm.methods.fedcot_adaptive import train_jointly
+
+        self._seed(4)
+        codec = self._codec_model()
+        assert self.codec_public is not None  # kept by the earlier fedcot_a_public_prompts request
+        train_jointly(self.ctx, codec, self.codec_public, req.rationales, req.perturbed_rationales)
+        self.codec_adapter = adapter_arrays(codec.gen.model)
+        return self._release(codec, self._sanitizer())
+
+    def _release(self, perturber, sanitizer) -> PerturbedPrompts:
         """Perturb the private prompts and send only them; what an inversion attack recovers, and how
         many tokens came through unchanged, stay in the client's folder."""
         from fedlsm.privacy.attacks import inversion_success
@@ -275,7 +311,7 @@ class FedCoTClient:
         attack = inversion_success(san, sanitizer, [format_question(e) for e in self.ctx.public])
         self.ctx.record_local("privacy", {**san.report.as_dict(), "attack": attack})
         self.sent = list(san.texts)
-        return msg.reply("rationale_request", {"mode": mode, "prompts": self.sent})
+        return PerturbedPrompts(self.sent)
 
     def _codec_model(self):
         """FedCoT-A's perturber/decoder SLM, rebuilt from its adapters when this process has none."""
@@ -283,109 +319,55 @@ class FedCoTClient:
 
         if self._codec is None:
             model, tok = load_slm(self.ctx)
-            assert self.codec_adapter is not None  # trained and kept by the earlier codec_public_prompts request
+            assert self.codec_adapter is not None  # trained and kept by the earlier fedcot_a_public_prompts request
             load_adapter_arrays(model, self.codec_adapter)
             self._codec = build_codec(self.ctx, model, tok, self._sanitizer())
         return self._codec
 
-    # --- requests
-    def handle(self, msg: Message) -> Message:
-        handlers = {
-            "local_baselines": self._local_baselines,
-            "prompts": self._prompts,
-            "codec_public_prompts": self._codec_public,
-            "codec_rationales": self._codec_release,
-            "rationales": self._distil,
-        }
-        if msg.kind not in handlers:
-            raise ValueError(f"{self.ctx.name}: unknown request {msg.kind!r}")
-        return handlers[msg.kind](msg)
-
-    def _prompts(self, msg: Message) -> Message:
-        if msg.payload.get("mode") != "fedcot-e":  # raw prompts only ever leave in the Non-Private baseline's run
-            raise ValueError(f"{self.ctx.name}: refused prompts in mode {msg.payload.get('mode')!r}")
-        sanitizer = self._sanitizer()
-        return self._release(sanitizer, sanitizer, "fedcot-e", msg)
-
-    def _codec_public(self, msg: Message) -> Message:
-        from fedlsm.methods.fedcot_adaptive import train_encoder
-
-        self._seed(3)
-        self._codec, self.codec_public = train_encoder(self.ctx, self._sanitizer())
-        self.codec_adapter = adapter_arrays(self._codec.gen.model)
-        return msg.reply(
-            "rationale_request",
-            {
-                "mode": "fedcot-a-public",
-                "prompts": self.codec_public["prompts"],
-                "perturbed_prompts": self.codec_public["slm_perturbed"],
-            },
-        )
-
-    def _codec_release(self, msg: Message) -> Message:
-        from fedlsm.methods.fedcot_adaptive import train_jointly
-
-        self._seed(4)
-        codec = self._codec_model()
-        assert self.codec_public is not None  # kept by the earlier codec_public_prompts request
-        train_jointly(
-            self.ctx, codec, self.codec_public, msg.payload["rationales"], msg.payload["perturbed_rationales"]
-        )
-        self.codec_adapter = adapter_arrays(codec.gen.model)
-        return self._release(codec, self._sanitizer(), "fedcot-a", msg)
-
-    def _local_baselines(self, msg: Message) -> Message:
-        c, p = self.ctx, msg.payload
-        if p.get("llm_scores"):  # the server's LLM is this very model: its scores are ours
-            zero, few = p["llm_scores"]["zero_shot"], p["llm_scores"]["few_shot"]
-        else:
-            slm0, tok = load_slm(c, trainable=False)
-            zero, few = _eval(c, slm0, tok)["value"], _eval(c, slm0, tok, p["few_shot"])["value"]
-            del slm0
-        self._seed(0)
-        model, tok = load_slm(c)
-        finetune(c, model, tok, label_pairs(c.data), f"{c.name}: Standalone: training")
-        res = eval_slm(c, model, tok)
-        return msg.reply(
-            "local_results",
-            {
-                "metric": res["metric"],
-                "zero_shot": zero,
-                "few_shot": few,
-                "standalone": res["value"],
-                "n_examples": len(c.data),
-            },
-        )
-
-    def _decode(self, mode: str, received: Sequence[str]) -> list[str]:
-        assert self.sent is not None  # released by the earlier prompts / codec_rationales request
-        if mode == "fedcot-a":
-            return self._codec_model().decode(self.raw_prompts, self.sent, received)
-        # FedCoT-E: in-context decoding with the client's untrained SLM, input (p, p^p, r^p)
+    # --- round 2: the LLM's rationales back
+    @handles(ERationales)
+    def e_rationales(self, req: ERationales, round: int) -> Accuracy | AccuracyAblation:
+        """FedCoT-E: in-context decoding with the client's untrained SLM, input (p, p^p, r^p)."""
+        sent = self._sent(req.KIND, req.rationales)
         slm0, tok = load_slm(self.ctx, trainable=False)
         decoder = HFGenerator(
             slm0, tok, batch_size=self.ctx.cfg.llm.batch_size, use_chat_template=False, show_progress=True
         )
-        return decoder.generate(
-            [decode_prompt(p, pp, rp) for p, pp, rp in zip(self.raw_prompts, self.sent, received)],
+        decoded = decoder.generate(
+            [decode_prompt(p, pp, rp) for p, pp, rp in zip(self.raw_prompts, sent, req.rationales)],
             generation_config(self.ctx.cfg),
         )
+        return self._distil("fedcot-e", sent, req.rationales, decoded)
 
-    def _distil(self, msg: Message) -> Message:
-        mode, received = msg.payload["mode"], list(msg.payload["rationales"])
-        assert self.sent is not None  # released by the earlier prompts / codec_rationales request
-        decoded = self._decode(mode, received)
-        fed = RationaleSet(
-            mode, self.sent, received, decoded, [consistent(r, e) for r, e in zip(decoded, self.ctx.data)]
-        )
-        self._save_rationales(fed)
+    @handles(ARationales)
+    def a_rationales(self, req: ARationales, round: int) -> Accuracy | AccuracyAblation:
+        """FedCoT-A: decoding with the client's trained perturber/decoder SLM."""
+        sent = self._sent(req.KIND, req.rationales)
+        decoded = self._codec_model().decode(self.raw_prompts, sent, req.rationales)
+        return self._distil("fedcot-a", sent, req.rationales, decoded)
+
+    def _sent(self, kind: str, received: Sequence[str]) -> list[str]:
+        if self.sent is None:
+            raise MalformedMessage(f"{kind} before this client released its prompts")
+        self._check_count(kind, received)
+        return self.sent
+
+    def _distil(
+        self, mode: str, sent: list[str], received: list[str], decoded: list[str]
+    ) -> Accuracy | AccuracyAblation:
+        """Filter the decoded rationales, keep them in the client's folder, train and evaluate (and, for
+        Table 5's ablation, train on the perturbed rationales as received)."""
+        keep = [consistent(r, e) for r, e in zip(decoded, self.ctx.data)]
+        fed = RationaleSet(mode, sent, received, decoded, keep)
+        write_jsonl(self.ctx.work_dir / "rationales.jsonl", _rationale_rows(self, fed))
         self.ctx.record_local("rationales_kept", fed.kept_fraction)
-        out = {"mode": mode, "value": self._train_and_eval(fed.decoded, fed.kept, mode, stage=2)}
-        if self.args.ablate_decoding:  # Table 5: train on the perturbed rationales as received
-            kept_wo = [consistent(r, e) for r, e in zip(received, self.ctx.data)]
-            out["without_decoding"] = self._train_and_eval(received, kept_wo, f"{mode} w/o decoding", stage=5)
-            self.ctx.record_local("without_decoding_kept", sum(kept_wo) / max(1, len(kept_wo)))
-        return msg.reply("local_results", out)
+        value = self._train_and_eval(fed.decoded, fed.kept, mode, stage=2)
+        if not self.args.ablate_decoding:
+            return Accuracy(value)
+        kept_wo = [consistent(r, e) for r, e in zip(received, self.ctx.data)]
+        without = self._train_and_eval(received, kept_wo, f"{mode} w/o decoding", stage=5)
+        self.ctx.record_local("without_decoding_kept", sum(kept_wo) / max(1, len(kept_wo)))
+        return AccuracyAblation(value, without)
 
     def state(self) -> dict[str, Any]:
         return {"sent": self.sent, "codec_public": self.codec_public, "codec_adapter": self.codec_adapter}
@@ -443,31 +425,18 @@ def _mean(values) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-@dataclass
-class Exchange:
-    """The server's side of the protocol: one request kind to many clients, the quorum check, the rows."""
+class Exchange(Rounds):
+    """:class:`Rounds` that keeps the run's metrics current (every drop so far under ``dropped``) and
+    builds the table's rows (``results``)."""
 
-    ctx: RunContext
-    grid: Grid
-    rows: list[dict] = field(default_factory=list)
-    dropped: list[dict] = field(default_factory=list)
+    def __init__(self, ctx: RunContext, grid: Grid) -> None:
+        super().__init__(ctx, grid)
+        self.rows: list[dict] = []
 
-    def ask(
-        self,
-        kind: str,
-        payload: dict,
-        rnd: int,
-        *,
-        to: Sequence[str] | None = None,
-        per_client=None,
-        step: str | None = None,
-    ) -> dict[str, Message]:
-        """Send one request kind (to every client, or to those in ``to``), collect the replies (in the
-        order of the requests on every grid), and go on without clients that dropped if enough answered."""
-        sent = list(self.grid.clients() if to is None else to)
-        replies = broadcast(self.grid, kind, payload, rnd, per_client=per_client, to=sent)
-        missing = require_quorum(replies, sent, self.ctx.cfg.federation.min_clients, rnd)
-        self.dropped.extend(report_dropped(self.ctx, self.grid, missing, rnd, step or kind))
+    def ask(self, request: Payload | Mapping[str, Payload], expect: type[R], **kw: Any) -> dict[str, R]:
+        """``Rounds.ask``; the step a drop is recorded under is the request's kind unless ``step`` says."""
+        first = request if isinstance(request, Payload) else next(iter(request.values()), None)
+        replies = super().ask(request, expect, **{"step": first.KIND if first else "", **kw})
         self.ctx.record("dropped", self.dropped)
         return replies
 
@@ -494,47 +463,43 @@ def _llm_rows(ex: Exchange, llm, n_demos: int) -> tuple[str | None, dict | None]
 def _local_round(ex: Exchange, llm_scores: dict | None, n_demos: int) -> tuple[str, dict[str, dict]]:
     """Round 0: each client's untrained SLM and Standalone (accuracies only)."""
     few_shot = answer_demonstrations(ex.ctx.public, n_demos)
-    local = ex.ask("local_baselines", {"few_shot": few_shot, "llm_scores": llm_scores}, 0)
+    local = ex.ask(LocalBaselines(few_shot, llm_scores), LocalResults, round=0)
     note = {"note": "same model as the LLM"} if llm_scores else {}
-    ex.add_row("Zero-shot SLM", _mean(m.payload["zero_shot"] for m in local.values()), **note)
-    ex.add_row(f"Few-shot SLM ({n_demos}-shot)", _mean(m.payload["few_shot"] for m in local.values()), **note)
-    ex.add_row("Standalone", _mean(m.payload["standalone"] for m in local.values()))
-    per_client = {
-        c: {"standalone": m.payload["standalone"], "n_examples": m.payload["n_examples"]} for c, m in local.items()
-    }
-    return next(iter(local.values())).payload["metric"], per_client
+    ex.add_row("Zero-shot SLM", _mean(r.zero_shot for r in local.values()), **note)
+    ex.add_row(f"Few-shot SLM ({n_demos}-shot)", _mean(r.few_shot for r in local.values()), **note)
+    ex.add_row("Standalone", _mean(r.standalone for r in local.values()))
+    per_client = {c: {"standalone": r.standalone, "n_examples": r.n_examples} for c, r in local.items()}
+    return next(iter(local.values())).metric, per_client
+
+
+def _prompts_round(ex: Exchange, write: RationaleWriter, variant: str) -> dict[str, PerturbedPrompts]:
+    """Round 1: each client's perturbed private prompts (FedCoT-A: its perturber/decoder SLM learns on
+    public data first, Eq. 4-6, with the LLM's rationales for the public prompts)."""
+    if variant != "a":
+        return ex.ask(EPrompts(), PerturbedPrompts, round=1)
+    public = ex.ask(APublicPrompts(), PublicPrompts, round=1)
+    codec = {c: CodecRationales(write(p.prompts), write(p.perturbed_prompts)) for c, p in public.items()}
+    return ex.ask(codec, PerturbedPrompts, round=1)
+
+
+def _distilled(ex: Exchange, requests: Mapping[str, Payload], ablate: bool) -> dict[str, tuple[float, float | None]]:
+    """Round 2: each client's (accuracy, accuracy without decoding or None) after distillation."""
+    if ablate:
+        return {c: (r.value, r.without_decoding) for c, r in ex.ask(requests, AccuracyAblation, round=2).items()}
+    return {c: (r.value, None) for c, r in ex.ask(requests, Accuracy, round=2).items()}
 
 
 def _fedcot_round(ex: Exchange, write: RationaleWriter, variant: str, per_client: dict[str, dict]) -> None:
-    """Rounds 1-2: perturbed prompts up, rationales down, accuracies back (FedCoT-A: its codec first)."""
-    mode, label = f"fedcot-{variant}", f"FedCoT-{variant.upper()}"
-    if variant == "a":  # the client's perturber/decoder SLM learns on public data first (Eq. 4-6)
-        public = ex.ask("codec_public_prompts", {}, 1)
-        requests = ex.ask(
-            "codec_rationales",
-            {},
-            1,
-            to=list(public),
-            per_client=lambda c: {
-                "rationales": write(public[c].payload["prompts"]),
-                "perturbed_rationales": write(public[c].payload["perturbed_prompts"]),
-            },
-        )
-    else:
-        requests = ex.ask("prompts", {"mode": mode}, 1)
-    fed = ex.ask(
-        "rationales",
-        {"mode": mode},
-        2,
-        to=list(requests),
-        step=f"rationales ({mode})",
-        per_client=lambda c: {"rationales": write(requests[c].payload["prompts"])},
-    )
-    ex.add_row(f"{label} (ε={ex.ctx.cfg.privacy.epsilon:g})", _mean(m.payload["value"] for m in fed.values()))
-    if FedCoTArgs.from_cfg(ex.ctx.cfg).ablate_decoding:
-        ex.add_row(f"{label} w/o decoding", _mean(m.payload["without_decoding"] for m in fed.values()))
-    for c, m in fed.items():
-        per_client.setdefault(c, {})["fedcot"] = m.payload["value"]
+    """Rounds 1-2: perturbed prompts up, rationales down, accuracies back."""
+    label, ablate = f"FedCoT-{variant.upper()}", FedCoTArgs.from_cfg(ex.ctx.cfg).ablate_decoding
+    prompts = _prompts_round(ex, write, variant)
+    request = ARationales if variant == "a" else ERationales
+    fed = _distilled(ex, {c: request(write(p.prompts)) for c, p in prompts.items()}, ablate)
+    ex.add_row(f"{label} (ε={ex.ctx.cfg.privacy.epsilon:g})", _mean(v for v, _ in fed.values()))
+    if ablate:
+        ex.add_row(f"{label} w/o decoding", _mean(w for _, w in fed.values()))
+    for c, (v, _) in fed.items():
+        per_client.setdefault(c, {})["fedcot"] = v
 
 
 def fedcot_table(rows: Sequence[dict], metric: str | None) -> list[dict]:

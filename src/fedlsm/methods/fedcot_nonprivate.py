@@ -11,53 +11,49 @@ CQA): the client then sends no prompt at all.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fedlsm.core import MethodResult, RunContext
 from fedlsm.errors import ConfigError
 from fedlsm.federation.grid import ClientContext, Grid, run_in_process
-from fedlsm.federation.messages import Message
-from fedlsm.methods.fedcot import Exchange, FedCoTClient, _mean, consistent, rationale_writer
+from fedlsm.federation.protocol import TypedRole, handles
+from fedlsm.methods.fedcot import Exchange, FedCoTSite, _mean, consistent, rationale_writer, write_jsonl
+from fedlsm.methods.fedcot_messages import Accuracy, NonPrivatePrompts, NonPrivateRationales, RawPrompts
 
 ROW = "Non-Private"
 
 
-class NonPrivateClient(FedCoTClient):
-    """Sends its raw prompts; trains on the rationales as the FedCoT client does."""
+class NonPrivateClient(FedCoTSite, TypedRole):
+    """Sends its raw prompts; trains on the rationales as the FedCoT client does. It answers the
+    Non-Private baseline's requests only (none of FedCoT's)."""
 
-    def handle(self, msg: Message) -> Message:
-        if msg.kind == "prompts" and msg.payload.get("mode") == "non-private":
-            recorded = self.args.teacher == "recorded"
-            return msg.reply(
-                "rationale_request",
-                {"mode": "non-private", "prompts": [] if recorded else self.raw_prompts, "recorded": recorded},
-            )
-        if msg.kind == "rationales" and msg.payload.get("mode") == "non-private":
-            return self._train(msg)
-        raise ValueError(f"{self.ctx.name}: the Non-Private baseline does not answer {msg.kind!r}")
+    @handles(NonPrivatePrompts)
+    def prompts(self, req: NonPrivatePrompts, round: int) -> RawPrompts:
+        recorded = self.args.teacher == "recorded"
+        return RawPrompts([] if recorded else self.raw_prompts, recorded)
 
-    def _train(self, msg: Message) -> Message:
-        received = msg.payload["rationales"]
-        if received is None:  # teacher=recorded: a large LLM's recorded rationales (e.g. PaLM's for CQA)
-            if not all("teacher_rationale" in e.meta for e in self.ctx.data):
-                raise ConfigError(
-                    "method_args.teacher",
-                    f"task '{self.ctx.task.name}' has no recorded rationales",
-                    "use teacher=llm, or the cqa preset (PaLM rationales)",
-                )
-            received = [e.meta["teacher_rationale"] for e in self.ctx.data]
+    @handles(NonPrivateRationales)
+    def rationales(self, req: NonPrivateRationales, round: int) -> Accuracy:
+        received = self._recorded() if req.rationales is None else req.rationales
+        self._check_count(req.KIND, received)
         keep = [consistent(r, e) for r, e in zip(received, self.ctx.data)]
-        with (self.ctx.work_dir / "rationales.jsonl").open("w") as out:
-            for e, p, r, k in zip(self.ctx.data, self.raw_prompts, received, keep):
-                out.write(
-                    json.dumps({"id": e.id, "prompt": p, "rationale_non_private": r, "kept": k}, ensure_ascii=False)
-                    + "\n"
-                )
-        self.ctx.record_local("rationales_kept", sum(keep) / max(1, len(keep)))
-        return msg.reply(
-            "local_results", {"mode": "non-private", "value": self._train_and_eval(received, keep, ROW, 1)}
+        rows = zip(self.ctx.data, self.raw_prompts, received, keep)
+        write_jsonl(
+            self.ctx.work_dir / "rationales.jsonl",
+            [{"id": e.id, "prompt": p, "rationale_non_private": r, "kept": k} for e, p, r, k in rows],
         )
+        self.ctx.record_local("rationales_kept", sum(keep) / max(1, len(keep)))
+        return Accuracy(self._train_and_eval(received, keep, ROW, 1))
+
+    def _recorded(self) -> list[str]:
+        """teacher=recorded: a large LLM's recorded rationales (e.g. PaLM's for CQA)."""
+        if not all("teacher_rationale" in e.meta for e in self.ctx.data):
+            raise ConfigError(
+                "method_args.teacher",
+                f"task '{self.ctx.task.name}' has no recorded rationales",
+                "use teacher=llm, or the cqa preset (PaLM rationales)",
+            )
+        return [e.meta["teacher_rationale"] for e in self.ctx.data]
 
     def state(self) -> dict[str, Any]:
         return {}
@@ -74,15 +70,11 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
     """Raw prompts up, the LLM's rationales down, accuracies back."""
     write = rationale_writer(ctx)
     ex = Exchange(ctx, grid)
-    requests = ex.ask("prompts", {"mode": "non-private"}, 0)
-
-    def rationales(c: str) -> dict:
-        m = requests[c]
-        return {"rationales": None if m.payload.get("recorded") else write(m.payload["prompts"])}
-
-    results = ex.ask("rationales", {"mode": "non-private"}, 1, to=list(requests), per_client=rationales)
-    ex.add_row(ROW, _mean(m.payload["value"] for m in results.values()))
-    ctx.record("clients", {c: {"non_private": m.payload["value"]} for c, m in results.items()})
+    requests = ex.ask(NonPrivatePrompts(), RawPrompts, round=0)
+    rationales = {c: NonPrivateRationales(None if r.recorded else write(r.prompts)) for c, r in requests.items()}
+    results = ex.ask(rationales, Accuracy, round=1)
+    ex.add_row(ROW, _mean(r.value for r in results.values()))
+    ctx.record("clients", {c: {"non_private": r.value} for c, r in results.items()})
     ctx.record("communication", grid.log.communication())
     ctx.record("llm_query_cost", write.generator.stats.as_dict())
     return MethodResult(
