@@ -19,7 +19,7 @@ from typing import Any
 class Message:
     sender: str
     receiver: str
-    kind: str  # e.g. "rationale_request", "rationale_reply"
+    kind: str  # e.g. "fedcot_perturbed_prompts", "fedavg_fit"
     payload: dict[str, Any]
     round: int = 0
 

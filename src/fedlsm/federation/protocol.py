@@ -229,4 +229,4 @@ class Rounds:
                 f"(dropped: {', '.join(missing) or 'none'}); lower federation.min_clients or "
                 f"raise federation.round_timeout"
             )
-        return dict(sorted(replies.items()))
+        return {c: replies[c] for c in sent if c in replies}  # in the order asked (client-2 before client-10)

@@ -531,6 +531,23 @@ def fedcot_summary(rows: Sequence[dict], metric: str | None, variant: str, cfg) 
     }
 
 
+def _contract(ctx: RunContext, rows: Sequence[dict], summary: dict[str, Any]) -> dict[str, Any]:
+    """The results contract of a FedCoT run (fedlsm.core.MethodResult): its row, every baseline row, the
+    privacy figures that the run measured (in simulation, from the clients' folders)."""
+    privacy = ctx.metrics.get("privacy") or {}
+    return {
+        "metric": summary["metric"],
+        "utility": summary["fedcot"],
+        "labelled": {r["method"]: r["value"] for r in rows if r.get("value") is not None},
+        "epsilon": privacy.get("epsilon_per_token", ctx.cfg.privacy.epsilon),
+        "attack_success": (privacy.get("attack") or {}).get("success_rate"),
+        "token_ratio": summary["token_ratio_perturbed"],
+        "token_ratio_decoded": summary["token_ratio_decoded"],
+        "communication": ctx.metrics.get("communication"),
+        "llm_cost": ctx.metrics.get("llm_query_cost"),
+    }
+
+
 def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
     """Server role: the LLM baselines, each client's local baselines, then FedCoT. It holds the LLM, the
     public CoT demonstrations and the evaluation split, and receives perturbed prompts and accuracies."""
@@ -554,7 +571,7 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
     }
     n = len(per_client)
     title = f"FedCoT-{variant.upper()} on {ctx.task.name} ({metric}, %" + (f"; mean of {n} clients)" if n > 1 else ")")
-    return MethodResult(fedcot_table(ex.rows, metric), title, summary)
+    return MethodResult(fedcot_table(ex.rows, metric), title, summary, **_contract(ctx, ex.rows, summary))
 
 
 def run_fedcot(ctx: RunContext) -> MethodResult:
@@ -647,4 +664,4 @@ def simulation_harness(ctx: RunContext, result: MethodResult, baselines: dict[st
     ctx.record("results", rows)
     metric = result.summary.get("metric")
     summary = {**result.summary, **fedcot_summary(rows, metric, variant, ctx.cfg), "privacy": ctx.metrics["privacy"]}
-    return MethodResult(fedcot_table(rows, metric), result.title, summary)
+    return MethodResult(fedcot_table(rows, metric), result.title, summary, **_contract(ctx, rows, summary))

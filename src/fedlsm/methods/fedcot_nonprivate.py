@@ -81,6 +81,10 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
         [{"method": ROW, "value": ex.rows[0]["value"]}],
         f"Non-Private FedCoT baseline on {ctx.task.name} (raw private prompts sent to the server)",
         {"non_private": ex.rows[0]["value"]},
+        utility=ex.rows[0]["value"],
+        labelled={ROW: ex.rows[0]["value"]},
+        communication=ctx.metrics["communication"],
+        llm_cost=ctx.metrics["llm_query_cost"],
     )
 
 
