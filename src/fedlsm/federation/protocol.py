@@ -14,6 +14,7 @@ and records every client it goes on without, with the reason (see ``Rounds.ask``
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from functools import cache
@@ -46,6 +47,12 @@ class Payload:
 
     def check(self) -> None:
         """Raise MalformedMessage for a value its type allows but the protocol does not."""
+
+
+def check_fraction(name: str, value: float) -> None:
+    """A reply's score (accuracy, Rouge-L, ...) must be a finite number in [0, 1]."""
+    if not (math.isfinite(value) and 0 <= value <= 1):
+        raise MalformedMessage(f"{name} is not a score in [0, 1] ({value!r})")
 
 
 def message(kind: str) -> Callable[[type[T]], type[T]]:

@@ -29,7 +29,6 @@ SLM is trained on the top α% of that pool by reward × diversity (Eq. 10) and r
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -43,7 +42,16 @@ from fedlsm.core import MethodResult, RunContext
 from fedlsm.data.task import Example, answer_continuation, answer_prompt
 from fedlsm.errors import ConfigError
 from fedlsm.federation.grid import ClientContext, Grid, client_name, run_in_process
-from fedlsm.federation.protocol import MalformedMessage, Payload, QuorumError, Rounds, TypedRole, handles, message
+from fedlsm.federation.protocol import (
+    MalformedMessage,
+    Payload,
+    QuorumError,
+    Rounds,
+    TypedRole,
+    check_fraction,
+    handles,
+    message,
+)
 from fedlsm.methods.crosslm_filter import diversity, select_top
 from fedlsm.methods.crosslm_losses import (
     GAMMAS,
@@ -191,11 +199,6 @@ VARIANTS = ("datafree_kd", "crosslm")  # the enhanced SLMs a client evaluates, i
 _SPEC = TypeAdapter(SLMSpec)
 
 
-def _check_accuracy(name: str, value: float) -> None:
-    if not (math.isfinite(value) and 0 <= value <= 1):
-        raise MalformedMessage(f"{name} is not an accuracy in [0, 1] ({value!r})")
-
-
 @message("train_slm")
 @dataclass(frozen=True)
 class TrainSLM(Payload):
@@ -227,7 +230,7 @@ class SLMUpload(Payload):
 
     def check(self) -> None:
         self.slm_spec()
-        _check_accuracy("standalone_accuracy", self.standalone_accuracy)
+        check_fraction("standalone_accuracy", self.standalone_accuracy)
 
 
 @message("enhanced_slms")
@@ -248,7 +251,7 @@ class SLMAccuracy(Payload):
 
     def check(self) -> None:
         for variant, value in self.accuracy.items():
-            _check_accuracy(f"accuracy[{variant!r}]", value)
+            check_fraction(f"accuracy[{variant!r}]", value)
 
 
 # --------------------------------------------------------------------------------------------- client

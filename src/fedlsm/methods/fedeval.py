@@ -15,7 +15,7 @@ from typing import Any
 from fedlsm.config import typed_method_args
 from fedlsm.core import MethodResult, RunContext
 from fedlsm.federation.grid import ClientContext, Grid, run_in_process
-from fedlsm.federation.protocol import MalformedMessage, Payload, Rounds, TypedRole, handles, message
+from fedlsm.federation.protocol import MalformedMessage, Payload, Rounds, TypedRole, check_fraction, handles, message
 from fedlsm.methods.common import load_slm
 
 RELEASED = {
@@ -49,8 +49,7 @@ class Score(Payload):
     n_examples: int
 
     def check(self) -> None:
-        if not 0.0 <= self.value <= 1.0:
-            raise MalformedMessage(f"value {self.value} is outside [0, 1]")
+        check_fraction("value", self.value)
         if self.n_examples < 0:
             raise MalformedMessage(f"n_examples is negative ({self.n_examples})")
 

@@ -43,7 +43,16 @@ from fedlsm.errors import ConfigError
 from fedlsm.eval.scoring import evaluate
 from fedlsm.federation.checkpoint import ServerCheckpoint
 from fedlsm.federation.grid import ClientContext, Grid, run_in_process
-from fedlsm.federation.protocol import MALFORMED_REPLY, MalformedMessage, Payload, Rounds, TypedRole, handles, message
+from fedlsm.federation.protocol import (
+    MALFORMED_REPLY,
+    MalformedMessage,
+    Payload,
+    Rounds,
+    TypedRole,
+    check_fraction,
+    handles,
+    message,
+)
 from fedlsm.methods import fedavg
 from fedlsm.methods.common import label_pairs, train_settings
 from fedlsm.methods.fedmkt_knowledge import (
@@ -188,8 +197,7 @@ class Evaluation(Payload):
     history: list[dict[str, Any]]
 
     def check(self) -> None:
-        if not 0 <= self.value <= 1:  # every metric here is a fraction (NaN fails too)
-            raise MalformedMessage(f"{self.metric} {self.value} is not in [0, 1]")
+        check_fraction(self.metric, self.value)
 
 
 # ------------------------------------------------------------------------------------------ client
