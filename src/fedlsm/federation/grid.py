@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from fedlsm.federation.checkpoint import ClientCheckpoint
 from fedlsm.federation.messages import Message, MessageLog
-from fedlsm.federation.protocol import QuorumError
 from fedlsm.jsonfile import write_json_atomic
 
 if TYPE_CHECKING:
@@ -233,37 +232,6 @@ def broadcast(
         for c in (grid.clients() if to is None else to)
     ]
     return {r.sender: r for r in grid.send_and_receive(msgs, timeout=timeout)}
-
-
-def require_quorum(replies: dict[str, Message], sent: Sequence[str], minimum: int, round: int) -> list[str]:
-    """The clients that did not answer this round (sorted); QuorumError when fewer than ``minimum`` did.
-
-    Servers call it after every :func:`broadcast`: a dropped client costs its contribution to this
-    round only; it is asked again next round (and may have rejoined by then).
-    """
-    dropped = sorted(set(sent) - set(replies))
-    if len(replies) < minimum:
-        raise QuorumError(
-            f"round {round}: {len(replies)} of {len(sent)} client(s) answered, {minimum} needed "
-            f"(dropped: {', '.join(dropped) or 'none'}); lower federation.min_clients or "
-            f"raise federation.round_timeout"
-        )
-    return dropped
-
-
-def report_dropped(ctx: Any, grid: Grid, dropped: Sequence[str], round: int, step: str = "") -> list[dict[str, Any]]:
-    """Say which clients a round goes on without, and why (from the grid's ``dropped`` log):
-    ``{"round", "client", "reason"}`` records for the run's metrics (plus ``step`` when given)."""
-    if not dropped:
-        return []
-    reasons = {d["client"]: d["reason"] for d in getattr(grid, "dropped", []) if d.get("round") == round}
-    ctx.console.print(
-        f"[yellow]round {round}: proceeding without {', '.join(dropped)}{f' ({step})' if step else ''}[/]"
-    )
-    return [
-        {"round": round, "client": c, "reason": reasons.get(c, "no reply"), **({"step": step} if step else {})}
-        for c in dropped
-    ]
 
 
 ServerMain = Callable[[Any, Grid], Any]  # (RunContext without client data, Grid) -> MethodResult
