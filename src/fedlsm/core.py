@@ -1,8 +1,8 @@
 """The shapes every layer shares: a run's context, a method's result and its table.
 
-It sits at the bottom of the package (it imports only the config, the data types and the JSON
-helpers), so methods, the federation engines and the runner all import it and never each other's
-composition code.
+It sits at the bottom of the package (it imports only the config, the data types, the JSON
+helpers and fedlsm.eval.stats), so methods, the federation engines and the runner all import it and
+never each other's composition code.
 """
 
 from __future__ import annotations
@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.table import Table
+from rich.text import Text
 
 from fedlsm.config import RunConfig
 from fedlsm.data.task import Example, Task
@@ -73,6 +74,13 @@ class MethodResult:
     token_ratio_decoded: float | None = None
     communication: dict[str, Any] | None = None  # bytes and messages up and down (MessageLog.communication)
     llm_cost: dict[str, Any] | None = None  # requests, prompt and completion tokens of the LLM
+    # per test question, the score behind a ``labelled`` row (same label; rows scored on the shared test set)
+    per_example: dict[str, list[float]] = field(default_factory=dict)
+    reference: str | None = None  # the row every difference is taken against (None: the "Standalone" row)
+    untrained: dict[str, str] = field(default_factory=dict)  # trained row -> the zero-shot row of its model
+    # filled by finish_result: row -> paired-bootstrap difference to ``reference`` (Interval.as_dict)
+    intervals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # trained rows below the majority class or zero-shot
 
     CONTRACT: ClassVar[tuple[str, ...]] = (
         "metric",
@@ -85,6 +93,11 @@ class MethodResult:
         "token_ratio_decoded",
         "communication",
         "llm_cost",
+        "per_example",
+        "reference",
+        "untrained",
+        "intervals",
+        "warnings",
     )
 
     def contract(self) -> dict[str, Any]:
@@ -104,15 +117,77 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def render_table(result: MethodResult) -> Table:
+MAJORITY = "Majority class"
+CHOICE_TASKS = ("classification", "multiple_choice")
+
+
+def finish_result(result: MethodResult, task: Task) -> MethodResult:
+    """Complete the contract once a method is done: the majority-class row (choice tasks, when the
+    method kept per-question scores on the test set), every row's paired-bootstrap difference to the
+    reference row, and the warnings for trained rows below a floor."""
+    from fedlsm.eval.stats import majority_scores, paired_bootstrap
+
+    per, labelled = dict(result.per_example), dict(result.labelled)
+    gold = [e.label for e in task.test]
+    if per and task.type in CHOICE_TASKS and gold and all(g is not None for g in gold):
+        per[MAJORITY] = majority_scores([g for g in gold if g is not None])
+        labelled[MAJORITY] = sum(per[MAJORITY]) / len(per[MAJORITY])
+    ref = result.reference or next((k for k in labelled if k.split(" (")[0] == "Standalone"), None)
+    base = per.get(ref) if ref else None
+    intervals = {}
+    if ref and base:
+        intervals = {k: paired_bootstrap(s, base).as_dict() for k, s in per.items() if k != ref and len(s) == len(base)}
+    out = replace(result, labelled=labelled, per_example=per, reference=ref, intervals=intervals)
+    return replace(out, warnings=floor_warnings(out))
+
+
+def floor_warnings(result: MethodResult) -> list[str]:
+    """One line per trained row that ends below the majority class or below its model's zero-shot row."""
+    lab = result.labelled
+    floor = lab.get(MAJORITY)
+    untrained = set(result.untrained.values()) | {MAJORITY}
+    untrained |= {k for k in lab if k.startswith(("Zero-shot", "Few-shot"))}
+    out = []
+    for k, v in lab.items():
+        if k in untrained or v is None:
+            continue
+        if floor is not None and v < floor:
+            out.append(f"'{k}' ({_fmt(v)}) is below the majority class ({_fmt(floor)})")
+        zero = result.untrained.get(k)
+        if zero is not None and lab.get(zero) is not None and v < lab[zero]:
+            out.append(f"'{k}' ({_fmt(v)}) is below its untrained model, '{zero}' ({_fmt(lab[zero])})")
+    return out
+
+
+def render_table(result: MethodResult) -> RenderableType:
+    """The method's table, then every labelled row with its difference to the reference row (when
+    per-question scores exist) and the warnings, one yellow line each."""
     table = Table(title=result.title)
-    if not result.rows:
-        return table
-    for i, col in enumerate(result.rows[0]):
-        table.add_column(str(col), justify="left" if i == 0 else "right")  # row labels left, numbers right
-    for row in result.rows:
-        table.add_row(*[_fmt(v) for v in row.values()])
-    return table
+    if result.rows:
+        for i, col in enumerate(result.rows[0]):
+            table.add_column(str(col), justify="left" if i == 0 else "right")  # row labels left, numbers right
+        for row in result.rows:
+            table.add_row(*[_fmt(v) for v in row.values()])
+    parts: list[RenderableType] = [table]
+    if result.intervals:
+        parts.append(difference_table(result))
+    parts += [Text(f"warning: {w}", style="yellow") for w in result.warnings]
+    return Group(*parts)
+
+
+def difference_table(result: MethodResult) -> Table:
+    from fedlsm.eval.stats import fmt_interval
+
+    ref = result.reference
+    n = len(result.per_example.get(ref or "", []))
+    t = Table(title=f"Every row vs {ref} (paired bootstrap over {n} test questions)")
+    for col in ("row", f"{result.metric or 'value'} %", f"Δ vs {ref} [95% CI]", "resolved"):
+        t.add_column(col, justify="left" if col == "row" else "right")
+    for k, v in result.labelled.items():
+        iv = result.intervals.get(k)
+        resolved = "" if iv is None else ("yes" if iv["resolved"] else "no")
+        t.add_row(k, _fmt(v), "reference" if k == ref else fmt_interval(iv), resolved)
+    return t
 
 
 def _fmt(v: Any) -> str:

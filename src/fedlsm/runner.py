@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 
 from fedlsm.config import RunConfig, default_run_name
-from fedlsm.core import MethodResult, RunContext, render_table, seed_everything
+from fedlsm.core import MethodResult, RunContext, finish_result, render_table, seed_everything
 from fedlsm.data.sources import server_data, simulation_data
 from fedlsm.data.task import Example
 from fedlsm.errors import ConfigError
@@ -128,6 +128,7 @@ def run(
         result = method(ctx)
         if cfg.engine != "flower-deploy":
             result = _simulation_harness(ctx, result)
+        result = finish_result(result, ctx.task)  # majority-class row, intervals vs Standalone, warnings
     except BaseException:
         ctx.metrics["run"]["status"] = "failed"
         ctx.flush()

@@ -152,6 +152,7 @@ class ChoiceResult:
     accuracy_norm: float
     predictions: list[int] = field(default_factory=list)
     n: int = 0
+    correct: list[float] = field(default_factory=list)  # per example: 1.0 right, 0.0 wrong (``acc``)
 
 
 def choice_accuracy(
@@ -184,9 +185,10 @@ def choice_accuracy(
         preds.append(max(range(len(lp)), key=lambda i: lp[i]))
         preds_norm.append(max(range(len(lp)), key=lambda i: norm[i]))
     gold = [ex.label for ex in examples]
-    acc = sum(p == g for p, g in zip(preds, gold)) / max(1, len(gold))
+    correct = [float(p == g) for p, g in zip(preds, gold)]
+    acc = sum(correct) / max(1, len(gold))
     acc_n = sum(p == g for p, g in zip(preds_norm, gold)) / max(1, len(gold))
-    return ChoiceResult(acc, acc_n, preds, len(gold))
+    return ChoiceResult(acc, acc_n, preds, len(gold), correct)
 
 
 _NUM = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
@@ -198,6 +200,13 @@ def extract_number(text: str) -> str | None:
 
 
 def exact_match(predictions: Sequence[str], references: Sequence[str], *, numeric: bool = False) -> float:
+    scores = exact_match_scores(predictions, references, numeric=numeric)
+    return sum(scores) / max(1, len(references))
+
+
+def exact_match_scores(predictions: Sequence[str], references: Sequence[str], *, numeric: bool = False) -> list[float]:
+    """Per example: 1.0 where the prediction matches its reference, else 0.0."""
+
     def norm(s: str | None) -> str:
         if s is None:
             return ""
@@ -208,18 +217,20 @@ def exact_match(predictions: Sequence[str], references: Sequence[str], *, numeri
                 return s.strip()
         return " ".join(s.lower().split())
 
-    hits = 0
-    for p, r in zip(predictions, references):
-        hits += norm(extract_number(p) if numeric else p) == norm(r)
-    return hits / max(1, len(references))
+    return [float(norm(extract_number(p) if numeric else p) == norm(r)) for p, r in zip(predictions, references)]
 
 
 def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
+    vals = rouge_l_scores(predictions, references)
+    return sum(vals) / max(1, len(vals))
+
+
+def rouge_l_scores(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
+    """Per example: the Rouge-L F-measure of the prediction against its reference."""
     from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    vals = [scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references)]
-    return sum(vals) / max(1, len(vals))
+    return [float(scorer.score(r, p)["rougeL"].fmeasure) for p, r in zip(predictions, references)]
 
 
 def evaluate(
@@ -233,7 +244,9 @@ def evaluate(
     show_progress: bool = False,
     prefix: str = "",
 ) -> dict:
-    """The task's headline metric on ``examples`` (default: the test split).
+    """The task's headline metric on ``examples`` (default: the test split): ``value``, and under
+    ``per_example`` each example's score (0/1 for accuracy and exact match, Rouge-L in [0, 1]), in the
+    examples' order, whose mean is ``value``.
 
     ``prefix`` goes before every prompt: few-shot demonstrations, or a task prefix such as
     distilling step-by-step's ``[label]``.
@@ -254,6 +267,7 @@ def evaluate(
             "accuracy": r.accuracy,
             "accuracy_norm": r.accuracy_norm,
             "n": r.n,
+            "per_example": r.correct,
         }
     from fedlsm.models.generation import GenerationConfig, HFGenerator
 
@@ -261,11 +275,10 @@ def evaluate(
     prompts = [prefix + format_question(e) + "\nA:" for e in exs]
     preds = gen.generate(prompts, GenerationConfig(max_new_tokens=max_new_tokens, stop=["\nQ:", "\n\n"]))
     refs = [e.answer for e in exs]
-    if task.numeric:
-        v = exact_match(preds, refs, numeric=True)
-        return {"metric": "exact_match", "value": v, "exact_match": v, "n": len(exs)}
-    v = rouge_l(preds, refs)
-    return {"metric": "rougeL", "value": v, "rougeL": v, "n": len(exs)}
+    metric = "exact_match" if task.numeric else "rougeL"
+    scores = exact_match_scores(preds, refs, numeric=True) if task.numeric else rouge_l_scores(preds, refs)
+    v = sum(scores) / max(1, len(scores))
+    return {"metric": metric, "value": v, metric: v, "n": len(exs), "per_example": scores}
 
 
 def perplexity(

@@ -248,7 +248,8 @@ def _result(ctx, hist: dict, grid: Grid) -> MethodResult:
         {"model": f"FedAvg round {r['round']}", "clients": str(len(r["clients"])), metric: r["value"]}
         for r in hist["rounds"]
     ]
-    final = hist["rounds"][-1]["value"] if hist["rounds"] else zero["value"]
+    last = hist["rounds"][-1] if hist["rounds"] else zero
+    final = last["value"]
     summary = {
         "metric": metric,
         "zero_shot_slm": zero["value"],
@@ -266,4 +267,8 @@ def _result(ctx, hist: dict, grid: Grid) -> MethodResult:
         utility=final,
         labelled={"Zero-shot SLM": zero["value"], "FedAvg": final},
         communication=summary["communication"],
+        # a checkpoint written before per-question scores existed has none: no interval then
+        per_example={k: r["per_example"] for k, r in (("Zero-shot SLM", zero), ("FedAvg", last)) if "per_example" in r},
+        reference="Zero-shot SLM",  # FedAvg's table has no Standalone row: its gain is over the untrained SLM
+        untrained={"FedAvg": "Zero-shot SLM"},
     )

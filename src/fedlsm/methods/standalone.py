@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedlsm.core import MethodResult, RunContext
+from fedlsm.eval.stats import mean_scores
 from fedlsm.methods.common import eval_slm, finetune, label_pairs, load_slm, zero_shot_slm
 
 
@@ -68,4 +69,10 @@ def run_standalone(ctx: RunContext) -> MethodResult:
         metric=metric,
         utility=mean,
         labelled={"Zero-shot SLM": zero["value"], "Standalone": mean},
+        # per question, the clients' mean score (its mean over questions is the "Standalone" value)
+        per_example={
+            "Zero-shot SLM": zero["per_example"],
+            "Standalone": mean_scores([c["per_example"] for c in per_client]),
+        },
+        untrained={"Standalone": "Zero-shot SLM"},
     )
