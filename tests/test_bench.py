@@ -177,6 +177,7 @@ def _fake_run(
     bytes_up: int | None = None,
     tokens: int | None = None,
     fraction: float | None = None,
+    per_example: dict[str, list[float]] | None = None,
 ) -> None:
     d = root / name
     d.mkdir(parents=True)
@@ -198,6 +199,8 @@ def _fake_run(
             {"sender": "server", "receiver": "client-0/x", "round": 0, "bytes": 100, "handle_seconds": 2.0},
         ]
         (d / "messages.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if per_example is not None:
+        m["result"]["per_example"], m["result"]["reference"] = per_example, "Standalone"
     if tokens is not None:
         m["result"]["llm_cost"] = {"requests": 1, "prompt_tokens": 10, "completion_tokens": tokens}
     (d / "metrics.json").write_text(json.dumps(m))
@@ -245,13 +248,32 @@ def test_mean_std_and_pareto_front_on_hand_made_runs(tmp_path):
 
     rep = write_report(tmp_path)
     md = rep["markdown"].read_text()
-    assert "40.0 ± 14.1" in md and "60.0" in md
+    assert "40.0 ± 14.1 [-87.1, 167.1]" in md and "60.0" in md  # t(0.975, 1) = 12.71: two seeds say little
     line = next(ln for ln in md.splitlines() if ln.startswith("| standalone | arith"))
     assert line.count("–") >= 5  # ε, attack, TokenRatio, bytes, LLM tokens: shown as missing, not made up
     assert "fedcot: Standalone" in md  # baseline rows of each method's table
     assert (tmp_path / "privacy_utility.png").stat().st_size > 0 and (tmp_path / "communication.png").is_file()
     assert "<table>" in rep["html"].read_text()
     assert not (tmp_path / "data_fraction.png").exists()  # the grid did not vary data size
+
+
+def test_paired_differences_pool_questions_over_seeds_and_mark_what_is_resolved(tmp_path):
+    ref = [1.0] * 50 + [0.0] * 50
+    for seed, won in ((0, range(50, 80)), (1, range(50, 70))):  # 30 and 20 more questions right, none lost
+        mine = [1.0 if i < 50 or i in won else 0.0 for i in range(100)]
+        noise = list(ref)
+        noise[60 + seed] = 1.0  # one question more: noise
+        scores = {"Standalone": ref, "fedcot": mine, "Zero-shot SLM": noise}
+        _fake_run(tmp_path, f"r{seed}", method="fedcot", eps=3.0, seed=seed, utility=0.7, wall=1, per_example=scores)
+    (g,) = aggregate(collect(tmp_path))
+    assert g.reference == "Standalone" and set(g.differences) == {"fedcot", "Zero-shot SLM"}
+    gain, noise_iv = g.differences["fedcot"], g.differences["Zero-shot SLM"]
+    assert gain.diff == pytest.approx(0.25) and gain.resolved  # (30 + 20) / 2 seeds / 100 questions
+    assert noise_iv.diff == pytest.approx(0.01) and not noise_iv.resolved
+    md = write_report(tmp_path)["markdown"].read_text()
+    line = next(ln for ln in md.splitlines() if "| Zero-shot SLM | Standalone |" in ln)
+    assert line.endswith("| no |") and "+1.0 [" in line
+    assert any(ln.startswith("| fedcot (ε=3) | arith | fedcot | Standalone | +25.0 [") for ln in md.splitlines())
 
 
 def test_data_size_plot_when_the_grid_varies_it(tmp_path):

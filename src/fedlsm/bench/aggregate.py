@@ -1,5 +1,7 @@
 """Collect run folders (``metrics.json``, ``config.yaml``, ``cell.json``, ``messages.jsonl``) into one
-record per run, mean ± std over seeds, and the Pareto front over the benchmark's objectives.
+record per run, mean ± std and a 95% t-interval over seeds, each row's paired-bootstrap difference to
+the run's reference row (per-question scores averaged over seeds), and the Pareto front over the
+benchmark's objectives.
 
 A value a run did not measure stays ``None`` (the report prints "–"); nothing is filled in.
 """
@@ -18,6 +20,7 @@ import numpy as np
 import yaml
 
 from fedlsm.errors import ConfigError
+from fedlsm.eval.stats import Interval, mean_scores, paired_bootstrap, t_interval
 
 # name -> (column label, better direction). Utility is the run's headline metric in [0, 1].
 OBJECTIVES: dict[str, tuple[str, str]] = {
@@ -110,6 +113,8 @@ class RunRecord:
     values: dict[str, float | None]
     rows: list[tuple[str, float]] = field(default_factory=list)
     per_round: dict[str, dict[str, int]] = field(default_factory=dict)
+    per_example: dict[str, list[float]] = field(default_factory=dict)  # the contract's per-question scores
+    reference: str | None = None  # the row the run's differences are taken against
 
     @property
     def group(self) -> tuple[str, str, float | None, float | None]:
@@ -179,6 +184,8 @@ def load_run(run_dir: Path) -> RunRecord | None:
         values,
         _labelled(result),
         msgs.get("per_round", {}),
+        {str(k): [float(x) for x in v] for k, v in (result.get("per_example") or {}).items()},
+        result.get("reference"),
     )
 
 
@@ -201,14 +208,32 @@ class Stat:
     mean: float
     std: float
     n: int
+    ci: tuple[float, float] | None = None  # 95% t-interval of the mean (None under two values)
 
 
 def mean_std(values: Iterable[float | None]) -> Stat | None:
-    """Mean and sample standard deviation (ddof=1; 0 for one value) of the values that exist."""
+    """Mean, sample standard deviation (ddof=1; 0 for one value) and 95% t-interval of the values that exist."""
     xs = np.array([v for v in values if v is not None and not math.isnan(v)], dtype=float)
     if xs.size == 0:
         return None
-    return Stat(float(xs.mean()), float(xs.std(ddof=1)) if xs.size > 1 else 0.0, int(xs.size))
+    std = float(xs.std(ddof=1)) if xs.size > 1 else 0.0
+    return Stat(float(xs.mean()), std, int(xs.size), t_interval(xs.tolist()))
+
+
+def differences(runs: Sequence[RunRecord]) -> tuple[str | None, dict[str, Interval]]:
+    """(reference row, row -> paired-bootstrap difference to it) over the runs' seeds: a question's
+    score is first averaged over the seeds, so the interval is over questions of the pooled scores.
+    Only rows every run scored on the same questions (as many as the reference) take part."""
+    refs = {r.reference for r in runs}
+    ref = refs.pop() if len(refs) == 1 else None
+    if ref is None or not all(ref in r.per_example for r in runs):
+        return None, {}
+    n = len(runs[0].per_example[ref])
+    rows = [k for k in runs[0].per_example if all(len(r.per_example.get(k, ())) == n for r in runs)]
+    if n == 0 or ref not in rows:
+        return ref, {}
+    pooled = {k: mean_scores([r.per_example[k] for r in runs]) for k in rows}
+    return ref, {k: paired_bootstrap(v, pooled[ref]) for k, v in pooled.items() if k != ref}
 
 
 @dataclass
@@ -223,6 +248,8 @@ class Group:
     stats: dict[str, Stat | None]
     metric: str | None
     pareto: bool = False
+    reference: str | None = None  # the row ``differences`` compare to (the runs' own, e.g. "Standalone")
+    differences: dict[str, Interval] = field(default_factory=dict)
 
     @property
     def setting(self) -> str:
@@ -251,7 +278,8 @@ def aggregate(records: Sequence[RunRecord], *, only_done: bool = True) -> list[G
     for key in sorted(by, key=lambda k: (k[0], k[1], *_sort_key(k[2:]))):
         runs = by[key]
         stats = {f: mean_std(r.values.get(f) for r in runs) for f in FIELDS}
-        groups.append(Group(*key, runs, stats, runs[0].metric))
+        ref, diffs = differences(runs)
+        groups.append(Group(*key, runs, stats, runs[0].metric, reference=ref, differences=diffs))
     for ds in {g.dataset for g in groups}:  # utility is comparable within a dataset only
         members = [g for g in groups if g.dataset == ds]
         for g, on in zip(members, pareto_front([{k: g.mean(k) for k in OBJECTIVES} for g in members])):
@@ -315,7 +343,12 @@ def to_json(groups: Sequence[Group]) -> list[dict[str, Any]]:
             "pareto": g.pareto,
             "seeds": [r.seed for r in g.runs],
             "runs": [r.run_dir.name for r in g.runs],
-            **{k: (None if s is None else {"mean": s.mean, "std": s.std, "n": s.n}) for k, s in g.stats.items()},
+            **{
+                k: (None if s is None else {"mean": s.mean, "std": s.std, "n": s.n, "ci95": s.ci})
+                for k, s in g.stats.items()
+            },
+            "reference": g.reference,
+            "differences": {k: iv.as_dict() for k, iv in g.differences.items()},
         }
         for g in groups
     ]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fedlsm.bench.aggregate import OBJECTIVES, Group, RunRecord, Stat, aggregate, baseline_table, collect, to_json
+from fedlsm.eval.stats import fmt_interval
 
 DASH = "–"
 
@@ -25,6 +26,13 @@ def fmt_pct(s: Stat | float | None) -> str:
     if isinstance(s, Stat):
         return f"{100 * s.mean:.1f}" + (f" ± {100 * s.std:.1f}" if s.n > 1 else "")
     return f"{100 * s:.1f}"
+
+
+def fmt_pct_ci(s: Stat | None) -> str:
+    """``mean ± std [95% t-interval]`` over seeds (the interval only from two seeds on)."""
+    if s is None or s.ci is None:
+        return fmt_pct(s)
+    return f"{fmt_pct(s)} [{100 * s.ci[0]:.1f}, {100 * s.ci[1]:.1f}]"
 
 
 def fmt_eps(x: float | None) -> str:
@@ -66,10 +74,10 @@ def utility_table(groups: Sequence[Group]) -> Section:
         settings.setdefault(g.setting, {})[g.dataset] = g
     metrics = sorted({g.metric for g in groups if g.metric})
     rows = [
-        [s, *[fmt_pct(by[d].stats["utility"]) if d in by else DASH for d in datasets]] for s, by in settings.items()
+        [s, *[fmt_pct_ci(by[d].stats["utility"]) if d in by else DASH for d in datasets]] for s, by in settings.items()
     ]
     return Section(
-        "Utility (method rows, dataset columns; mean ± std over seeds, %)",
+        "Utility (method rows, dataset columns; mean ± std [95% t-interval] over seeds, %)",
         ["method", *datasets],
         rows,
         f"Metric: {', '.join(metrics) or DASH}. Each method's own result (its baselines are below).",
@@ -81,12 +89,30 @@ def rows_table(records: Sequence[RunRecord]) -> Section | None:
     if not table:
         return None
     datasets = sorted({ds for d in table.values() for ds in d})
-    rows = [[f"{m}: {label}", *[fmt_pct(d.get(ds)) for ds in datasets]] for (m, label), d in table.items()]
+    rows = [[f"{m}: {label}", *[fmt_pct_ci(d.get(ds)) for ds in datasets]] for (m, label), d in table.items()]
     return Section(
-        "Every row of the methods' own tables (baselines included; mean ± std over seeds, %)",
+        "Every row of the methods' own tables (baselines included; mean ± std [95% t-interval] over seeds, %)",
         ["method: row", *datasets],
         rows,
         "As in the papers' tables: the baselines each method runs beside itself, on the same data.",
+    )
+
+
+def differences_table(groups: Sequence[Group]) -> Section | None:
+    """Each row's difference to its run's reference row, with the paired-bootstrap interval over questions."""
+    rows = [
+        [g.setting, g.dataset, label, g.reference or DASH, fmt_interval(iv), "yes" if iv.resolved else "no"]
+        for g in groups
+        for label, iv in g.differences.items()
+    ]
+    if not rows:
+        return None
+    return Section(
+        "Differences to the reference row (points of %, paired bootstrap 95% interval over test questions)",
+        ["method", "dataset", "row", "vs", "Δ [95% CI]", "resolved"],
+        rows,
+        "A question's score is averaged over the seeds first; resolved: the interval excludes 0. "
+        "Runs without per-question scores are left out.",
     )
 
 
@@ -352,9 +378,9 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, title:
     records = collect(runs_dir)
     groups = aggregate(records)
     sections = [utility_table(groups)]
-    extra = rows_table(records)
-    if extra:
-        sections.append(extra)
+    for extra in (rows_table(records), differences_table(groups)):
+        if extra:
+            sections.append(extra)
     sections += [objectives_table(groups), pareto_section(groups)]
     images = []
     for name, fn, t in (
