@@ -266,3 +266,25 @@ def test_generation_task_is_scored_by_rouge_l(tmp_path, shared_data):
     assert all(0 < c["value"] <= 1 for c in clients.values())  # real overlap with the reference summaries
     assert m["fedmkt_llm"]["metric"] == "rougeL" and 0 < m["fedmkt_llm"]["value"] <= 1
     assert m["rounds"][0]["server_kd_samples"] > 0 and m["communication"]["bytes_up"] > 0
+
+
+@pytest.mark.parametrize(
+    ("scores", "reason"),
+    [
+        ([1.0, float("nan"), 0.0], r"holds NaN|per_example\[1\]"),
+        ([1.0, 1.5, 0.0], r"per_example\[1\] is not a score in \[0, 1\]"),
+        ([1.0, 0.0], "2 scores for 3 test questions"),
+    ],
+)
+def test_a_clients_per_question_scores_are_checked(scores, reason):
+    from fedlsm.federation.messages import Message
+    from fedlsm.federation.protocol import MalformedMessage, decode, encode
+    from fedlsm.methods.common import scores_for
+    from fedlsm.methods.fedmkt import Evaluation
+
+    good = Evaluation("smollm2-135m", "accuracy", 0.5, [], [1.0, 0.0, 0.5])
+    msg = Message("client-0", "server", Evaluation.KIND, encode(good), 1)
+    assert decode(msg, Evaluation) == good
+    bad = Message("client-0", "server", Evaluation.KIND, {**encode(good), "per_example": scores}, 1)
+    with pytest.raises(MalformedMessage, match=reason):
+        scores_for(3)("client-0", decode(bad, Evaluation))  # the server's check: one score per test question

@@ -61,6 +61,26 @@ def eval_slm(ctx: RoleContext, model, tok, prefix: str = "") -> dict:
     return evaluate(model, tok, ctx.task, batch_size=ctx.cfg.eval_batch_size, show_progress=True, prefix=prefix)
 
 
+def check_scores(name: str, scores: Sequence[float]) -> None:
+    """A reply's per-question scores: each a finite number in [0, 1] (MalformedMessage otherwise)."""
+    from fedlsm.federation.protocol import check_fraction
+
+    for i, v in enumerate(scores):
+        check_fraction(f"{name}[{i}]", v)
+
+
+def scores_for(n_test: int, field: str = "per_example"):
+    """A ``Rounds.ask`` check: the reply's ``field`` holds one score per test question."""
+    from fedlsm.federation.protocol import MalformedMessage
+
+    def check(client: str, reply) -> None:
+        got = len(getattr(reply, field))
+        if got != n_test:
+            raise MalformedMessage(f"{reply.KIND}.{field}: {got} scores for {n_test} test questions")
+
+    return check
+
+
 def zero_shot_slm(ctx: RunContext) -> dict:
     model, tok = load_slm(ctx, trainable=False)
     return eval_slm(ctx, model, tok)

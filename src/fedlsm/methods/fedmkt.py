@@ -41,6 +41,7 @@ from fedlsm.config import typed_method_args
 from fedlsm.core import MethodResult, RunContext
 from fedlsm.errors import ConfigError
 from fedlsm.eval.scoring import evaluate
+from fedlsm.eval.stats import mean_scores
 from fedlsm.federation.checkpoint import ServerCheckpoint
 from fedlsm.federation.grid import ClientContext, Grid, run_in_process
 from fedlsm.federation.protocol import (
@@ -54,7 +55,7 @@ from fedlsm.federation.protocol import (
     message,
 )
 from fedlsm.methods import fedavg
-from fedlsm.methods.common import label_pairs, train_settings
+from fedlsm.methods.common import check_scores, label_pairs, scores_for, train_settings
 from fedlsm.methods.fedmkt_knowledge import (
     Aligner,
     KnowledgeFields,
@@ -195,9 +196,11 @@ class Evaluation(Payload):
     metric: str
     value: float
     history: list[dict[str, Any]]
+    per_example: list[float]  # the score of each test question (the server checks there is one per question)
 
     def check(self) -> None:
         check_fraction(self.metric, self.value)
+        check_scores(f"{self.KIND}.per_example", self.per_example)
 
 
 # ------------------------------------------------------------------------------------------ client
@@ -270,7 +273,7 @@ class FedMKTClient(TypedRole):
     @handles(Evaluate)
     def evaluate(self, req: Evaluate, round: int) -> Evaluation:
         res = _evaluate(self.ctx.cfg, self.ctx.task, self.model, self.tok)
-        return Evaluation(model=self.spec, metric=res["metric"], value=res["value"], history=self.history)
+        return Evaluation(self.spec, res["metric"], res["value"], self.history, res["per_example"])
 
     def state(self) -> dict[str, Any]:
         return {"adapter": adapter_arrays(self.model), "history": self.history}
@@ -467,10 +470,14 @@ def _round(s: _Server, grid: Grid, t: int) -> None:
 
 def _evaluate_clients(s: _Server) -> dict[str, dict]:
     """After the last round: each client's test metric and its own account of its rounds."""
-    evals = s.rounds.ask(Evaluate(), Evaluation, round=s.args.rounds, min_replies=0, step="evaluate")
+    n_test = len(s.ctx.task.test)
+    evals = s.rounds.ask(
+        Evaluate(), Evaluation, round=s.args.rounds, min_replies=0, step="evaluate", check=scores_for(n_test)
+    )
     s.ctx.record("dropped", s.rounds.dropped)
     clients = {
-        c: {"model": r.model, "metric": r.metric, "value": r.value, "history": r.history} for c, r in evals.items()
+        c: {"model": r.model, "metric": r.metric, "value": r.value, "history": r.history, "per_example": r.per_example}
+        for c, r in evals.items()
     }
     s.ctx.record("fedmkt_clients", clients)
     return clients
@@ -510,6 +517,7 @@ def _result(s: _Server, grid: Grid, clients: dict[str, dict], llm_res: dict | No
         "llm": llm_res,
         "dropped": s.rounds.dropped,
     }
+    scores = {"LLM": (llm_res or {}).get("per_example"), "SLM mean": _mean_scores(clients)}
     return MethodResult(
         [row],
         f"FedMKT on {ctx.task.name} ({metric}, %)",
@@ -519,12 +527,29 @@ def _result(s: _Server, grid: Grid, clients: dict[str, dict], llm_res: dict | No
         llm_utility=row["LLM"],
         labelled=_labelled([row]),
         communication=comm,
+        per_example={f"{row['method']} ({c})": v for c, v in scores.items() if v},
     )
+
+
+def _mean_scores(by_model: dict[str, dict]) -> list[float] | None:
+    """Per question, the mean score over the models that report per-question scores."""
+    lists = [r["per_example"] for r in by_model.values() if r.get("per_example")]
+    return mean_scores(lists) if lists else None
 
 
 def _labelled(rows: list[dict]) -> dict[str, float]:
     """Each row's two results (the server LLM's and the clients' mean) as the contract's labelled rows."""
     return {f"{r['method']} ({col})": r[col] for r in rows for col in ("LLM", "SLM mean") if r.get(col) is not None}
+
+
+def _untrained(labelled: dict[str, float]) -> dict[str, str]:
+    """Every trained row's zero-shot row: the same column (LLM or SLM mean) of the Zero-shot row."""
+    out = {}
+    for k in labelled:
+        method, col = k.rsplit(" (", 1)
+        if method != "Zero-shot" and f"Zero-shot ({col}" in labelled:
+            out[k] = f"Zero-shot ({col}"
+    return out
 
 
 # ------------------------------------------------------------------------------------------ baselines + table
@@ -546,8 +571,11 @@ class _Table:
     ctx: RunContext
     names: list[str]
     rows: list[dict] = field(default_factory=list)
+    per_example: dict[str, list[float]] = field(default_factory=dict)  # labelled row -> per-question scores
 
-    def add(self, row: dict) -> None:
+    def add(self, row: dict, scores: dict[str, list[float] | None] | None = None) -> None:
+        """Add a row; ``scores``: per-question scores by column ("LLM", "SLM mean") where it has them."""
+        self.per_example |= {f"{row['method']} ({c})": v for c, v in (scores or {}).items() if v}
         self.rows.append(
             {
                 "method": row["method"],
@@ -564,17 +592,22 @@ def _zero_shot_row(ctx: RunContext, args: FedMKTArgs, table: _Table) -> float:
     """Zero-shot: the untrained LLM and each distinct client model; the LLM's score."""
     cfg = ctx.cfg
     model, tok = load_causal_lm(cfg.llm.model, device=default_device())
-    zero_by_spec = {cfg.llm.model: _evaluate(cfg, ctx.task, model, tok)["value"]}
+    zero_by_spec = {cfg.llm.model: _evaluate(cfg, ctx.task, model, tok)}
     del model
     for k in range(cfg.clients):
         spec = args.client_model(cfg, k)
         if spec not in zero_by_spec:
             m, t = load_causal_lm(spec, device=default_device())
-            zero_by_spec[spec] = _evaluate(cfg, ctx.task, m, t)["value"]
+            zero_by_spec[spec] = _evaluate(cfg, ctx.task, m, t)
             del m
     zs = {n: zero_by_spec[args.client_model(cfg, k)] for k, n in enumerate(table.names)}
-    table.add({"method": "Zero-shot", "LLM": zero_by_spec[cfg.llm.model], **zs, "SLM mean": _slm_mean(zs)})
-    return zero_by_spec[cfg.llm.model]
+    llm = zero_by_spec[cfg.llm.model]
+    vals = {n: r["value"] for n, r in zs.items()}
+    table.add(
+        {"method": "Zero-shot", "LLM": llm["value"], **vals, "SLM mean": _slm_mean(vals)},
+        {"LLM": llm["per_example"], "SLM mean": _mean_scores(zs)},
+    )
+    return llm["value"]
 
 
 def _standalone_row(ctx: RunContext, args: FedMKTArgs, table: _Table) -> None:
@@ -590,9 +623,10 @@ def _standalone_row(ctx: RunContext, args: FedMKTArgs, table: _Table) -> None:
             _settings(ctx, epochs=cfg.train.epochs * args.rounds, seed=cfg.seed * 1000 + k),
             description=f"Standalone {n}: training",
         )
-        alone[n] = _evaluate(cfg, ctx.task, m, t)["value"]
+        alone[n] = _evaluate(cfg, ctx.task, m, t)
         del m
-    table.add({"method": "Standalone", **alone, "SLM mean": _slm_mean(alone)})
+    vals = {n: r["value"] for n, r in alone.items()}
+    table.add({"method": "Standalone", **vals, "SLM mean": _slm_mean(vals)}, {"SLM mean": _mean_scores(alone)})
 
 
 def _llm2slm_row(ctx: RunContext, table: _Table, zero_llm: float) -> None:
@@ -601,7 +635,9 @@ def _llm2slm_row(ctx: RunContext, table: _Table, zero_llm: float) -> None:
     sub_cfg = cfg.model_copy(update={"method_args": {**cfg.method_args, "server_trains": False, "baselines": False}})
     sub = replace(ctx, cfg=sub_cfg, run_dir=_subdir(ctx, "llm2slm"), metrics={})
     res = run_in_process(sub, server_main, make_client)
-    table.add(res.rows[0] | {"LLM": zero_llm, "note": "LLM frozen"})
+    table.add(
+        res.rows[0] | {"LLM": zero_llm, "note": "LLM frozen"}, {"SLM mean": res.per_example.get("LLM2SLM (SLM mean)")}
+    )
 
 
 def _centralized_row(ctx: RunContext, table: _Table) -> None:
@@ -610,7 +646,8 @@ def _centralized_row(ctx: RunContext, table: _Table) -> None:
     m, t = _lora_model(cfg, cfg.llm.model, cfg.seed)
     all_data = [e for c in ctx.clients for e in c] + list(ctx.public)
     train_sft(m, t, label_pairs(all_data), _settings(ctx), description="Centralized LLM: training")
-    table.add({"method": "Centralized", "LLM": _evaluate(cfg, ctx.task, m, t)["value"], "note": "LLM on all data"})
+    res = _evaluate(cfg, ctx.task, m, t)
+    table.add({"method": "Centralized", "LLM": res["value"], "note": "LLM on all data"}, {"LLM": res["per_example"]})
     del m
 
 
@@ -622,8 +659,10 @@ def _fedavg_row(ctx: RunContext, args: FedMKTArgs, table: _Table) -> None:
         return
     sub_cfg = cfg.model_copy(update={"method_args": {"rounds": args.rounds}})
     sub = replace(ctx, cfg=sub_cfg, run_dir=_subdir(ctx, "fedavg"), metrics={})
-    v = run_in_process(sub, fedavg.server_main, fedavg.make_client).summary["fedavg"]
-    table.add({"method": "FedAvg", **{n: v for n in table.names}, "SLM mean": v, "note": "global adapter"})
+    res = run_in_process(sub, fedavg.server_main, fedavg.make_client)
+    v = res.summary["fedavg"]
+    row = {"method": "FedAvg", **{n: v for n in table.names}, "SLM mean": v, "note": "global adapter"}
+    table.add(row, {"SLM mean": res.per_example.get("FedAvg")})
 
 
 def run_fedmkt(ctx: RunContext) -> MethodResult:
@@ -633,7 +672,7 @@ def run_fedmkt(ctx: RunContext) -> MethodResult:
     table = _Table(ctx, [f"client-{k}" for k in range(cfg.clients)])
     zero_llm = _zero_shot_row(ctx, args, table) if args.baselines else None
     fed = run_in_process(ctx, server_main, make_client)  # FedMKT itself first (the headline row)
-    table.add(fed.rows[0])
+    table.add(fed.rows[0], {c: fed.per_example.get(f"{fed.rows[0]['method']} ({c})") for c in ("LLM", "SLM mean")})
     if args.baselines:
         assert zero_llm is not None
         _standalone_row(ctx, args, table)
@@ -647,7 +686,16 @@ def run_fedmkt(ctx: RunContext) -> MethodResult:
         summary["slm_gain_over_standalone"] = (by["FedMKT"]["SLM mean"] or 0) - (by["Standalone"]["SLM mean"] or 0)
     slms = ", ".join(args.client_model(cfg, k) for k in range(cfg.clients))
     title = f"FedMKT on {ctx.task.name} ({fed.summary['metric']}, %; LLM {cfg.llm.model}, SLMs {slms})"
-    return replace(fed, rows=table.rows, title=title, summary=summary, labelled=_labelled(table.rows))
+    labelled = _labelled(table.rows)
+    return replace(
+        fed,
+        rows=table.rows,
+        title=title,
+        summary=summary,
+        labelled=labelled,
+        per_example=table.per_example,
+        untrained=_untrained(labelled),
+    )
 
 
 def _subdir(ctx: RunContext, name: str):
