@@ -24,6 +24,8 @@ import pytest
 
 pytest.importorskip("flwr")
 
+from fedlsm.federation.flower import WORK_DIR_ENV  # noqa: E402
+
 FEDMKT = {
     "data.task": "arith",
     "llm.model": "smollm2-135m",
@@ -313,7 +315,8 @@ class Federation:
         ]
 
     def _start(self, name: str, args: list[str]) -> subprocess.Popen:
-        env = {**_env(), "FLWR_HOME": str(self.root / f"flwr-{name}")}
+        # each SuperNode's ClientApps keep their state in that site's own folder, never the server's
+        env = {**_env(), "FLWR_HOME": str(self.root / f"flwr-{name}"), WORK_DIR_ENV: str(self.site(name))}
         log = (self.root / f"{name}.log").open("a")
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "fedlsm", *args],
@@ -332,6 +335,10 @@ class Federation:
                     return
             time.sleep(0.3)
         raise AssertionError((self.root / "superlink.log").read_text()[-2000:])
+
+    def site(self, name: str) -> Path:
+        """The work folder of the SuperNode started as ``name`` (``supernode-K``)."""
+        return self.root / "sites" / name
 
     def log(self, name: str) -> str:
         return (self.root / f"{name}.log").read_text()
@@ -429,7 +436,8 @@ def test_deployment_tls_auth_survives_a_dead_supernode(reference, tmp_path):
             "federation.rejoin_timeout=300",
             wait=False,
         )  # round 1 waits for SuperNode 1
-        log, work, metrics = tmp_path / "dep.log", tmp_path / "dep" / "client-1", tmp_path / "dep" / "metrics.json"
+        log, metrics = tmp_path / "dep.log", tmp_path / "dep" / "metrics.json"
+        work = fed.site("supernode-1") / "dep" / "client-1"
         # client-1's work folder appears when its first request (round 0's local update) reaches it
         _wait_for(work.exists, "client-1 starting round 0", run, log)
         fed.kill("supernode-1")
@@ -622,5 +630,6 @@ def test_fedcot_on_the_deployment_engine_with_one_data_file_per_site(fedcot_refe
         assert rows[m] == ref[m], m
     assert dep["privacy"]["randomness"] == "os-entropy" and "unchanged_fraction" not in dep["privacy"]
     assert "site-" not in (tmp_path / "dep" / "config.yaml").read_text()
-    assert all(list((tmp_path / "dep" / c / "state").glob("round-*.npz")) for c in ("client-0", "client-1"))
+    assert all(list((fed.site(f"supernode-{k}") / "dep" / f"client-{k}" / "state").glob("round-*.npz")) for k in (0, 1))
+    assert not (tmp_path / "dep" / "client-0").exists(), "a client wrote into the server's run folder"
     assert canary_sites.audit_folder(tmp_path / "dep", tmp_path / "dep.log", tmp_path / "superlink.log") == []
