@@ -263,3 +263,57 @@ def test_a_name_is_free_again_once_its_node_is_offline():
     del nodes[10]
     assert grid.clients() == ["client-0", "client-1"]
     assert ask(grid) == {"client-0": 666.0, "client-1": 1.0}
+
+
+# --- strangers on the network: what a run opens to them ------------------------------------------
+
+
+def _is_loopback(ip: str) -> bool:
+    import ipaddress
+
+    addr = ipaddress.ip_address(ip.split("%")[0])
+    mapped = getattr(addr, "ipv4_mapped", None)  # ::ffff:127.0.0.1 (Python 3.11 does not call it loopback)
+    return (mapped or addr).is_loopback
+
+
+def _listening(root) -> set[tuple[str, int, str]]:
+    """(address, port, process name) of every TCP socket the process tree under ``root`` listens on."""
+    import psutil
+
+    out = set()
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            for c in p.net_connections(kind="inet"):
+                if c.status == psutil.CONN_LISTEN:
+                    out.add((c.laddr.ip, c.laddr.port, p.name()))
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_simulation_engine_listens_on_loopback_only(tmp_path):
+    """A flower-sim run (the guide's fedeval, tiny): Ray's GCS, raylet, workers and agents serve
+    without authentication, so every socket the run's processes listen on must be on 127.0.0.1."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    psutil = pytest.importorskip("psutil")
+    sets = {"data.task": "arith", "clients": 2, "data.n_train": 12, "data.n_test": 4, "method_args.max_examples": 4}
+    cmd = [sys.executable, "-m", "fedlsm", "run", "fedeval", "--engine", "flower-sim", "--name", "sim"]
+    cmd += ["--output-dir", str(tmp_path), *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FEDLSM_NO_PROGRESS": "1", "FLWR_TELEMETRY_ENABLED": "0"}
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+    log = tmp_path / "sim.log"
+    with log.open("w") as out:
+        run = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    root, seen = psutil.Process(run.pid), set()
+    while run.poll() is None:
+        seen |= _listening(root)
+        time.sleep(0.3)
+    assert run.returncode == 0, log.read_text()[-3000:]
+    assert {name for _, _, name in seen} & {"gcs_server", "raylet"}, f"never saw Ray listening: {seen}"
+    assert [s for s in seen if not _is_loopback(s[0])] == []
