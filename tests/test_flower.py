@@ -297,17 +297,17 @@ class Federation:
     `fedlsm superlink` / `fedlsm supernode`, each in its own process group (SuperNodes spawn ClientApp
     processes; killing the group kills them all)."""
 
-    def __init__(self, root: Path, clients: int):
+    def __init__(self, root: Path, clients: int, host: str = "127.0.0.1", address: str = "127.0.0.1"):
+        """``host``: where the SuperLink listens; ``address``: where SuperNodes reach it."""
         from fedlsm.federation.deploy import make_certificates, make_node_key, register_supernode
 
-        self.root, self.clients = root, clients
-        self.certs = make_certificates(root / "certs")
+        self.root, self.clients, self.address = root, clients, address
+        self.certs = make_certificates(root / "certs", tuple(dict.fromkeys(("127.0.0.1", "localhost", address))))
         self.keys = [make_node_key(root / "keys", f"node-{k}") for k in range(clients)]
         self.port = _free_port()
         self.procs: dict[str, subprocess.Popen] = {}
-        self._start(
-            "superlink", ["superlink", "--certs", str(root / "certs"), "--port", str(self.port), "--supernode-auth"]
-        )
+        args = ["--certs", str(root / "certs"), "--host", host, "--port", str(self.port), "--supernode-auth"]
+        self._start("superlink", ["superlink", *args])
         self._wait_listening(self.port)
         self.node_ids = [
             register_supernode(k["public"], superlink=f"127.0.0.1:{self.port}", root_certificates=self.certs["ca"])
@@ -355,7 +355,7 @@ class Federation:
                 "--clients",
                 str(self.clients),
                 "--superlink",
-                f"127.0.0.1:{self.port}",
+                f"{self.address}:{self.port}",
                 "--root-certificates",
                 str(self.certs["ca"]),
                 "--port",

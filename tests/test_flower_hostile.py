@@ -317,3 +317,49 @@ def test_the_simulation_engine_listens_on_loopback_only(tmp_path):
     assert run.returncode == 0, log.read_text()[-3000:]
     assert {name for _, _, name in seen} & {"gcs_server", "raylet"}, f"never saw Ray listening: {seen}"
     assert [s for s in seen if not _is_loopback(s[0])] == []
+
+
+def _own_address() -> str:
+    """An address of this machine that is not loopback: a request from it is a request from the network."""
+    psutil = pytest.importorskip("psutil")
+    import socket
+
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family == socket.AF_INET and not _is_loopback(a.address):
+                return a.address
+    pytest.skip("this machine has no network address but loopback")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_stranger_cannot_register_a_node_or_submit_a_run(tmp_path):
+    """The README's SuperLink (``--host 0.0.0.0 --supernode-auth``, TLS). A stranger who reaches it over
+    the network with the public CA cannot register a SuperNode key of their own nor reach the run
+    submission API; a registered SuperNode connects over the same address; the operator registers
+    from the SuperLink's machine."""
+    import ssl
+
+    import httpx
+
+    from fedlsm.errors import FedLSMError
+    from fedlsm.federation.deploy import make_node_key, register_supernode
+    from test_flower import Federation
+
+    ip = _own_address()
+    ca = str(tmp_path / "certs" / "ca.pem")
+    fed = Federation(tmp_path, clients=1, host="0.0.0.0", address=ip)  # registers node-0 from 127.0.0.1
+    try:
+        assert "node registration, run submission and the ServerApp API answer only this machine" in fed.log(
+            "superlink"
+        )
+        stranger = make_node_key(tmp_path / "stranger", "attacker")
+        with pytest.raises(FedLSMError, match="403|only SuperNodes"):
+            register_supernode(stranger["public"], superlink=f"{ip}:{fed.port}", root_certificates=fed.certs["ca"])
+        for path in ("/v1/control/start-run", "/v1/control/list-runs", "/v1/runtime/pull-task-input"):
+            r = httpx.post(f"https://{ip}:{fed.port}{path}", content=b"", verify=ssl.create_default_context(cafile=ca))
+            assert r.status_code == 403, (path, r.status_code)
+        fed.join(0)  # over the network address: the Fleet API is open to SuperNodes
+        assert f"SuperNode ID: {fed.node_ids[0]}" in fed.log("supernode-0")
+    finally:
+        fed.close()
