@@ -363,3 +363,42 @@ def test_a_stranger_cannot_register_a_node_or_submit_a_run(tmp_path):
         assert f"SuperNode ID: {fed.node_ids[0]}" in fed.log("supernode-0")
     finally:
         fed.close()
+
+
+# --- a hostile server: where a deployed client writes ----------------------------------------------
+
+
+def _deployed_client(tmp_path, name: str, node_config: dict):
+    from fedlsm.config import RunConfig
+    from fedlsm.federation.flower import _client_context, client_work_root
+
+    server_out = tmp_path / "server-chose-this"
+    cfg = RunConfig.model_validate(
+        {
+            "method": "fedavg",
+            "name": name,
+            "output_dir": str(server_out),
+            "clients": 2,
+            "data": {"task": "arith", "n_train": 8, "n_test": 4},
+        }
+    )
+    root = client_work_root(node_config)
+    return _client_context(cfg.to_yaml(), 1, (None, None, None), str(root)), server_out
+
+
+def test_a_deployed_client_works_in_its_own_folder_not_where_the_server_says(tmp_path, monkeypatch):
+    """The server's run config names ``output_dir`` and the run name; a deployed client's state (which
+    it overwrites and prunes) lives under the folder its own site chose, whatever the server says."""
+    from fedlsm.federation.flower import WORK_DIR_ENV, WORK_DIR_KEY
+    from fedlsm.federation.protocol import MalformedMessage
+
+    site = tmp_path / "site"
+    ctx, server_out = _deployed_client(tmp_path, "r1", {WORK_DIR_KEY: str(site)})
+    assert ctx.work_dir == site / "r1" / "client-1" and ctx.work_dir.is_dir() and not server_out.exists()
+    monkeypatch.setenv(WORK_DIR_ENV, str(tmp_path / "from-env"))
+    ctx, _ = _deployed_client(tmp_path, "r2", {})
+    assert ctx.work_dir == tmp_path / "from-env" / "r2" / "client-1"
+    for name in ("../../escape", "a/b"):
+        with pytest.raises(MalformedMessage, match="not a plain folder name"):
+            _deployed_client(tmp_path, name, {WORK_DIR_KEY: str(site)})
+    assert not (tmp_path / "escape").exists()
