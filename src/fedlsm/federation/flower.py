@@ -4,9 +4,11 @@
   ``ConfigRecord`` ``fedlsm.meta`` (sender, receiver, kind, round, and the payload as JSON with
   every numpy array replaced by a reference) and an ``ArrayRecord`` ``fedlsm.arrays`` holding the
   arrays as typed buffers. Every request is a ``query.fedlsm`` Flower message.
-* :class:`FlowerGrid` implements our ``Grid`` over a Flower ``Grid``: it names each SuperNode by
-  asking it for its partition index (``node_config["partition-id"]``), returns the replies that
-  arrived and records who dropped (error reply, timeout, disconnected) in ``dropped``.
+* :class:`FlowerGrid` implements our ``Grid`` over a Flower ``Grid``: it names each SuperNode once by
+  asking it for its partition index (``node_config["partition-id"]``), keeps node id -> name for the
+  run (refusing a second node that claims a held name), attributes every reply by the node it came
+  from, returns the valid replies and records who dropped (error reply, timeout, disconnected,
+  malformed or misattributed reply) in ``dropped``.
 * The ClientApp keeps ``role.state()`` in the node's ``context.state`` between messages (Flower may
   run each message in a fresh process) and in the client's private checkpoint
   (:func:`~fedlsm.federation.grid.answer`): a restarted SuperNode, or a resumed run, restores it.
