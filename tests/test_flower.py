@@ -24,6 +24,8 @@ import pytest
 
 pytest.importorskip("flwr")
 
+from fedlsm.federation.flower import WORK_DIR_ENV  # noqa: E402
+
 FEDMKT = {
     "data.task": "arith",
     "llm.model": "smollm2-135m",
@@ -295,17 +297,17 @@ class Federation:
     `fedlsm superlink` / `fedlsm supernode`, each in its own process group (SuperNodes spawn ClientApp
     processes; killing the group kills them all)."""
 
-    def __init__(self, root: Path, clients: int):
+    def __init__(self, root: Path, clients: int, host: str = "127.0.0.1", address: str = "127.0.0.1"):
+        """``host``: where the SuperLink listens; ``address``: where SuperNodes reach it."""
         from fedlsm.federation.deploy import make_certificates, make_node_key, register_supernode
 
-        self.root, self.clients = root, clients
-        self.certs = make_certificates(root / "certs")
+        self.root, self.clients, self.address = root, clients, address
+        self.certs = make_certificates(root / "certs", tuple(dict.fromkeys(("127.0.0.1", "localhost", address))))
         self.keys = [make_node_key(root / "keys", f"node-{k}") for k in range(clients)]
         self.port = _free_port()
         self.procs: dict[str, subprocess.Popen] = {}
-        self._start(
-            "superlink", ["superlink", "--certs", str(root / "certs"), "--port", str(self.port), "--supernode-auth"]
-        )
+        args = ["--certs", str(root / "certs"), "--host", host, "--port", str(self.port), "--supernode-auth"]
+        self._start("superlink", ["superlink", *args])
         self._wait_listening(self.port)
         self.node_ids = [
             register_supernode(k["public"], superlink=f"127.0.0.1:{self.port}", root_certificates=self.certs["ca"])
@@ -313,7 +315,8 @@ class Federation:
         ]
 
     def _start(self, name: str, args: list[str]) -> subprocess.Popen:
-        env = {**_env(), "FLWR_HOME": str(self.root / f"flwr-{name}")}
+        # each SuperNode's ClientApps keep their state in that site's own folder, never the server's
+        env = {**_env(), "FLWR_HOME": str(self.root / f"flwr-{name}"), WORK_DIR_ENV: str(self.site(name))}
         log = (self.root / f"{name}.log").open("a")
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "fedlsm", *args],
@@ -333,6 +336,10 @@ class Federation:
             time.sleep(0.3)
         raise AssertionError((self.root / "superlink.log").read_text()[-2000:])
 
+    def site(self, name: str) -> Path:
+        """The work folder of the SuperNode started as ``name`` (``supernode-K``)."""
+        return self.root / "sites" / name
+
     def log(self, name: str) -> str:
         return (self.root / f"{name}.log").read_text()
 
@@ -348,7 +355,7 @@ class Federation:
                 "--clients",
                 str(self.clients),
                 "--superlink",
-                f"127.0.0.1:{self.port}",
+                f"{self.address}:{self.port}",
                 "--root-certificates",
                 str(self.certs["ca"]),
                 "--port",
@@ -429,7 +436,8 @@ def test_deployment_tls_auth_survives_a_dead_supernode(reference, tmp_path):
             "federation.rejoin_timeout=300",
             wait=False,
         )  # round 1 waits for SuperNode 1
-        log, work, metrics = tmp_path / "dep.log", tmp_path / "dep" / "client-1", tmp_path / "dep" / "metrics.json"
+        log, metrics = tmp_path / "dep.log", tmp_path / "dep" / "metrics.json"
+        work = fed.site("supernode-1") / "dep" / "client-1"
         # client-1's work folder appears when its first request (round 0's local update) reaches it
         _wait_for(work.exists, "client-1 starting round 0", run, log)
         fed.kill("supernode-1")
@@ -622,5 +630,6 @@ def test_fedcot_on_the_deployment_engine_with_one_data_file_per_site(fedcot_refe
         assert rows[m] == ref[m], m
     assert dep["privacy"]["randomness"] == "os-entropy" and "unchanged_fraction" not in dep["privacy"]
     assert "site-" not in (tmp_path / "dep" / "config.yaml").read_text()
-    assert all(list((tmp_path / "dep" / c / "state").glob("round-*.npz")) for c in ("client-0", "client-1"))
+    assert all(list((fed.site(f"supernode-{k}") / "dep" / f"client-{k}" / "state").glob("round-*.npz")) for k in (0, 1))
+    assert not (tmp_path / "dep" / "client-0").exists(), "a client wrote into the server's run folder"
     assert canary_sites.audit_folder(tmp_path / "dep", tmp_path / "dep.log", tmp_path / "superlink.log") == []

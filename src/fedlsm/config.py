@@ -107,7 +107,10 @@ class FederationConfig(_Strict):
         1, gt=0, description="fewest replies a round may proceed with (the rest are logged as dropped)"
     )
     round_timeout: float | None = Field(
-        None, gt=0, description="seconds to wait for replies in one round (null = until all answer or drop)"
+        600.0,
+        gt=0,
+        description="seconds one request waits for the clients' replies; a client that has not answered by "
+        "then is dropped for the round (null = wait until all answer or drop: one silent client stalls the run)",
     )
     connect_timeout: float = Field(
         120.0, gt=0, description="seconds the server waits for `clients` SuperNodes to connect"

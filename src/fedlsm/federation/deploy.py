@@ -198,8 +198,11 @@ def superlink_command(
     supernode_auth: bool = False,
 ) -> list[str]:
     """``flower-superlink`` serving Fleet, Control and ServerAppIo on ``host:port`` (TLS unless certs is
-    None); with ``supernode_auth`` only SuperNodes whose key was registered may connect."""
-    cmd = [_bin("flower-superlink"), "--host", host, "--port", str(port), "--disable-runtime-dependency-installation"]
+    None), through :mod:`fedlsm.federation.superlink`: other machines reach only the Fleet API (node
+    registration and run submission answer this machine only); with ``supernode_auth`` only SuperNodes
+    whose key was registered may connect."""
+    cmd = [sys.executable, "-m", "fedlsm.federation.superlink", "--host", host, "--port", str(port)]
+    cmd.append("--disable-runtime-dependency-installation")
     if supernode_auth:
         cmd.append("--enable-supernode-auth")
     if certs is None:
