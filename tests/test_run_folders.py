@@ -85,7 +85,8 @@ def test_a_default_name_is_one_folder_even_for_a_task_with_a_slash(tmp_path):
 def test_an_existing_run_needs_resume_or_overwrite(tmp_path):
     run_dir = _finished_run(tmp_path, "r")
     before = _files(run_dir)
-    line = _error_line("run", "fedavg", "--output-dir", str(tmp_path), "--name", "r")
+    # --slm names no model: a run that got past the folder check would stop there, not overwrite for minutes
+    line = _error_line("run", "fedavg", "--output-dir", str(tmp_path), "--name", "r", "--slm", "/no/such/slm")
     assert line.startswith(f"error: name: run folder {run_dir} already holds a run (status done)")
     assert "--resume" in line and "--overwrite" in line
     assert _files(run_dir) == before
