@@ -63,6 +63,7 @@ def run_command(
     set_: list[str] | None = typer.Option(None, "--set", help="override any field: --set train.lr=5e-4"),
     engine: str | None = typer.Option(None, help="in-process (default), flower-sim or flower-deploy"),
     resume: bool = typer.Option(False, "--resume", help="continue run folder --name from its last checkpoint"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace run folder --name if it already holds a run"),
 ):
     """Run a method (and its baselines) and print a table; results go to runs/<name>/."""
     quiet_libraries()
@@ -85,6 +86,7 @@ def run_command(
         "output_dir": output_dir,
         "engine": engine,
         "resume": resume or None,
+        "overwrite": overwrite or None,
     }
     from fedlsm.methods import METHOD_DEFAULTS
 

@@ -7,11 +7,14 @@ path) and the fix; the CLI prints it as one line.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from fedlsm.errors import ConfigError
 
@@ -23,7 +26,10 @@ _FIXES = {
     "literal_error": "use one of the allowed values",
     "extra_forbidden": "remove it or check its spelling (see `fedlsm run --help`)",
     "finite_number": "use a finite number",
+    "run_name": "pass --name (or name:) a single folder name such as run1",
+    "secret": "keep the key out of the config: export it in OPENAI_API_KEY (or the variable llm.api_key_env names)",
 }
+_SECRET_WORDS = ("key", "token", "secret", "password", "passwd", "sig", "auth")  # in a URL's query parameter names
 
 
 class _Strict(BaseModel):
@@ -69,11 +75,58 @@ class TrainConfig(_Strict):
 class LLMConfig(_Strict):
     model: str = Field("smollm2-135m", description="server LLM: bundled name, folder, .gguf or hub id")
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint; when set, the LLM is reached over HTTP")
-    api_key: str = "EMPTY"
+    api_key_env: str = Field(
+        "OPENAI_API_KEY",
+        description="environment variable holding the endpoint's API key (the key is never written or sent anywhere)",
+    )
     max_new_tokens: int = Field(64, gt=0)
     temperature: float = Field(0.0, ge=0)
     batch_size: int = Field(8, gt=0)
     concurrency: int = Field(8, gt=0)
+
+    # A config is saved as the run folder's config.yaml and shipped to every SuperNode in a deployment:
+    # secrets come from the environment only, so a literal key or URL credentials are refused here.
+    @model_validator(mode="before")
+    @classmethod
+    def _no_literal_key(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "api_key" in data:
+            raise PydanticCustomError("secret", "a literal key is refused: " + _SECRET, {"field": "api_key"})
+        return data
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_credentials(cls, v: str | None) -> str | None:
+        parts = urlsplit(v or "")
+        query = [k.lower() for k, _ in parse_qsl(parts.query)]
+        if parts.username or parts.password or any(w in k for k in query for w in _SECRET_WORDS):
+            raise PydanticCustomError("secret", "holds credentials (user:password@ or a key in the query); " + _SECRET)
+        return v
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):  # not a variable name: perhaps the key itself
+            raise PydanticCustomError("secret", "must name an environment variable (letters, digits, _), not a key")
+        return v
+
+
+_SECRET = "a config is saved in the run folder's config.yaml and sent to every client"
+
+
+_BAD_NAME = "must be one folder name inside output_dir, not a path"
+
+
+def _is_folder_name(name: str) -> bool:
+    """One path component that stays where it is put: no separator, not '.' or '..', nothing invisible."""
+    seps = ("/", "\\")
+    return bool(name.strip()) and name not in (".", "..") and not any(s in name for s in seps) and name.isprintable()
+
+
+def check_run_name(name: str) -> str:
+    """``name`` when it is one folder name (the run folder stays inside output_dir), else ConfigError."""
+    if not _is_folder_name(name):
+        raise ConfigError("name", f"{_BAD_NAME} (got {name!r})", _FIXES["run_name"])
+    return name
 
 
 class PrivacyConfig(_Strict):
@@ -134,6 +187,7 @@ class RunConfig(_Strict):
         "in-process", description="where federated roles run: this process, Flower's Simulation or Deployment Engine"
     )
     resume: bool = Field(False, description="continue the run folder `name` from its last server checkpoint")
+    overwrite: bool = Field(False, description="replace the run folder `name` when it already holds a run")
     name: str | None = Field(None, description="run folder name under output_dir (default: method-task-time)")
     output_dir: str = "runs"
     seed: int = 0
@@ -147,6 +201,13 @@ class RunConfig(_Strict):
     eval_batch_size: int = Field(16, gt=0)
     method_args: dict[str, Any] = Field(default_factory=dict, description="method-specific options")
 
+    @field_validator("name")
+    @classmethod
+    def _one_folder(cls, v: str | None) -> str | None:
+        if v is not None and not _is_folder_name(v):
+            raise PydanticCustomError("run_name", _BAD_NAME)
+        return v
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
@@ -158,15 +219,19 @@ def default_run_name(cfg: RunConfig) -> str:
 
     d = cfg.data
     source = Path(d.path).stem if d.path else (d.hf_id.rstrip("/").split("/")[-1] if d.hf_id else d.task)
+    source = re.sub(r"[^\w.-]", "_", source)  # a task or file name never makes the run folder a path
     return f"{cfg.method}-{source}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def _explain(e: ValidationError) -> ConfigError:
     err = e.errors()[0]
-    field = ".".join(str(p) for p in err["loc"]) or "config"
+    loc = [*err["loc"], *([err["ctx"]["field"]] if "field" in err.get("ctx", {}) else [])]
+    field = ".".join(str(p) for p in loc) or "config"
     fix = _FIXES.get(err["type"])
     if err["type"] == "literal_error":
         fix = err["msg"].replace("Input should be", "use")
+    if err["type"] == "secret":  # never echo a secret, not even to the terminal
+        return ConfigError(field, err["msg"], fix)
     return ConfigError(field, f"{err['msg'].lower()} (got {err.get('input')!r})", fix)
 
 

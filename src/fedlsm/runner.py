@@ -2,7 +2,7 @@
 
 The run folder holds ``config.yaml`` (written first), ``metrics.json`` (rewritten after every
 finished step, so a crash loses nothing already measured) and whatever the method saves
-(rationales, message logs).
+(rationales, message logs); ``fedlsm.runfolder`` decides which run may use it.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Any
 
 from rich.console import Console
 
-from fedlsm.config import RunConfig, default_run_name
+from fedlsm import runfolder
+from fedlsm.config import RunConfig, check_run_name, default_run_name
 from fedlsm.core import MethodResult, RunContext, finish_result, render_table, seed_everything
 from fedlsm.data.sources import server_data, simulation_data
 from fedlsm.data.task import Example
@@ -28,6 +29,9 @@ def prepare(cfg: RunConfig, console: Console | None = None, *, server_only: bool
     console = console or Console()
     if cfg.resume and not cfg.name:
         raise ConfigError("resume", "needs the name of the run folder to continue", "add --name <run folder name>")
+    name = cfg.name or default_run_name(cfg)
+    run_dir = Path(cfg.output_dir) / check_run_name(name)
+    previous = runfolder.check(cfg, run_dir)  # before any work: a refused run leaves the folder as it was
     if not cfg.llm.base_url:
         resolve_model(cfg.llm.model, "llm.model")
     resolve_model(cfg.slm, "slm")  # fail fast on a bad model path, before any work
@@ -38,11 +42,8 @@ def prepare(cfg: RunConfig, console: Console | None = None, *, server_only: bool
         task, public, clients = view.task, view.public, []
     else:
         task, public, clients = simulation_data(cfg)
-    name = cfg.name or default_run_name(cfg)
-    run_dir = Path(cfg.output_dir) / name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())
-    ctx = RunContext(cfg, task, public, clients, run_dir, console)
+    runfolder.start(cfg, run_dir)
+    ctx = RunContext(cfg, task, public, clients, run_dir, console, metrics=previous)  # a resume keeps its metrics
     ctx.record(
         "run",
         {
@@ -55,6 +56,7 @@ def prepare(cfg: RunConfig, console: Console | None = None, *, server_only: bool
             "n_public": len(public),
             "client_sizes": [len(c) for c in clients],
             "seed": cfg.seed,
+            "config_hash": runfolder.identity_hash(cfg),
             "status": "running",
         },
     )

@@ -95,7 +95,8 @@ def run_cells(cells: list[Cell], console: Console | None = None, *, force: bool 
             log.write_text("")
             bar.update(task, description=c.run_name)
             t0 = time.time()
-            p = ctx.Process(target=_child, args=(c.config.model_dump_json(), str(log)))
+            cfg = c.config.model_copy(update={"overwrite": True})  # a cell to (re)compute replaces what is there
+            p = ctx.Process(target=_child, args=(cfg.model_dump_json(), str(log)))
             p.start()
             p.join()
             dt = time.time() - t0

@@ -36,12 +36,14 @@ import json
 import os
 import random
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fedlsm.errors import FedLSMError
 from fedlsm.jsonfile import to_jsonable, write_json_atomic
 
 _POINTER = "checkpoint.json"
@@ -85,14 +87,26 @@ class ServerCheckpoint:
         return self.dir / _POINTER
 
     def load(self) -> Checkpoint | None:
-        """The last committed checkpoint, or None when the run has none."""
+        """The last committed checkpoint, or None when the run has none; CheckpointError (one line) when
+        it cannot be read in full (truncated, edited, its array file missing)."""
         p = self.dir / _POINTER
         if not p.is_file():
             return None
-        meta = json.loads(p.read_text())
-        with np.load(self.dir / meta["arrays"], allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        return Checkpoint(int(meta["round"]), arrays, meta["state"], meta["rng"])
+        try:
+            meta = json.loads(p.read_text())
+            with np.load(self.dir / Path(meta["arrays"]).name, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            return Checkpoint(int(meta["round"]), arrays, meta["state"], meta["rng"])
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
+            why = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+            raise CheckpointError(
+                f"{p}: the checkpoint cannot be read ({why}); --resume cannot continue this run "
+                "(fix: run it again with --overwrite to start over)"
+            ) from None
+
+
+class CheckpointError(FedLSMError):
+    """A server checkpoint exists but cannot be read back."""
 
 
 class ClientCheckpoint:

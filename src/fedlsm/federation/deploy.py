@@ -299,10 +299,12 @@ def _flower_home(folder: Path, superlink: str, root_certificates: str | None, in
     return folder
 
 
-def submit_run(cfg, console):
-    """``fedlsm run --engine flower-deploy``: hand the run to the SuperLink and wait for it to finish."""
-    from fedlsm.config import default_run_name
-    from fedlsm.core import MethodResult, render_table
+def write_submission(cfg) -> tuple[Path, Path, Path]:
+    """(run folder, app folder, Flower home) for a deployment: the run folder checked as a local run's
+    is (``fedlsm.runfolder``), and the app whose run config every SuperNode receives. That config is
+    the validated RunConfig, which holds no secret: the LLM's key stays in the environment."""
+    from fedlsm import runfolder
+    from fedlsm.config import check_run_name, default_run_name
     from fedlsm.methods import ROLES, get_roles
 
     get_roles(cfg.method)
@@ -313,13 +315,25 @@ def submit_run(cfg, console):
             "flower-deploy talks TLS and needs the CA that signed the SuperLink's certificate",
             "pass --set federation.root_certificates=certs/ca.pem (or federation.insecure=true for a local test)",
         )
-    name = cfg.name or default_run_name(cfg)
+    name = check_run_name(cfg.name or default_run_name(cfg))
     out = Path(cfg.output_dir).resolve()
     run_dir = out / name
+    runfolder.check(cfg, run_dir)  # the ServerApp checks again where it runs; refuse before submitting
+    if cfg.overwrite:
+        runfolder.clear(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_text = cfg.model_copy(update={"name": name, "output_dir": str(out)}).to_yaml()
     app = _app_dir(run_dir / "flower-app", cfg_text, ROLES[cfg.method])
     home = _flower_home(run_dir / "flower-home", f.superlink, f.root_certificates, f.insecure)
+    return run_dir, app, home
+
+
+def submit_run(cfg, console):
+    """``fedlsm run --engine flower-deploy``: hand the run to the SuperLink and wait for it to finish."""
+    from fedlsm.core import MethodResult, render_table
+
+    f = cfg.federation
+    run_dir, app, home = write_submission(cfg)
     env = tool_env(FLWR_HOME=str(home))
     console.print(f"submitting {cfg.method} to the SuperLink at {f.superlink} (run folder {run_dir})")
     proc = subprocess.run([_bin("flwr"), "run", str(app), "fedlsm", "--stream"], env=env)

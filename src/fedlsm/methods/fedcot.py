@@ -390,7 +390,7 @@ def _llm_generator(ctx: RunContext) -> TextGenerator:
     if c.base_url:
         from fedlsm.models.openai_generator import OpenAIGenerator
 
-        return OpenAIGenerator(c.base_url, c.model, api_key=c.api_key, concurrency=c.concurrency)
+        return OpenAIGenerator(c.base_url, c.model, api_key_env=c.api_key_env, concurrency=c.concurrency)
     return HFGenerator.from_name(c.model, batch_size=c.batch_size, show_progress=True)
 
 

@@ -1,6 +1,7 @@
 """A :class:`TextGenerator` backed by any OpenAI-compatible HTTP endpoint.
 
-Works with vLLM, the llama.cpp server, Ollama, ``fedlsm serve`` and the OpenAI API itself.
+Works with vLLM, the llama.cpp server, Ollama, ``fedlsm serve`` and the OpenAI API itself. The API
+key is read from the environment (``OPENAI_API_KEY`` or the variable ``llm.api_key_env`` names).
 Each prompt is one request; up to ``concurrency`` requests are in flight at once, so a
 server that batches (vLLM, ``fedlsm serve``) sees them together. Retries with exponential
 backoff on connection errors, timeouts, 408/409/429 and 5xx are done by the ``openai``
@@ -9,6 +10,7 @@ client itself (``max_retries``); we only turn its final failure into a :class:`F
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,11 +36,12 @@ class OpenAIGenerator:
         self,
         base_url: str,
         model: str,
-        api_key: str = "EMPTY",
+        api_key: str | None = None,
         concurrency: int = 8,
         max_retries: int = 3,
         timeout: float = 60,
         use_chat: bool = True,
+        api_key_env: str = "OPENAI_API_KEY",
     ):
         if not base_url or not str(base_url).strip():
             raise ConfigError("llm.base_url", "is empty", "set it to the server's URL, e.g. http://127.0.0.1:8000/v1")
@@ -69,9 +72,11 @@ class OpenAIGenerator:
         self._stats_lock = threading.Lock()  # stats are updated from the worker threads
         # The sync client (and the httpx connection pool under it) is thread-safe, so one
         # client serves all worker threads and reuses keep-alive connections.
-        self._client = openai.OpenAI(
-            base_url=self.base_url, api_key=api_key or "EMPTY", max_retries=max_retries, timeout=timeout
-        )
+        # The key comes from the environment (``api_key_env``) unless passed here, never from a config:
+        # a config is saved in the run folder and sent to every client. "EMPTY": servers that need none.
+        self.api_key_env = api_key_env
+        key = api_key or os.environ.get(api_key_env) or "EMPTY"
+        self._client = openai.OpenAI(base_url=self.base_url, api_key=key, max_retries=max_retries, timeout=timeout)
 
     # -- TextGenerator -------------------------------------------------------------------
 
@@ -163,7 +168,8 @@ class OpenAIGenerator:
             code = e.status_code
             if code in (401, 403):
                 return FedLSMError(
-                    f"the LLM endpoint at {url} refused the API key (HTTP {code}: {detail}) (fix: set llm.api_key)"
+                    f"the LLM endpoint at {url} refused the API key (HTTP {code}: {detail}) "
+                    f"(fix: export the key in {self.api_key_env}, the variable llm.api_key_env names)"
                 )
             if code == 404:
                 return FedLSMError(
