@@ -14,6 +14,7 @@ import typer
 
 from fedlsm.errors import ConfigError, FedLSMError
 from fedlsm.privacy.curve import PrivacyCurve, json_safe, privacy_curve
+from fedlsm.userfiles import read_user_text
 
 
 def parse_epsilons(spec: str) -> list[float]:
@@ -37,9 +38,7 @@ def parse_epsilons(spec: str) -> list[float]:
 
 def read_texts(path: Path, field_names: tuple[str, ...] = ("question", "text", "prompt")) -> list[str]:
     """Prompts from a ``.txt`` file (one per line) or a ``.jsonl`` file (a question/text/prompt field)."""
-    if not path.is_file():
-        raise ConfigError("texts", f"file '{path}' does not exist", "check the path")
-    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    lines = [ln for ln in read_user_text(path, "texts").splitlines() if ln.strip()]
     if path.suffix != ".jsonl":
         return lines
     out = []
