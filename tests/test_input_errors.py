@@ -110,6 +110,11 @@ def test_a_huge_builtin_split_is_refused_at_once(flag, field, tmp_path):
     _one_line_error(["run", "standalone", "--output-dir", str(tmp_path), flag, "1000000000"], f"error: {field}: ")
 
 
+@pytest.mark.timeout(60)
+def test_privacy_curve_refuses_more_generated_prompts_than_arith_makes(tmp_path):
+    _one_line_error(["privacy-curve", "--n-texts", "1000000000", "--out", str(tmp_path)], "error: n_texts: ", "--texts")
+
+
 def test_arith_refuses_just_past_its_cap_and_file_tasks_note_the_shortfall(tmp_path, caplog):
     from fedlsm.data.builtin import MAX_GENERATED, make_arith
     from fedlsm.data.loaders import load_file_task, subsample

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from fedlsm.data.builtin import MAX_GENERATED
 from fedlsm.errors import ConfigError, FedLSMError
 from fedlsm.privacy.curve import PrivacyCurve, json_safe, privacy_curve
 from fedlsm.userfiles import read_user_text
@@ -179,6 +180,8 @@ def privacy_curve_command(
     eps = parse_epsilons(epsilons)
     if n_texts < 1:
         raise ConfigError("n_texts", f"must be ≥ 1, got {n_texts}")
+    if texts is None and n_texts > MAX_GENERATED:  # the default prompts are generated arith questions
+        raise ConfigError("n_texts", f"at most {MAX_GENERATED} without --texts, got {n_texts}", "pass --texts FILE")
     if prior not in ("corpus", "uniform"):
         raise ConfigError("prior", f"must be 'corpus' or 'uniform', got {prior!r}")
     prompts = (read_texts(texts) if texts is not None else _default_texts(n_texts))[:n_texts]
