@@ -6,6 +6,7 @@ traceback unless ``FEDLSM_DEBUG=1``.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fedlsm.errors import ConfigError, FedLSMError
 from fedlsm.library_logs import quiet_libraries
@@ -27,17 +29,38 @@ console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # one line per error, never wrapped
 
 
+# Errors of writing a file that the user, not fedlsm, has to fix (space, permissions, a bad output path).
+_WRITE_ERRNOS = {
+    errno.ENOSPC: "free some disk space, or choose another output folder",
+    errno.EDQUOT: "free some of your disk quota, or choose another output folder",
+    errno.EROFS: "choose a writable output folder",
+    errno.EACCES: "check that path's permissions, or choose another",
+    errno.EPERM: "check that path's permissions, or choose another",
+    errno.ENOTDIR: "a part of that path is a file, not a folder: choose another path",
+    errno.EISDIR: "a folder is in the way: choose another path",
+    errno.ENAMETOOLONG: "choose a shorter name or path",
+}
+
+
+def _write_error_line(e: OSError) -> str | None:
+    fix = _WRITE_ERRNOS.get(e.errno or 0)
+    if fix is None:
+        return None
+    return f"{e.filename or 'writing a file'}: {e.strerror} (fix: {fix})"
+
+
 def user_errors(fn):
-    """Turn FedLSMError into one clear line and exit code 2."""
+    """Turn FedLSMError, and an OSError of writing a file, into one clear line and exit code 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except FedLSMError as e:
-            if os.environ.get("FEDLSM_DEBUG"):
+        except (FedLSMError, OSError) as e:
+            line = str(e) if isinstance(e, FedLSMError) else _write_error_line(e)
+            if line is None or os.environ.get("FEDLSM_DEBUG"):
                 raise
-            err_console.print(f"[bold red]error:[/] {e}")
+            err_console.print(f"[bold red]error:[/] {escape(line)}")  # the line may quote "[...]" from user input
             raise typer.Exit(2) from None
 
     return wrapper
@@ -92,7 +115,12 @@ def run_command(
 
     overrides = dict(parse_override(s) for s in (set_ or []))
     cfg = build_config(base, overrides, file=config, defaults=METHOD_DEFAULTS.get(method, {}))
-    run(cfg, console)
+    try:
+        run(cfg, console)
+    except OSError as e:
+        if e.filename is None:  # a failed write (a full disk) names no file: name the run's folder
+            e.filename = str(Path(cfg.output_dir) / (cfg.name or ""))
+        raise
 
 
 @app.command("eval")
@@ -199,11 +227,12 @@ def certs_command(
     host: list[str] | None = typer.Option(
         None, help="SuperLink address(es) the certificate covers (default 127.0.0.1 and localhost)"
     ),
+    overwrite: bool = typer.Option(False, help="replace an existing CA, certificate and key in FOLDER"),
 ):
     """Make a CA and a TLS certificate for the SuperLink (give ca.pem to SuperNodes and `fedlsm run`)."""
     from fedlsm.federation.deploy import make_certificates
 
-    paths = make_certificates(folder, tuple(host or ("127.0.0.1", "localhost")))
+    paths = make_certificates(folder, tuple(host or ("127.0.0.1", "localhost")), overwrite=overwrite)
     console.print(", ".join(str(p) for p in paths.values()))
 
 
@@ -288,11 +317,12 @@ def supernode_command(
 def node_key_command(
     folder: Path = typer.Argument(Path("keys"), help="where <name>.key (private) and <name>.pub go"),
     name: str = typer.Option("supernode", help="file name stem"),
+    overwrite: bool = typer.Option(False, help="replace an existing key pair of that name"),
 ):
     """Make a SuperNode's authentication key pair (keep .key here; give .pub to the SuperLink's operator)."""
     from fedlsm.federation.deploy import make_node_key
 
-    paths = make_node_key(folder, name)
+    paths = make_node_key(folder, name, overwrite=overwrite)
     console.print(
         f"{paths['private']} (private: pass to `fedlsm supernode --auth-key`), "
         f"{paths['public']} (public: `fedlsm register-node` on the SuperLink's side)"

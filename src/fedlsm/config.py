@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from fedlsm.errors import ConfigError
+from fedlsm.userfiles import read_user_yaml, yaml_problem
 
 _FIXES = {
     "greater_than": "use a positive value",
@@ -258,7 +259,16 @@ def parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise ConfigError("--set", f"'{item}' is not key=value", "write e.g. --set train.lr=5e-4")
     k, v = item.split("=", 1)
-    return k.strip(), yaml.safe_load(v) if v.strip() else None
+    if not v.strip():
+        return k.strip(), None
+    try:
+        return k.strip(), yaml.safe_load(v)
+    except yaml.YAMLError as e:
+        raise ConfigError(
+            f"--set {k.strip()}",
+            f"value '{v}' is not valid YAML ({yaml_problem(e)})",
+            f"quote it as text (--set \"{k.strip()}='...'\") or close its brackets",
+        ) from None
 
 
 def build_config(
@@ -272,13 +282,7 @@ def build_config(
     for k, v in (defaults or {}).items():
         _set_dotted(data, k, v)
     if file:
-        p = Path(file)
-        if not p.is_file():
-            raise ConfigError("--config", f"file '{file}' does not exist", "check the path")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError("--config", f"'{file}' is not valid YAML ({e})", "fix the YAML syntax") from e
+        loaded = read_user_yaml(file, "--config") or {}
         if not isinstance(loaded, dict):
             raise ConfigError("--config", f"'{file}' must hold a mapping", "write key: value pairs")
         _deep_update(data, loaded)

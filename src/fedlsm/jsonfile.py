@@ -1,22 +1,54 @@
-"""Writing JSON files that a reader, or a crash, never sees half-written."""
+"""Writing files (JSON results, arrays) that a reader, or a crash, never sees half-written."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+
+def process_umask() -> int:
+    """The process's umask, read without changing it (Linux); 0o022 where it cannot be read."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+@contextmanager
+def atomic_file(path: Path) -> Iterator[IO[bytes]]:
+    """A binary file whose content replaces ``path`` in one step (``os.replace``) when the block ends
+    without an error. It is a new file with a random name beside ``path`` (``mkstemp``: O_EXCL, so a
+    link planted at a predictable name is never followed), given the mode a plain ``open`` would give."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~process_umask())
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:  # a failed write names no file: name it
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
 
 
 def write_json_atomic(
     path: Path, value: Any, *, default: Callable[[Any], Any] | None = None, indent: int | None = 2
 ) -> None:
-    """``value`` as JSON at ``path``: written to a temporary file beside it (named per process, so two
-    writers never share one), then moved over ``path`` in one step (``os.replace``)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value, indent=indent, default=default))
-    os.replace(tmp, path)
+    """``value`` as JSON at ``path``, through :func:`atomic_file`."""
+    text = json.dumps(value, indent=indent, default=default)
+    with atomic_file(path) as f:
+        f.write(text.encode())
 
 
 def to_jsonable(x: Any) -> Any:

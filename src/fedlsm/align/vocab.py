@@ -31,7 +31,6 @@ import itertools
 import json
 import logging
 import math
-import os
 import weakref
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
@@ -39,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from fedlsm.jsonfile import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -150,14 +151,13 @@ class VocabMap:
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez_compressed(
-            tmp,
-            ids=self.ids,
-            distance=self.distance,
-            meta=np.array(json.dumps({"source": self.source, "target": self.target})),
-        )
-        os.replace(tmp, path)
+        with atomic_file(path) as f:
+            np.savez_compressed(
+                f,
+                ids=self.ids,
+                distance=self.distance,
+                meta=np.array(json.dumps({"source": self.source, "target": self.target})),
+            )
 
     @classmethod
     def load(cls, path: Path) -> VocabMap:

@@ -31,11 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fedlsm.config import RunConfig, build_config
 from fedlsm.errors import ConfigError
+from fedlsm.userfiles import read_user_yaml
 
 
 class _Strict(BaseModel):
@@ -216,11 +216,7 @@ def load_grid(path: str | Path) -> GridSpec:
     p = Path(path)
     if not p.is_file():
         raise ConfigError("grid", f"file '{path}' does not exist", "pass a grid YAML such as benchmarks/smoke.yaml")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError("grid", f"'{path}' is not valid YAML ({e})", "fix the YAML syntax") from None
-    spec = parse_grid(data, str(path))
+    spec = parse_grid(read_user_yaml(p, "grid"), str(path))
     if spec.name is None:
         spec.name = p.stem
     return spec

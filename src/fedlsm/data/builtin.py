@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fedlsm.data.task import Example, Task
+from fedlsm.errors import ConfigError
 
 NAMES = [
     "Ava",
@@ -165,8 +166,20 @@ def _make_example(r: random.Random, idx: int, split: str, n_choices: int) -> Exa
     )
 
 
+# The most examples per split `arith` generates: about 4 s and 100 MB at this size. Far more would grow
+# memory for minutes, and, past the number of distinct questions, never end.
+MAX_GENERATED = 100_000
+
+
 def make_arith(n_train: int = 400, n_test: int = 200, seed: int = 0, n_choices: int = 4) -> Task:
     """Generate the ``arith`` task; the same seed always gives the same examples."""
+    for field, n in (("data.n_train", n_train), ("data.n_test", n_test)):
+        if not 0 <= n <= MAX_GENERATED:
+            raise ConfigError(
+                field,
+                f"the built-in task 'arith' generates at most {MAX_GENERATED:,} examples per split, not {n:,}",
+                f"use at most {MAX_GENERATED} (or data.path for a larger dataset of your own)",
+            )
     seen: set[str] = set()
 
     def gen(split: str, n: int, rng: random.Random) -> list[Example]:

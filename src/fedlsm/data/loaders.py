@@ -8,7 +8,9 @@ Every loader returns a :class:`~fedlsm.data.task.Task`; examples are normalized 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import logging
 import os
 import random
 import re
@@ -20,6 +22,9 @@ from typing import Any, cast
 from fedlsm.data.builtin import BUILTIN_TASKS
 from fedlsm.data.task import TASK_TYPES, Example, Task, TaskType
 from fedlsm.errors import ConfigError, FedLSMError
+from fedlsm.userfiles import read_user_text
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -35,23 +40,49 @@ class ColumnMap:
     id: str | None = "id"
 
 
+_JSON_KINDS = {list: "a list", dict: "an object", str: "a string", bool: "true/false", type(None): "null"}
+
+
+def _record(value: Any, where: str, path: Path, field: str) -> dict:
+    """One record, which must be a JSON object (a mapping of column names to values)."""
+    if not isinstance(value, dict):
+        kind = _JSON_KINDS.get(type(value), "a number")
+        raise ConfigError(
+            field,
+            f"{where} of '{path}' is {kind}, not an object",
+            'write one JSON object per record, e.g. {"question": "...", "answer": "..."}',
+        )
+    return value
+
+
+def _json_value(text: str, line: int | None, path: Path, field: str) -> Any:
+    """``text`` parsed: line ``line`` of ``path``, or (None) the whole file."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        what, at = (f"line {line} of '{path}'", "") if line else (f"'{path}'", f"line {e.lineno}, ")
+        raise ConfigError(
+            field, f"{what} is not valid JSON ({e.msg} at {at}column {e.colno})", "correct the JSON there"
+        ) from None
+
+
 def _read_records(path: Path, field: str = "data.path") -> list[dict]:
-    if not path.is_file():
-        raise ConfigError(field, f"file '{path}' does not exist", "check the path")
+    """The records of a JSONL/JSON/CSV/TSV file; anything malformed is a one-line ConfigError naming
+    the line (or array item) and ``field``."""
     suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        with path.open() as f:
-            return [json.loads(line) for line in f if line.strip()]
-    if suffix == ".json":
-        text = path.read_text()
-        stripped = text.lstrip()
-        if stripped.startswith("["):
-            return json.loads(text)
-        return [json.loads(line) for line in text.splitlines() if line.strip()]  # JSON lines in a .json file
+    if suffix not in (".jsonl", ".json", ".csv", ".tsv"):
+        raise ConfigError(field, f"unsupported file type '{suffix}' ('{path}')", "use .jsonl, .json, .csv or .tsv")
+    text = read_user_text(path, field)
     if suffix in (".csv", ".tsv"):
-        with path.open(newline="") as f:
-            return list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
-    raise ConfigError("data.path", f"unsupported file type '{suffix}'", "use .jsonl, .json, .csv or .tsv")
+        try:
+            return list(csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ","))
+        except csv.Error as e:
+            raise ConfigError(field, f"'{path}' is not valid {suffix[1:].upper()} ({e})", "fix the file") from None
+    if suffix == ".json" and text.lstrip().startswith("["):
+        items = _json_value(text, None, path, field)
+        return [_record(r, f"item {i}", path, field) for i, r in enumerate(items)]
+    lines = [(n, ln) for n, ln in enumerate(text.splitlines(), 1) if ln.strip()]  # JSON lines (also in a .json)
+    return [_record(_json_value(ln, n, path, field), f"line {n}", path, field) for n, ln in lines]
 
 
 # Columns found without a mapping when the field's own name is absent: the usual names of
@@ -77,15 +108,7 @@ def _normalize(rec: dict, cols: ColumnMap, idx: int, source: str, task_type: str
     # a classification file may list no choices: its labels are the set of its answers
     optional_choices = task_type == "classification" and cols.choices not in rec
     if cols.choices and task_type != "generation" and not optional_choices:
-        raw = get(cols.choices, "choices")
-        if isinstance(raw, str):
-            raw = json.loads(raw) if raw.strip().startswith(("[", "{")) else raw.split("|")
-        if isinstance(raw, dict):  # HF style {"text": [...], "label": [...]}
-            letters = [str(x) for x in raw.get("label", [])]
-            raw = raw["text"]
-        else:
-            letters = []
-        choices = [str(c).strip() for c in raw]
+        choices, letters = _choices(get(cols.choices, "choices"), f"record {idx} in {source}")
     label = None
     answer = str(raw_answer).strip()
     if choices:
@@ -111,6 +134,33 @@ def _normalize(rec: dict, cols: ColumnMap, idx: int, source: str, task_type: str
     return Example(id=ex_id, question=question, answer=answer, choices=choices, label=label, rationale=rationale)
 
 
+def _choices(raw: Any, where: str) -> tuple[list[str], list[str]]:
+    """(choice texts, their letters if the source names them) of a list, a JSON text, an "a|b|c" text or
+    an HF-style ``{"text": [...], "label": [...]}`` mapping."""
+    if isinstance(raw, str) and raw.strip().startswith(("[", "{")):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise ConfigError(
+                "data.columns.choices",
+                f"the choices of {where} are not valid JSON ({e.msg} at column {e.colno})",
+                'write them as a JSON list or as text separated by "|"',
+            ) from None
+    elif isinstance(raw, str):
+        raw = raw.split("|")
+    letters: list[str] = []
+    if isinstance(raw, dict) and isinstance(raw.get("text"), list):
+        letters = [str(x) for x in raw.get("label", [])]
+        raw = raw["text"]
+    if not isinstance(raw, (list, tuple)):
+        raise ConfigError(
+            "data.columns.choices",
+            f"the choices of {where} are {_JSON_KINDS.get(type(raw), 'a number')}, not a list",
+            'map data.columns.choices to a list column (or {"text": [...], "label": [...]})',
+        )
+    return [str(c).strip() for c in raw], letters
+
+
 def load_file_task(
     train: str | Path,
     test: str | Path | None,
@@ -128,7 +178,8 @@ def load_file_task(
     train_path = Path(train)
     tr = [_normalize(r, cols, i, str(train_path), task_type) for i, r in enumerate(_read_records(train_path))]
     if test:
-        te = [_normalize(r, cols, i, str(test), task_type) for i, r in enumerate(_read_records(Path(test)))]
+        records = _read_records(Path(test), "data.test_path")
+        te = [_normalize(r, cols, i, str(test), task_type) for i, r in enumerate(records)]
     else:
         rng = random.Random(seed)
         rng.shuffle(tr)
@@ -403,8 +454,13 @@ def load_task(
 
 
 def subsample(task: Task, n_train: int | None, n_test: int | None, seed: int) -> Task:
+    """At most ``n_train`` / ``n_test`` examples of each split, drawn with ``seed``; a split with fewer
+    is used whole, with a one-line note (the count asked for cannot be met)."""
     rng = random.Random(seed)
     tr, te = list(task.train), list(task.test)
+    for fld, want, have in (("data.n_train", n_train, len(tr)), ("data.n_test", n_test, len(te))):
+        if want and want > have:
+            log.warning("note: %s=%d but %s has %d such examples; using all of them", fld, want, task.name, have)
     if n_train and n_train < len(tr):
         tr = rng.sample(tr, n_train)
     if n_test and n_test < len(te):

@@ -52,10 +52,30 @@ def tool_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PATH": path, "FLWR_TELEMETRY_ENABLED": "0", **extra}
 
 
+def _claim(paths: Sequence[Path], overwrite: bool, fix: str) -> None:
+    """Make room for new key files at ``paths``: refuse when one exists (replacing a CA or a key silently
+    would cut off everyone who trusts the old one) unless ``overwrite``, which removes them (a link
+    itself, never what it points to)."""
+    taken = [p for p in paths if p.exists() or p.is_symlink()]
+    if taken and not overwrite:
+        raise ConfigError(str(taken[0]), "already exists", fix)
+    for p in taken:
+        p.unlink()
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` to a new file created with ``mode`` from the start (O_EXCL: never an existing
+    file or a planted link), so a private key is never readable by others, not even for a moment."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
 def make_certificates(
-    folder: str | Path, hosts: Sequence[str] = ("127.0.0.1", "localhost"), days: int = 30
+    folder: str | Path, hosts: Sequence[str] = ("127.0.0.1", "localhost"), days: int = 30, overwrite: bool = False
 ) -> dict[str, Path]:
-    """A new CA and a server certificate for ``hosts`` (IPs or DNS names) signed by it, as PEM files."""
+    """A new CA and a server certificate for ``hosts`` (IPs or DNS names) signed by it, as PEM files.
+    An existing CA, certificate or key in ``folder`` is replaced only with ``overwrite``."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -63,6 +83,11 @@ def make_certificates(
 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
+    _claim(
+        [out / CA, out / CERT, out / KEY],
+        overwrite,
+        "pass --overwrite to replace the CA (then give every SuperNode the new ca.pem), or choose another folder",
+    )
     now = datetime.datetime.now(datetime.timezone.utc)
     start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)
 
@@ -116,33 +141,38 @@ def make_certificates(
         .sign(ca_key, hashes.SHA256())
     )
     pem = serialization.Encoding.PEM
-    (out / CA).write_bytes(ca.public_bytes(pem))
-    (out / CERT).write_bytes(cert.public_bytes(pem))
-    (out / KEY).write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    os.chmod(out / KEY, 0o600)
+    _write_new(out / CA, ca.public_bytes(pem), 0o644)
+    _write_new(out / CERT, cert.public_bytes(pem), 0o644)
+    _write_new(
+        out / KEY, key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()), 0o600
+    )
     return {"ca": out / CA, "cert": out / CERT, "key": out / KEY}
 
 
 NODE_KEY, NODE_PUB = "{}.key", "{}.pub"
 
 
-def make_node_key(folder: str | Path, name: str = "supernode") -> dict[str, Path]:
+def make_node_key(folder: str | Path, name: str = "supernode", overwrite: bool = False) -> dict[str, Path]:
     """A SuperNode's authentication key pair (EC P-384, OpenSSH format, as flwr 1.42 reads them):
-    ``<name>.key`` stays on the client's machine, ``<name>.pub`` goes to the SuperLink's operator."""
+    ``<name>.key`` stays on the client's machine, ``<name>.pub`` goes to the SuperLink's operator.
+    An existing pair is replaced only with ``overwrite``."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP384R1())
     private, public = out / NODE_KEY.format(name), out / NODE_PUB.format(name)
-    private.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+    _claim(
+        [private, public],
+        overwrite,
+        "pass --overwrite to replace the key (then register the new .pub), or use another --name",
     )
-    os.chmod(private, 0o600)
-    public.write_bytes(
-        key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n"
+    key = ec.generate_private_key(ec.SECP384R1())
+    enc = serialization.Encoding
+    _write_new(
+        private, key.private_bytes(enc.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()), 0o600
     )
+    _write_new(public, key.public_key().public_bytes(enc.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n", 0o644)
     return {"private": private, "public": public}
 
 

@@ -13,10 +13,12 @@ import importlib.util
 import logging
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from fedlsm.errors import ConfigError, FedLSMError
+from fedlsm.jsonfile import process_umask
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +170,19 @@ def _hub_call(src: ModelSource, fn):
         raise
 
 
+def _save_cache(model, tok, cached: Path) -> None:
+    """Save ``model`` and ``tok`` as the folder ``cached`` in one step (the caller holds its lock)."""
+    for stale in cached.parent.glob(f"{cached.name}.tmp-*"):  # left by a process killed mid-write
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+    # a new folder with a random name (mkdtemp), never a link planted at a predictable one
+    tmp = Path(tempfile.mkdtemp(dir=cached.parent, prefix=f"{cached.name}.tmp-"))
+    tmp.chmod(0o777 & ~process_umask())  # mkdtemp makes it owner-only; a cache is readable as usual
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    tmp.rename(cached)  # atomic: a half-written cache is never used
+
+
 def load_causal_lm(spec: str | ModelSource, *, dtype=None, device: str | None = None):
     """Load ``(model, tokenizer)`` for a causal LM.
 
@@ -193,11 +208,7 @@ def load_causal_lm(spec: str | ModelSource, *, dtype=None, device: str | None = 
                 model.hf_quantizer = None  # type: ignore[assignment]
                 if hasattr(model.config, "quantization_config"):
                     del model.config.quantization_config
-                tmp = cached.with_name(f"{cached.name}.tmp-{os.getpid()}")
-                shutil.rmtree(tmp, ignore_errors=True)  # left by a process killed mid-write
-                model.save_pretrained(tmp, safe_serialization=True)
-                tok.save_pretrained(tmp)
-                tmp.rename(cached)  # atomic: a half-written cache is never used
+                _save_cache(model, tok, cached)
         model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype)
     else:
         model = _hub_call(src, lambda: AutoModelForCausalLM.from_pretrained(src.location, dtype=dtype))

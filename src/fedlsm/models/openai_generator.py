@@ -56,9 +56,9 @@ class OpenAIGenerator:
         if concurrency < 1:
             raise ConfigError("llm.concurrency", f"must be at least 1, got {concurrency}", "use e.g. 8")
         if max_retries < 0:
-            raise ConfigError("llm.max_retries", f"must be >= 0, got {max_retries}", "use e.g. 3")
+            raise ConfigError("max_retries", f"must be >= 0, got {max_retries}", "use e.g. 3")
         if timeout <= 0:
-            raise ConfigError("llm.timeout", f"must be > 0 seconds, got {timeout}", "use e.g. 60")
+            raise ConfigError("timeout", f"must be > 0 seconds, got {timeout}", "use e.g. 60")
 
         import openai
 
@@ -154,7 +154,7 @@ class OpenAIGenerator:
         if isinstance(e, openai.APITimeoutError):  # subclass of APIConnectionError: test first
             return FedLSMError(
                 f"the LLM endpoint at {url} did not answer within {self.timeout:g} s ({attempts}) "
-                "(fix: raise llm.timeout, lower llm.concurrency or max_new_tokens, or check the server's load)"
+                "(fix: lower llm.concurrency or llm.max_new_tokens, or check the server's load)"
             )
         if isinstance(e, openai.APIConnectionError):
             cause = e.__cause__ or e

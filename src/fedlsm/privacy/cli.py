@@ -12,8 +12,10 @@ from typing import Annotated
 
 import typer
 
+from fedlsm.data.builtin import MAX_GENERATED
 from fedlsm.errors import ConfigError, FedLSMError
 from fedlsm.privacy.curve import PrivacyCurve, json_safe, privacy_curve
+from fedlsm.userfiles import read_user_text
 
 
 def parse_epsilons(spec: str) -> list[float]:
@@ -37,9 +39,7 @@ def parse_epsilons(spec: str) -> list[float]:
 
 def read_texts(path: Path, field_names: tuple[str, ...] = ("question", "text", "prompt")) -> list[str]:
     """Prompts from a ``.txt`` file (one per line) or a ``.jsonl`` file (a question/text/prompt field)."""
-    if not path.is_file():
-        raise ConfigError("texts", f"file '{path}' does not exist", "check the path")
-    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    lines = [ln for ln in read_user_text(path, "texts").splitlines() if ln.strip()]
     if path.suffix != ".jsonl":
         return lines
     out = []
@@ -180,6 +180,8 @@ def privacy_curve_command(
     eps = parse_epsilons(epsilons)
     if n_texts < 1:
         raise ConfigError("n_texts", f"must be ≥ 1, got {n_texts}")
+    if texts is None and n_texts > MAX_GENERATED:  # the default prompts are generated arith questions
+        raise ConfigError("n_texts", f"at most {MAX_GENERATED} without --texts, got {n_texts}", "pass --texts FILE")
     if prior not in ("corpus", "uniform"):
         raise ConfigError("prior", f"must be 'corpus' or 'uniform', got {prior!r}")
     prompts = (read_texts(texts) if texts is not None else _default_texts(n_texts))[:n_texts]
