@@ -236,3 +236,17 @@ def test_overwrite_removes_a_planted_link_instead_of_writing_through_it(tmp_path
     paths = make_certificates(folder, overwrite=True)
     assert victim.read_text() == "keep me" and not paths["key"].is_symlink()
     assert b"PRIVATE KEY" in paths["key"].read_bytes()
+
+
+def test_checkpoints_never_follow_a_planted_link(tmp_path):
+    from fedlsm.federation.checkpoint import ClientCheckpoint, ServerCheckpoint
+
+    victim = tmp_path / "victim.bin"
+    victim.write_bytes(b"keep me")
+    server, client = ServerCheckpoint(tmp_path / "run"), ClientCheckpoint(tmp_path / "site", run="r")
+    for folder, name in ((server.dir, "arrays-00000.npz"), (client.dir, "round-00000.npz")):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{name}.tmp").symlink_to(victim)  # the fixed name the writer used to open
+    server.save(0, {"w": np.ones(3)}, {"step": 1})
+    client.save(0, {"w": np.ones(3)})
+    assert victim.read_bytes() == b"keep me"

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import random
 import sys
 import zipfile
@@ -44,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from fedlsm.errors import FedLSMError
-from fedlsm.jsonfile import to_jsonable, write_json_atomic
+from fedlsm.jsonfile import atomic_file, to_jsonable, write_json_atomic
 
 _POINTER = "checkpoint.json"
 
@@ -72,13 +71,9 @@ class ServerCheckpoint:
         """Persist round ``round``: ``arrays`` (numpy), ``state`` (JSON-able) and the RNG states."""
         self.dir.mkdir(parents=True, exist_ok=True)
         name = f"arrays-{round:05d}.npz"
-        tmp = self.dir / (name + ".tmp")
-        with tmp.open("wb") as f:
+        with atomic_file(self.dir / name) as f:  # a random temp name: a planted link is never followed
             # numpy's stub lets a **mapping fill allow_pickle too; these keys are array names, never that
             np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})  # type: ignore[arg-type]
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.dir / name)
         pointer = {"round": round, "arrays": name, "state": state, "rng": _get_rng()}
         write_json_atomic(self.dir / _POINTER, pointer, default=to_jsonable, indent=None)  # the commit point
         for old in self.dir.glob("arrays-*.npz"):  # keep only the committed one
@@ -142,14 +137,10 @@ class ClientCheckpoint:
         self.dir.mkdir(parents=True, exist_ok=True)
         text, arrays = split_arrays(state)
         path = self.dir / f"round-{round:05d}.npz"
-        tmp = self.dir / (path.name + ".tmp")
-        with tmp.open("wb") as f:
+        with atomic_file(path) as f:
             meta = np.array(json.dumps({"run": self.run, "state": text}))
             # numpy's stub lets a **mapping fill allow_pickle too; these keys are "0", "1", ... and _STATE
             np.savez(f, **arrays, **{_STATE: meta})  # type: ignore[arg-type]
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
         saved = self._rounds()
         earlier = max((r for r in saved if r < round), default=None)
         for r, p in saved.items():
