@@ -86,9 +86,9 @@ def test_clopper_pearson_helper():
     assert clopper_pearson(0, 10, 0.05) == (0.0, pytest.approx(0.3085, abs=1e-3))
 
 
-@pytest.fixture(params=["rejection", "exact-rows", "top-k"])
+@pytest.fixture(params=["rejection", "exact-rows", "top-k", "rantext"])
 def sampler_path(request, monkeypatch):
-    """Exercise each sampling path: rejection only, exact similarity rows only, top-k table."""
+    """Exercise each sampling path: rejection only, exact similarity rows only, top-k table, rantext rows."""
     if request.param == "rejection":
         monkeypatch.setattr(mechanism_module, "_PROPOSAL_COST", {"cpu": 0.0, "other": 0.0})
     elif request.param == "exact-rows":
@@ -166,8 +166,12 @@ def test_empirical_ratio_stays_within_e_eps(sub, sampler_path):
     emb, vocab = sub
     eps, n = 8.0, 200_000
     top_k = 64 if sampler_path == "top-k" else None
-    mech = ExponentialMechanism(emb, vocab, epsilon=eps, top_k=top_k, device="cpu")
-    if top_k is None:
+    rule = "rantext" if sampler_path == "rantext" else None
+    mech = ExponentialMechanism(emb, vocab, epsilon=eps, top_k=top_k, candidates=rule, device="cpu")
+    if rule == "rantext":
+        # Only inputs that share a candidate set are covered: the sharing pair with the largest exact ratio.
+        x, x2 = _worst_sharing_pair(mech)
+    elif top_k is None:
         # The neighbouring pair and output with the largest exact ratio among ~200 real tokens.
         xs = torch.arange(300, 500)
         logp = mech.log_probabilities(xs)
@@ -207,6 +211,8 @@ def test_sampler_matches_distribution_for_many_tokens(sub, sampler_path):
         vocab[lo_id : lo_id + v],
         epsilon=20.0,
         top_k=50 if sampler_path == "top-k" else None,
+        candidates="rantext" if sampler_path == "rantext" else None,
+        rantext_gap=3.0,  # cos ≥ 0.4 at ε = 20: a few to a few hundred candidates
         device="cpu",
     )
     xs = torch.arange(0, v, 9)
@@ -215,7 +221,8 @@ def test_sampler_matches_distribution_for_many_tokens(sub, sampler_path):
     alpha = 1e-6 / len(xs)
     for x, row in zip(xs.tolist(), draws):
         p = mech.probabilities(x)
-        top = torch.topk(p, 20).indices  # mass of the 20 most likely outputs: a well-powered statistic
+        # Mass of the (up to) 20 most likely outputs, at most half the support: a well-powered statistic.
+        top = torch.topk(p, min(20, max(1, int((p > 0).sum()) // 2))).indices
         k = int(torch.isin(row, top).sum())
         lo, hi = clopper_pearson(k, reps, alpha)
         assert lo <= float(p[top].sum()) <= hi
@@ -228,6 +235,137 @@ def test_same_seed_same_output_and_batched_shapes(sub):
     a, b, c = mech.sample(x, seed=7), mech.sample(x, seed=7), mech.sample(x, seed=8)
     assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c)
     assert mech.sample(torch.tensor([], dtype=torch.long), seed=1).numel() == 0
+
+
+def _sharing_groups(mech: ExponentialMechanism, xs: torch.Tensor) -> list[list[int]]:
+    """Groups of inputs (≥ 2) whose candidate sets, the supports of their exact distributions, are equal."""
+    support = torch.isfinite(mech.log_probabilities(xs))
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for x, row in zip(xs.tolist(), support):
+        groups.setdefault(tuple(row.nonzero().squeeze(1).tolist()), []).append(x)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def _worst_sharing_pair(mech: ExponentialMechanism) -> tuple[int, int]:
+    best, pair = -1.0, (0, 0)
+    for g in _sharing_groups(mech, torch.arange(mech.vocab_size)):
+        logp = mech.log_probabilities(g)
+        sup = torch.isfinite(logp[0])
+        gap = logp[:, sup].max(0).values - logp[:, sup].min(0).values
+        if float(gap.max()) > best:
+            y = int(sup.nonzero()[int(gap.argmax())])
+            best, pair = float(gap.max()), (g[int(logp[:, y].argmax())], g[int(logp[:, y].argmin())])
+    return pair
+
+
+# ---------------------------------------------------------------- rantext (InferDPT-style adjacency)
+def test_rantext_probabilities_match_the_formula(sub):
+    """C(x) = {y : cos(x, y) ≥ 1 - 2Δu·gap/ε} ∪ {x}, weights exp(ε·cos/(2Δu)), computed independently."""
+    emb, vocab = sub
+    eps, gap = 8.0, 1.0
+    mech = ExponentialMechanism(emb, vocab, epsilon=eps, candidates="rantext", rantext_gap=gap, device="cpu")
+    tau = 1 - 2 * 2.0 * gap / eps
+    assert mech.min_similarity == pytest.approx(tau) and mech.name == "rantext-cos≥0.50"
+    e = emb.double().numpy()
+    e = e / np.linalg.norm(e, axis=1, keepdims=True)
+    sizes = []
+    for x in (17, 500, 3999):
+        u = np.clip(e @ e[x], -1, 1)
+        inside = u >= tau
+        inside[x] = True
+        w = np.where(inside, np.exp(eps * u / (2 * 2.0)), 0.0)
+        got = mech.probabilities(x).numpy()
+        np.testing.assert_allclose(got, w / w.sum(), rtol=1e-5, atol=1e-12)
+        sizes.append(int(inside.sum()))
+    assert 1 < max(sizes) < SUBSET // 4  # a real restriction, not a degenerate one
+
+
+def test_rantext_guarantee_holds_only_among_inputs_sharing_candidates(sub):
+    """The stated guarantee: ε-DP among inputs with the same candidate set (there even 2·gap, since
+    every utility in the set lies in [τ, 1]); none between inputs whose sets differ."""
+    emb, vocab = sub
+    eps, gap = 8.0, 1.0
+    mech = ExponentialMechanism(emb, vocab, epsilon=eps, candidates="rantext", rantext_gap=gap, device="cpu")
+    groups = _sharing_groups(mech, torch.arange(SUBSET))
+    unit = mech.unit_embeddings
+    distinct = [g for g in groups if float(unit[g[0]] @ unit[g[1]]) < 0.999]
+    assert len(distinct) > 50, "expected distinct real tokens that share a rantext candidate set"
+    worst = 0.0
+    for g in groups:
+        logp = mech.log_probabilities(g)
+        sup = torch.isfinite(logp[0])
+        assert (torch.isfinite(logp) == sup).all()
+        worst = max(worst, float((logp[:, sup].max(0).values - logp[:, sup].min(0).values).max()))
+    assert worst <= min(eps, 2 * gap) + 1e-9, f"max log-ratio {worst} among inputs sharing a set"
+    assert worst > 0.25 * gap  # not vacuous
+    # Inputs whose sets differ: an output possible for one is impossible for the other (ratio ∞) ...
+    pa, pb = mech.probabilities(300), mech.probabilities(301)
+    assert ((pa > 0) & (pb == 0)).any()
+    # ... so the report must not claim the full-vocabulary guarantee.
+    assert "any two tokens" not in mech.guarantee and "same candidate set" in mech.guarantee
+
+
+def test_rantext_at_low_epsilon_is_the_full_mechanism(sub):
+    """When τ(ε) ≤ -1 every token is a candidate: the full mechanism, with its guarantee."""
+    emb, vocab = sub
+    full = ExponentialMechanism(emb, vocab, epsilon=2.0, exclude_outputs=[0, 1], device="cpu")
+    ran = ExponentialMechanism(
+        emb, vocab, epsilon=2.0, candidates="rantext", rantext_gap=1.0, exclude_outputs=[0, 1], device="cpu"
+    )
+    assert ran.min_similarity is None and ran.name == "rantext=full" and "any two tokens" in ran.guarantee
+    xs = torch.tensor([5, 700, 2500])
+    torch.testing.assert_close(ran.log_probabilities(xs), full.log_probabilities(xs))
+    assert ran.with_epsilon(8.0).min_similarity == pytest.approx(0.5)  # the bound follows ε
+
+
+def test_bayesian_attack_respects_rantext_candidate_sets(sub):
+    """The MAP guess only considers inputs whose candidate set contains the observed token."""
+    from fedlsm.privacy import bayesian_attack
+
+    emb, vocab = sub
+    v = 600
+    mech = ExponentialMechanism(emb[:v], vocab[:v], epsilon=8.0, candidates="rantext", rantext_gap=1.0, device="cpu")
+    logp = mech.log_probabilities(torch.arange(v))  # row x, column y
+    ys = mech.sample(torch.arange(v), seed=0)
+    expected = logp[:, ys].argmax(0)  # uniform prior: argmax_x Pr[M(x) = y]
+    got = bayesian_attack(mech, ys)
+    assert torch.equal(logp[got, ys], logp[expected, ys])  # the same posterior value (ties may pick either)
+    assert torch.isfinite(logp[got, ys]).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"candidates": "custext"}, "top_k"),
+        ({"candidates": "rantext", "top_k": 10}, "top_k"),
+        ({"candidates": "ball"}, "mechanism"),
+        ({"candidates": "rantext", "rantext_gap": 0.0}, "rantext_gap"),
+        ({"candidates": "rantext", "rantext_gap": float("inf")}, "rantext_gap"),
+    ],
+)
+def test_mechanism_choice_errors_name_the_field(sub, kwargs, field):
+    emb, vocab = sub
+    with pytest.raises(ConfigError, match=f"privacy.{field}"):
+        ExponentialMechanism(emb[:100], vocab[:100], epsilon=1.0, **kwargs)
+
+
+def test_privacy_config_mechanism_fields():
+    from fedlsm.config import PrivacyConfig
+
+    assert PrivacyConfig(top_k=20).sanitizer_kwargs()["candidates"] is None  # top_k alone: custext, as before
+    assert PrivacyConfig(mechanism="rantext", rantext_gap=0.5).sanitizer_kwargs()["rantext_gap"] == 0.5
+    with pytest.raises(ValueError, match="needs privacy.top_k"):
+        PrivacyConfig(mechanism="custext")
+    with pytest.raises(ValueError, match="custext only"):
+        PrivacyConfig(mechanism="rantext", top_k=20)
+
+
+def test_rantext_sanitizer_report_states_its_guarantee():
+    san = TextSanitizer.from_model("smollm2", epsilon=10.0, candidates="rantext")
+    rep = san.sanitize(["What has a surface with many sides?"], seed=0).report
+    assert rep.mechanism == "exponential-rantext-cos≥0.60" and rep.candidate_k is None
+    assert "only between tokens with the same candidate set" in rep.guarantee
+    assert 0.2 < rep.perturbed_unchanged_fraction < 1.0
 
 
 # ---------------------------------------------------------------- limits of ε
@@ -435,3 +573,38 @@ def test_glove_word_level_sanitizer():
     assert res.report.tokens_fallback == 1
     res = san.with_epsilon(2.0).sanitize(["the cat sat on the mat"], seed=0)
     assert res.report.tokens_perturbed == 6
+
+
+# ---------------------------------------------------------------- the mechanism comparison
+def test_privacy_curve_command_compares_mechanisms_on_cqa(tmp_path, shared_data, monkeypatch):
+    """Tiny run of `fedlsm privacy-curve` on CommonsenseQA prompts: every mechanism at every ε, with
+    rationales at one ε, the paper's Table 6 beside it, and each point's guarantee in the JSON."""
+    import json
+
+    import typer
+    from typer.testing import CliRunner
+
+    from fedlsm.privacy.cli import privacy_curve_command
+
+    monkeypatch.setenv("FEDLSM_DATA", str(shared_data))
+    app = typer.Typer()
+    app.command()(privacy_curve_command)
+    out = tmp_path / "curve"
+    args = ["--task", "cqa", "--n-texts", "2", "--epsilons", "1,10", "--mechanisms", "full,custext,rantext"]
+    args += ["--rationales", "--rationale-epsilons", "10", "--max-new-tokens", "3", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "paper TR rat." in result.output and "0.48 (0.48-0.85)" in result.output  # Table 6 at ε = 10
+    points = json.loads((out / "privacy_curve.json").read_text())["points"]
+    assert [(p["rule"], p["epsilon"]) for p in points] == [
+        (r, e) for r in ("full", "custext", "rantext") for e in (1.0, 10.0)
+    ]
+    assert [p["mechanism"] for p in points] == [
+        "full", "full", "custext-top20", "custext-top20", "rantext=full", "rantext-cos≥0.60"
+    ]  # fmt: skip
+    assert all((p["token_ratio_rationale"] is None) == (p["epsilon"] == 1.0) for p in points)
+    assert "any two tokens" in points[4]["guarantee"] and "same candidate set" in points[5]["guarantee"]
+    # At ε = 10 the rantext bound keeps far more of the prompt than the full vocabulary does.
+    assert points[5]["unchanged_fraction"] > points[1]["unchanged_fraction"] + 0.2
+    with pytest.raises(ConfigError, match="texts"):
+        privacy_curve_command(texts=tmp_path / "x.txt", task="cqa", out=tmp_path)

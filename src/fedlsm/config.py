@@ -132,7 +132,15 @@ def check_run_name(name: str) -> str:
 
 class PrivacyConfig(_Strict):
     epsilon: float = Field(3.0, description="per-token privacy budget of the exponential mechanism")
-    top_k: int | None = Field(None, gt=1, description="candidate set size (None = whole vocabulary)")
+    mechanism: Literal["full", "custext", "rantext"] | None = Field(
+        None,
+        description="candidate set of each token (docs/privacy.md): full vocabulary, custext (its top_k "
+        "nearest) or rantext (tokens with cosine ≥ 1 - 4·rantext_gap/ε); default: custext if top_k is set, else full",
+    )
+    top_k: int | None = Field(None, gt=1, description="custext candidate set size")
+    rantext_gap: float = Field(
+        1.0, gt=0, allow_inf_nan=False, description="rantext: nats below the input's own weight a candidate may lie"
+    )
     public_tokens: list[str] = Field(default_factory=list, description="tokens allowed to pass unchanged")
     seeded: bool = Field(
         False,
@@ -152,6 +160,24 @@ class PrivacyConfig(_Strict):
         if math.isnan(v) or v <= 0:
             raise ValueError("must be > 0 (use inf for no perturbation)")
         return v
+
+    def sanitizer_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``TextSanitizer.from_model`` for this config (the seed is passed per call)."""
+        return {
+            "epsilon": self.epsilon,
+            "candidates": self.mechanism,
+            "top_k": self.top_k,
+            "rantext_gap": self.rantext_gap,
+            "public_tokens": self.public_tokens or None,
+        }
+
+    @model_validator(mode="after")
+    def _top_k_goes_with_custext(self) -> PrivacyConfig:
+        if self.mechanism == "custext" and self.top_k is None:
+            raise ValueError("privacy.mechanism=custext needs privacy.top_k (e.g. 20)")
+        if self.mechanism in ("full", "rantext") and self.top_k is not None:
+            raise ValueError(f"privacy.top_k applies to mechanism=custext only; drop it for {self.mechanism}")
+        return self
 
 
 class FederationConfig(_Strict):

@@ -189,6 +189,7 @@ def privacy_declaration(cfg, variant: str) -> dict[str, Any]:
     return {
         "variant": f"fedcot-{variant}",
         "epsilon_per_token": p.epsilon,
+        "mechanism": p.mechanism or ("custext" if p.top_k else "full"),
         "candidate_k": p.top_k,
         "randomness": "seeded (simulation only)" if p.seeded else "os-entropy",
         "released": RELEASED,
@@ -217,10 +218,7 @@ class FedCoTSite:
     def _sanitizer(self):
         from fedlsm.privacy import TextSanitizer
 
-        p = self.ctx.cfg.privacy
-        return TextSanitizer.from_model(
-            self.ctx.cfg.slm, epsilon=p.epsilon, top_k=p.top_k, public_tokens=p.public_tokens or None
-        )
+        return TextSanitizer.from_model(self.ctx.cfg.slm, **self.ctx.cfg.privacy.sanitizer_kwargs())
 
     def _train_and_eval(self, rationales: Sequence[str], keep: Sequence[bool], what: str, stage: int) -> float:
         self._seed(stage)

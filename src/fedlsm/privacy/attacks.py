@@ -11,8 +11,8 @@ rate is an upper estimate.
   as they were; with a prior whose support excludes ``y`` it maps ``y`` to the nearest plausible
   token.
 * :func:`bayesian_attack` - the maximum a posteriori guess ``argmax_x Pr[M(x) = y]·prior(x)``,
-  using the exact mechanism probabilities. This is the optimal single-token guess when the prior
-  is the true distribution of private tokens.
+  using the exact mechanism probabilities (of whichever candidate rule the mechanism uses). This
+  is the optimal single-token guess when the prior is the true distribution of private tokens.
 
 Priors are vectors over the vocabulary (``None`` = uniform); :func:`corpus_prior` estimates one
 from public text. Only tokens with positive prior are considered as guesses.
@@ -107,10 +107,18 @@ def bayesian_attack(mech: ExponentialMechanism, perturbed_ids, *, prior: torch.T
         log_z = mech.log_normalizers(support).to(mech.device)
         bias = log_prior - log_z  # the part of the log posterior that depends on x only
         unit = mech.unit_embeddings
+        tau = mech.min_similarity  # rantext: only x with cos(x, y) ≥ τ (or x = y) can output y
         for s in range(0, uniq.numel(), mech.chunk_rows):
             y = uniq[s : s + mech.chunk_rows]
-            scores = (unit[y] @ unit[support].T).clamp_(-1.0, 1.0).double() * scale + bias
-            guess_u[s : s + mech.chunk_rows] = support[scores.argmax(1)]
+            sims = (unit[y] @ unit[support].T).clamp_(-1.0, 1.0)
+            scores = sims.double() * scale + bias
+            if tau is not None:
+                scores[(sims < tau) & (y[:, None] != support[None, :])] = -math.inf
+            best = support[scores.argmax(1)]
+            impossible = torch.isinf(scores.max(1).values)  # no support token can output y: fall back to NN
+            if impossible.any():
+                best[impossible] = nearest_neighbour_attack(mech, y[impossible], prior=prior).to(mech.device)
+            guess_u[s : s + mech.chunk_rows] = best
     else:
         # Only x whose candidate set contains y can have produced y: score every (x, candidate)
         # pair once and keep, for each y, the best x (smallest id among ties).

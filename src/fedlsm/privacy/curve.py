@@ -1,13 +1,14 @@
 """The privacy-utility curve: attack success and TokenRatio as ε varies.
 
-For each ε the same prompts are sanitized with the same seed, then
+For each candidate rule (full / custext / rantext, see :mod:`fedlsm.privacy.mechanism`) and each ε
+the same prompts are sanitized with the same seed, then
 
 * leakage - success of the nearest-neighbour and Bayesian inversion attacks on the private
   tokens, next to the "prior guess" baseline (always guess the most frequent token: what an
   attacker gets without looking at the output);
 * utility - TokenRatio(perturbed prompt, original prompt), and, when a text generator is given,
   TokenRatio(rationale from the perturbed prompt, rationale from the original prompt) as in
-  FedCoT Table 6.
+  FedCoT Table 6 (:data:`PAPER_TABLE6`, printed beside the measurement).
 """
 
 from __future__ import annotations
@@ -18,13 +19,23 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from fedlsm.errors import ConfigError
 from fedlsm.privacy.attacks import bayesian_attack, nearest_neighbour_attack, success_rate
 from fedlsm.privacy.metrics import mean_token_ratio
 from fedlsm.privacy.sanitizer import TextSanitizer, check_texts
 
+# FedCoT Table 6, FedCoT-E: TokenRatio(r^p, r) in % per ε, for CQA, OBQA, BoolQ and ARC-Easy.
+PAPER_TABLE6: dict[float, dict[str, float]] = {
+    1.0: {"CQA": 23.8, "OBQA": 33.0, "BoolQ": 34.5, "ArcE": 26.7},
+    3.0: {"CQA": 30.8, "OBQA": 45.26, "BoolQ": 48.5, "ArcE": 44.7},
+    5.0: {"CQA": 43.2, "OBQA": 66.3, "BoolQ": 72.8, "ArcE": 67.4},
+    10.0: {"CQA": 48.5, "OBQA": 75.8, "BoolQ": 85.4, "ArcE": 74.5},
+}
+
 
 @dataclass
 class CurvePoint:
+    mechanism: str  # the candidate rule in effect at this ε (e.g. "rantext-cos≥0.60")
     epsilon: float
     private_tokens: int
     unchanged_fraction: float  # of private tokens, came out as themselves
@@ -36,6 +47,8 @@ class CurvePoint:
     epsilon_prompt_mean: float | None
     epsilon_prompt_max: float | None
     example: str  # the first perturbed prompt, for eyeballing
+    guarantee: str = ""
+    rule: str = ""  # full | custext | rantext, as configured
 
 
 @dataclass
@@ -52,7 +65,7 @@ class PrivacyCurve:
 
 
 def privacy_curve(
-    sanitizer: TextSanitizer,
+    sanitizer: TextSanitizer | Sequence[TextSanitizer],
     texts: Sequence[str],
     epsilons: Sequence[float],
     *,
@@ -63,14 +76,15 @@ def privacy_curve(
     generator=None,
     generation_config=None,
     rationale_prompt: str = "{text}\nLet's think step by step.",
+    rationale_epsilons: Sequence[float] | None = None,
     show_progress: bool = True,
 ) -> PrivacyCurve:
-    """Measure leakage and utility of ``sanitizer`` at each ε on ``texts``.
+    """Measure leakage and utility of ``sanitizer`` (or of each of several) at each ε on ``texts``.
 
     ``prior`` is the attacker's prior over tokens (``None`` = uniform; see
     :func:`fedlsm.privacy.attacks.corpus_prior`). ``generator`` (a
     :class:`fedlsm.models.TextGenerator`, called with ``generation_config``) enables the
-    rationale TokenRatio.
+    rationale TokenRatio, at every ε or only at ``rationale_epsilons`` (generation is the slow part).
     """
     from fedlsm.privacy.accounting import check_epsilon
     from fedlsm.progress import progress_iter
@@ -78,46 +92,60 @@ def privacy_curve(
     texts = check_texts(texts)
     eps_list = [check_epsilon(e, "epsilons") for e in epsilons]
     if not eps_list:
-        from fedlsm.errors import ConfigError
-
         raise ConfigError("epsilons", "is empty", "give at least one ε, e.g. 1,3,5,10")
+    sanitizers = [sanitizer] if isinstance(sanitizer, TextSanitizer) else list(sanitizer)
+    if not sanitizers:
+        raise ConfigError("mechanisms", "is empty", "give at least one of full, custext, rantext")
     curve = PrivacyCurve(
-        model=model_name, candidate_k=sanitizer.mechanism.top_k, prior=prior_name, n_texts=len(texts), seed=seed
+        model=model_name, candidate_k=sanitizers[0].mechanism.top_k, prior=prior_name, n_texts=len(texts), seed=seed
     )
-    reference = None
+    rationales = None
     if generator is not None:
-        reference = generator.generate([rationale_prompt.format(text=t) for t in texts], generation_config)
-    for eps in progress_iter(eps_list, "privacy curve", enabled=show_progress):
-        san = sanitizer.with_epsilon(eps)
-        res = san.sanitize(texts, seed=seed)
-        assert res.token_ids is not None  # a TextSanitizer's output is always token ids of its tokenizer
-        orig = torch.tensor([t for row in res.input_ids for t in row], dtype=torch.long)
-        seen = torch.tensor([t for row in res.token_ids for t in row], dtype=torch.long)
-        private = torch.tensor([b for row in res.perturbed for b in row], dtype=torch.bool)
-        ys, xs = seen[private], orig[private]
-        mech = san.mechanism
-        mode = int(torch.as_tensor(prior).argmax()) if prior is not None else 0
-        rationale_ratio = None
-        if generator is not None:
-            perturbed_r = generator.generate([rationale_prompt.format(text=t) for t in res.texts], generation_config)
-            assert reference is not None  # generated above whenever there is a generator
-            rationale_ratio = mean_token_ratio(perturbed_r, reference)
+
+        def generate(prompts: list[str]) -> list[str]:
+            return generator.generate([rationale_prompt.format(text=t) for t in prompts], generation_config)
+
+        rationales = (generate, generate(texts))  # the reference: rationales of the raw prompts, made once
+    runs = [(s, e) for s in sanitizers for e in eps_list]
+    for base, eps in progress_iter(runs, "privacy curve", enabled=show_progress):
+        with_rationales = rationale_epsilons is None or eps in rationale_epsilons
         curve.points.append(
-            CurvePoint(
-                epsilon=eps,
-                private_tokens=int(private.sum()),
-                unchanged_fraction=res.report.perturbed_unchanged_fraction,
-                nearest_neighbour_success=success_rate(xs, nearest_neighbour_attack(mech, ys, prior=prior)),
-                bayesian_success=success_rate(xs, bayesian_attack(mech, ys, prior=prior)),
-                prior_guess_success=success_rate(xs, torch.full_like(xs, mode)),
-                token_ratio_prompt=mean_token_ratio(res.texts, texts),
-                token_ratio_rationale=rationale_ratio,
-                epsilon_prompt_mean=res.report.epsilon_prompt_mean,
-                epsilon_prompt_max=res.report.epsilon_prompt_max,
-                example=res.texts[0],
-            )
+            _measure(base.with_epsilon(eps), texts, seed, prior, rationales if with_rationales else None)
         )
     return curve
+
+
+def _measure(san: TextSanitizer, texts: list[str], seed: int, prior, rationales) -> CurvePoint:
+    """One point: sanitize ``texts`` once, attack the private tokens, compare prompts (and rationales:
+    ``(generate, reference)`` or ``None``)."""
+    res = san.sanitize(texts, seed=seed)
+    assert res.token_ids is not None  # a TextSanitizer's output is always token ids of its tokenizer
+    orig = torch.tensor([t for row in res.input_ids for t in row], dtype=torch.long)
+    seen = torch.tensor([t for row in res.token_ids for t in row], dtype=torch.long)
+    private = torch.tensor([b for row in res.perturbed for b in row], dtype=torch.bool)
+    ys, xs = seen[private], orig[private]
+    mech = san.mechanism
+    mode = int(torch.as_tensor(prior).argmax()) if prior is not None else 0
+    rationale_ratio = None
+    if rationales is not None:
+        generate, reference = rationales
+        rationale_ratio = mean_token_ratio(generate(res.texts), reference)
+    return CurvePoint(
+        mechanism=mech.name,
+        epsilon=san.epsilon,
+        private_tokens=int(private.sum()),
+        unchanged_fraction=res.report.perturbed_unchanged_fraction,
+        nearest_neighbour_success=success_rate(xs, nearest_neighbour_attack(mech, ys, prior=prior)),
+        bayesian_success=success_rate(xs, bayesian_attack(mech, ys, prior=prior)),
+        prior_guess_success=success_rate(xs, torch.full_like(xs, mode)),
+        token_ratio_prompt=mean_token_ratio(res.texts, texts),
+        token_ratio_rationale=rationale_ratio,
+        epsilon_prompt_mean=res.report.epsilon_prompt_mean,
+        epsilon_prompt_max=res.report.epsilon_prompt_max,
+        example=res.texts[0],
+        guarantee=mech.guarantee,
+        rule=mech.candidates_rule,
+    )
 
 
 def json_safe(obj):

@@ -10,11 +10,21 @@ Candidate sets:
 
 * ``top_k=None`` (default, the paper's mechanism): ``C(x)`` is the whole output vocabulary, the
   same for every input, so the mechanism is ε-DP between *any* two tokens.
-* ``top_k=k`` (CusText-style): ``C(x)`` is the ``k`` tokens most similar to ``x`` (``x`` itself
-  always included). This keeps the output close to the input at a given ε, but the supports of
-  neighbouring inputs differ: if ``y ∈ C(x)`` and ``y ∉ C(x')`` then ``Pr[M(x') = y] = 0`` and the
-  ratio is unbounded. The ε-DP guarantee therefore holds **only among inputs that share the same
-  candidate set**; between other inputs the output can rule some of them out completely.
+* ``candidates="custext"``, ``top_k=k`` (CusText-style): ``C(x)`` is the ``k`` tokens most similar
+  to ``x`` (``x`` itself always included). This keeps the output close to the input at a given ε,
+  but the supports of neighbouring inputs differ: if ``y ∈ C(x)`` and ``y ∉ C(x')`` then
+  ``Pr[M(x') = y] = 0`` and the ratio is unbounded. The ε-DP guarantee therefore holds **only among
+  inputs that share the same candidate set**; between other inputs the output can rule some of
+  them out completely.
+* ``candidates="rantext"`` (after InferDPT's RANTEXT adjacency lists): ``C(x)`` is ``x`` and every
+  token whose cosine similarity to ``x`` is at least ``τ(ε) = 1 - 2Δu·gap/ε``, i.e. every output
+  whose weight is within ``gap`` nats of the input's own weight under the full mechanism. The
+  bound tightens as ε grows; once ``τ ≤ -1`` (ε ≤ gap·Δu) the set is the whole vocabulary and the
+  mechanism *is* the full one, with its guarantee. Otherwise the set depends on ``x`` and the
+  guarantee is CusText's: ε-DP only among inputs sharing a candidate set. InferDPT itself redraws
+  the radius for every token (the norm of Laplace noise on the embedding); a random radius does not
+  give an ε bound between inputs with different neighbourhoods either, so we keep it fixed and
+  auditable.
 
 Outputs can be restricted once for all inputs (``exclude_outputs``, e.g. the tokenizer's special
 tokens). A restriction that does not depend on the input leaves the guarantee unchanged.
@@ -59,6 +69,9 @@ _MAX_ROUNDS = 100  # then the exact rows take over (rarely reached: each round k
 # value is the same ratio, not yet measured on one (only speed depends on it, never correctness).
 _PROPOSAL_COST = {"cpu": 24.0, "other": 24.0}
 
+# The candidate-set rules (privacy.mechanism); see the module docstring for each one's guarantee.
+MECHANISMS = ("full", "custext", "rantext")
+
 
 def _per_device(table: dict, device: torch.device):
     return table["cpu"] if device.type == "cpu" else table["other"]
@@ -83,8 +96,12 @@ class ExponentialMechanism:
         embeddings: ``V × d`` matrix (torch tensor or numpy array), one row per token.
         vocab: the ``V`` token strings, in row order (used for validation and display).
         epsilon: per-token privacy budget ε in (0, ∞]; ``math.inf`` returns inputs unchanged.
-        top_k: candidate-set size (``None`` = full vocabulary). See the module docstring for what
+        top_k: candidate-set size of the ``custext`` rule. See the module docstring for what
             it does to the guarantee.
+        candidates: ``"full"``, ``"custext"`` or ``"rantext"`` (default: ``"custext"`` when
+            ``top_k`` is given, else ``"full"``).
+        rantext_gap: for ``"rantext"``, how many nats below the input's own weight a candidate may
+            lie (``C(x) = {y : cos(x, y) ≥ 1 - 2Δu·gap/ε} ∪ {x}``).
         exclude_outputs: token ids the mechanism never outputs (input-independent).
         center: subtract the mean embedding before normalising. LM input embeddings are very
             anisotropic (SmolLM2: median cosine 0.57), which squeezes all utilities into a narrow
@@ -104,6 +121,8 @@ class ExponentialMechanism:
         *,
         epsilon: float,
         top_k: int | None = None,
+        candidates: str | None = None,
+        rantext_gap: float = 1.0,
         exclude_outputs: Iterable[int] = (),
         center: bool = False,
         device: str | torch.device | None = None,
@@ -163,6 +182,9 @@ class ExponentialMechanism:
                 )
             if top_k == n_allowed:
                 top_k = None  # every token's candidate set is the whole output set: the full mechanism
+                candidates = "full"
+        self.candidates_rule = _check_rule(candidates, top_k, rantext_gap)
+        self.rantext_gap = float(rantext_gap)
         self.top_k = top_k
         self._table = _CandidateTable(self) if top_k is not None else None
         if precompute and self._table is not None:
@@ -210,18 +232,45 @@ class ExponentialMechanism:
         return self._allowed
 
     @property
+    def min_similarity(self) -> float | None:
+        """The rantext bound τ(ε) on cos(x, y); ``None`` when no similarity bound applies."""
+        if self.candidates_rule != "rantext" or math.isinf(self.epsilon):
+            return None
+        tau = 1.0 - 2 * self.sensitivity * self.rantext_gap / self.epsilon
+        return tau if tau > -1.0 else None  # every cosine is ≥ -1: the whole vocabulary
+
+    @property
+    def name(self) -> str:
+        """The candidate rule in effect: ``full``, ``custext-top{k}``, ``rantext-cos≥τ`` (or ``rantext=full``)."""
+        if self.top_k is not None:
+            return f"custext-top{self.top_k}"
+        tau = self.min_similarity
+        if tau is None:
+            return "rantext=full" if self.candidates_rule == "rantext" else "full"
+        return f"rantext-cos≥{tau:.2f}"
+
+    @property
     def guarantee(self) -> str:
         if math.isinf(self.epsilon):
             return "none: ε = ∞ releases every private token unchanged"
-        if self.top_k is None:
-            return f"{self.epsilon:g}-DP per token between any two tokens (full-vocabulary candidate set)"
+        if self.top_k is not None:
+            return (
+                f"{self.epsilon:g}-DP per token only between tokens with the same top-{self.top_k} candidate set; "
+                "tokens with different candidate sets can be told apart"
+            )
+        tau = self.min_similarity
+        if tau is None:
+            whole = " (rantext's bound admits every token at this ε)" if self.candidates_rule == "rantext" else ""
+            return f"{self.epsilon:g}-DP per token between any two tokens (full-vocabulary candidate set){whole}"
         return (
-            f"{self.epsilon:g}-DP per token only between tokens with the same top-{self.top_k} candidate set; "
-            "tokens with different candidate sets can be told apart"
+            f"{self.epsilon:g}-DP per token only between tokens with the same candidate set "
+            f"(rantext: cosine ≥ {tau:.2f} to the input); tokens with different candidate sets can be told apart"
         )
 
     def __repr__(self) -> str:
         k = "full" if self.top_k is None else self.top_k
+        if self.min_similarity is not None:
+            k = f"cos≥{self.min_similarity:.2f}"
         return (
             f"ExponentialMechanism(V={self.vocab_size}, d={self._unit.shape[1]}, ε={self.epsilon:g}, "
             f"candidates={k}, device={self.device})"
@@ -246,6 +295,25 @@ class ExponentialMechanism:
         ids = token_ids.to(self.device)
         return (self._unit[ids] @ self._unit.T).clamp_(-1.0, 1.0)
 
+    def row_logits(self, token_ids: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """``ε·u(x, ·)/(2Δu)`` for the given tokens over the whole vocabulary, ``-inf`` outside ``C(x)``
+        (full and rantext rules)."""
+        ids = token_ids.to(self.device)
+        sims = self.similarity_rows(ids)
+        logits = sims.to(dtype) * self.scale
+        logits[:, ~self._allowed] = -math.inf
+        tau = self.min_similarity
+        if tau is not None:
+            outside = sims < tau
+            outside[torch.arange(ids.numel(), device=self.device), ids] = False  # x ∈ C(x) always
+            logits[outside & self._allowed] = -math.inf
+            if bool(torch.isinf(logits).all(1).any()):
+                raise FedLSMError(
+                    "a token has no output candidate within the rantext bound (it is itself an excluded output) "
+                    "(fix: raise privacy.rantext_gap or use privacy.mechanism=full)"
+                )
+        return logits
+
     def candidates(self, token_ids) -> tuple[torch.Tensor, torch.Tensor]:
         """``(ids, similarities)``, each ``n × k``, of the top-k candidate sets of the given tokens."""
         if self._table is None:
@@ -266,9 +334,7 @@ class ExponentialMechanism:
             out[torch.arange(n, device=self.device), ids] = 0.0
             return out.cpu()
         if self._table is None:
-            logits = self.similarity_rows(ids).double() * self.scale
-            logits[:, ~self._allowed] = -math.inf
-            out = torch.log_softmax(logits, dim=1)
+            out = torch.log_softmax(self.row_logits(ids), dim=1)
         else:
             cand, sims = self._table.lookup(ids)
             out.scatter_(1, cand, torch.log_softmax(sims.double() * self.scale, dim=1))
@@ -294,9 +360,7 @@ class ExponentialMechanism:
         from fedlsm.progress import progress_iter
 
         for s in progress_iter(chunks, "normalizers", enabled=self.show_progress and len(chunks) > 8):
-            logits = self.similarity_rows(ids[s : s + self.chunk_rows]).double() * self.scale
-            logits[:, ~self._allowed] = -math.inf
-            out[s : s + self.chunk_rows] = torch.logsumexp(logits, dim=1).cpu()
+            out[s : s + self.chunk_rows] = torch.logsumexp(self.row_logits(ids[s : s + self.chunk_rows]), 1).cpu()
         return out
 
     # ------------------------------------------------------------------ sampling
@@ -317,6 +381,8 @@ class ExponentialMechanism:
             generator.manual_seed(os_entropy_seed() if seed is None else int(seed))
         if self._table is not None:
             out = self._sample_topk(flat, generator)
+        elif self.min_similarity is not None:
+            out = self._sample_exact_rows(flat, generator)  # rejection from the whole vocabulary would waste most draws
         else:
             out = self._sample_full(flat, generator)
         return out.reshape(shape).to(home)
@@ -422,16 +488,31 @@ class ExponentialMechanism:
             # The first group of a chunk is its largest: bound rows × draws per row.
             rows = max(1, min(row_cap, _CHUNK_ELEMENTS // int(counts_sorted[s])))
             e = min(u, s + rows)
-            logits = self.similarity_rows(uniq[order[s:e]]) * self.scale
-            logits[:, ~self._allowed] = -math.inf
             draws = torch.multinomial(
-                torch.softmax(logits, dim=1), int(counts_sorted[s]), replacement=True, generator=gen
+                torch.softmax(self.row_logits(uniq[order[s:e]], torch.float32), dim=1),
+                int(counts_sorted[s]),
+                replacement=True,
+                generator=gen,
             )
             a, b = int(starts[s]), int(starts[e - 1] + counts_sorted[e - 1])
             sel = occ[a:b]
             out[sel] = draws[key[sel] - s, rank[a:b]]
             s = e
         return out
+
+
+def _check_rule(candidates: str | None, top_k: int | None, gap: float) -> str:
+    """The candidate rule, checked against the parameters that go with it."""
+    rule = candidates if candidates is not None else ("custext" if top_k is not None else "full")
+    if rule not in MECHANISMS:
+        raise ConfigError("privacy.mechanism", f"must be one of {', '.join(MECHANISMS)}, got {rule!r}")
+    if rule == "custext" and top_k is None:
+        raise ConfigError("privacy.top_k", "is needed by the custext mechanism", "set privacy.top_k, e.g. 20")
+    if rule != "custext" and top_k is not None:
+        raise ConfigError("privacy.top_k", f"applies to the custext mechanism only, not {rule}", "drop top_k")
+    if isinstance(gap, bool) or not isinstance(gap, (int, float)) or not math.isfinite(gap) or gap <= 0:
+        raise ConfigError("privacy.rantext_gap", f"must be a finite number > 0, got {gap!r}", "use e.g. 1.0")
+    return rule
 
 
 class _CandidateTable:

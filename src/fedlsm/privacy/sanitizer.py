@@ -226,7 +226,7 @@ class TextSanitizer:
         decoded = self.tokenizer.batch_decode(out_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
         private_per_prompt = [int(c.sum()) for c in private.split(lengths)]
         report = PrivacyReport(
-            mechanism="exponential" if mech.top_k is None else f"exponential-top{mech.top_k}",
+            mechanism="exponential" if mech.name == "full" else f"exponential-{mech.name}",
             epsilon_per_token=mech.epsilon,
             candidate_k=mech.top_k,
             n_prompts=len(texts),
