@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -142,6 +143,7 @@ def test_encoder_classifier_learns_and_travels_as_arrays():
     clf = build_classifier(spec, seed=0)
     fit = clf.fit(texts, ys, TrainSettings(epochs=15, lr=2e-3, batch_size=4))
     assert fit.last_loss < fit.first_loss and clf.accuracy(texts, ys) == 1.0
+    assert clf.correct(texts, ys) == [1.0] * len(texts)  # per text: the scores behind the accuracy
     arrays = clf.trainable_arrays()
     assert any("lora" in k for k in arrays) and any("classifier" in k for k in arrays)
     assert sum(a.size for a in arrays.values()) < 0.05 * sum(p.numel() for p in clf.model.parameters())
@@ -278,6 +280,11 @@ def test_crosslm_run_has_baselines_llm_metrics_and_async_order(tiny_crosslm_run)
     for key in ("llm_before", "llm_after"):
         assert m[key]["perplexity"] > 1 and 0 <= m[key]["task_accuracy"] <= 1
     assert m["llm_after"] != m["llm_before"]  # the LLM was trained
+    # every labelled row keeps each test question's score: the majority class and intervals follow
+    assert set(result.per_example) == set(result.labelled) and "Majority class" in result.labelled
+    assert all(len(s) == 8 for s in result.per_example.values())
+    assert sum(result.per_example["CrossLM (LLM)"]) / 8 == pytest.approx(m["llm_after"]["task_accuracy"])
+    assert result.reference == "Standalone (SLM mean)" and len(result.intervals) == len(result.labelled) - 1
     assert len(m["nlg_judged_by_slms"]["per_slm"]["enhanced"]) == 2
     synth = [json.loads(x) for x in (ctx.run_dir / "synthetic.jsonl").read_text().splitlines()]
     assert len(synth) == 8 * 3 and all(s["label"] in ("negative", "positive") for s in synth)
@@ -311,6 +318,19 @@ def test_crosslm_options_from_the_command_line_get_their_declared_types():
 
 # ------------------------------------------------------------------------------------ hostile clients
 
+BAD_SCORES = [
+    ([1.0, float("nan"), 0.0], r"\[1\] is not a score in \[0, 1\] \(nan\)"),
+    ([1.0, 1.5, 0.0], r"\[1\] is not a score in \[0, 1\] \(1\.5\)"),
+    ([1.0, 0.0], "2 scores for 3 test questions"),
+]
+
+
+def _upload(spec: dict, arrays: dict, *, accuracy: float = 0.5, scores: list[float] | None = None):
+    """An ``slm_upload`` on 3 test questions (losses 1.0 -> 0.5)."""
+    from fedlsm.methods.crosslm import SLMUpload
+
+    return SLMUpload(spec, arrays, accuracy, 1.0, 0.5, [1.0, 0.0, 0.5] if scores is None else scores)
+
 
 def test_an_upload_that_does_not_fit_the_run_is_malformed_and_nothing_is_copied():
     from fedlsm.config import build_config
@@ -327,8 +347,8 @@ def test_an_upload_that_does_not_fit_the_run_is_malformed_and_nothing_is_copied(
     spec = slm_spec_for(cfg, args, 0, labels)
     clf = build_classifier(spec, seed=0)
     arrays = clf.trainable_arrays()
-    ok = SLMUpload(spec.to_dict(), arrays, 0.5, 1.0, 0.5)
-    check = UploadCheck(cfg, args, labels)
+    ok = _upload(spec.to_dict(), arrays)
+    check = UploadCheck(cfg, args, labels, 3)
     check("client-0", decode(Message("client-0", "server", "slm_upload", encode(ok)), SLMUpload))
     assert np.allclose(check.judges["client-0"].probabilities(["fine"]), clf.probabilities(["fine"]))
 
@@ -338,14 +358,18 @@ def test_an_upload_that_does_not_fit_the_run_is_malformed_and_nothing_is_copied(
         return str(e.value)
 
     k = sorted(arrays)[0]
-    assert "NaN or infinite" in rejected(SLMUpload(spec.to_dict(), {**arrays, k: arrays[k] * np.nan}, 0.5, 1.0, 0.5))
-    assert "shape" in rejected(SLMUpload(spec.to_dict(), {**arrays, k: np.zeros((3, 3), np.float32)}, 0.5, 1.0, 0.5))
-    assert "missing" in rejected(SLMUpload(spec.to_dict(), {}, 0.5, 1.0, 0.5))
+    assert "NaN or infinite" in rejected(_upload(spec.to_dict(), {**arrays, k: arrays[k] * np.nan}))
+    assert "shape" in rejected(_upload(spec.to_dict(), {**arrays, k: np.zeros((3, 3), np.float32)}))
+    assert "missing" in rejected(_upload(spec.to_dict(), {}))
     foreign = {**spec.to_dict(), "model": "gpt2"}
-    assert "not one of the run's SLMs" in rejected(SLMUpload(foreign, arrays, 0.5, 1.0, 0.5))
-    assert "not the run's" in rejected(SLMUpload({**spec.to_dict(), "lora_r": 512}, arrays, 0.5, 1.0, 0.5))
-    assert "fields" in rejected(SLMUpload({**spec.to_dict(), "note": "x"}, arrays, 0.5, 1.0, 0.5))
-    assert "accuracy" in rejected(SLMUpload(spec.to_dict(), arrays, 7.0, 1.0, 0.5))
+    assert "not one of the run's SLMs" in rejected(_upload(foreign, arrays))
+    assert "not the run's" in rejected(_upload({**spec.to_dict(), "lora_r": 512}, arrays))
+    assert "fields" in rejected(_upload({**spec.to_dict(), "note": "x"}, arrays))
+    assert "accuracy" in rejected(_upload(spec.to_dict(), arrays, accuracy=7.0))
+    # each test question's score: finite, in [0, 1], one per question
+    for scores, reason in BAD_SCORES:
+        assert re.search(reason, rejected(_upload(spec.to_dict(), arrays, scores=scores)))
+        assert "standalone_per_example" in rejected(_upload(spec.to_dict(), arrays, scores=scores))
     assert "client-1" not in check.judges
     # all or nothing: one wrong array and no weight of the model changes
     before = {n: a.copy() for n, a in clf.trainable_arrays().items()}
@@ -422,3 +446,59 @@ def test_hostile_clients_are_dropped_with_a_reason_and_the_run_completes(tmp_pat
     assert np.isfinite(m["rounds"][-1]["llm_losses"]["L_last"])
     assert [r["method"] for r in result.rows] == ["Standalone", "Data-free KD (original LLM)", "CrossLM"]
     assert result.summary["dropped"] == m["dropped"]
+
+
+@pytest.mark.parametrize(("scores", "reason"), BAD_SCORES)
+def test_an_accuracy_reply_with_bad_per_question_scores_is_malformed(scores, reason):
+    from fedlsm.federation.messages import Message
+    from fedlsm.federation.protocol import MalformedMessage, decode, encode
+    from fedlsm.methods.crosslm import VARIANTS, SLMAccuracy, _same_variants
+
+    sent = {v: {} for v in VARIANTS}  # the server's check looks at which variants it sent
+    good = SLMAccuracy({v: 0.5 for v in VARIANTS}, {v: [1.0, 0.0, 0.5] for v in VARIANTS})
+    check = _same_variants(sent, 3)
+    check("client-0", decode(Message("client-0", "server", "slm_accuracy", encode(good)), SLMAccuracy))
+    bad = {**encode(good), "per_example": {"datafree_kd": [1.0, 0.0, 0.5], "crosslm": scores}}
+    with pytest.raises(MalformedMessage, match=r"per_example\['crosslm'\]") as e:
+        check("client-0", decode(Message("client-0", "server", "slm_accuracy", bad), SLMAccuracy))
+    assert re.search(reason, str(e.value))
+    missing = {**encode(good), "per_example": {"datafree_kd": [1.0, 0.0, 0.5]}}
+    with pytest.raises(MalformedMessage, match="per_example of \\['datafree_kd'\\], accuracy of"):
+        decode(Message("client-0", "server", "slm_accuracy", missing), SLMAccuracy)
+
+
+def test_each_crosslm_row_keeps_the_clients_mean_score_of_every_question(tmp_path):
+    """Standalone over every client that uploaded, the enhanced SLMs over those that answered, the LLM
+    before and after: every labelled row's per-question scores, and an interval against Standalone."""
+    from rich.console import Console
+
+    from fedlsm.core import MAJORITY, MethodResult, RunContext, finish_result
+    from fedlsm.data.task import Example, Task
+    from fedlsm.methods.crosslm import SLMAccuracy, _per_example, _record_client, _Run
+    from fedlsm.models.classifier import SLMSpec
+
+    cfg = build_config({"method": "crosslm"}, {}, defaults=METHOD_DEFAULTS["crosslm"])
+    test = [
+        Example(str(i), f"q{i}", lab, ["negative", "positive"], i) for i, lab in enumerate(["negative", "positive"])
+    ]
+    test.append(Example("2", "q2", "positive", ["negative", "positive"], 1))
+    task = Task("sst2", "classification", [], test)
+    ctx = RunContext(cfg, task, [], [], tmp_path, Console(quiet=True))
+    run = _Run(ctx, None, None, None, None, None, {}, None, [], None)
+    spec = SLMSpec("encoder", "minilm-l6", ["negative", "positive"])
+    answered = SLMAccuracy({"datafree_kd": 1 / 3, "crosslm": 2 / 3}, {"datafree_kd": [0, 0, 1], "crosslm": [1, 0, 1]})
+    _record_client(run, "client-1", spec, _upload({}, {}, scores=[1.0, 1.0, 0.0]), answered)
+    _record_client(run, "client-0", spec, _upload({}, {}, scores=[0.0, 1.0, 0.0]), None)  # dropped at accuracy
+    run.llm_scores = {"before": [0.0, 1.0, 1.0], "after": [1.0, 1.0, 1.0]}
+    per = _per_example(run)
+    assert per == {
+        "Standalone (SLM mean)": [0.5, 1.0, 0.0],
+        "Data-free KD (original LLM) (SLM mean)": [0, 0, 1],
+        "CrossLM (SLM mean)": [1, 0, 1],
+        "Data-free KD (original LLM) (LLM)": [0.0, 1.0, 1.0],
+        "CrossLM (LLM)": [1.0, 1.0, 1.0],
+    }
+    labelled = {k: sum(v) / 3 for k, v in per.items()}
+    result = finish_result(MethodResult([], "t", {}, labelled=labelled, per_example=per), task)
+    assert result.reference == "Standalone (SLM mean)" and MAJORITY in result.labelled
+    assert set(result.intervals) == set(result.labelled) - {"Standalone (SLM mean)"}

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 
 import pytest
 
@@ -122,6 +123,10 @@ def test_server_never_receives_private_prompts_and_audit_can_fail(tiny_fedcot_ru
         "standalone",
         "n_examples",
         "value",
+        "zero_shot_per_example",
+        "few_shot_per_example",
+        "standalone_per_example",
+        "per_example",
     }
 
     # fraction of private tokens that reached the server unchanged, measured independently on what the
@@ -153,6 +158,11 @@ def test_fedcot_run_saves_rationales_and_the_full_table(tiny_fedcot_run):
         "Non-Private",
         "FedCoT-E",
     ]
+    # every row scored on the test set keeps each question's score; the majority class and intervals follow
+    assert set(result.per_example) == set(result.labelled) and "Majority class" in result.labelled
+    assert all(len(s) == len(ctx.task.test) for s in result.per_example.values())
+    assert result.reference == "Standalone" and set(result.intervals) == set(result.labelled) - {"Standalone"}
+    assert result.untrained["Non-Private"] == "Zero-shot SLM"
     rows = [json.loads(x) for x in (ctx.run_dir / "client-0" / "rationales.jsonl").read_text().splitlines()]
     assert len(rows) == len(ctx.clients[0])
     assert all(r["rationale_perturbed"] is not None and r["perturbed_prompt"] != r["prompt"] for r in rows)
@@ -293,4 +303,131 @@ def test_a_fedcot_client_checks_what_it_is_sent(tmp_path):
     with pytest.raises(MalformedMessage, match="1 rationales but 2 perturbed_rationales"):
         ask("fedcot_a_codec_rationales", {"rationales": ["r"], "perturbed_rationales": ["a", "b"]})
     with pytest.raises(MalformedMessage, match="llm_scores"):
-        ask("fedcot_local_baselines", {"few_shot": "", "llm_scores": {"zero_shot": 0.5}})
+        ask("fedcot_local_baselines", {"few_shot": "", "llm_scores": {"zero_shot": [0.5]}})
+    with pytest.raises(MalformedMessage, match=r"llm_scores\['few_shot'\]\[0\] is not a score in \[0, 1\]"):
+        ask("fedcot_local_baselines", {"few_shot": "", "llm_scores": {"zero_shot": [0.5], "few_shot": [2.0]}})
+
+
+# ------------------------------------------------------------------- per-question scores in replies
+
+
+class _Replies:
+    """A client that answers each request kind with one fixed reply (kind, payload): the server's
+    checks of what comes back are under test."""
+
+    def __init__(self, replies: dict[str, tuple[str, dict]]):
+        self.replies = replies
+
+    def handle(self, msg):
+        from fedlsm.federation.messages import Message
+
+        kind, payload = self.replies[msg.kind]
+        return Message(msg.receiver, "server", kind, payload, msg.round)
+
+    def state(self) -> dict:
+        return {}
+
+    def load_state(self, state: dict) -> None:
+        pass
+
+
+def _exchange(tmp_path, good: dict[str, tuple[str, dict]], bad: dict[str, tuple[str, dict]]):
+    """The FedCoT server's Exchange over two clients on 3 test questions: client-0 replies ``good``,
+    client-1 ``bad``."""
+    from rich.console import Console
+
+    from fedlsm.federation.grid import InProcessGrid, server_view
+    from fedlsm.methods.fedcot import Exchange
+    from fedlsm.runner import prepare
+
+    cfg = build_config(
+        {"method": "fedcot", "output_dir": str(tmp_path), "name": "scores"},
+        {"data.n_train": 8, "data.n_test": 3, "clients": 2, "privacy.epsilon": 2.0},
+        defaults=METHOD_DEFAULTS["fedcot"],
+    )
+    ctx = server_view(prepare(cfg, Console(quiet=True)))
+    assert len(ctx.task.test) == 3
+    return Exchange(ctx, InProcessGrid({"client-0": _Replies(good), "client-1": _Replies(bad)}))
+
+
+LOCAL = {
+    "metric": "accuracy",
+    "zero_shot": 1 / 3,
+    "few_shot": 2 / 3,
+    "standalone": 1.0,
+    "n_examples": 4,
+    "zero_shot_per_example": [0.0, 0.0, 1.0],
+    "few_shot_per_example": [0.0, 1.0, 1.0],
+    "standalone_per_example": [1.0, 1.0, 1.0],
+}
+BAD_SCORES = [
+    ([1.0, float("nan"), 0.0], r"\[1\] is not a score in \[0, 1\] \(nan\)"),
+    ([1.0, 1.5, 0.0], r"\[1\] is not a score in \[0, 1\]"),
+    ([1.0, 0.0], "2 scores for 3 test questions"),
+]
+
+
+@pytest.mark.parametrize(("scores", "reason"), BAD_SCORES)
+@pytest.mark.parametrize("field", ["zero_shot_per_example", "few_shot_per_example", "standalone_per_example"])
+def test_local_results_with_bad_per_question_scores_are_dropped(tmp_path, field, scores, reason):
+    from fedlsm.methods.fedcot import _local_round
+
+    kind = "fedcot_local_baselines"
+    ex = _exchange(
+        tmp_path, {kind: ("fedcot_local_results", LOCAL)}, {kind: ("fedcot_local_results", {**LOCAL, field: scores})}
+    )
+    _local_round(ex, None, 1)
+    assert [d["client"] for d in ex.dropped] == ["client-1"]
+    assert re.search(reason, ex.dropped[0]["reason"]) and field in ex.dropped[0]["reason"]
+    # the rows keep the honest client's per-question scores only
+    assert ex.per_example == {
+        "Zero-shot SLM": LOCAL["zero_shot_per_example"],
+        "Few-shot SLM (1-shot)": LOCAL["few_shot_per_example"],
+        "Standalone": LOCAL["standalone_per_example"],
+    }
+
+
+@pytest.mark.parametrize(("scores", "reason"), BAD_SCORES)
+@pytest.mark.parametrize("ablate", [False, True])
+def test_distilled_scores_with_bad_per_question_scores_are_dropped(tmp_path, ablate, scores, reason):
+    from fedlsm.methods.fedcot import _distilled
+    from fedlsm.methods.fedcot_messages import ERationales
+
+    if ablate:
+        kind, field = "fedcot_accuracy_ablation", "without_decoding_per_example"
+        good = {"value": 0.5, "without_decoding": 1 / 3, "per_example": [1.0, 0.0, 0.5], field: [0.0, 0.0, 1.0]}
+    else:
+        kind, field, good = "fedcot_accuracy", "per_example", {"value": 0.5, "per_example": [1.0, 0.0, 0.5]}
+    req = "fedcot_e_rationales"
+    ex = _exchange(tmp_path, {req: (kind, good)}, {req: (kind, {**good, field: scores})})
+    got = _distilled(ex, {c: ERationales(["r"]) for c in ("client-0", "client-1")}, ablate)
+    assert list(got) == ["client-0"] and got["client-0"].per_example == [1.0, 0.0, 0.5]
+    assert re.search(reason, ex.dropped[0]["reason"]) and field in ex.dropped[0]["reason"]
+
+
+def test_every_fedcot_row_keeps_its_per_question_scores_and_gets_an_interval(tmp_path):
+    """Rounds 0-2 of the server over two clients: every row's per-question scores (the clients' mean),
+    the majority-class row, each row's interval against Standalone, each trained row's untrained row."""
+    from fedlsm.core import MAJORITY, MethodResult, finish_result
+    from fedlsm.methods.fedcot import _contract, _fedcot_round, _local_round
+
+    def client(fed_scores):
+        return {
+            "fedcot_local_baselines": ("fedcot_local_results", LOCAL),
+            "fedcot_e_prompts": ("fedcot_perturbed_prompts", {"prompts": ["p"]}),
+            "fedcot_e_rationales": ("fedcot_accuracy", {"value": sum(fed_scores) / 3, "per_example": fed_scores}),
+        }
+
+    ex = _exchange(tmp_path, client([1.0, 0.0, 1.0]), client([0.0, 0.0, 1.0]))
+    _local_round(ex, None, 1)
+    _fedcot_round(ex, lambda prompts: ["r"] * len(prompts), "e", {})
+    assert ex.dropped == []
+    summary = {"metric": "accuracy", "fedcot": 0.5, "token_ratio_perturbed": None, "token_ratio_decoded": None}
+    contract = _contract(ex.ctx, ex.rows, summary, ex.per_example)
+    result = finish_result(MethodResult([], "t", summary, **contract), ex.ctx.task)
+    rows = ["Zero-shot SLM", "Few-shot SLM (1-shot)", "Standalone", "FedCoT-E (ε=2)"]
+    assert list(result.per_example) == [*rows, MAJORITY]
+    assert result.per_example["FedCoT-E (ε=2)"] == [0.5, 0.0, 1.0]  # per question, the mean over clients
+    assert result.labelled["FedCoT-E (ε=2)"] == pytest.approx(0.5)
+    assert result.reference == "Standalone" and set(result.intervals) == {*rows, MAJORITY} - {"Standalone"}
+    assert result.untrained == {"Standalone": "Zero-shot SLM", "FedCoT-E (ε=2)": "Zero-shot SLM"}

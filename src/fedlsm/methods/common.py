@@ -69,14 +69,18 @@ def check_scores(name: str, scores: Sequence[float]) -> None:
         check_fraction(f"{name}[{i}]", v)
 
 
-def scores_for(n_test: int, field: str = "per_example"):
-    """A ``Rounds.ask`` check: the reply's ``field`` holds one score per test question."""
+def scores_for(n_test: int, *fields: str):
+    """A ``Rounds.ask`` check: each of the reply's ``fields`` (default ``per_example``) holds one score
+    per test question; a field that is a mapping (scores by variant), one list per key."""
     from fedlsm.federation.protocol import MalformedMessage
 
     def check(client: str, reply) -> None:
-        got = len(getattr(reply, field))
-        if got != n_test:
-            raise MalformedMessage(f"{reply.KIND}.{field}: {got} scores for {n_test} test questions")
+        for name in fields or ("per_example",):
+            value = getattr(reply, name)
+            for key, scores in value.items() if isinstance(value, dict) else [("", value)]:
+                if len(scores) != n_test:
+                    where = f"{reply.KIND}.{name}" + (f"[{key!r}]" if key else "")
+                    raise MalformedMessage(f"{where}: {len(scores)} scores for {n_test} test questions")
 
     return check
 

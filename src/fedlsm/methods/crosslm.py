@@ -7,12 +7,13 @@ Roles and messages (typed, :mod:`fedlsm.federation.protocol`; every one logged):
 
 * server -> client ``train_slm`` (:class:`TrainSLM` {labels}): train your SLM on your private data (Step 1).
 * client -> server ``slm_upload`` (:class:`SLMUpload` {spec, arrays, standalone_accuracy, loss_first,
-  loss_last}): the trained SLM as its architecture spec plus its trainable weights (LoRA adapters +
-  classification head) as numpy arrays (Step 2). No text, no labels, no label counts.
+  loss_last, standalone_per_example}): the trained SLM as its architecture spec plus its trainable
+  weights (LoRA adapters + classification head) as numpy arrays (Step 2), and its test scores. No
+  text, no labels, no label counts.
 * server -> client ``enhanced_slms`` (:class:`EnhancedSLMs` {models: {variant: arrays}}): the SLM after
   training on filtered synthetic data (Step 5), for CrossLM and for the Data-free KD baseline.
-* client -> server ``slm_accuracy`` (:class:`SLMAccuracy` {accuracy: {variant: float}}): test accuracy
-  of each.
+* client -> server ``slm_accuracy`` (:class:`SLMAccuracy` {accuracy: {variant: float}, per_example:
+  {variant: [float]}}): test accuracy of each, and each test question's score (1 right, 0 wrong).
 
 The server asks through :class:`~fedlsm.federation.protocol.Rounds`: an upload whose spec is not one
 the run configures (a model outside ``method_args.client_slms``, other labels or LoRA settings), or whose
@@ -41,6 +42,7 @@ from fedlsm.config import typed_method_args
 from fedlsm.core import MethodResult, RunContext
 from fedlsm.data.task import Example, answer_continuation, answer_prompt
 from fedlsm.errors import ConfigError
+from fedlsm.eval.stats import mean_scores
 from fedlsm.federation.grid import ClientContext, Grid, client_name, run_in_process
 from fedlsm.federation.protocol import (
     MalformedMessage,
@@ -52,6 +54,7 @@ from fedlsm.federation.protocol import (
     handles,
     message,
 )
+from fedlsm.methods.common import check_scores, scores_for
 from fedlsm.methods.crosslm_filter import diversity, select_top
 from fedlsm.methods.crosslm_losses import (
     GAMMAS,
@@ -211,13 +214,15 @@ class TrainSLM(Payload):
 @dataclass(frozen=True)
 class SLMUpload(Payload):
     """Step 2: the trained SLM as its architecture spec (:class:`SLMSpec` as a dict) plus its trainable
-    weights (LoRA adapters + classification head), and its own test accuracy. No text, no labels."""
+    weights (LoRA adapters + classification head), and its own test accuracy with each test question's
+    score (the server checks there is one per question). No text, no labels."""
 
     spec: dict[str, Any]
     arrays: dict[str, np.ndarray]
     standalone_accuracy: float
     loss_first: float
     loss_last: float
+    standalone_per_example: list[float]
 
     def slm_spec(self) -> SLMSpec:
         names = {f.name for f in fields(SLMSpec)}
@@ -231,6 +236,7 @@ class SLMUpload(Payload):
     def check(self) -> None:
         self.slm_spec()
         check_fraction("standalone_accuracy", self.standalone_accuracy)
+        check_scores(f"{self.KIND}.standalone_per_example", self.standalone_per_example)
 
 
 @message("enhanced_slms")
@@ -245,13 +251,20 @@ class EnhancedSLMs(Payload):
 @message("slm_accuracy")
 @dataclass(frozen=True)
 class SLMAccuracy(Payload):
-    """Test accuracy of each enhanced SLM, by variant."""
+    """Test accuracy of each enhanced SLM, by variant, and each test question's score behind it."""
 
     accuracy: dict[str, float]
+    per_example: dict[str, list[float]]
 
     def check(self) -> None:
         for variant, value in self.accuracy.items():
             check_fraction(f"accuracy[{variant!r}]", value)
+        if set(self.per_example) != set(self.accuracy):
+            raise MalformedMessage(
+                f"{self.KIND}: per_example of {sorted(self.per_example)}, accuracy of {sorted(self.accuracy)}"
+            )
+        for variant, scores in self.per_example.items():
+            check_scores(f"{self.KIND}.per_example[{variant!r}]", scores)
 
 
 # --------------------------------------------------------------------------------------------- client
@@ -263,6 +276,10 @@ def _gold(examples: Sequence[Example]) -> list[int]:
         assert e.label is not None  # a classification task's examples all have one (the loaders set it)
         out.append(e.label)
     return out
+
+
+def _accuracy(correct: Sequence[float]) -> float:
+    return float(np.mean(correct)) if len(correct) else float("nan")
 
 
 class CrossLMClient(TypedRole):
@@ -288,20 +305,20 @@ class CrossLMClient(TypedRole):
             fit_settings(c.cfg, args, self.spec.kind, c.seed),
             description=f"{c.name}: training its {self.spec.kind} SLM on private data",
         )
-        self.standalone_accuracy = clf.accuracy(*self._test(), batch_size=c.cfg.eval_batch_size)
-        return SLMUpload(
-            self.spec.to_dict(), clf.trainable_arrays(), self.standalone_accuracy, fit.first_loss, fit.last_loss
-        )
+        scores = clf.correct(*self._test(), batch_size=c.cfg.eval_batch_size)
+        self.standalone_accuracy = _accuracy(scores)
+        arrays = clf.trainable_arrays()
+        return SLMUpload(self.spec.to_dict(), arrays, self.standalone_accuracy, fit.first_loss, fit.last_loss, scores)
 
     @handles(EnhancedSLMs)
     def evaluate(self, req: EnhancedSLMs, round: int) -> SLMAccuracy:
         c = self.ctx
         if self.spec is None:
             raise RuntimeError(f"{c.name}: enhanced SLMs before any train_slm request")
-        acc = {}
+        per = {}
         for variant, arrays in req.models.items():
-            acc[variant] = build_classifier(self.spec, arrays).accuracy(*self._test(), batch_size=c.cfg.eval_batch_size)
-        return SLMAccuracy(acc)
+            per[variant] = build_classifier(self.spec, arrays).correct(*self._test(), batch_size=c.cfg.eval_batch_size)
+        return SLMAccuracy({v: _accuracy(scores) for v, scores in per.items()}, per)
 
     def state(self) -> dict[str, Any]:
         return {"spec": self.spec.to_dict() if self.spec else None, "standalone_accuracy": self.standalone_accuracy}
@@ -463,17 +480,19 @@ class CrossLMServer:
         return l_g, l_t, l_r
 
     # --- LLM metrics (Tables 5, 7, 8)
-    def llm_metrics(self, general: Any) -> dict[str, float]:
+    def llm_metrics(self, general: Any) -> tuple[dict[str, float], list[float]]:
+        """The LLM's task accuracy, its accuracy on the general task and its perplexity on that task's
+        text; and its score of each question of the task's test split."""
         from fedlsm.eval.scoring import evaluate, perplexity
 
         bs = self.cfg.eval_batch_size
         nlu = evaluate(
             self.llm, self.tok, self.ctx.task, batch_size=bs, show_progress=True, prefix=self.args.instruction
-        )["value"]
+        )
         gen_instr = {**GENERIC_PROMPTS, **TASK_PROMPTS.get(general.name, {})}["instruction"]
         gen_acc = evaluate(self.llm, self.tok, general, batch_size=bs, show_progress=True, prefix=gen_instr)["value"]
         ppl = perplexity(self.llm, self.tok, [e.question for e in general.test], batch_size=bs, show_progress=True)
-        return {"task_accuracy": nlu, "general_accuracy": gen_acc, "perplexity": ppl}
+        return {"task_accuracy": nlu["value"], "general_accuracy": gen_acc, "perplexity": ppl}, nlu["per_example"]
 
 
 def judged_correct(probs: np.ndarray, labels: Sequence[int]) -> float:
@@ -551,15 +570,17 @@ def _check_run(ctx: RunContext) -> None:
 class UploadCheck:
     """``Rounds.ask`` check of an ``slm_upload``: the spec must be one the run configures (a model of
     ``method_args.client_slms``, the run's labels and LoRA settings), and the arrays must be exactly that
-    model's trainable weights, finite. The judge built on the way (nothing is copied into it before the
-    arrays passed) is kept in ``judges`` for the round."""
+    model's trainable weights, finite; there must be one score per test question. The judge built on the
+    way (nothing is copied into it before the arrays passed) is kept in ``judges`` for the round."""
 
-    def __init__(self, cfg: Any, args: CrossLMArgs, labels: list[str]):
+    def __init__(self, cfg: Any, args: CrossLMArgs, labels: list[str], n_test: int):
         specs = [slm_spec_for(cfg, args, i, labels) for i in range(len(args.client_slms))]
         self.allowed = {s.model: s for s in specs}
         self.judges: dict[str, SLMClassifier] = {}
+        self.scores = scores_for(n_test, "standalone_per_example")  # one per test question
 
     def __call__(self, client: str, up: SLMUpload) -> None:
+        self.scores(client, up)
         spec = up.slm_spec()
         expected = self.allowed.get(spec.model)
         if expected is None:
@@ -574,10 +595,14 @@ class UploadCheck:
         self.judges[client] = judge
 
 
-def _same_variants(sent: dict[str, Any]):
+def _same_variants(sent: dict[str, Any], n_test: int):
+    """An ``slm_accuracy`` reply: the variants sent, each with one score per test question."""
+    scores = scores_for(n_test)
+
     def check(client: str, reply: SLMAccuracy) -> None:
         if set(reply.accuracy) != set(sent):
             raise MalformedMessage(f"accuracy of {sorted(reply.accuracy)}, asked for {sorted(sent)}")
+        scores(client, reply)
 
     return check
 
@@ -600,6 +625,10 @@ class _Run:
     uploads: dict[str, SLMUpload] = field(default_factory=dict)
     per_client: list[dict] = field(default_factory=list)
     rounds: list[dict] = field(default_factory=list)
+    # each test question's score: the clients' SLMs by key ("standalone", VARIANTS), one list per client
+    # in per_client's order; the LLM's ("before", "after" training)
+    slm_scores: dict[str, list[list[float]]] = field(default_factory=dict)
+    llm_scores: dict[str, list[float]] = field(default_factory=dict)
 
 
 def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
@@ -622,13 +651,14 @@ def _start(ctx: RunContext, grid: Grid) -> _Run:
     assert args.general_task is not None  # from_config chooses one when none is given
     general = load_task(args.general_task, n_test=args.n_general, seed=cfg.seed, data_dir=cfg.data.root)
     server = CrossLMServer(ctx, args)
-    before = server.llm_metrics(general)
+    before, llm_before = server.llm_metrics(general)
     ctx.record("llm_before", before)
     pool0 = server.synthesize("original LLM", seed=cfg.seed * 1000)
     order = arrival_order(grid.clients(), args.arrival, cfg.seed)
     ctx.record("arrival_order", order)
     run = _Run(ctx, grid, args, server, general, Rounds(ctx, grid), before, pool0, order, pool0)
     run.pools[pool0.name] = pool0
+    run.llm_scores["before"] = llm_before
     return run
 
 
@@ -643,10 +673,10 @@ def _arrival(run: _Run, rnd: int, name: str) -> None:
     p_pool, new_pool, llm_info = _improve_llm(run, rnd, judge)
     models, filters = _enhance_slm(run, rnd, name, up, judge, p_pool, new_pool)
     del judge
-    acc = _ask_accuracy(run, rnd, name, models)
+    reply = _ask_accuracy(run, rnd, name, models)
     run.rounds.append({"round": rnd, "client": name, "slm": spec.model, **llm_info, **filters})
     run.ctx.record("rounds", run.rounds)
-    _record_client(run, name, spec, up, acc)
+    _record_client(run, name, spec, up, reply)
     run.pool = new_pool
 
 
@@ -657,7 +687,7 @@ def _record_drops(run: _Run) -> None:
 def _collect_upload(run: _Run, rnd: int, name: str) -> tuple[SLMUpload, SLMClassifier] | None:
     """Ask ``name`` for its trained SLM; (upload, its judge), or None when it is dropped (recorded with
     its reason; QuorumError once fewer than ``federation.min_clients`` SLMs can still arrive)."""
-    check = UploadCheck(run.ctx.cfg, run.args, run.server.labels)
+    check = UploadCheck(run.ctx.cfg, run.args, run.server.labels, len(run.ctx.task.test))
     request = TrainSLM(run.server.labels)
     replies = run.asks.ask(request, SLMUpload, round=rnd, to=[name], min_replies=0, check=check)
     _record_drops(run)
@@ -719,16 +749,18 @@ def _enhance_slm(
     return models, {"datafree_kd_filter": kd_info, "crosslm_filter": cl_info}
 
 
-def _ask_accuracy(run: _Run, rnd: int, name: str, models: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
-    """The client's test accuracy of each enhanced SLM ({} when it is dropped, with its reason)."""
-    replies = run.asks.ask(
-        EnhancedSLMs(models), SLMAccuracy, round=rnd, to=[name], min_replies=0, check=_same_variants(models)
-    )
+def _ask_accuracy(run: _Run, rnd: int, name: str, models: dict[str, dict[str, np.ndarray]]) -> SLMAccuracy | None:
+    """The client's test accuracy of each enhanced SLM (None when it is dropped, with its reason)."""
+    check = _same_variants(models, len(run.ctx.task.test))
+    replies = run.asks.ask(EnhancedSLMs(models), SLMAccuracy, round=rnd, to=[name], min_replies=0, check=check)
     _record_drops(run)
-    return replies[name].accuracy if name in replies else {}
+    return replies.get(name)
 
 
-def _record_client(run: _Run, name: str, spec: SLMSpec, up: SLMUpload, acc: dict[str, float]) -> None:
+def _record_client(run: _Run, name: str, spec: SLMSpec, up: SLMUpload, reply: SLMAccuracy | None) -> None:
+    acc = reply.accuracy if reply else {}
+    for key, scores in {"standalone": up.standalone_per_example, **(reply.per_example if reply else {})}.items():
+        run.slm_scores.setdefault(key, []).append(scores)
     k = int(name.split("-")[-1])
     sizes = run.ctx.metrics.get("run", {}).get("client_sizes", [None] * (k + 1))
     run.per_client.append(
@@ -769,7 +801,7 @@ def _finish(run: _Run, nlg_mean: dict[str, float | None]) -> MethodResult:
             for x, y in zip(p.texts, p.labels)
         ],
     )
-    after = run.server.llm_metrics(run.general)
+    after, run.llm_scores["after"] = run.server.llm_metrics(run.general)
     ctx.record("llm_after", after)
     comm = run.grid.log.communication()
     ctx.record("communication", comm)
@@ -817,7 +849,7 @@ def _table(run: _Run, after: dict, nlg_mean: dict[str, float | None], comm: dict
         "arrival_order": run.order,
         "dropped": run.asks.dropped,
     }
-    slm = {label: summary[key] for label, key in (("Standalone", "standalone"), *_LABELS)}
+    slm = {label: summary[key] for label, key in _SLM_ROWS}
     llm = {"Data-free KD (original LLM)": before["task_accuracy"], "CrossLM": after["task_accuracy"]}
     labelled = {f"{k} (SLM mean)": v for k, v in slm.items() if v is not None}
     labelled |= {f"{k} (LLM)": v for k, v in llm.items() if v is not None}
@@ -831,11 +863,25 @@ def _table(run: _Run, after: dict, nlg_mean: dict[str, float | None], comm: dict
         labelled=labelled,
         communication=comm,
         llm_cost=run.server.gen.stats.as_dict(),
+        per_example=_per_example(run),
+        # the Data-free KD row's LLM is the original one: the untrained model of CrossLM's LLM
+        untrained={"CrossLM (LLM)": "Data-free KD (original LLM) (LLM)"},
     )
+
+
+def _per_example(run: _Run) -> dict[str, list[float]]:
+    """Each labelled row's score of every test question: the clients' SLMs' mean per question (the
+    clients the row's mean is over), the LLM's before and after training."""
+    out = {
+        f"{label} (SLM mean)": mean_scores(run.slm_scores[key]) for label, key in _SLM_ROWS if run.slm_scores.get(key)
+    }
+    llm_rows = (("Data-free KD (original LLM) (LLM)", "before"), ("CrossLM (LLM)", "after"))
+    return out | {label: run.llm_scores[key] for label, key in llm_rows if key in run.llm_scores}
 
 
 # the table's rows for the clients' enhanced SLMs, by their key in the clients' records
 _LABELS = (("Data-free KD (original LLM)", "datafree_kd"), ("CrossLM", "crosslm"))
+_SLM_ROWS = (("Standalone", "standalone"), *_LABELS)
 
 
 def run_crosslm(ctx: RunContext) -> MethodResult:

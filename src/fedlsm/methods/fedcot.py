@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -38,9 +38,10 @@ from fedlsm.core import MethodResult, RunContext
 from fedlsm.data.task import Example, answer_continuation, answer_prompt, format_question
 from fedlsm.errors import ConfigError
 from fedlsm.eval.scoring import evaluate, extract_number
+from fedlsm.eval.stats import mean_scores
 from fedlsm.federation.grid import ClientContext, Grid, run_in_process, site_measurements
 from fedlsm.federation.protocol import MalformedMessage, Payload, R, Rounds, TypedRole, handles
-from fedlsm.methods.common import eval_slm, finetune, label_pairs, load_slm
+from fedlsm.methods.common import eval_slm, finetune, label_pairs, load_slm, scores_for
 from fedlsm.methods.fedcot_messages import (
     RELEASED,
     Accuracy,
@@ -174,6 +175,11 @@ def _eval(ctx, model, tok, prefix: str = "") -> dict:
     return evaluate(model, tok, ctx.task, batch_size=ctx.cfg.eval_batch_size, show_progress=True, prefix=prefix)
 
 
+def _avg(scores: Sequence[float]) -> float:
+    """The test score from its per-question scores (as ``evaluate`` computes ``value``)."""
+    return sum(scores) / max(1, len(scores))
+
+
 # ----------------------------------------------------------------------------- what crosses the boundary
 
 KEPT_ON_SITE = (
@@ -220,12 +226,13 @@ class FedCoTSite:
 
         return TextSanitizer.from_model(self.ctx.cfg.slm, **self.ctx.cfg.privacy.sanitizer_kwargs())
 
-    def _train_and_eval(self, rationales: Sequence[str], keep: Sequence[bool], what: str, stage: int) -> float:
+    def _train_and_eval(self, rationales: Sequence[str], keep: Sequence[bool], what: str, stage: int) -> dict:
+        """Distil, then the test score: ``value`` and each question's (``per_example``)."""
         self._seed(stage)
         model, tok = load_slm(self.ctx)
         pairs = multitask_pairs(self.ctx.data, rationales, keep, self.args.rationale_weight)
         finetune(self.ctx, model, tok, pairs, f"{self.ctx.name}: {what}: training")
-        return eval_slm(self.ctx, model, tok, LABEL_PREFIX)["value"]
+        return eval_slm(self.ctx, model, tok, LABEL_PREFIX)
 
     def _check_count(self, kind: str, received: Sequence[str]) -> None:
         if len(received) != len(self.raw_prompts):
@@ -266,13 +273,14 @@ class FedCoTClient(FedCoTSite, TypedRole):
             zero, few = req.llm_scores["zero_shot"], req.llm_scores["few_shot"]
         else:
             slm0, tok = load_slm(c, trainable=False)
-            zero, few = _eval(c, slm0, tok)["value"], _eval(c, slm0, tok, req.few_shot)["value"]
+            zero, few = _eval(c, slm0, tok)["per_example"], _eval(c, slm0, tok, req.few_shot)["per_example"]
             del slm0
         self._seed(0)
         model, tok = load_slm(c)
         finetune(c, model, tok, label_pairs(c.data), f"{c.name}: Standalone: training")
         res = eval_slm(c, model, tok)
-        return LocalResults(res["metric"], zero, few, res["value"], len(c.data))
+        alone = res["per_example"]
+        return LocalResults(res["metric"], _avg(zero), _avg(few), res["value"], len(c.data), zero, few, alone)
 
     # --- round 1: prompts for the server's LLM
     @handles(EPrompts)
@@ -359,13 +367,13 @@ class FedCoTClient(FedCoTSite, TypedRole):
         fed = RationaleSet(mode, sent, received, decoded, keep)
         write_jsonl(self.ctx.work_dir / "rationales.jsonl", _rationale_rows(self, fed))
         self.ctx.record_local("rationales_kept", fed.kept_fraction)
-        value = self._train_and_eval(fed.decoded, fed.kept, mode, stage=2)
+        res = self._train_and_eval(fed.decoded, fed.kept, mode, stage=2)
         if not self.args.ablate_decoding:
-            return Accuracy(value)
+            return Accuracy(res["value"], res["per_example"])
         kept_wo = [consistent(r, e) for r, e in zip(received, self.ctx.data)]
-        without = self._train_and_eval(received, kept_wo, f"{mode} w/o decoding", stage=5)
+        wo = self._train_and_eval(received, kept_wo, f"{mode} w/o decoding", stage=5)
         self.ctx.record_local("without_decoding_kept", sum(kept_wo) / max(1, len(kept_wo)))
-        return AccuracyAblation(value, without)
+        return AccuracyAblation(res["value"], wo["value"], res["per_example"], wo["per_example"])
 
     def state(self) -> dict[str, Any]:
         return {"sent": self.sent, "codec_public": self.codec_public, "codec_adapter": self.codec_adapter}
@@ -430,6 +438,7 @@ class Exchange(Rounds):
     def __init__(self, ctx: RunContext, grid: Grid) -> None:
         super().__init__(ctx, grid)
         self.rows: list[dict] = []
+        self.per_example: dict[str, list[float]] = {}  # row -> its score of each test question
 
     def ask(self, request: Payload | Mapping[str, Payload], expect: type[R], **kw: Any) -> dict[str, R]:
         """``Rounds.ask``; the step a drop is recorded under is the request's kind unless ``step`` says."""
@@ -438,9 +447,17 @@ class Exchange(Rounds):
         self.ctx.record("dropped", self.dropped)
         return replies
 
-    def add_row(self, method: str, value: float | None, **extra) -> None:
+    def add_row(self, method: str, value: float | None, scores: list[float] | None = None, **extra) -> None:
         self.rows.append({"method": method, "value": value, **extra})
+        if scores is not None:
+            self.per_example[method] = scores
         self.ctx.record("results", self.rows)
+
+
+def per_question(lists: Iterable[list[float]]) -> list[float] | None:
+    """Question by question, the mean of the clients' scores (None without any)."""
+    got = list(lists)
+    return mean_scores(got) if got else None
 
 
 def _llm_rows(ex: Exchange, llm, n_demos: int) -> tuple[str | None, dict | None]:
@@ -452,20 +469,26 @@ def _llm_rows(ex: Exchange, llm, n_demos: int) -> tuple[str | None, dict | None]
         return None, None
     zero = _eval(ctx, llm.model, llm.tokenizer)
     few = _eval(ctx, llm.model, llm.tokenizer, answer_demonstrations(ctx.public, n_demos))
-    ex.add_row("Zero-shot LLM", zero["value"])
-    ex.add_row(f"Few-shot LLM ({n_demos}-shot)", few["value"])
+    ex.add_row("Zero-shot LLM", zero["value"], zero["per_example"])
+    ex.add_row(f"Few-shot LLM ({n_demos}-shot)", few["value"], few["per_example"])
     same = ctx.cfg.llm.model == ctx.cfg.slm  # the clients' SLM is this model: they need not score it again
-    return zero["metric"], ({"zero_shot": zero["value"], "few_shot": few["value"]} if same else None)
+    return zero["metric"], ({"zero_shot": zero["per_example"], "few_shot": few["per_example"]} if same else None)
 
 
 def _local_round(ex: Exchange, llm_scores: dict | None, n_demos: int) -> tuple[str, dict[str, dict]]:
-    """Round 0: each client's untrained SLM and Standalone (accuracies only)."""
+    """Round 0: each client's untrained SLM and Standalone (scores only)."""
     few_shot = answer_demonstrations(ex.ctx.public, n_demos)
-    local = ex.ask(LocalBaselines(few_shot, llm_scores), LocalResults, round=0)
+    lists = ("zero_shot_per_example", "few_shot_per_example", "standalone_per_example")
+    check = scores_for(len(ex.ctx.task.test), *lists)
+    local = ex.ask(LocalBaselines(few_shot, llm_scores), LocalResults, round=0, check=check)
+    rs = list(local.values())
     note = {"note": "same model as the LLM"} if llm_scores else {}
-    ex.add_row("Zero-shot SLM", _mean(r.zero_shot for r in local.values()), **note)
-    ex.add_row(f"Few-shot SLM ({n_demos}-shot)", _mean(r.few_shot for r in local.values()), **note)
-    ex.add_row("Standalone", _mean(r.standalone for r in local.values()))
+    ex.add_row(
+        "Zero-shot SLM", _mean(r.zero_shot for r in rs), per_question(r.zero_shot_per_example for r in rs), **note
+    )
+    few = per_question(r.few_shot_per_example for r in rs)
+    ex.add_row(f"Few-shot SLM ({n_demos}-shot)", _mean(r.few_shot for r in rs), few, **note)
+    ex.add_row("Standalone", _mean(r.standalone for r in rs), per_question(r.standalone_per_example for r in rs))
     per_client = {c: {"standalone": r.standalone, "n_examples": r.n_examples} for c, r in local.items()}
     return next(iter(local.values())).metric, per_client
 
@@ -480,24 +503,36 @@ def _prompts_round(ex: Exchange, write: RationaleWriter, variant: str) -> dict[s
     return ex.ask(codec, PerturbedPrompts, round=1)
 
 
-def _distilled(ex: Exchange, requests: Mapping[str, Payload], ablate: bool) -> dict[str, tuple[float, float | None]]:
-    """Round 2: each client's (accuracy, accuracy without decoding or None) after distillation."""
+def _distilled(
+    ex: Exchange, requests: Mapping[str, Payload], ablate: bool
+) -> Mapping[str, Accuracy | AccuracyAblation]:
+    """Round 2: each client's scores after distillation (with ``ablate``, AccuracyAblation replies,
+    whose fields the ablation row reads)."""
+    n = len(ex.ctx.task.test)
     if ablate:
-        return {c: (r.value, r.without_decoding) for c, r in ex.ask(requests, AccuracyAblation, round=2).items()}
-    return {c: (r.value, None) for c, r in ex.ask(requests, Accuracy, round=2).items()}
+        check = scores_for(n, "per_example", "without_decoding_per_example")
+        return ex.ask(requests, AccuracyAblation, round=2, check=check)
+    return ex.ask(requests, Accuracy, round=2, check=scores_for(n))
 
 
 def _fedcot_round(ex: Exchange, write: RationaleWriter, variant: str, per_client: dict[str, dict]) -> None:
-    """Rounds 1-2: perturbed prompts up, rationales down, accuracies back."""
+    """Rounds 1-2: perturbed prompts up, rationales down, scores back."""
     label, ablate = f"FedCoT-{variant.upper()}", FedCoTArgs.from_cfg(ex.ctx.cfg).ablate_decoding
     prompts = _prompts_round(ex, write, variant)
     request = ARationales if variant == "a" else ERationales
     fed = _distilled(ex, {c: request(write(p.prompts)) for c, p in prompts.items()}, ablate)
-    ex.add_row(f"{label} (ε={ex.ctx.cfg.privacy.epsilon:g})", _mean(v for v, _ in fed.values()))
+    rs = list(fed.values())
+    ex.add_row(
+        f"{label} (ε={ex.ctx.cfg.privacy.epsilon:g})",
+        _mean(r.value for r in rs),
+        per_question(r.per_example for r in rs),
+    )
+    wo = [r for r in rs if isinstance(r, AccuracyAblation)]
     if ablate:
-        ex.add_row(f"{label} w/o decoding", _mean(w for _, w in fed.values()))
-    for c, (v, _) in fed.items():
-        per_client.setdefault(c, {})["fedcot"] = v
+        scores = per_question(r.without_decoding_per_example for r in wo)
+        ex.add_row(f"{label} w/o decoding", _mean(r.without_decoding for r in wo), scores)
+    for c, r in fed.items():
+        per_client.setdefault(c, {})["fedcot"] = r.value
 
 
 def fedcot_table(rows: Sequence[dict], metric: str | None) -> list[dict]:
@@ -529,14 +564,20 @@ def fedcot_summary(rows: Sequence[dict], metric: str | None, variant: str, cfg) 
     }
 
 
-def _contract(ctx: RunContext, rows: Sequence[dict], summary: dict[str, Any]) -> dict[str, Any]:
-    """The results contract of a FedCoT run (fedlsm.core.MethodResult): its row, every baseline row, the
-    privacy figures that the run measured (in simulation, from the clients' folders)."""
+def _contract(
+    ctx: RunContext, rows: Sequence[dict], summary: dict[str, Any], per_example: dict[str, list[float]]
+) -> dict[str, Any]:
+    """The results contract of a FedCoT run (fedlsm.core.MethodResult): its row, every baseline row with
+    its per-question scores (each trained row's untrained one: the zero-shot SLM), the privacy figures
+    that the run measured (in simulation, from the clients' folders)."""
     privacy = ctx.metrics.get("privacy") or {}
+    labelled = {r["method"]: r["value"] for r in rows if r.get("value") is not None}
     return {
         "metric": summary["metric"],
         "utility": summary["fedcot"],
-        "labelled": {r["method"]: r["value"] for r in rows if r.get("value") is not None},
+        "labelled": labelled,
+        "per_example": {k: v for k, v in per_example.items() if k in labelled},
+        "untrained": {k: "Zero-shot SLM" for k in labelled if not k.startswith(("Zero-shot", "Few-shot"))},
         "epsilon": privacy.get("epsilon_per_token", ctx.cfg.privacy.epsilon),
         "attack_success": (privacy.get("attack") or {}).get("success_rate"),
         "token_ratio": summary["token_ratio_perturbed"],
@@ -569,7 +610,8 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
     }
     n = len(per_client)
     title = f"FedCoT-{variant.upper()} on {ctx.task.name} ({metric}, %" + (f"; mean of {n} clients)" if n > 1 else ")")
-    return MethodResult(fedcot_table(ex.rows, metric), title, summary, **_contract(ctx, ex.rows, summary))
+    contract = _contract(ctx, ex.rows, summary, ex.per_example)
+    return MethodResult(fedcot_table(ex.rows, metric), title, summary, **contract)
 
 
 def run_fedcot(ctx: RunContext) -> MethodResult:
@@ -657,9 +699,13 @@ def simulation_harness(ctx: RunContext, result: MethodResult, baselines: dict[st
             r["rationales_kept"] = _mean(m.get("rationales_kept") for m in sites.values())
         elif r["method"] == f"{label} w/o decoding":
             r["rationales_kept"] = _mean(m.get("without_decoding_kept") for m in sites.values())
+    per_example = dict(result.per_example)
     if "fedcot-nonprivate" in baselines:
-        _add_nonprivate_row(ctx, rows, label, baselines["fedcot-nonprivate"][0])
+        bctx, bresult = baselines["fedcot-nonprivate"]
+        _add_nonprivate_row(ctx, rows, label, bctx)
+        row = bctx.metrics["results"][0]["method"]
+        per_example |= {row: bresult.per_example[row]} if row in bresult.per_example else {}
     ctx.record("results", rows)
     metric = result.summary.get("metric")
     summary = {**result.summary, **fedcot_summary(rows, metric, variant, ctx.cfg), "privacy": ctx.metrics["privacy"]}
-    return MethodResult(fedcot_table(rows, metric), result.title, summary, **_contract(ctx, rows, summary))
+    return MethodResult(fedcot_table(rows, metric), result.title, summary, **_contract(ctx, rows, summary, per_example))

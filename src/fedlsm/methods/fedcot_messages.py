@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass
 
 from fedlsm.federation.protocol import MalformedMessage, Payload, message
+from fedlsm.methods.common import check_scores
 
 
 def _finite(kind: str, **values: float) -> None:
@@ -43,14 +44,19 @@ def _same_length(kind: str, a: str, xs: list[str], b: str, ys: list[str]) -> Non
 @dataclass(frozen=True)
 class LocalBaselines(Payload):
     """Evaluate the untrained SLM (zero- and few-shot) and train Standalone. ``llm_scores``: the server's
-    LLM scores (``zero_shot``, ``few_shot``) when it is the clients' SLM, so they need not score it again."""
+    LLM's score of each test question (``zero_shot``, ``few_shot``) when it is the clients' SLM, so they
+    need not score it again."""
 
     few_shot: str  # the answer-only demonstrations of public examples
-    llm_scores: dict[str, float] | None
+    llm_scores: dict[str, list[float]] | None
 
     def check(self) -> None:
-        if self.llm_scores is not None and set(self.llm_scores) != {"zero_shot", "few_shot"}:
+        if self.llm_scores is None:
+            return
+        if set(self.llm_scores) != {"zero_shot", "few_shot"}:
             raise MalformedMessage(f"{self.KIND}.llm_scores: keys {sorted(self.llm_scores)}, not few_shot, zero_shot")
+        for k, scores in self.llm_scores.items():
+            check_scores(f"{self.KIND}.llm_scores[{k!r}]", scores)
 
 
 @message("fedcot_local_results")
@@ -61,11 +67,17 @@ class LocalResults(Payload):
     few_shot: float
     standalone: float
     n_examples: int
+    # the score of each test question behind zero_shot, few_shot and standalone (the server checks the count)
+    zero_shot_per_example: list[float]
+    few_shot_per_example: list[float]
+    standalone_per_example: list[float]
 
     def check(self) -> None:
         _finite(self.KIND, zero_shot=self.zero_shot, few_shot=self.few_shot, standalone=self.standalone)
         if self.n_examples < 0:
             raise MalformedMessage(f"{self.KIND}.n_examples is negative ({self.n_examples})")
+        for name in ("zero_shot", "few_shot", "standalone"):
+            check_scores(f"{self.KIND}.{name}_per_example", getattr(self, f"{name}_per_example"))
 
 
 # ------------------------------------------------------------------------ round 1: prompts to the LLM
@@ -137,12 +149,14 @@ class ARationales(Payload):
 @message("fedcot_accuracy")
 @dataclass(frozen=True)
 class Accuracy(Payload):
-    """The test score of the SLM distilled on the rationales."""
+    """The test score of the SLM distilled on the rationales, and that of each test question."""
 
     value: float
+    per_example: list[float]
 
     def check(self) -> None:
         _finite(self.KIND, value=self.value)
+        check_scores(f"{self.KIND}.per_example", self.per_example)
 
 
 @message("fedcot_accuracy_ablation")
@@ -153,9 +167,13 @@ class AccuracyAblation(Payload):
 
     value: float
     without_decoding: float
+    per_example: list[float]
+    without_decoding_per_example: list[float]
 
     def check(self) -> None:
         _finite(self.KIND, value=self.value, without_decoding=self.without_decoding)
+        check_scores(f"{self.KIND}.per_example", self.per_example)
+        check_scores(f"{self.KIND}.without_decoding_per_example", self.without_decoding_per_example)
 
 
 # ------------------------------------------------------------ the Non-Private baseline's own run
@@ -199,6 +217,14 @@ RELEASED = {
     "fedcot_accuracy_ablation.value, without_decoding": (
         "released without noise: the distilled SLM's accuracy on the evaluation split, with and without "
         "decoding (method_args.ablate_decoding)"
+    ),
+    "fedcot_local_results.zero_shot_per_example, few_shot_per_example, standalone_per_example": (
+        "released without noise: the client's SLM's score of each question of the evaluation split, which "
+        "the server holds too (the per-question scores behind zero_shot, few_shot, standalone)"
+    ),
+    "fedcot_accuracy.per_example": "released without noise: the distilled SLM's score of each evaluation question",
+    "fedcot_accuracy_ablation.per_example, without_decoding_per_example": (
+        "released without noise: the distilled SLM's score of each evaluation question, with and without decoding"
     ),
     "fedcot_local_results.n_examples": "released without noise: how many training examples the client holds",
     "fedcot_local_results.metric": "data-independent: the task's metric name",

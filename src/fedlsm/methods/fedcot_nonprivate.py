@@ -17,7 +17,8 @@ from fedlsm.core import MethodResult, RunContext
 from fedlsm.errors import ConfigError
 from fedlsm.federation.grid import ClientContext, Grid, run_in_process
 from fedlsm.federation.protocol import TypedRole, handles
-from fedlsm.methods.fedcot import Exchange, FedCoTSite, _mean, consistent, rationale_writer, write_jsonl
+from fedlsm.methods.common import scores_for
+from fedlsm.methods.fedcot import Exchange, FedCoTSite, _mean, consistent, per_question, rationale_writer, write_jsonl
 from fedlsm.methods.fedcot_messages import Accuracy, NonPrivatePrompts, NonPrivateRationales, RawPrompts
 
 ROW = "Non-Private"
@@ -43,7 +44,8 @@ class NonPrivateClient(FedCoTSite, TypedRole):
             [{"id": e.id, "prompt": p, "rationale_non_private": r, "kept": k} for e, p, r, k in rows],
         )
         self.ctx.record_local("rationales_kept", sum(keep) / max(1, len(keep)))
-        return Accuracy(self._train_and_eval(received, keep, ROW, 1))
+        res = self._train_and_eval(received, keep, ROW, 1)
+        return Accuracy(res["value"], res["per_example"])
 
     def _recorded(self) -> list[str]:
         """teacher=recorded: a large LLM's recorded rationales (e.g. PaLM's for CQA)."""
@@ -72,8 +74,8 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
     ex = Exchange(ctx, grid)
     requests = ex.ask(NonPrivatePrompts(), RawPrompts, round=0)
     rationales = {c: NonPrivateRationales(None if r.recorded else write(r.prompts)) for c, r in requests.items()}
-    results = ex.ask(rationales, Accuracy, round=1)
-    ex.add_row(ROW, _mean(r.value for r in results.values()))
+    results = ex.ask(rationales, Accuracy, round=1, check=scores_for(len(ctx.task.test)))
+    ex.add_row(ROW, _mean(r.value for r in results.values()), per_question(r.per_example for r in results.values()))
     ctx.record("clients", {c: {"non_private": r.value} for c, r in results.items()})
     ctx.record("communication", grid.log.communication())
     ctx.record("llm_query_cost", write.generator.stats.as_dict())
@@ -85,6 +87,7 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
         labelled={ROW: ex.rows[0]["value"]},
         communication=ctx.metrics["communication"],
         llm_cost=ctx.metrics["llm_query_cost"],
+        per_example=ex.per_example,
     )
 
 

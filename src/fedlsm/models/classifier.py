@@ -114,8 +114,14 @@ class SLMClassifier:
     def accuracy(self, texts: Sequence[str], labels: Sequence[int], *, batch_size: int = 16) -> float:
         if not texts:
             return math.nan
+        return float(np.mean(self.correct(texts, labels, batch_size=batch_size)))
+
+    def correct(self, texts: Sequence[str], labels: Sequence[int], *, batch_size: int = 16) -> list[float]:
+        """Per text: 1.0 where the most probable label is ``labels[i]``, else 0.0 (their mean is :meth:`accuracy`)."""
+        if not texts:
+            return []
         pred = self.probabilities(texts, batch_size=batch_size).argmax(-1)
-        return float(np.mean(pred == np.asarray(labels)))
+        return [float(p == y) for p, y in zip(pred.tolist(), labels)]
 
     def trainable_arrays(self) -> dict[str, np.ndarray]:
         """The weights training updates (LoRA adapters, the classification head; everything when
