@@ -20,7 +20,6 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from fedlsm.models.generation import HFGenerator
 from fedlsm.serve import ServeLimits, check_listen, serve_in_thread
 
 MODEL = "smollm2"
@@ -31,15 +30,8 @@ PATIENCE = 120.0  # generous: the machine is small and shared; nothing here shou
 
 
 @pytest.fixture(scope="module")
-def generator():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the server's worker and the test share a small machine
-    try:
-        yield HFGenerator.from_name(MODEL, batch_size=8)
-    finally:
-        torch.set_num_threads(threads)
+def generator(smollm2_generator):
+    return smollm2_generator
 
 
 @pytest.fixture(scope="module")
