@@ -248,14 +248,15 @@ class MicroBatcher:
         texts = gen.generate([batch[i].prompt for i in fits], cfg, system=first.system) if fits else []
         if len(texts) != len(fits):
             raise RuntimeError(f"the generator returned {len(texts)} outputs for {len(fits)} prompts")
-        results: list[Completion | Exception] = [
-            _ApiError(400, _too_long(n, max_new, window), "max_tokens", code="context_length_exceeded") for n in counts
-        ]
+        out = dict(zip(fits, texts))
         # TextGenerator returns text, not token ids, so the completion is re-tokenized; capped
         # at max_new_tokens, as re-tokenizing decoded text can come out a token longer.
-        for i, t in zip(fits, texts):
-            results[i] = Completion(t, counts[i], min(_count_tokens(gen, t), max_new))
-        return results
+        return [
+            Completion(out[i], n, min(_count_tokens(gen, out[i]), max_new))
+            if i in out
+            else _ApiError(400, _too_long(n, max_new, window), "max_tokens", code="context_length_exceeded")
+            for i, n in enumerate(counts)
+        ]
 
 
 def _context_window(gen: Any) -> int | None:
