@@ -34,6 +34,22 @@ def smollm2():
     return load_causal_lm("smollm2")
 
 
+@pytest.fixture(scope="module")
+def smollm2_generator():
+    """HFGenerator over the bundled SmolLM2 for serve tests, on one torch thread: the server's worker and the test
+    share a small machine."""
+    import torch
+
+    from fedlsm.models.generation import HFGenerator
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield HFGenerator.from_name("smollm2", batch_size=8)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if SHARED_DATA is None:

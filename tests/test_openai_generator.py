@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from fedlsm.errors import FedLSMError
-from fedlsm.models.generation import GenerationConfig, HFGenerator, TextGenerator
+from fedlsm.models.generation import GenerationConfig, TextGenerator
 from fedlsm.models.openai_generator import OpenAIGenerator
 from fedlsm.serve import serve_in_thread
 
@@ -28,15 +28,8 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def generator():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the server's worker and the test share a small machine
-    try:
-        yield HFGenerator.from_name(MODEL, batch_size=8)
-    finally:
-        torch.set_num_threads(threads)
+def generator(smollm2_generator):
+    return smollm2_generator
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ completion tokens it handled, which the benchmark reports as the LLM query cost.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -21,6 +21,9 @@ class GenerationConfig:
     top_k: int = 0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    # Polled between decoding steps with a prompt's index: True stops that prompt early (fedlsm
+    # serve stops work whose client left). Not a sampling setting, so left out of comparisons.
+    cancelled: Callable[[int], bool] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -112,7 +115,7 @@ class HFGenerator:
             torch.manual_seed(cfg.seed)
         batches = [list(prompts[i : i + self.batch_size]) for i in range(0, len(prompts), self.batch_size)]
         try:
-            for batch in progress_iter(batches, "generating", enabled=self.show_progress):
+            for b, batch in enumerate(progress_iter(batches, "generating", enabled=self.show_progress)):
                 texts = [self.render(p, system) for p in batch]
                 enc = tok(
                     texts,
@@ -126,6 +129,8 @@ class HFGenerator:
                 gen_kw: dict = dict(max_new_tokens=cfg.max_new_tokens, pad_token_id=tok.pad_token_id)
                 if cfg.stop:  # end the whole batch early once every row has hit a stop string
                     gen_kw.update(stop_strings=list(cfg.stop), tokenizer=tok)
+                if cfg.cancelled is not None:
+                    gen_kw["stopping_criteria"] = _cancel_criteria(cfg.cancelled, b * self.batch_size, len(batch))
                 if cfg.temperature > 0:
                     gen_kw.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k or None)
                 else:
@@ -144,3 +149,15 @@ class HFGenerator:
         finally:
             tok.padding_side = old_side
         return out
+
+
+def _cancel_criteria(cancelled: Callable[[int], bool], first: int, rows: int):
+    """A transformers stopping criterion that ends row ``i`` once ``cancelled(first + i)`` is true."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _Cancelled(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.tensor([cancelled(first + i) for i in range(rows)], device=input_ids.device)
+
+    return StoppingCriteriaList([_Cancelled()])
