@@ -52,6 +52,7 @@ from fedlsm.federation.protocol import (
     handles,
     message,
 )
+from fedlsm.methods.audit import audit_client_classifier
 from fedlsm.methods.crosslm_filter import diversity, select_top
 from fedlsm.methods.crosslm_losses import (
     GAMMAS,
@@ -289,6 +290,7 @@ class CrossLMClient(TypedRole):
             description=f"{c.name}: training its {self.spec.kind} SLM on private data",
         )
         self.standalone_accuracy = clf.accuracy(*self._test(), batch_size=c.cfg.eval_batch_size)
+        audit_client_classifier(c, clf, "upload (SLM classifier weights)")  # kept in this client's folder
         return SLMUpload(
             self.spec.to_dict(), clf.trainable_arrays(), self.standalone_accuracy, fit.first_loss, fit.last_loss
         )
