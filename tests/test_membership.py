@@ -71,11 +71,12 @@ def memorised(shared_data, one_torch_thread):
     members, nonmembers, unseen = pairs[:16], pairs[16:32], pairs[32:]
     model, tok = load_causal_lm("smollm2")  # a fresh copy: the session fixture must not train
     model = apply_lora(model, r=8, alpha=16, dropout=0.0, seed=0)
-    settings = TrainSettings(epochs=12, lr=3e-3, batch_size=8, warmup_ratio=0.0, max_length=64)
+    settings = TrainSettings(epochs=4, lr=3e-3, batch_size=8, warmup_ratio=0.0, max_length=64)
     train_sft(model, tok, members, settings, show_progress=False)
     return model, tok, members, nonmembers, unseen
 
 
+@pytest.mark.slow  # eight LoRA steps and 128 forward passes of SmolLM2: over a minute on 2 CPU cores
 def test_attack_finds_the_members_of_a_memorising_model(memorised):
     from fedlsm.privacy.membership import audit_causal_lm
 
@@ -86,6 +87,7 @@ def test_attack_finds_the_members_of_a_memorising_model(memorised):
     assert res.advantage > 0.5, res
 
 
+@pytest.mark.slow
 def test_attack_is_at_chance_when_neither_set_trained(memorised):
     from fedlsm.privacy.membership import audit_causal_lm
 
@@ -116,3 +118,35 @@ def test_contract_carries_membership_and_the_report_says_unknown_without_it(tmp_
     col = section.headers.index("membership AUC [95% CI]")
     cells = {r[0]: r[col] for r in section.rows}
     assert cells["audited"] == "1.00 [1.00, 1.00]" and cells["fedcot"] == "unknown"
+
+
+@pytest.mark.slow
+def test_a_fedavg_run_audits_every_upload_and_the_global_model_without_telling_the_server(tmp_path):
+    from rich.console import Console
+
+    from fedlsm.config import build_config
+    from fedlsm.runner import run
+
+    cfg = build_config(
+        {"method": "fedavg", "output_dir": str(tmp_path), "name": "mia"},
+        {
+            "data.task": "arith",
+            "clients": 2,
+            "data.n_train": 8,
+            "data.n_test": 4,
+            "train.max_steps": 1,
+            "train.batch_size": 4,
+            "method_args.rounds": 1,
+            "privacy.membership_examples": 4,
+        },
+    )
+    ctx, result = run(cfg, Console(quiet=True))
+    assert ctx is not None and result.membership is not None
+    targets = sorted(a["target"] for a in result.membership["audits"])
+    uploads = [f"client-{k} upload (LoRA adapters)" for k in (0, 1)]
+    assert targets == [*uploads, "global adapters (round 1)"]
+    assert all(a["n_members"] == a["n_nonmembers"] == 4 for a in result.membership["audits"])
+    assert ctx.metrics["result"]["membership"]["auc"] == max(a["auc"] for a in result.membership["audits"])
+    # the audits stay in the clients' folders: nothing of them travels to the server
+    assert '"auc"' not in (ctx.run_dir / "messages.jsonl").read_text()
+    assert "auc" in (ctx.run_dir / "client-0" / "measurements.json").read_text()
