@@ -52,7 +52,7 @@ def simulation_harness(ctx: RunContext, result: MethodResult, baselines: dict) -
 
     saved = ServerCheckpoint(ctx.run_dir).load()
     audits = client_audits(ctx)
-    if saved is not None:
+    if saved is not None and ctx.cfg.privacy.audit_membership:
         model, tok = global_model(ctx.cfg)
         load_adapter_arrays(model, saved.arrays)
         audits += audit_pooled(ctx, model, tok, f"global adapters (round {saved.round})")
