@@ -54,6 +54,7 @@ class RunResult:
     communication: dict[str, Any] | None = None
     llm_cost: dict[str, Any] | None = None
     compute: dict[str, Any] | None = None
+    membership: dict[str, Any] | None = None  # the worst membership-inference audit (docs/privacy.md)
     wall_seconds: float | None = None
     metrics: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -163,6 +164,7 @@ def load_result(run_dir: str | Path) -> RunResult:
         communication=result.get("communication"),
         llm_cost=result.get("llm_cost"),
         compute=m.get("compute"),
+        membership=result.get("membership"),
         wall_seconds=info.get("wall_seconds"),
         metrics=m,
     )

@@ -153,6 +153,14 @@ class PrivacyConfig(_Strict):
         description="simulated clients' own ceiling on ε: a client "
         "refuses a request above it (a deployed SuperNode sets its own: --max-epsilon)",
     )
+    audit_membership: bool = Field(
+        True,
+        description="FedAvg, FedMKT, CrossLM: a membership-inference audit of what each client releases, "
+        "run client-side (it needs the members' text; loss forward passes only, docs/privacy.md)",
+    )
+    membership_examples: int = Field(
+        32, gt=1, le=512, description="members and as many non-members (test split) the audit scores per target"
+    )
 
     @field_validator("epsilon")
     @classmethod

@@ -81,6 +81,9 @@ class MethodResult:
     # filled by finish_result: row -> paired-bootstrap difference to ``reference`` (Interval.as_dict)
     intervals: dict[str, dict[str, Any]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # trained rows below the majority class or zero-shot
+    # membership-inference audit of what clients release (fedlsm.privacy.membership): the worst one
+    # (auc, advantage, their 95% intervals, attack, target, n_members, n_nonmembers) and every one under "audits"
+    membership: dict[str, Any] | None = None
 
     CONTRACT: ClassVar[tuple[str, ...]] = (
         "metric",
@@ -98,6 +101,7 @@ class MethodResult:
         "untrained",
         "intervals",
         "warnings",
+        "membership",
     )
 
     def contract(self) -> dict[str, Any]:

@@ -27,6 +27,7 @@ OBJECTIVES: dict[str, tuple[str, str]] = {
     "utility": ("utility", "max"),
     "epsilon": ("ε", "min"),
     "attack_success": ("attack success", "min"),
+    "membership_auc": ("membership AUC", "min"),
     "bytes_up_per_client_round": ("bytes up / client·round", "min"),
     "bytes_down_per_client_round": ("bytes down / client·round", "min"),
     "wall_seconds": ("wall s", "min"),
@@ -37,6 +38,9 @@ OBJECTIVES: dict[str, tuple[str, str]] = {
 # every numeric field aggregated over seeds (objectives first)
 FIELDS = [
     *OBJECTIVES,
+    "membership_auc_low",
+    "membership_auc_high",
+    "membership_advantage",
     "token_ratio",
     "token_ratio_decoded",
     "bytes_up",
@@ -139,6 +143,8 @@ def load_run(run_dir: Path) -> RunRecord | None:
     compute = metrics.get("compute") or {}
     comm = result.get("communication") or {}
     llm = result.get("llm_cost") or {}
+    mia = result.get("membership") or {}  # the worst membership-inference audit (fedlsm.privacy.membership)
+    mia_ci = mia.get("auc_ci") or [None, None]
     msgs = message_stats(run_dir / "messages.jsonl")
     wall = _num(compute.get("wall_seconds")) or _num(run.get("wall_seconds"))
     server_s = client_s = None
@@ -155,6 +161,10 @@ def load_run(run_dir: Path) -> RunRecord | None:
         "utility": _num(result.get("utility")),
         "epsilon": eps,
         "attack_success": _num(result.get("attack_success")),
+        "membership_auc": _num(mia.get("auc")),
+        "membership_auc_low": _num(mia_ci[0]),
+        "membership_auc_high": _num(mia_ci[1]),
+        "membership_advantage": _num(mia.get("advantage")),
         "bytes_up_per_client_round": _num(msgs.get("bytes_up_per_client_round")),
         "bytes_down_per_client_round": _num(msgs.get("bytes_down_per_client_round")),
         "wall_seconds": wall,

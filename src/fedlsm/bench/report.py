@@ -58,6 +58,25 @@ def _mean(g: Group, k: str) -> float | None:
     return g.mean(k)
 
 
+UNKNOWN = "unknown"  # a method that ran no membership audit (the table never fills one in)
+
+
+def fmt_membership(g: Group) -> str:
+    """The worst audit's AUC: one seed with its bootstrap 95% interval, several as mean ± std over seeds."""
+    s = g.stats.get("membership_auc")
+    if s is None:
+        return UNKNOWN
+    if s.n > 1:
+        return f"{s.mean:.2f} ± {s.std:.2f}"
+    lo, hi = g.mean("membership_auc_low"), g.mean("membership_auc_high")
+    return f"{s.mean:.2f}" + ("" if lo is None or hi is None else f" [{lo:.2f}, {hi:.2f}]")
+
+
+def fmt_advantage(g: Group) -> str:
+    v = g.mean("membership_advantage")
+    return UNKNOWN if v is None else f"{v:.2f}"
+
+
 @dataclass
 class Section:
     title: str
@@ -123,6 +142,8 @@ def objectives_table(groups: Sequence[Group]) -> Section:
         "utility %",
         "ε",
         "attack success %",
+        "membership AUC [95% CI]",
+        "MIA advantage",
         "TokenRatio",
         "bytes up / client·round",
         "bytes down / client·round",
@@ -145,6 +166,8 @@ def objectives_table(groups: Sequence[Group]) -> Section:
                 fmt_pct(g.stats["utility"]),
                 fmt_eps(_mean(g, "epsilon")),
                 fmt_pct(g.stats["attack_success"]),
+                fmt_membership(g),
+                fmt_advantage(g),
                 DASH if tr is None else f"{tr.mean:.2f}",
                 fmt_bytes(_mean(g, "bytes_up_per_client_round")),
                 fmt_bytes(_mean(g, "bytes_down_per_client_round")),
@@ -161,9 +184,11 @@ def objectives_table(groups: Sequence[Group]) -> Section:
     note = (
         "ε: per-token budget of the exponential mechanism (– = the method releases no perturbed text). "
         "Attack success: nearest-neighbour inversion of the perturbed prompts (best of a uniform and a "
-        "public-text prior). TokenRatio: perturbed rationales vs non-private ones. Bytes from the message log "
-        "(per client and round). Peak MB: the run process's peak resident memory. LLM tokens: tokens the server "
-        "LLM generated (the LLM query cost). Means over seeds."
+        "public-text prior). Membership AUC: the loss(-difference) membership-inference attack on what "
+        "clients release, the worst target audited (0.5 = chance; docs/privacy.md), unknown where a method "
+        "ran none; advantage = max TPR − FPR. TokenRatio: perturbed rationales vs non-private ones. Bytes from "
+        "the message log (per client and round). Peak MB: the run process's peak resident memory. LLM tokens: "
+        "tokens the server LLM generated (the LLM query cost). Means over seeds."
     )
     return Section("Multi-objective table", headers, rows, note)
 
@@ -416,6 +441,7 @@ TERMINAL_COLUMNS = (
     "utility %",
     "ε",
     "attack success %",
+    "membership AUC [95% CI]",
     "bytes up / client·round",
     "wall s",
     "peak MB",

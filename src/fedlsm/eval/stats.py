@@ -44,7 +44,6 @@ def _mean_diff(x, y, axis: int = -1):
 def paired_bootstrap(row: Sequence[float], reference: Sequence[float], *, seed: int = SEED) -> Interval:
     """Percentile bootstrap of mean(row) − mean(reference), resampling questions (paired)."""
     import numpy as np
-    from scipy.stats import bootstrap
 
     x, y = np.asarray(row, dtype=float), np.asarray(reference, dtype=float)
     if x.shape != y.shape or x.ndim != 1 or x.size == 0:
@@ -52,18 +51,27 @@ def paired_bootstrap(row: Sequence[float], reference: Sequence[float], *, seed: 
     diff = float(x.mean() - y.mean())
     if np.array_equal(x, y) or x.size == 1:  # no spread to resample: the interval is the point
         return Interval(diff, diff, diff, int(x.size))
-    res = bootstrap(
-        (x, y),
-        _mean_diff,
-        paired=True,
+    low, high = percentile_interval((x, y), _mean_diff, paired=True, seed=seed)
+    return Interval(diff, low, high, int(x.size))
+
+
+def percentile_interval(samples, statistic, *, paired: bool, seed: int = SEED, resamples: int = RESAMPLES):
+    """(low, high): the 95% percentile bootstrap of a vectorized ``statistic(*samples, axis=-1)``, with a
+    fixed seed (the same data give the same interval in every run and every report)."""
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    ci = bootstrap(
+        samples,
+        statistic,
+        paired=paired,
         vectorized=True,
-        n_resamples=RESAMPLES,
+        n_resamples=resamples,
         confidence_level=CONFIDENCE,
         method="percentile",
         rng=np.random.default_rng(seed),
-    )
-    ci = res.confidence_interval
-    return Interval(diff, float(ci.low), float(ci.high), int(x.size))
+    ).confidence_interval
+    return float(ci.low), float(ci.high)
 
 
 def t_interval(values: Sequence[float]) -> tuple[float, float] | None:

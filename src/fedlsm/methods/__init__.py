@@ -100,7 +100,13 @@ ROLES: dict[str, str] = {
 # the method (``method_args.baselines=false`` skips them; a deployment never runs them), and the
 # function that completes the method's table from them and from the clients' own folders.
 SIMULATION_BASELINES: dict[str, tuple[str, ...]] = {"fedcot": ("fedcot-nonprivate",)}
-SIMULATION_HARNESS: dict[str, str] = {"fedcot": "fedlsm.methods.fedcot:simulation_harness"}
+SIMULATION_HARNESS: dict[str, str] = {
+    "fedcot": "fedlsm.methods.fedcot:simulation_harness",
+    # the membership audits the clients kept in their own folders (fedlsm.methods.audit)
+    "fedavg": "fedlsm.methods.fedavg:simulation_harness",
+    "fedmkt": "fedlsm.methods.audit:upload_harness",
+    "crosslm": "fedlsm.methods.audit:upload_harness",
+}
 
 
 def get_harness(name: str):

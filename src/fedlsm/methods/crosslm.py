@@ -54,6 +54,7 @@ from fedlsm.federation.protocol import (
     handles,
     message,
 )
+from fedlsm.methods.audit import audit_client_classifier
 from fedlsm.methods.common import check_scores, scores_for
 from fedlsm.methods.crosslm_filter import diversity, select_top
 from fedlsm.methods.crosslm_losses import (
@@ -307,6 +308,7 @@ class CrossLMClient(TypedRole):
         )
         scores = clf.correct(*self._test(), batch_size=c.cfg.eval_batch_size)
         self.standalone_accuracy = _accuracy(scores)
+        audit_client_classifier(c, clf, "upload (SLM classifier weights)")  # kept in this client's folder
         arrays = clf.trainable_arrays()
         return SLMUpload(self.spec.to_dict(), arrays, self.standalone_accuracy, fit.first_loss, fit.last_loss, scores)
 

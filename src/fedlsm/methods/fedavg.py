@@ -32,6 +32,7 @@ from fedlsm.errors import ConfigError
 from fedlsm.federation.checkpoint import ServerCheckpoint
 from fedlsm.federation.grid import ClientContext, Grid, run_in_process
 from fedlsm.federation.protocol import MalformedMessage, Payload, Rounds, TypedRole, handles, message
+from fedlsm.methods.audit import audit_client_lm, audit_pooled, client_audits
 from fedlsm.methods.common import label_pairs, load_slm, train_settings
 from fedlsm.models.training import adapter_arrays, load_adapter_arrays
 
@@ -42,6 +43,20 @@ FIT_REPLY = "fedavg_fit_reply"
 def run_fedavg(ctx: RunContext) -> MethodResult:
     """The registered method: server and clients in this process (``--engine in-process``)."""
     return run_in_process(ctx, server_main, make_client)
+
+
+def simulation_harness(ctx: RunContext, result: MethodResult, baselines: dict) -> MethodResult:
+    """Simulation only: the contract's ``membership``, the worst of the clients' audits of their last
+    uploads (from their own folders) and of the final global adapters (fedlsm.methods.audit)."""
+    from fedlsm.privacy.membership import worst_case
+
+    saved = ServerCheckpoint(ctx.run_dir).load()
+    audits = client_audits(ctx)
+    if saved is not None and ctx.cfg.privacy.audit_membership:
+        model, tok = global_model(ctx.cfg)
+        load_adapter_arrays(model, saved.arrays)
+        audits += audit_pooled(ctx, model, tok, f"global adapters (round {saved.round})")
+    return dataclasses.replace(result, membership=worst_case(audits))
 
 
 @dataclass(frozen=True)
@@ -101,8 +116,13 @@ def average(updates: list[tuple[dict[str, np.ndarray], int]]) -> dict[str, np.nd
 
 def _client_model(ctx: ClientContext):
     """One SLM per process, reused across rounds (every request overwrites its adapters)."""
-    t = ctx.cfg.train
-    return _cached_slm(ctx.cfg.slm, t.lora, t.lora_r, t.lora_alpha, t.lora_dropout)
+    return global_model(ctx.cfg)
+
+
+def global_model(cfg):
+    """The process's one SLM with LoRA adapters (the simulation harness audits the global adapters in it)."""
+    t = cfg.train
+    return _cached_slm(cfg.slm, t.lora, t.lora_r, t.lora_alpha, t.lora_dropout)
 
 
 @functools.lru_cache(maxsize=1)
@@ -157,6 +177,8 @@ class FedAvgClient(TypedRole):
                 model, tok, label_pairs(ctx.data), settings, description=f"{ctx.name} round {round}: training"
             )
             metrics.update(loss_first=tr.first_loss, loss_last=tr.last_loss, steps=tr.steps, train_tokens=tr.tokens)
+        if round == rounds_of(ctx.cfg):  # the last upload: what it reveals about members stays in the client's folder
+            audit_client_lm(ctx, model, tok, "upload (LoRA adapters)")
         if req.client_eval:
             metrics["local_test"] = evaluate(model, tok, ctx.task, batch_size=ctx.cfg.eval_batch_size)["value"]
         self.rounds.append(round)

@@ -55,6 +55,7 @@ from fedlsm.federation.protocol import (
     message,
 )
 from fedlsm.methods import fedavg
+from fedlsm.methods.audit import audit_client_lm
 from fedlsm.methods.common import check_scores, label_pairs, scores_for, train_settings
 from fedlsm.methods.fedmkt_knowledge import (
     Aligner,
@@ -241,6 +242,8 @@ class FedMKTClient(TypedRole):
             description=f"{self.ctx.name}: local fine-tuning (round {round})",
         )
         k = self._knowledge(req.top_k)
+        if round == self.args.rounds:  # the model behind the last logits sent; the audit stays in this folder
+            audit_client_lm(self.ctx, self.model, self.tok, "LoRA model behind its uploaded logits (upper bound)")
         self.history.append({"round": round, "local_loss_first": tr.first_loss, "local_loss_last": tr.last_loss})
         return KnowledgeReply(model=self.spec, n_examples=len(self.ctx.data), **to_payload(k))
 

@@ -210,11 +210,19 @@ def train_sft(
 
 def mean_loss(model, tokenizer, pairs: Sequence[TrainPair], *, batch_size: int = 8, max_length: int = 256) -> float:
     """Average per-pair target loss without training (used to check that training helped)."""
+    vals = pair_losses(model, tokenizer, pairs, batch_size=batch_size, max_length=max_length)
+    return sum(vals) / max(1, len(vals))
+
+
+def pair_losses(
+    model, tokenizer, pairs: Sequence[TrainPair], *, batch_size: int = 8, max_length: int = 256
+) -> list[float]:
+    """Each pair's mean target-token loss, without training (the model is left in eval mode)."""
     import torch
 
     rows = encode_pairs(tokenizer, pairs, max_length)
     pad = pad_id(tokenizer)
-    vals = []
+    vals: list[float] = []
     model.eval()
     with torch.no_grad():
         for i in range(0, len(rows), batch_size):
@@ -222,7 +230,7 @@ def mean_loss(model, tokenizer, pairs: Sequence[TrainPair], *, batch_size: int =
             vals.extend(
                 sequence_losses(model, ids.to(model.device), labels.to(model.device), mask.to(model.device)).tolist()
             )
-    return sum(vals) / max(1, len(vals))
+    return vals
 
 
 def adapter_arrays(model) -> dict:
