@@ -71,7 +71,7 @@ def normalise(x: float | None, values: Sequence[float], obj: Objective) -> float
         return 1.0 if (x > 0) == (obj.direction == "max") else 0.0
     finite = [v for v in values if math.isfinite(v)] or [x]
     best, worst = (max(finite), min(finite)) if obj.direction == "max" else (min(finite), max(finite))
-    return 1.0 if best == worst else (x - worst) / (best - worst)
+    return 1.0 if best == worst else abs(x - worst) / abs(best - worst)  # abs: no -0.0 for the worst
 
 
 def objective_weights(weights: Mapping[str, float], in_play: Sequence[str]) -> dict[str, float]:
