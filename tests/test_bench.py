@@ -15,6 +15,7 @@ import yaml
 from fedlsm.bench.aggregate import aggregate, collect, dominates, mean_std, pareto_front
 from fedlsm.bench.grid import expand, load_grid, parse_grid
 from fedlsm.bench.report import write_report
+from fedlsm.bench.score import normalise, parse_weights, scores
 from fedlsm.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +55,9 @@ def _with(**kw):
         (_with(data_fractions=[0, 1]), "data_fractions"),
         (_with(methods=[{"name": "fedcot", "seeds": []}]), "methods[0].seeds"),
         (_with(datasets=[{"task": "arith"}]), "datasets[0].name"),
+        (_with(weights={"privcy": 1}), "weights"),
+        (_with(weights={"utility": -1}), "weights"),
+        (_with(weights={"utility": 0}), "weights"),
     ],
 )
 def test_grid_schema_errors_name_the_field(data, field):
@@ -178,6 +182,8 @@ def _fake_run(
     tokens: int | None = None,
     fraction: float | None = None,
     per_example: dict[str, list[float]] | None = None,
+    result: dict | None = None,
+    messages: list[dict] | None = None,
 ) -> None:
     d = root / name
     d.mkdir(parents=True)
@@ -203,6 +209,9 @@ def _fake_run(
         m["result"]["per_example"], m["result"]["reference"] = per_example, "Standalone"
     if tokens is not None:
         m["result"]["llm_cost"] = {"requests": 1, "prompt_tokens": 10, "completion_tokens": tokens}
+    m["result"].update(result or {})
+    if messages is not None:
+        (d / "messages.jsonl").write_text("".join(json.dumps(r) + "\n" for r in messages))
     (d / "metrics.json").write_text(json.dumps(m))
     (d / "cell.json").write_text(
         json.dumps(
@@ -229,7 +238,7 @@ def test_mean_std_and_pareto_front_on_hand_made_runs(tmp_path):
     _fake_run(
         tmp_path, "b0", method="fedcot", eps=5.0, seed=0, utility=0.20, wall=20, attack=0.2, bytes_up=2000, tokens=60
     )
-    # measures no privacy/communication: compared on utility, wall and memory only; best utility -> on the front
+    # measures no privacy/communication (unknown there), but its utility is the best: nobody can dominate it
     _fake_run(tmp_path, "s0", method="standalone", eps=None, seed=0, utility=0.60, wall=30)
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "metrics.json").write_text(json.dumps({"run": {"status": "failed", "method": "x"}}))
@@ -250,7 +259,9 @@ def test_mean_std_and_pareto_front_on_hand_made_runs(tmp_path):
     md = rep["markdown"].read_text()
     assert "40.0 ± 14.1 [-87.1, 167.1]" in md and "60.0" in md  # t(0.975, 1) = 12.71: two seeds say little
     line = next(ln for ln in md.splitlines() if ln.startswith("| standalone | arith"))
-    assert line.count("–") >= 5  # ε, attack, TokenRatio, bytes, LLM tokens: shown as missing, not made up
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[3:7] == ["unknown"] * 4 and cells[8:10] == ["unknown", "unknown"]  # ε, attack, membership, bytes
+    assert cells[15] == "unknown" and cells[7] == "–"  # LLM tokens: an unknown objective; TokenRatio: not one
     assert "fedcot: Standalone" in md  # baseline rows of each method's table
     assert (tmp_path / "privacy_utility.png").stat().st_size > 0 and (tmp_path / "communication.png").is_file()
     assert "<table>" in rep["html"].read_text()
@@ -293,6 +304,106 @@ def test_dominance_rules():
         [{"utility": 0.5, "epsilon": 3}, {"utility": 0.4, "epsilon": 3}, {"utility": 0.3, "epsilon": 1}]
     ) == [True, False, True]
     assert mean_std([None, None]) is None and mean_std([0.5]).std == 0.0
+
+
+def _row(md: str, start: str, section: str = "") -> list[str]:
+    """The cells of the first table row starting with ``start`` after the heading ``## section...``."""
+    line = next(ln for ln in md[md.index(f"## {section}") :].splitlines() if ln.startswith(start))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_an_unmeasured_objective_is_unknown_not_free(tmp_path):
+    """A setting without a privacy figure used to be compared on what it measures only, so a tie there
+    put it on the front: its missing privacy counted as free. Now the missing value is unknown."""
+    full = {"utility": 0.5, "wall_seconds": 10.0, "epsilon": 3.0, "attack_success": 0.1}
+    tie = {"utility": 0.5, "wall_seconds": 10.0}  # as good where it measures; privacy not measured
+    worse = {"utility": 0.4, "wall_seconds": 20.0}  # worse where it measures; its privacy could be better
+    trade = {"utility": 0.3, "wall_seconds": 5.0}  # faster: no setting can dominate it, unknowns or not
+    assert pareto_front([full, tie, worse, trade]) == [None, None, None, True]
+    assert pareto_front([full, {**tie, "epsilon": 5.0, "attack_success": 0.2}]) == [True, False]  # measured: decided
+
+    _fake_run(tmp_path, "f", method="fedcot", eps=3.0, seed=0, utility=0.5, wall=10, attack=0.1)
+    _fake_run(tmp_path, "s", method="standalone", eps=None, seed=0, utility=0.5, wall=10)
+    groups = {g.method: g for g in aggregate(collect(tmp_path))}
+    assert groups["standalone"].pareto is None and groups["standalone"].unknown == ["epsilon", "attack_success"]
+    md = write_report(tmp_path)["markdown"].read_text()
+    assert _row(md, "| standalone | arith")[-1] == "unknown"  # objectives table: Pareto column
+    assert _row(md, "| arith | standalone |", "Pareto")[3:] == ["unknown", "ε, attack success"]
+    assert json.loads((tmp_path / "summary.json").read_text())["groups"][1]["pareto"] is None
+
+
+def test_scoring_function_weights_normalised_objectives_and_unknowns(tmp_path):
+    _fake_run(
+        tmp_path, "f", method="fedcot", eps=3.0, seed=0, utility=0.4, wall=10, attack=0.1, bytes_up=1000, tokens=50
+    )
+    _fake_run(tmp_path, "s", method="standalone", eps=None, seed=0, utility=0.6, wall=30)
+    groups = {g.method: g for g in aggregate(collect(tmp_path))}
+    f, s = groups["fedcot"], groups["standalone"]
+    sc = scores(list(groups.values()), {"utility": 1, "compute": 1})  # privacy etc. weigh 0
+    # normalised on the dataset: utility 0.4 -> 0, 0.6 -> 1; wall 10 -> 1, 30 -> 0; equal peak MB -> 1 each
+    assert (sc[id(f)].normalised["utility"], sc[id(f)].normalised["wall_seconds"]) == (0.0, 1.0)
+    assert sc[id(f)].f == pytest.approx((0 + 0.5 * 1 + 0.5 * 1) / 2)  # compute's weight split over wall, peak
+    assert sc[id(s)].f == pytest.approx((1 + 0.5 * 0 + 0.5 * 1) / 2) and sc[id(s)].unknown == []
+    sc = scores(list(groups.values()), {"utility": 1, "privacy": 1, "communication": 1, "compute": 1, "llm_cost": 1})
+    assert sc[id(f)].f == pytest.approx((0 + 1 + 1 + 1 + 1) / 5)  # the only one measuring ε: the best there
+    assert sc[id(s)].f is None and sc[id(s)].f_measured == pytest.approx(0.75)  # unknown privacy: F unknown
+    assert sc[id(s)].unknown == ["epsilon", "attack_success", "bytes_up_per_client_round",
+                                 "bytes_down_per_client_round", "llm_tokens"]  # fmt: skip
+    md = write_report(tmp_path, weights={"utility": 1, "privacy": 0.5})["markdown"].read_text()
+    assert "## Scoring function F (weights utility=1, privacy=0.5)" in md
+    assert _row(md, "| arith | fedcot (ε=3) |", "Scoring")[2] == "0.333"  # (1·0 + 0.25·1 + 0.25·1) / 1.5
+    assert _row(md, "| arith | standalone |", "Scoring")[2:5] == ["unknown", "1.000", "ε, attack success"]
+    assert json.loads((tmp_path / "summary.json").read_text())["weights"] == {"utility": 1, "privacy": 0.5}
+
+
+def test_weights_parse_and_normalisation_edges():
+    assert parse_weights("utility=1, privacy=0.5,communication=0.2,compute=0.2") == {
+        "utility": 1.0, "privacy": 0.5, "communication": 0.2, "compute": 0.2}  # fmt: skip
+    for bad in ("utility", "utility=x", "utilty=1", "utility=-1", "utility=0", "", "privacy=inf"):
+        with pytest.raises(ConfigError) as e:
+            parse_weights(bad)
+        assert e.value.field == "--weights", bad
+    from fedlsm.bench.aggregate import OBJECTIVES
+
+    eps = OBJECTIVES["epsilon"]
+    assert normalise(1.0, [1.0, 3.0, math.inf], eps) == 1.0 and normalise(3.0, [1.0, 3.0, math.inf], eps) == 0.0
+    assert normalise(math.inf, [1.0, 3.0, math.inf], eps) == 0.0  # no privacy is the worst privacy
+    assert normalise(2.0, [2.0, 2.0], eps) == 1.0 and normalise(None, [2.0], eps) is None
+
+
+def test_report_weights_on_the_command_line(tmp_path):
+    _fake_run(tmp_path, "f", method="fedcot", eps=3.0, seed=0, utility=0.4, wall=10, attack=0.1)
+    r = _cli("report", str(tmp_path), "--weights", "utility=1,compute=0.5", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "## Scoring function F (weights utility=1, compute=0.5)" in (tmp_path / "report.md").read_text()
+    bad = _cli("report", str(tmp_path), "--weights", "utility=1,speed=2", timeout=300)
+    lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
+    assert bad.returncode == 2 and len(lines) == 1 and "--weights" in lines[0] and "speed" in lines[0], bad.stderr
+
+
+def test_fairness_per_client_compute_and_llm_side(tmp_path):
+    def replies(slow: float) -> list[dict]:
+        return [
+            {"sender": "server", "receiver": "client-0", "round": 0, "bytes": 10},
+            {"sender": "client-0", "receiver": "server", "round": 0, "bytes": 10, "handle_seconds": 1.0},
+            {"sender": "server", "receiver": "client-1", "round": 0, "bytes": 10},
+            {"sender": "client-1", "receiver": "server", "round": 0, "bytes": 10, "handle_seconds": slow},
+        ]
+
+    for seed, (worst, slow) in enumerate([(0.2, 4.0), (0.4, 6.0)]):
+        res = {"client_utility": {"client-0": 0.8, "client-1": worst}, "llm_utility": 0.7}
+        _fake_run(
+            tmp_path, f"m{seed}", method="fedmkt", eps=None, seed=seed, utility=0.5, wall=10, tokens=40,
+            result=res, messages=replies(slow),
+        )  # fmt: skip
+    (g,) = aggregate(collect(tmp_path))
+    assert g.stats["worst_client_utility"].mean == pytest.approx(0.3)  # the worst client, averaged over seeds
+    assert g.stats["client_utility_spread"].mean == pytest.approx(0.5)  # (0.6 + 0.4) / 2
+    assert g.stats["slowest_client_seconds"].mean == pytest.approx(5.0)
+    assert g.stats["client_seconds_spread"].mean == pytest.approx(4.0)
+    md = write_report(tmp_path)["markdown"].read_text()
+    assert _row(md, "| fedmkt | arith |", "Clients")[2:] == ["2", "30.0 ± 14.1", "50.0", "5.0", "4.0"]
+    assert _row(md, "| fedmkt | arith |", "LLM side")[2:] == ["70.0 ± 0.0", "1", "10", "40"]
 
 
 # ---------------------------------------------------------------------------------------- end to end
@@ -341,8 +452,8 @@ def test_smoke_grid_end_to_end_and_resume(tmp_path):
     sa = next(ln for ln in md.splitlines() if ln.startswith("| standalone | arith"))
     sa_cells = [c.strip() for c in sa.strip("|").split("|")]
     assert sa_cells[2] != "–" and sa_cells[8] != "–" and sa_cells[12] != "–"  # utility, wall, peak memory
-    assert sa_cells[3] == "–" and sa_cells[13] == "–"  # no ε, no LLM tokens: not made up
-    assert "## Pareto front" in md and "fedcot: Non-Private" in md
+    assert sa_cells[3] == "unknown" and sa_cells[13] == "unknown"  # no ε, no LLM tokens: unknown, not made up
+    assert "## Pareto front" in md and "## Scoring function F" in md and "fedcot: Non-Private" in md
     assert (out / "privacy_utility.png").stat().st_size > 1000 and (out / "communication.png").is_file()
     assert (out / "report.html").is_file() and (out / "summary.json").is_file()
 

@@ -187,11 +187,12 @@ def bench_command(
     from fedlsm.bench.grid import expand, load_grid
     from fedlsm.bench.report import write_report
 
-    cells = expand(load_grid(grid), output_dir)
+    spec = load_grid(grid)
+    cells = expand(spec, output_dir)
     root = Path(cells[0].config.output_dir)
     console.print(f"grid {grid}: {len(cells)} cell(s) -> {root}")
     outcomes = run_cells(cells, console, force=force)
-    rep = write_report(root)
+    rep = write_report(root, weights=spec.weights)
     from fedlsm.bench.report import TERMINAL_COLUMNS, objectives_table, rich_table
 
     out = console if console.is_terminal else Console(width=160)  # logs and CI: do not squash the table
@@ -209,11 +210,15 @@ def bench_command(
 def report_command(
     runs_dir: Path = typer.Argument(..., help="folder of run folders (what `fedlsm bench` wrote)"),
     output_dir: Path | None = typer.Option(None, help="where report.md/.html and the PNGs go (default runs_dir)"),
+    weights: str | None = typer.Option(
+        None, help="scoring weights per category, e.g. utility=1,privacy=0.5,communication=0.2,compute=0.2"
+    ),
 ):
-    """Markdown + HTML report with tables, the Pareto front and plots from a folder of runs."""
+    """Markdown + HTML report with tables, the Pareto front, the scoring function and plots from a folder of runs."""
     from fedlsm.bench.report import write_report
+    from fedlsm.bench.score import parse_weights
 
-    rep = write_report(runs_dir, output_dir)
+    rep = write_report(runs_dir, output_dir, weights=parse_weights(weights) if weights is not None else None)
     console.print(
         f"{len(rep['records'])} run(s), {len(rep['groups'])} setting(s): {rep['markdown']}, {rep['html']}"
         + "".join(f", {p}" for p in rep["images"])

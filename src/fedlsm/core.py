@@ -67,6 +67,8 @@ class MethodResult:
     metric: str | None = None  # the task's metric (accuracy, rouge_l, ...)
     utility: float | None = None  # the method's own headline result in [0, 1] (the clients' mean for SLMs)
     llm_utility: float | None = None  # the server LLM's result after the method, where it has one
+    # per client, the result ``utility`` averages (client name -> value in [0, 1]); empty: not measured
+    client_utility: dict[str, float] = field(default_factory=dict)
     labelled: dict[str, float] = field(default_factory=dict)  # every result row: the method and its baselines
     epsilon: float | None = None  # privacy budget per token of what was released under noise
     attack_success: float | None = None  # inversion-attack success on the released text, measured
@@ -89,6 +91,7 @@ class MethodResult:
         "metric",
         "utility",
         "llm_utility",
+        "client_utility",
         "labelled",
         "epsilon",
         "attack_success",

@@ -3,7 +3,8 @@ record per run, mean ± std and a 95% t-interval over seeds, each row's paired-b
 the run's reference row (per-question scores averaged over seeds), and the Pareto front over the
 benchmark's objectives.
 
-A value a run did not measure stays ``None`` (the report prints "–"); nothing is filled in.
+A value a run did not measure stays ``None``: nothing is filled in, and an unmeasured objective is
+unknown, never free (see :func:`pareto_front`).
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import yaml
@@ -22,17 +23,25 @@ import yaml
 from fedlsm.errors import ConfigError
 from fedlsm.eval.stats import Interval, mean_scores, paired_bootstrap, t_interval
 
-# name -> (column label, better direction). Utility is the run's headline metric in [0, 1].
-OBJECTIVES: dict[str, tuple[str, str]] = {
-    "utility": ("utility", "max"),
-    "epsilon": ("ε", "min"),
-    "attack_success": ("attack success", "min"),
-    "membership_auc": ("membership AUC", "min"),
-    "bytes_up_per_client_round": ("bytes up / client·round", "min"),
-    "bytes_down_per_client_round": ("bytes down / client·round", "min"),
-    "wall_seconds": ("wall s", "min"),
-    "peak_rss_mb": ("peak MB", "min"),
-    "llm_tokens": ("LLM tokens", "min"),
+
+class Objective(NamedTuple):
+    label: str  # column label
+    direction: str  # "max" or "min": which way is better
+    category: str  # what the scoring function weighs it under (fedlsm.bench.score)
+
+
+# The benchmark's objectives: a new one is one entry here (and its value in ``_values``).
+# Utility is the run's headline metric in [0, 1].
+OBJECTIVES: dict[str, Objective] = {
+    "utility": Objective("utility", "max", "utility"),
+    "epsilon": Objective("ε", "min", "privacy"),
+    "attack_success": Objective("attack success", "min", "privacy"),
+    "membership_auc": Objective("membership AUC", "min", "privacy"),
+    "bytes_up_per_client_round": Objective("bytes up / client·round", "min", "communication"),
+    "bytes_down_per_client_round": Objective("bytes down / client·round", "min", "communication"),
+    "wall_seconds": Objective("wall s", "min", "compute"),
+    "peak_rss_mb": Objective("peak MB", "min", "compute"),
+    "llm_tokens": Objective("LLM tokens", "min", "llm_cost"),
 }
 
 # every numeric field aggregated over seeds (objectives first)
@@ -49,9 +58,15 @@ FIELDS = [
     "client_seconds",
     "server_seconds",
     "cpu_seconds",
+    "llm_utility",
     "llm_prompt_tokens",
     "llm_requests",
     "n_train",
+    "clients_scored",
+    "worst_client_utility",
+    "client_utility_spread",
+    "slowest_client_seconds",
+    "client_seconds_spread",
 ]
 
 
@@ -68,14 +83,15 @@ def _labelled(result: dict) -> list[tuple[str, float]]:
 
 
 def message_stats(path: Path) -> dict[str, Any]:
-    """Bytes up/down per client and round, and time spent handling requests per side, from the
-    message log. Client = the non-server party of a message (``client-0/tag`` counts as ``client-0``)."""
+    """Bytes up/down per client and round, time spent handling requests per side and per client, from
+    the message log. Client = the non-server party of a message (``client-0/tag`` counts as ``client-0``)."""
     if not path.is_file():
         return {}
     up: dict[tuple[str, int], int] = defaultdict(int)
     down: dict[tuple[str, int], int] = defaultdict(int)
     per_round: dict[int, dict[str, int]] = defaultdict(lambda: {"up": 0, "down": 0})
     handle = {"server": 0.0, "client": 0.0}
+    per_client: dict[str, float] = defaultdict(float)  # a client's time answering the server's requests
     timed = False
     for line in path.read_text().splitlines():
         if not line.strip():
@@ -91,6 +107,8 @@ def message_stats(path: Path) -> dict[str, Any]:
         if m.get("handle_seconds") is not None:  # on a reply: time the receiving side took
             timed = True
             handle["client" if to_server else "server"] += float(m["handle_seconds"])
+            if to_server:
+                per_client[client] += float(m["handle_seconds"])
     cells = max(1, len(up))
     out: dict[str, Any] = {
         "bytes_up_per_client_round": sum(up.values()) / cells,
@@ -101,7 +119,94 @@ def message_stats(path: Path) -> dict[str, Any]:
     }
     if timed:
         out["handle_seconds"] = handle
+    if per_client:
+        out["client_handle_seconds"] = dict(per_client)
     return out
+
+
+def _spread(xs: Iterable[float | None]) -> tuple[float | None, float | None, float | None, int]:
+    """(min, max, max − min, count) of the values that exist; ``None`` for all three when none do."""
+    vals = [x for x in xs if x is not None and not math.isnan(x)]
+    if not vals:
+        return None, None, None, 0
+    return min(vals), max(vals), max(vals) - min(vals), len(vals)
+
+
+def _client_values(result: dict, msgs: dict) -> dict[str, float | None]:
+    """Fairness across clients: the worst client's utility and the clients' spread (from the contract's
+    ``client_utility``), and the slowest client's handling time and its spread (from the message log)."""
+    per = result.get("client_utility") or {}
+    worst, _, spread, n = _spread(_num(v) for v in (per.values() if isinstance(per, dict) else ()))
+    _, slowest, t_spread, _ = _spread(_num(v) for v in (msgs.get("client_handle_seconds") or {}).values())
+    return {
+        "clients_scored": float(n) if n else None,
+        "worst_client_utility": worst,
+        "client_utility_spread": spread,
+        "slowest_client_seconds": slowest,
+        "client_seconds_spread": t_spread,
+    }
+
+
+def _side_seconds(msgs: dict, wall: float | None) -> tuple[float | None, float | None]:
+    """(server, client) seconds: a request's handling time belongs to the side that answered it; the
+    rest of the wall time to the side that drives the protocol (whoever sends requests)."""
+    if "handle_seconds" not in msgs or wall is None:
+        return None, None
+    h = msgs["handle_seconds"]
+    server_s, client_s = h["server"], h["client"]
+    if server_s and not client_s:
+        client_s = max(0.0, wall - server_s)
+    elif client_s and not server_s:
+        server_s = max(0.0, wall - client_s)
+    return server_s, client_s
+
+
+# aggregated field -> (where in the run: result, communication, llm_cost, compute, run, messages; its key)
+SOURCES: dict[str, tuple[str, str]] = {
+    "utility": ("result", "utility"),
+    "epsilon": ("result", "epsilon"),
+    "attack_success": ("result", "attack_success"),
+    "bytes_up_per_client_round": ("messages", "bytes_up_per_client_round"),
+    "bytes_down_per_client_round": ("messages", "bytes_down_per_client_round"),
+    "peak_rss_mb": ("compute", "peak_rss_mb"),
+    "llm_tokens": ("llm_cost", "completion_tokens"),
+    "token_ratio": ("result", "token_ratio"),
+    "token_ratio_decoded": ("result", "token_ratio_decoded"),
+    "bytes_up": ("communication", "bytes_up"),
+    "bytes_down": ("communication", "bytes_down"),
+    "messages": ("communication", "messages"),
+    "cpu_seconds": ("compute", "cpu_seconds"),
+    "llm_utility": ("result", "llm_utility"),
+    "llm_prompt_tokens": ("llm_cost", "prompt_tokens"),
+    "llm_requests": ("llm_cost", "requests"),
+    "n_train": ("run", "n_train"),
+}
+
+
+def _values(metrics: dict, msgs: dict) -> dict[str, float | None]:
+    """Every aggregated field of one run, from the results contract, ``compute`` and the message log."""
+    result = metrics.get("result") or {}  # the results contract (fedlsm.core.MethodResult)
+    where = {
+        "result": result,
+        "communication": result.get("communication") or {},
+        "llm_cost": result.get("llm_cost") or {},
+        "compute": metrics.get("compute") or {},
+        "run": metrics.get("run") or {},
+        "messages": msgs,
+    }
+    out = {k: _num(where[src].get(key)) for k, (src, key) in SOURCES.items()}
+    wall = _num(where["compute"].get("wall_seconds")) or _num(where["run"].get("wall_seconds"))
+    out["wall_seconds"] = wall
+    mia = result.get("membership") or {}  # the worst membership-inference audit (fedlsm.privacy.membership)
+    low, high = (mia.get("auc_ci") or [None, None])[:2]
+    out.update(
+        membership_auc=_num(mia.get("auc")),
+        membership_auc_low=_num(low),
+        membership_auc_high=_num(high),
+        membership_advantage=_num(mia.get("advantage")),
+    )
+    out["server_seconds"], out["client_seconds"] = _side_seconds(msgs, wall)
+    return {**out, **_client_values(result, msgs)}
 
 
 @dataclass
@@ -139,59 +244,17 @@ def load_run(run_dir: Path) -> RunRecord | None:
         return None
     method_name = cell.get("method_name") or run.get("method") or cfg.get("method", "?")
     result = metrics.get("result") or {}  # the results contract (fedlsm.core.MethodResult)
-    eps = _num(result.get("epsilon"))
-    compute = metrics.get("compute") or {}
-    comm = result.get("communication") or {}
-    llm = result.get("llm_cost") or {}
-    mia = result.get("membership") or {}  # the worst membership-inference audit (fedlsm.privacy.membership)
-    mia_ci = mia.get("auc_ci") or [None, None]
     msgs = message_stats(run_dir / "messages.jsonl")
-    wall = _num(compute.get("wall_seconds")) or _num(run.get("wall_seconds"))
-    server_s = client_s = None
-    if "handle_seconds" in msgs and wall is not None:
-        # a request's handling time belongs to the side that answered it; the rest of the wall time to the
-        # side that drives the protocol (whoever sends requests)
-        h = msgs["handle_seconds"]
-        server_s, client_s = h["server"], h["client"]
-        if server_s and not client_s:
-            client_s = max(0.0, wall - server_s)
-        elif client_s and not server_s:
-            server_s = max(0.0, wall - client_s)
-    values = {
-        "utility": _num(result.get("utility")),
-        "epsilon": eps,
-        "attack_success": _num(result.get("attack_success")),
-        "membership_auc": _num(mia.get("auc")),
-        "membership_auc_low": _num(mia_ci[0]),
-        "membership_auc_high": _num(mia_ci[1]),
-        "membership_advantage": _num(mia.get("advantage")),
-        "bytes_up_per_client_round": _num(msgs.get("bytes_up_per_client_round")),
-        "bytes_down_per_client_round": _num(msgs.get("bytes_down_per_client_round")),
-        "wall_seconds": wall,
-        "peak_rss_mb": _num(compute.get("peak_rss_mb")),
-        "llm_tokens": _num(llm.get("completion_tokens")),
-        "token_ratio": _num(result.get("token_ratio")),
-        "token_ratio_decoded": _num(result.get("token_ratio_decoded")),
-        "bytes_up": _num(comm.get("bytes_up")),
-        "bytes_down": _num(comm.get("bytes_down")),
-        "messages": _num(comm.get("messages")),
-        "client_seconds": client_s,
-        "server_seconds": server_s,
-        "cpu_seconds": _num(compute.get("cpu_seconds")),
-        "llm_prompt_tokens": _num(llm.get("prompt_tokens")),
-        "llm_requests": _num(llm.get("requests")),
-        "n_train": _num(run.get("n_train")),
-    }
     return RunRecord(
         run_dir,
         cell.get("method") or method_name,
         cell.get("dataset") or run.get("task") or "?",
-        cell.get("epsilon") if cell else eps,
+        cell.get("epsilon") if cell else _num(result.get("epsilon")),
         cell.get("fraction"),
         int(cell.get("seed", run.get("seed", cfg.get("seed", 0)))),
         run.get("status", "?"),
         result.get("metric"),
-        values,
+        _values(metrics, msgs),
         _labelled(result),
         msgs.get("per_round", {}),
         {str(k): [float(x) for x in v] for k, v in (result.get("per_example") or {}).items()},
@@ -257,7 +320,8 @@ class Group:
     runs: list[RunRecord]
     stats: dict[str, Stat | None]
     metric: str | None
-    pareto: bool = False
+    pareto: bool | None = False  # True: on the front; False: dominated; None: depends on unknown objectives
+    unknown: list[str] = field(default_factory=list)  # objectives its dataset's settings measure but it does not
     reference: str | None = None  # the row ``differences`` compare to (the runs' own, e.g. "Standalone")
     differences: dict[str, Interval] = field(default_factory=dict)
 
@@ -292,37 +356,66 @@ def aggregate(records: Sequence[RunRecord], *, only_done: bool = True) -> list[G
         groups.append(Group(*key, runs, stats, runs[0].metric, reference=ref, differences=diffs))
     for ds in {g.dataset for g in groups}:  # utility is comparable within a dataset only
         members = [g for g in groups if g.dataset == ds]
-        for g, on in zip(members, pareto_front([{k: g.mean(k) for k in OBJECTIVES} for g in members])):
-            g.pareto = on
+        points = [{k: g.mean(k) for k in OBJECTIVES} for g in members]
+        in_play = measured(points)
+        for g, p, on in zip(members, points, pareto_front(points)):
+            g.pareto, g.unknown = on, [k for k in in_play if p.get(k) is None]
     return groups
 
 
-def dominates(
-    a: dict[str, float | None], b: dict[str, float | None], objectives: dict[str, tuple[str, str]] = OBJECTIVES
-) -> bool:
-    """a is at least as good as b on every objective both measured, and better on at least one.
-    Objectives either point lacks are left out of the comparison (never filled in)."""
-    better = False
-    shared = 0
-    for k, (_, direction) in objectives.items():
+def measured(
+    points: Sequence[Mapping[str, float | None]], objectives: Mapping[str, Objective] = OBJECTIVES
+) -> list[str]:
+    """The objectives at least one point measures: the ones a comparison among these points is about
+    (an objective nobody measured is left out of it; one only some measured is unknown for the rest)."""
+    return [k for k in objectives if any(p.get(k) is not None for p in points)]
+
+
+def compare(
+    a: Mapping[str, float | None], b: Mapping[str, float | None], objectives: Mapping[str, Objective]
+) -> tuple[bool, bool]:
+    """(a may dominate b, a surely dominates b) over ``objectives``, where a value either point lacks is
+    unknown: it may be anything. a may dominate b when no known value of a is worse than b's and a is
+    better somewhere (a known value, or an unknown one that could be); surely, only when every value
+    of both is known."""
+    unknown = better = False
+    for k, obj in objectives.items():
         x, y = a.get(k), b.get(k)
         if x is None or y is None:
+            unknown = True
             continue
-        shared += 1
-        if direction == "max":
+        if obj.direction == "max":
             x, y = -x, -y
         if x > y:
-            return False
-        if x < y:
-            better = True
-    return shared > 0 and better
+            return False, False
+        better = better or x < y
+    return better or unknown, better and not unknown
+
+
+def dominates(
+    a: Mapping[str, float | None], b: Mapping[str, float | None], objectives: Mapping[str, Objective] = OBJECTIVES
+) -> bool:
+    """a surely dominates b: at least as good on every objective either measures, better on one, and
+    both measured all of them (an objective one lacks could go either way)."""
+    return compare(a, b, {k: o for k, o in objectives.items() if k in measured([a, b], objectives)})[1]
 
 
 def pareto_front(
-    points: Sequence[dict[str, float | None]], objectives: dict[str, tuple[str, str]] = OBJECTIVES
-) -> list[bool]:
-    """For each point, whether no other point dominates it."""
-    return [not any(dominates(q, p, objectives) for j, q in enumerate(points) if j != i) for i, p in enumerate(points)]
+    points: Sequence[Mapping[str, float | None]], objectives: Mapping[str, Objective] = OBJECTIVES
+) -> list[bool | None]:
+    """Per point: True when no other point can dominate it, whatever the unknown objectives turn out to
+    be; False when another point surely dominates it; None when that depends on unknown objectives.
+    The objectives compared are those at least one point measures."""
+    objs = {k: objectives[k] for k in measured(points, objectives)}
+    out: list[bool | None] = []
+    for i, p in enumerate(points):
+        may, sure = False, False
+        for j, q in enumerate(points):
+            if j != i:
+                m, s = compare(q, p, objs)
+                may, sure = may or m, sure or s
+        out.append(False if sure else (None if may else True))
+    return out
 
 
 def baseline_table(records: Sequence[RunRecord]) -> dict[tuple[str, str], dict[str, Stat | None]]:
@@ -350,7 +443,8 @@ def to_json(groups: Sequence[Group]) -> list[dict[str, Any]]:
             "epsilon": g.epsilon,
             "fraction": g.fraction,
             "metric": g.metric,
-            "pareto": g.pareto,
+            "pareto": g.pareto,  # null: depends on the objectives listed in "unknown"
+            "unknown": g.unknown,
             "seeds": [r.seed for r in g.runs],
             "runs": [r.run_dir.name for r in g.runs],
             **{

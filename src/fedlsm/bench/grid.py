@@ -102,6 +102,17 @@ class GridSpec(_Strict):
     epsilons: list[float] | None = None
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     data_fractions: list[float] | None = None
+    weights: dict[str, float] | None = Field(None, description="the report's scoring weights per category")
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v):
+        from fedlsm.bench.score import weights_problem
+
+        problem = None if v is None else weights_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
 
     @field_validator("epsilons")
     @classmethod

@@ -1,7 +1,8 @@
 """The benchmark report: Markdown and HTML tables in the papers' layout, the multi-objective table,
-the Pareto front, and PNG plots (privacy–utility, communication per round, utility vs data size).
+the Pareto front, the scoring function F, fairness across clients, the LLM side, and PNG plots
+(privacy–utility, communication per round, utility vs data size).
 
-Missing measurements print as "–".
+An objective a setting does not measure prints as "unknown"; any other missing measurement as "–".
 """
 
 from __future__ import annotations
@@ -9,15 +10,17 @@ from __future__ import annotations
 import html
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fedlsm.bench.aggregate import OBJECTIVES, Group, RunRecord, Stat, aggregate, baseline_table, collect, to_json
+from fedlsm.bench.score import DEFAULT_WEIGHTS, scores
 from fedlsm.eval.stats import fmt_interval
 
 DASH = "–"
+UNKNOWN = "unknown"  # an objective not measured: never free, never filled in
 
 
 def fmt_pct(s: Stat | float | None) -> str:
@@ -58,7 +61,12 @@ def _mean(g: Group, k: str) -> float | None:
     return g.mean(k)
 
 
-UNKNOWN = "unknown"  # a method that ran no membership audit (the table never fills one in)
+def _objective(g: Group, key: str, fmt: Callable[[Any], str], pct: bool = False) -> str:
+    """An objective's cell: ``unknown`` where the setting does not measure it."""
+    st = g.stats.get(key)
+    if st is None:
+        return UNKNOWN
+    return fmt(st) if pct else fmt(st.mean)
 
 
 def fmt_membership(g: Group) -> str:
@@ -72,9 +80,8 @@ def fmt_membership(g: Group) -> str:
     return f"{s.mean:.2f}" + ("" if lo is None or hi is None else f" [{lo:.2f}, {hi:.2f}]")
 
 
-def fmt_advantage(g: Group) -> str:
-    v = g.mean("membership_advantage")
-    return UNKNOWN if v is None else f"{v:.2f}"
+def fmt_pareto(on: bool | None) -> str:
+    return UNKNOWN if on is None else ("✓" if on else "")
 
 
 @dataclass
@@ -163,46 +170,151 @@ def objectives_table(groups: Sequence[Group]) -> Section:
             [
                 g.setting,
                 g.dataset,
-                fmt_pct(g.stats["utility"]),
-                fmt_eps(_mean(g, "epsilon")),
-                fmt_pct(g.stats["attack_success"]),
+                _objective(g, "utility", fmt_pct, pct=True),
+                _objective(g, "epsilon", fmt_eps),
+                _objective(g, "attack_success", fmt_pct, pct=True),
                 fmt_membership(g),
-                fmt_advantage(g),
+                _objective(g, "membership_advantage", lambda x: f"{x:.2f}"),
                 DASH if tr is None else f"{tr.mean:.2f}",
-                fmt_bytes(_mean(g, "bytes_up_per_client_round")),
-                fmt_bytes(_mean(g, "bytes_down_per_client_round")),
-                fmt_num(_mean(g, "wall_seconds")),
+                _objective(g, "bytes_up_per_client_round", fmt_bytes),
+                _objective(g, "bytes_down_per_client_round", fmt_bytes),
+                _objective(g, "wall_seconds", fmt_num),
                 fmt_num(_mean(g, "client_seconds")),
                 fmt_num(_mean(g, "server_seconds")),
                 fmt_num(_mean(g, "cpu_seconds")),
-                fmt_num(_mean(g, "peak_rss_mb"), 0),
-                fmt_num(_mean(g, "llm_tokens"), 0),
+                _objective(g, "peak_rss_mb", lambda x: fmt_num(x, 0)),
+                _objective(g, "llm_tokens", lambda x: fmt_num(x, 0)),
                 str(len(g.runs)),
-                "✓" if g.pareto else "",
+                fmt_pareto(g.pareto),
             ]
         )
     note = (
         "ε: per-token budget of the exponential mechanism (– = the method releases no perturbed text). "
         "Attack success: nearest-neighbour inversion of the perturbed prompts (best of a uniform and a "
         "public-text prior). Membership AUC: the loss(-difference) membership-inference attack on what "
-        "clients release, the worst target audited (0.5 = chance; docs/privacy.md), unknown where a method "
-        "ran none; advantage = max TPR − FPR. TokenRatio: perturbed rationales vs non-private ones. Bytes from "
-        "the message log (per client and round). Peak MB: the run process's peak resident memory. LLM tokens: "
-        "tokens the server LLM generated (the LLM query cost). Means over seeds."
+        "clients release, the worst target audited (0.5 = chance; docs/privacy.md); advantage = max TPR − FPR. "
+        "TokenRatio: perturbed rationales vs non-private ones. Bytes from the message log "
+        "(per client and round). Peak MB: the run process's peak resident memory (in one process, server and "
+        "clients together). LLM tokens: tokens the server LLM generated (the LLM query cost). Means over seeds. "
+        "unknown: an objective the setting does not measure (it is not free: see the Pareto front)."
     )
     return Section("Multi-objective table", headers, rows, note)
 
 
+def _labels(keys: Sequence[str]) -> str:
+    return ", ".join(OBJECTIVES[k].label for k in keys)
+
+
 def pareto_section(groups: Sequence[Group]) -> Section:
-    objs = ", ".join(f"{lab} ({'max' if d == 'max' else 'min'})" for lab, d in OBJECTIVES.values())
-    rows = [[g.dataset, g.setting, fmt_pct(g.stats["utility"])] for g in groups if g.pareto]
+    objs = ", ".join(f"{o.label} ({o.direction})" for o in OBJECTIVES.values())
+    rows = [
+        [g.dataset, g.setting, fmt_pct(g.stats["utility"]), "yes" if g.pareto else UNKNOWN, _labels(g.unknown) or DASH]
+        for g in groups
+        if g.pareto is not False
+    ]
     return Section(
         "Pareto front",
-        ["dataset", "method", "utility %"],
+        ["dataset", "method", "utility %", "on the front", "unknown objectives"],
         rows,
-        f"Settings no other setting on the same dataset beats on every objective: {objs}. "
-        "An objective a setting does not measure is left out of its comparisons.",
+        f"Objectives: {objs}; compared among the settings on the same dataset, over those at least one of them "
+        "measures. An objective a setting does not measure is unknown: it could take any value. yes: no other "
+        "setting can dominate it whatever the unknown values are. unknown: front membership depends on unknown "
+        "objectives (another setting is at least as good on every objective both measure). Settings another "
+        "surely dominates (every value of both known) are left out.",
     )
+
+
+def _fmt_score(x: float | None) -> str:
+    return UNKNOWN if x is None else f"{x:.3f}"
+
+
+def score_section(groups: Sequence[Group], weights: Mapping[str, float]) -> Section:
+    """The scoring function F per setting, best first on each dataset, with its normalised objectives."""
+    sc = scores(groups, weights)
+    cols = [k for k in OBJECTIVES if any(sc[id(g)].normalised.get(k) is not None for g in groups)]
+    order = sorted(groups, key=lambda g: (g.dataset, sc[id(g)].f is None, -(sc[id(g)].f or 0.0)))
+    rows = [
+        [
+            g.dataset,
+            g.setting,
+            _fmt_score(sc[id(g)].f),
+            _fmt_score(sc[id(g)].f_measured),
+            _labels(sc[id(g)].unknown) or DASH,
+            *[_fmt_score(sc[id(g)].normalised.get(k)) for k in cols],
+        ]
+        for g in order
+    ]
+    w = ", ".join(f"{c}={v:g}" for c, v in weights.items())
+    return Section(
+        f"Scoring function F (weights {w})",
+        ["dataset", "method", "F", "F over measured", "unknown objectives", *[OBJECTIVES[k].label for k in cols]],
+        rows,
+        "F = Σ w·n / Σ w over the objectives, each normalised on its dataset to [0, 1] (1 = the best setting's "
+        "mean, 0 = the worst's; all equal: 1); a category's weight is split evenly over its objectives. F is "
+        "unknown when a weighted objective is; 'F over measured' renormalises the weights over the measured ones "
+        "and is not comparable with a full F. Change the weights with `fedlsm report --weights` or the grid's "
+        "`weights`.",
+    )
+
+
+Column = tuple[str, str, Callable[[Group, str], str]]  # header, aggregated field, formatter
+
+
+def _pct_cell(g: Group, k: str) -> str:
+    return fmt_pct(g.stats.get(k))
+
+
+def _pct_mean_cell(g: Group, k: str) -> str:
+    return fmt_pct(_mean(g, k))
+
+
+def _num_cell(g: Group, k: str) -> str:
+    return fmt_num(_mean(g, k))
+
+
+def _count_cell(g: Group, k: str) -> str:
+    return fmt_num(_mean(g, k), 0)
+
+
+def _group_section(groups: Sequence[Group], title: str, columns: Sequence[Column], note: str) -> Section | None:
+    """One row per setting with ``columns``; left out when no setting measured any of them."""
+    if not any(g.stats.get(k) for g in groups for _, k, _ in columns):
+        return None
+    rows = [[g.setting, g.dataset, *[fmt(g, k) for _, k, fmt in columns]] for g in groups]
+    return Section(title, ["method", "dataset", *[h for h, _, _ in columns]], rows, note)
+
+
+def clients_section(groups: Sequence[Group]) -> Section | None:
+    """Fairness across clients and per-client compute, where the runs measured them."""
+    columns: list[Column] = [
+        ("clients", "clients_scored", _count_cell),
+        ("worst client %", "worst_client_utility", _pct_cell),
+        ("spread (max − min) %", "client_utility_spread", _pct_mean_cell),
+        ("slowest client s", "slowest_client_seconds", _num_cell),
+        ("spread s", "client_seconds_spread", _num_cell),
+    ]
+    note = (
+        "Worst client: the lowest per-client utility (the contract's client_utility), spread its max − min, "
+        "means over seeds. Client seconds: the time each client took answering the server's requests (message "
+        "log). Memory is not per client: the peak MB above is the whole process's, server and clients together "
+        "when they share one process."
+    )
+    return _group_section(groups, "Clients: fairness and per-client compute", columns, note)
+
+
+def llm_section(groups: Sequence[Group]) -> Section | None:
+    """What the server LLM reached and what its queries cost, where the runs measured them."""
+    columns: list[Column] = [
+        ("LLM utility %", "llm_utility", _pct_cell),
+        ("requests", "llm_requests", _count_cell),
+        ("prompt tokens", "llm_prompt_tokens", _count_cell),
+        ("completion tokens", "llm_tokens", _count_cell),
+    ]
+    note = (
+        "LLM utility: the server LLM's result after the method, where it trains or is measured (its "
+        "before/after rows are in the methods' own tables above). Means over seeds."
+    )
+    return _group_section(groups, "LLM side: its result and query cost", columns, note)
 
 
 def runs_section(records: Sequence[RunRecord]) -> Section:
@@ -395,8 +507,24 @@ def render_html(title: str, sections: Sequence[Section]) -> str:
     return "\n".join(out)
 
 
-def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, title: str | None = None) -> dict[str, Any]:
-    """Collect, aggregate and write ``report.md``, ``report.html``, ``summary.json`` and the PNGs."""
+def summary_json(groups: Sequence[Group], weights: Mapping[str, float]) -> dict[str, Any]:
+    """summary.json: every group's aggregates, and its F with the normalised objectives behind it."""
+    sc = scores(groups, weights)
+    rows = [
+        {**d, "F": sc[id(g)].f, "F_measured": sc[id(g)].f_measured, "normalised": sc[id(g)].normalised}
+        for g, d in zip(groups, to_json(groups))
+    ]
+    return {"weights": dict(weights), "groups": rows}
+
+
+def write_report(
+    runs_dir: str | Path,
+    out_dir: str | Path | None = None,
+    title: str | None = None,
+    weights: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
+    """Collect, aggregate and write ``report.md``, ``report.html``, ``summary.json`` and the PNGs.
+    ``weights``: the scoring function's, per category (default: every category 1)."""
     runs_dir = Path(runs_dir)
     out = Path(out_dir) if out_dir else runs_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -406,7 +534,9 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, title:
     for extra in (rows_table(records), differences_table(groups)):
         if extra:
             sections.append(extra)
-    sections += [objectives_table(groups), pareto_section(groups)]
+    weights = dict(weights or DEFAULT_WEIGHTS)
+    sections += [objectives_table(groups), pareto_section(groups), score_section(groups, weights)]
+    sections += [s for s in (clients_section(groups), llm_section(groups)) if s]
     images = []
     for name, fn, t in (
         ("privacy_utility.png", plot_privacy_utility, "Privacy–utility (utility vs ε)"),
@@ -423,7 +553,7 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, title:
     title = title or f"Benchmark report: {runs_dir.name}"
     (out / "report.md").write_text(render_markdown(title, sections))
     (out / "report.html").write_text(render_html(title, sections))
-    (out / "summary.json").write_text(json.dumps({"groups": to_json(groups)}, indent=2))
+    (out / "summary.json").write_text(json.dumps(summary_json(groups, weights), indent=2))
     return {
         "markdown": out / "report.md",
         "html": out / "report.html",
@@ -441,7 +571,6 @@ TERMINAL_COLUMNS = (
     "utility %",
     "ε",
     "attack success %",
-    "membership AUC [95% CI]",
     "bytes up / client·round",
     "wall s",
     "peak MB",
