@@ -40,7 +40,7 @@ from fedlsm.errors import ConfigError
 from fedlsm.eval.scoring import evaluate, extract_number
 from fedlsm.federation.grid import ClientContext, Grid, run_in_process, site_measurements
 from fedlsm.federation.protocol import MalformedMessage, Payload, R, Rounds, TypedRole, handles
-from fedlsm.methods.common import eval_slm, finetune, label_pairs, load_slm
+from fedlsm.methods.common import eval_slm, finetune, label_pairs, load_slm, train_settings
 from fedlsm.methods.fedcot_messages import (
     RELEASED,
     Accuracy,
@@ -57,7 +57,14 @@ from fedlsm.methods.fedcot_messages import (
 )
 from fedlsm.methods.fedcot_settings import FedCoTArgs, generation_config
 from fedlsm.models.generation import GenerationConfig, HFGenerator, TextGenerator
-from fedlsm.models.training import TrainPair, adapter_arrays, load_adapter_arrays
+from fedlsm.models.training import (
+    TrainPair,
+    TrainSettings,
+    TwoTaskPair,
+    adapter_arrays,
+    load_adapter_arrays,
+    train_two_task,
+)
 
 if TYPE_CHECKING:
     from fedlsm.methods.fedcot_adaptive import AdaptiveCodec
@@ -149,18 +156,31 @@ def rationale_body(rationale: str) -> str:
     return (rationale[: hits[-1].start()] if hits else rationale).strip()
 
 
-def multitask_pairs(
-    examples: Sequence[Example], rationales: Sequence[str], keep: Sequence[bool], rationale_weight: float
-) -> list[TrainPair]:
-    """Distilling step-by-step: '[label]' prompt -> answer for every example, '[rationale]' prompt ->
-    the reasoning of a kept rationale (L = L_label + w * L_rationale, Eq. 7); a kept rationale that
-    is only an answer sentence adds no rationale pair."""
-    pairs = [TrainPair(LABEL_PREFIX + answer_prompt(e), answer_continuation(e), 1.0) for e in examples]
+def multitask_pairs(examples: Sequence[Example], rationales: Sequence[str], keep: Sequence[bool]) -> list[TwoTaskPair]:
+    """Distilling step-by-step: per example, '[label]' prompt -> answer, and '[rationale]' prompt -> the
+    reasoning where its rationale was kept; a kept rationale that is only an answer sentence has none."""
+    out = []
     for e, r, k in zip(examples, rationales, keep):
         body = rationale_body(r) if k else ""
-        if body:
-            pairs.append(TrainPair(RATIONALE_PREFIX + format_question(e) + "\nA:", " " + body, rationale_weight))
-    return pairs
+        label = TrainPair(LABEL_PREFIX + answer_prompt(e), answer_continuation(e))
+        out.append(
+            TwoTaskPair(label, TrainPair(RATIONALE_PREFIX + format_question(e) + "\nA:", " " + body) if body else None)
+        )
+    return out
+
+
+def train_multitask(model, tok, pairs: Sequence[TwoTaskPair], settings: TrainSettings, args: FedCoTArgs, what: str):
+    """Eq. 7-9 with Appendix D.1's weights: alpha * L_label (mean over every example) + beta * L_rationale
+    (mean over the examples whose rationale was kept), per batch."""
+    return train_two_task(
+        model,
+        tok,
+        pairs,
+        settings,
+        main_weight=args.label_weight,
+        aux_weight=args.rationale_weight,
+        description=what,
+    )
 
 
 # ------------------------------------------------------------------------------------------- shared
@@ -186,9 +206,16 @@ KEPT_ON_SITE = (
 def privacy_declaration(cfg, variant: str) -> dict[str, Any]:
     """What the server can state without any private data: the mechanism's settings and what is released."""
     p = cfg.privacy
+    # FedCoT-A as in the paper releases its learned perturber's output: no formal guarantee
+    unguarded = variant == "a" and not FedCoTArgs.from_cfg(cfg).exponential_guard
     return {
         "variant": f"fedcot-{variant}",
-        "epsilon_per_token": p.epsilon,
+        "epsilon_per_token": None if unguarded else p.epsilon,
+        **(
+            {"guarantee": "none: a learned perturber (method_args.exponential_guard=true adds one)"}
+            if unguarded
+            else {}
+        ),
         "candidate_k": p.top_k,
         "randomness": "seeded (simulation only)" if p.seeded else "os-entropy",
         "released": RELEASED,
@@ -225,8 +252,8 @@ class FedCoTSite:
     def _train_and_eval(self, rationales: Sequence[str], keep: Sequence[bool], what: str, stage: int) -> float:
         self._seed(stage)
         model, tok = load_slm(self.ctx)
-        pairs = multitask_pairs(self.ctx.data, rationales, keep, self.args.rationale_weight)
-        finetune(self.ctx, model, tok, pairs, f"{self.ctx.name}: {what}: training")
+        pairs = multitask_pairs(self.ctx.data, rationales, keep)
+        train_multitask(model, tok, pairs, train_settings(self.ctx), self.args, f"{self.ctx.name}: {what}: training")
         return eval_slm(self.ctx, model, tok, LABEL_PREFIX)["value"]
 
     def _check_count(self, kind: str, received: Sequence[str]) -> None:
@@ -445,7 +472,7 @@ class Exchange(Rounds):
         self.ctx.record("results", self.rows)
 
 
-def _llm_rows(ex: Exchange, llm, n_demos: int) -> tuple[str | None, dict | None]:
+def _llm_rows(ex: Exchange, llm, shots: int) -> tuple[str | None, dict | None]:
     """Zero-/few-shot LLM rows (server side); the LLM's scores when the clients' SLM is the same model."""
     ctx = ex.ctx
     if ctx.cfg.llm.base_url:
@@ -453,20 +480,20 @@ def _llm_rows(ex: Exchange, llm, n_demos: int) -> tuple[str | None, dict | None]
         ex.add_row("Few-shot LLM", None, note="LLM behind HTTP: no log-likelihoods")
         return None, None
     zero = _eval(ctx, llm.model, llm.tokenizer)
-    few = _eval(ctx, llm.model, llm.tokenizer, answer_demonstrations(ctx.public, n_demos))
+    few = _eval(ctx, llm.model, llm.tokenizer, answer_demonstrations(ctx.public, shots))
     ex.add_row("Zero-shot LLM", zero["value"])
-    ex.add_row(f"Few-shot LLM ({n_demos}-shot)", few["value"])
+    ex.add_row(f"Few-shot LLM ({shots}-shot)", few["value"])
     same = ctx.cfg.llm.model == ctx.cfg.slm  # the clients' SLM is this model: they need not score it again
     return zero["metric"], ({"zero_shot": zero["value"], "few_shot": few["value"]} if same else None)
 
 
-def _local_round(ex: Exchange, llm_scores: dict | None, n_demos: int) -> tuple[str, dict[str, dict]]:
+def _local_round(ex: Exchange, llm_scores: dict | None, shots: int) -> tuple[str, dict[str, dict]]:
     """Round 0: each client's untrained SLM and Standalone (accuracies only)."""
-    few_shot = answer_demonstrations(ex.ctx.public, n_demos)
+    few_shot = answer_demonstrations(ex.ctx.public, shots)
     local = ex.ask(LocalBaselines(few_shot, llm_scores), LocalResults, round=0)
     note = {"note": "same model as the LLM"} if llm_scores else {}
     ex.add_row("Zero-shot SLM", _mean(r.zero_shot for r in local.values()), **note)
-    ex.add_row(f"Few-shot SLM ({n_demos}-shot)", _mean(r.few_shot for r in local.values()), **note)
+    ex.add_row(f"Few-shot SLM ({shots}-shot)", _mean(r.few_shot for r in local.values()), **note)
     ex.add_row("Standalone", _mean(r.standalone for r in local.values()))
     per_client = {c: {"standalone": r.standalone, "n_examples": r.n_examples} for c, r in local.items()}
     return next(iter(local.values())).metric, per_client
@@ -552,12 +579,12 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
     """Server role: the LLM baselines, each client's local baselines, then FedCoT. It holds the LLM, the
     public CoT demonstrations and the evaluation split, and receives perturbed prompts and accuracies."""
     variant = _variant(ctx.cfg)
-    n_demos = FedCoTArgs.from_cfg(ctx.cfg).demos
+    shots = FedCoTArgs.from_cfg(ctx.cfg).shots
     write = rationale_writer(ctx)
     ex = Exchange(ctx, grid)
     ctx.record("privacy", privacy_declaration(ctx.cfg, variant))
-    metric, llm_scores = _llm_rows(ex, write.generator, n_demos)
-    local_metric, per_client = _local_round(ex, llm_scores, n_demos)
+    metric, llm_scores = _llm_rows(ex, write.generator, shots)
+    local_metric, per_client = _local_round(ex, llm_scores, shots)
     metric = metric or local_metric
     _fedcot_round(ex, write, variant, per_client)
     ctx.record("clients", per_client)
