@@ -37,15 +37,13 @@ def test_rationale_filter_keeps_only_rationales_that_state_the_label():
 
 def test_multitask_pairs_use_two_prefixes_and_only_kept_rationales():
     exs = [_ex(), _ex()]
-    pairs = multitask_pairs(
-        exs, ["3 x 4 = 12. 12 - 2 = 10. So the answer is 10.", "r2"], [True, False], rationale_weight=0.5
-    )
-    assert len(pairs) == 3
-    assert pairs[0].prompt.startswith("[label] ") and pairs[0].target == " 10"
+    pairs = multitask_pairs(exs, ["3 x 4 = 12. 12 - 2 = 10. So the answer is 10.", "r2"], [True, False])
+    assert len(pairs) == 2 and pairs[1].aux is None  # one example each; the second's rationale was dropped
+    assert pairs[0].main.prompt.startswith("[label] ") and pairs[0].main.target == " 10"
     # the rationale task learns the reasoning; the answer sentence is the label task's business
-    assert pairs[2].prompt.startswith("[rationale] ") and pairs[2].target == " 3 x 4 = 12. 12 - 2 = 10."
-    assert pairs[2].weight == 0.5
-    assert len(multitask_pairs(exs, ["The answer is 10.", "r2"], [True, False], 1.0)) == 2  # no reasoning left
+    assert pairs[0].aux is not None and pairs[0].aux.prompt.startswith("[rationale] ")
+    assert pairs[0].aux.target == " 3 x 4 = 12. 12 - 2 = 10."
+    assert multitask_pairs(exs, ["The answer is 10.", "r2"], [True, False])[0].aux is None  # no reasoning left
     assert rationale_body("Cold keeps milk. Thus, the answer is (b) fridge.") == "Cold keeps milk."
     assert rationale_body("no answer sentence") == "no answer sentence"
 
@@ -188,6 +186,7 @@ def test_fedcot_a_trains_a_perturber_and_releases_no_private_prompt(tmp_path):
             "llm.max_new_tokens": 24,
             "method_args.demos": 1,
             "method_args.variant": "a",
+            "method_args.exponential_guard": True,  # not the paper's default: its perturber is unguarded
         },
         defaults=METHOD_DEFAULTS["fedcot"],
     )

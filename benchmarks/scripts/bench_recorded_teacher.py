@@ -24,8 +24,9 @@ from rich.table import Table
 
 from fedlsm.config import build_config
 from fedlsm.core import seed_everything
-from fedlsm.methods.common import eval_slm, finetune, label_pairs, load_slm
-from fedlsm.methods.fedcot import LABEL_PREFIX, consistent, multitask_pairs
+from fedlsm.methods.common import eval_slm, finetune, label_pairs, load_slm, train_settings
+from fedlsm.methods.fedcot import LABEL_PREFIX, consistent, multitask_pairs, train_multitask
+from fedlsm.methods.fedcot_settings import FedCoTArgs
 from fedlsm.runner import prepare
 
 
@@ -46,6 +47,7 @@ def one_seed(seed: int, a: argparse.Namespace, console: Console) -> dict:
             "train.lr": a.lr,
             "train.batch_size": a.batch_size,
             "eval_batch_size": a.eval_batch_size,
+            "method_args.rationale_weight": a.rationale_weight,
             **({"data.root": a.data_root} if a.data_root else {}),
         },
     )
@@ -75,11 +77,12 @@ def one_seed(seed: int, a: argparse.Namespace, console: Console) -> dict:
     t0 = time.time()
     seed_everything(seed)
     model, tok = load_slm(ctx)
-    tr = finetune(
-        ctx,
+    tr = train_multitask(
         model,
         tok,
-        multitask_pairs(private, rationales, keep, a.rationale_weight),
+        multitask_pairs(private, rationales, keep),
+        train_settings(ctx),
+        FedCoTArgs.from_cfg(ctx.cfg),
         f"seed {seed}: multi-task (label + rationale)",
     )
     out["multitask_loss_first_last"] = [round(tr.first_loss, 4), round(tr.last_loss, 4)]
@@ -99,7 +102,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--eval-batch-size", type=int, default=16)
-    ap.add_argument("--rationale-weight", type=float, default=1.0)
+    ap.add_argument("--rationale-weight", type=float, default=0.5)  # beta; alpha stays 0.5 (Appendix D.1)
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--output-dir", default="runs")
     a = ap.parse_args()

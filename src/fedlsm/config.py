@@ -61,12 +61,28 @@ class DataConfig(_Strict):
     )
 
 
+class SideTrainConfig(_Strict):
+    """``train.slm`` / ``train.llm``: one side's own values; unset ones take the shared ``train.*``."""
+
+    lr: float | None = Field(None, gt=0, description="learning rate (FedCoT: 5e-5; FedMKT: LLM 3e-5, SLMs 3e-5/3e-4)")
+    epochs: int | None = Field(None, gt=0)
+    batch_size: int | None = Field(None, gt=0, description="examples per step (FedCoT: 32; FedMKT: 4)")
+    max_steps: int | None = Field(None, gt=0, description="optimizer steps per training call (FedCoT: 400-1500)")
+
+
 class TrainConfig(_Strict):
     epochs: int = Field(2, gt=0)
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(8, gt=0)
     max_steps: int | None = Field(None, gt=0)
     max_length: int = Field(256, gt=8)
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (FedMKT: 0.1)")
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.999, ge=0, lt=1, description="AdamW beta2 (FedMKT: 0.95)")
+    warmup_ratio: float = Field(0.1, ge=0, le=1, description="share of steps with linear warm-up (FedMKT: 0.008)")
+    grad_clip: float = Field(1.0, ge=0, description="max gradient norm, 0 = none (FedMKT: 1.0)")
+    slm: SideTrainConfig = Field(default_factory=SideTrainConfig, description="client SLMs' own lr/epochs/batch/steps")
+    llm: SideTrainConfig = Field(default_factory=SideTrainConfig, description="server LLM's own lr/epochs/batch/steps")
     lora: bool = Field(True, description="LoRA adapters (true) or full fine-tuning (false)")
     lora_r: int = Field(8, gt=0)
     lora_alpha: int = Field(16, gt=0)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Literal, Protocol
 
 from fedlsm.config import RunConfig
 from fedlsm.core import RunContext
@@ -23,15 +23,27 @@ class RoleContext(Protocol):
     def task(self) -> Task: ...
 
 
-def train_settings(ctx: RoleContext) -> TrainSettings:
-    t = ctx.cfg.train
+def train_settings(ctx: RoleContext, side: Literal["slm", "llm"] = "slm") -> TrainSettings:
+    """The optimizer settings for ``side``'s models in this run (:func:`side_settings`)."""
+    return side_settings(ctx.cfg, side)
+
+
+def side_settings(cfg: RunConfig, side: Literal["slm", "llm"]) -> TrainSettings:
+    """``side``'s optimizer settings: ``train.<side>.*`` where set, else ``train.*``."""
+    t = cfg.train
+    own = t.slm if side == "slm" else t.llm
     return TrainSettings(
-        epochs=t.epochs,
-        lr=t.lr,
-        batch_size=t.batch_size,
-        max_steps=t.max_steps,
+        epochs=own.epochs or t.epochs,
+        lr=own.lr or t.lr,
+        batch_size=own.batch_size or t.batch_size,
+        max_steps=own.max_steps or t.max_steps,
+        weight_decay=t.weight_decay,
+        warmup_ratio=t.warmup_ratio,
+        adam_beta1=t.adam_beta1,
+        adam_beta2=t.adam_beta2,
         max_length=t.max_length,
-        seed=ctx.cfg.seed,
+        grad_clip=t.grad_clip,
+        seed=cfg.seed,
     )
 
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -55,7 +55,7 @@ from fedlsm.federation.protocol import (
     message,
 )
 from fedlsm.methods.audit import audit_client_classifier
-from fedlsm.methods.common import check_scores, scores_for
+from fedlsm.methods.common import check_scores, scores_for, side_settings
 from fedlsm.methods.crosslm_filter import diversity, select_top
 from fedlsm.methods.crosslm_losses import (
     GAMMAS,
@@ -76,7 +76,7 @@ from fedlsm.models.classifier import (
     slm_kind,
     verbalized_examples,
 )
-from fedlsm.models.training import TrainSettings
+from fedlsm.models.training import TrainSettings, adamw
 from fedlsm.progress import progress_iter
 
 # Per-task prompt templates (method_args override each): M(y) asks the LLM for a sample of label y
@@ -176,10 +176,9 @@ class CrossLMArgs:
 
 
 def fit_settings(cfg, args: CrossLMArgs, kind: str, seed: int) -> TrainSettings:
-    """SLM training settings: train.* for both kinds, with more epochs for the cheap encoder."""
-    t = cfg.train
-    epochs = args.encoder_epochs if kind == "encoder" else t.epochs
-    return TrainSettings(epochs=epochs, lr=t.lr, batch_size=t.batch_size, max_steps=t.max_steps, seed=seed)
+    """SLM training settings: train.slm.* over train.* for both kinds, more epochs for the cheap encoder."""
+    base = side_settings(cfg, "slm")
+    return replace(base, epochs=args.encoder_epochs if kind == "encoder" else base.epochs, seed=seed)
 
 
 def slm_spec_for(cfg, args: CrossLMArgs, index: int, labels: list[str]) -> SLMSpec:
@@ -418,7 +417,8 @@ class CrossLMServer:
             r_all = centered_by_label(r_all, torch.tensor(pool.labels))
         batches = self._llm_batches(len(pool.texts), round)
         params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=a.llm_lr)
+        s = replace(side_settings(self.cfg, "llm"), lr=a.llm_lr)  # llm_lr: CrossLM's own option
+        opt = adamw(params, s)
         hist: dict[str, list[float]] = {"L_g": [], "L_t": [], "L_r": [], "L": []}
         model.train()
         for b in progress_iter(batches, f"round {round}: training the LLM (L_g + L_t + L_r)"):
@@ -426,7 +426,8 @@ class CrossLMServer:
             loss = llm_objective(l_g, l_t, l_r, a.gammas)
             opt.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            if s.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, s.grad_clip)
             opt.step()
             for k, v in (("L_g", l_g), ("L_t", l_t), ("L_r", l_r), ("L", loss)):
                 hist[k].append(float(v.detach()))

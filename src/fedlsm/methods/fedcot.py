@@ -41,7 +41,7 @@ from fedlsm.eval.scoring import evaluate, extract_number
 from fedlsm.eval.stats import mean_scores
 from fedlsm.federation.grid import ClientContext, Grid, run_in_process, site_measurements
 from fedlsm.federation.protocol import MalformedMessage, Payload, R, Rounds, TypedRole, handles
-from fedlsm.methods.common import eval_slm, finetune, label_pairs, load_slm, scores_for
+from fedlsm.methods.common import eval_slm, finetune, label_pairs, load_slm, scores_for, train_settings
 from fedlsm.methods.fedcot_messages import (
     RELEASED,
     Accuracy,
@@ -58,7 +58,14 @@ from fedlsm.methods.fedcot_messages import (
 )
 from fedlsm.methods.fedcot_settings import FedCoTArgs, generation_config
 from fedlsm.models.generation import GenerationConfig, HFGenerator, TextGenerator
-from fedlsm.models.training import TrainPair, adapter_arrays, load_adapter_arrays
+from fedlsm.models.training import (
+    TrainPair,
+    TrainSettings,
+    TwoTaskPair,
+    adapter_arrays,
+    load_adapter_arrays,
+    train_two_task,
+)
 
 if TYPE_CHECKING:
     from fedlsm.methods.fedcot_adaptive import AdaptiveCodec
@@ -150,18 +157,31 @@ def rationale_body(rationale: str) -> str:
     return (rationale[: hits[-1].start()] if hits else rationale).strip()
 
 
-def multitask_pairs(
-    examples: Sequence[Example], rationales: Sequence[str], keep: Sequence[bool], rationale_weight: float
-) -> list[TrainPair]:
-    """Distilling step-by-step: '[label]' prompt -> answer for every example, '[rationale]' prompt ->
-    the reasoning of a kept rationale (L = L_label + w * L_rationale, Eq. 7); a kept rationale that
-    is only an answer sentence adds no rationale pair."""
-    pairs = [TrainPair(LABEL_PREFIX + answer_prompt(e), answer_continuation(e), 1.0) for e in examples]
+def multitask_pairs(examples: Sequence[Example], rationales: Sequence[str], keep: Sequence[bool]) -> list[TwoTaskPair]:
+    """Distilling step-by-step: per example, '[label]' prompt -> answer, and '[rationale]' prompt -> the
+    reasoning where its rationale was kept; a kept rationale that is only an answer sentence has none."""
+    out = []
     for e, r, k in zip(examples, rationales, keep):
         body = rationale_body(r) if k else ""
-        if body:
-            pairs.append(TrainPair(RATIONALE_PREFIX + format_question(e) + "\nA:", " " + body, rationale_weight))
-    return pairs
+        label = TrainPair(LABEL_PREFIX + answer_prompt(e), answer_continuation(e))
+        out.append(
+            TwoTaskPair(label, TrainPair(RATIONALE_PREFIX + format_question(e) + "\nA:", " " + body) if body else None)
+        )
+    return out
+
+
+def train_multitask(model, tok, pairs: Sequence[TwoTaskPair], settings: TrainSettings, args: FedCoTArgs, what: str):
+    """Eq. 7-9 with Appendix D.1's weights: alpha * L_label (mean over every example) + beta * L_rationale
+    (mean over the examples whose rationale was kept), per batch."""
+    return train_two_task(
+        model,
+        tok,
+        pairs,
+        settings,
+        main_weight=args.label_weight,
+        aux_weight=args.rationale_weight,
+        description=what,
+    )
 
 
 # ------------------------------------------------------------------------------------------- shared
@@ -192,10 +212,17 @@ KEPT_ON_SITE = (
 def privacy_declaration(cfg, variant: str) -> dict[str, Any]:
     """What the server can state without any private data: the mechanism's settings and what is released."""
     p = cfg.privacy
+    # FedCoT-A as in the paper releases its learned perturber's output: no formal guarantee
+    unguarded = variant == "a" and not FedCoTArgs.from_cfg(cfg).exponential_guard
     return {
         "variant": f"fedcot-{variant}",
-        "epsilon_per_token": p.epsilon,
+        "epsilon_per_token": None if unguarded else p.epsilon,
         "mechanism": p.mechanism or ("custext" if p.top_k else "full"),
+        **(
+            {"guarantee": "none: a learned perturber (method_args.exponential_guard=true adds one)"}
+            if unguarded
+            else {}
+        ),
         "candidate_k": p.top_k,
         "randomness": "seeded (simulation only)" if p.seeded else "os-entropy",
         "released": RELEASED,
@@ -230,8 +257,8 @@ class FedCoTSite:
         """Distil, then the test score: ``value`` and each question's (``per_example``)."""
         self._seed(stage)
         model, tok = load_slm(self.ctx)
-        pairs = multitask_pairs(self.ctx.data, rationales, keep, self.args.rationale_weight)
-        finetune(self.ctx, model, tok, pairs, f"{self.ctx.name}: {what}: training")
+        pairs = multitask_pairs(self.ctx.data, rationales, keep)
+        train_multitask(model, tok, pairs, train_settings(self.ctx), self.args, f"{self.ctx.name}: {what}: training")
         return eval_slm(self.ctx, model, tok, LABEL_PREFIX)
 
     def _check_count(self, kind: str, received: Sequence[str]) -> None:
@@ -460,7 +487,7 @@ def per_question(lists: Iterable[list[float]]) -> list[float] | None:
     return mean_scores(got) if got else None
 
 
-def _llm_rows(ex: Exchange, llm, n_demos: int) -> tuple[str | None, dict | None]:
+def _llm_rows(ex: Exchange, llm, shots: int) -> tuple[str | None, dict | None]:
     """Zero-/few-shot LLM rows (server side); the LLM's scores when the clients' SLM is the same model."""
     ctx = ex.ctx
     if ctx.cfg.llm.base_url:
@@ -468,16 +495,16 @@ def _llm_rows(ex: Exchange, llm, n_demos: int) -> tuple[str | None, dict | None]
         ex.add_row("Few-shot LLM", None, note="LLM behind HTTP: no log-likelihoods")
         return None, None
     zero = _eval(ctx, llm.model, llm.tokenizer)
-    few = _eval(ctx, llm.model, llm.tokenizer, answer_demonstrations(ctx.public, n_demos))
+    few = _eval(ctx, llm.model, llm.tokenizer, answer_demonstrations(ctx.public, shots))
     ex.add_row("Zero-shot LLM", zero["value"], zero["per_example"])
-    ex.add_row(f"Few-shot LLM ({n_demos}-shot)", few["value"], few["per_example"])
+    ex.add_row(f"Few-shot LLM ({shots}-shot)", few["value"], few["per_example"])
     same = ctx.cfg.llm.model == ctx.cfg.slm  # the clients' SLM is this model: they need not score it again
     return zero["metric"], ({"zero_shot": zero["per_example"], "few_shot": few["per_example"]} if same else None)
 
 
-def _local_round(ex: Exchange, llm_scores: dict | None, n_demos: int) -> tuple[str, dict[str, dict]]:
+def _local_round(ex: Exchange, llm_scores: dict | None, shots: int) -> tuple[str, dict[str, dict]]:
     """Round 0: each client's untrained SLM and Standalone (scores only)."""
-    few_shot = answer_demonstrations(ex.ctx.public, n_demos)
+    few_shot = answer_demonstrations(ex.ctx.public, shots)
     lists = ("zero_shot_per_example", "few_shot_per_example", "standalone_per_example")
     check = scores_for(len(ex.ctx.task.test), *lists)
     local = ex.ask(LocalBaselines(few_shot, llm_scores), LocalResults, round=0, check=check)
@@ -487,7 +514,7 @@ def _local_round(ex: Exchange, llm_scores: dict | None, n_demos: int) -> tuple[s
         "Zero-shot SLM", _mean(r.zero_shot for r in rs), per_question(r.zero_shot_per_example for r in rs), **note
     )
     few = per_question(r.few_shot_per_example for r in rs)
-    ex.add_row(f"Few-shot SLM ({n_demos}-shot)", _mean(r.few_shot for r in rs), few, **note)
+    ex.add_row(f"Few-shot SLM ({shots}-shot)", _mean(r.few_shot for r in rs), few, **note)
     ex.add_row("Standalone", _mean(r.standalone for r in rs), per_question(r.standalone_per_example for r in rs))
     per_client = {c: {"standalone": r.standalone, "n_examples": r.n_examples} for c, r in local.items()}
     return next(iter(local.values())).metric, per_client
@@ -591,12 +618,12 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
     """Server role: the LLM baselines, each client's local baselines, then FedCoT. It holds the LLM, the
     public CoT demonstrations and the evaluation split, and receives perturbed prompts and accuracies."""
     variant = _variant(ctx.cfg)
-    n_demos = FedCoTArgs.from_cfg(ctx.cfg).demos
+    shots = FedCoTArgs.from_cfg(ctx.cfg).shots
     write = rationale_writer(ctx)
     ex = Exchange(ctx, grid)
     ctx.record("privacy", privacy_declaration(ctx.cfg, variant))
-    metric, llm_scores = _llm_rows(ex, write.generator, n_demos)
-    local_metric, per_client = _local_round(ex, llm_scores, n_demos)
+    metric, llm_scores = _llm_rows(ex, write.generator, shots)
+    local_metric, per_client = _local_round(ex, llm_scores, shots)
     metric = metric or local_metric
     _fedcot_round(ex, write, variant, per_client)
     ctx.record("clients", per_client)

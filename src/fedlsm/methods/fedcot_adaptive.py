@@ -39,10 +39,11 @@ def decode_input(p: str, pp: str, rp: str) -> str:
 class AdaptiveCodec:
     """The trained SLM as perturber (client -> server) and rationale decoder (server -> client).
 
-    ``guard``: a learned perturber has no guarantee and, undertrained, copies phrases of the raw
-    prompt (we saw it do so on a small public split). With the guard on (default) its output goes
-    through the exponential mechanism before release, so every released token is an ε-DP sample;
-    the report still measures, against the raw prompt, how many tokens came through unchanged.
+    ``guard`` (``method_args.exponential_guard``, off by default as in the paper): a learned perturber
+    has no guarantee and, undertrained, copies phrases of the raw prompt (we saw it do so on a small
+    public split). With the guard its output goes through the exponential mechanism before release, so
+    every released token is an ε-DP sample; either way the report measures, against the raw prompt,
+    how many tokens came through unchanged.
     """
 
     def __init__(
@@ -83,9 +84,9 @@ class AdaptiveCodec:
 
 
 def build_codec(ctx, model, tok, sanitizer: TextSanitizer) -> AdaptiveCodec:
-    """The codec around a (trained) SLM; the exponential-mechanism guard unless ``adaptive_guard=false``."""
+    """The codec around a (trained) SLM; with ``exponential_guard=true``, the exponential mechanism on its output."""
     cfg = ctx.cfg
-    guard = sanitizer if FedCoTArgs.from_cfg(cfg).adaptive_guard else None
+    guard = sanitizer if FedCoTArgs.from_cfg(cfg).exponential_guard else None
     return AdaptiveCodec(model, tok, generation_config(cfg), cfg.llm.batch_size, cfg.privacy.epsilon, guard)
 
 

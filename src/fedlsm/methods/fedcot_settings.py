@@ -17,10 +17,15 @@ class FedCoTArgs:
     """``method_args`` of FedCoT and its Non-Private baseline (``--set method_args.<name>=...``)."""
 
     variant: str = "e"  # e: in-context decoding (FedCoT-E); a: a trained perturber/decoder SLM (FedCoT-A)
-    demos: int = 3  # public CoT demonstrations in the server's few-shot prompt
-    rationale_weight: float = 1.0  # weight of the rationale task beside the label task (Eq. 9)
+    demos: int = 3  # public CoT demonstrations in the server's rationale prompt (the paper does not say)
+    shots: int = 1  # answer-only demonstrations of the Few-shot LLM/SLM rows (the paper: 1-shot)
+    label_weight: float = 0.5  # alpha of L = alpha * L_label + beta * L_rationale (Eq. 7-9; Appendix D.1: 0.5)
+    rationale_weight: float = 0.5  # beta, over the examples whose rationale the filter kept (Appendix D.1: 0.5)
     ablate_decoding: bool = False  # Table 5: train on the perturbed rationales as received
-    adaptive_guard: bool = True  # FedCoT-A: the exponential mechanism guards the perturber's output
+    # FedCoT-A: pass the perturber SLM's output through the exponential mechanism before release. Not in
+    # the paper (its learned perturber releases its output as is, with no formal guarantee); on, every
+    # released token is an epsilon-DP sample.
+    exponential_guard: bool = False
     teacher: str = "llm"  # Non-Private: "recorded" uses a larger LLM's recorded rationales (cqa)
     baselines: bool = True  # run the raw-data baseline beside the method (simulation only)
 
@@ -31,8 +36,9 @@ class FedCoTArgs:
             raise ConfigError("method_args.variant", f"unknown FedCoT variant '{out.variant}'", "use e or a")
         if out.teacher not in ("llm", "recorded"):
             raise ConfigError("method_args.teacher", f"unknown teacher '{out.teacher}'", "use llm or recorded")
-        if out.demos < 0:
-            raise ConfigError("method_args.demos", f"must be >= 0 (got {out.demos})", "use e.g. 3")
+        for name in ("demos", "shots", "label_weight", "rationale_weight"):
+            if getattr(out, name) < 0:
+                raise ConfigError(f"method_args.{name}", f"must be >= 0 (got {getattr(out, name)})", "use e.g. 1")
         return dataclasses.replace(out, variant=out.variant.lower())
 
 

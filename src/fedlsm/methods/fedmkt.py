@@ -33,7 +33,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -112,9 +112,9 @@ class FedMKTArgs:
         return self.client_slms[index] if self.client_slms else cfg.slm
 
 
-def _settings(ctx, *, epochs: int | None = None, seed: int | None = None) -> TrainSettings:
-    """The run's training settings (``train_settings``) with this step's epochs and seed."""
-    base = train_settings(ctx)
+def _settings(ctx, side: Literal["slm", "llm"], *, epochs: int | None = None, seed: int | None = None) -> TrainSettings:
+    """``side``'s training settings (train.<side>.* over train.*) with this step's epochs and seed."""
+    base = train_settings(ctx, side)
     return replace(base, epochs=epochs or base.epochs, seed=base.seed if seed is None else seed)
 
 
@@ -238,7 +238,7 @@ class FedMKTClient(TypedRole):
             self.model,
             self.tok,
             label_pairs(self.ctx.data),
-            _settings(self.ctx, seed=self.ctx.seed + round),
+            _settings(self.ctx, "slm", seed=self.ctx.seed + round),
             description=f"{self.ctx.name}: local fine-tuning (round {round})",
         )
         k = self._knowledge(req.top_k)
@@ -263,7 +263,7 @@ class FedMKTClient(TypedRole):
             self.model,
             self.tok,
             examples,
-            _settings(self.ctx, epochs=req.kd_epochs, seed=self.ctx.seed + 7919 * (round + 1)),
+            _settings(self.ctx, "slm", epochs=req.kd_epochs, seed=self.ctx.seed + 7919 * (round + 1)),
             lam=req.lam,
             description=f"{self.ctx.name}: distilling from the LLM (round {round})",
         )
@@ -429,7 +429,7 @@ def _learn_from_clients(
         s.llm,
         s.tok,
         examples,
-        _settings(s.ctx, epochs=s.args.kd_epochs, seed=s.ctx.cfg.seed + t),
+        _settings(s.ctx, "llm", epochs=s.args.kd_epochs, seed=s.ctx.cfg.seed + t),
         lam=s.args.lam,
         description=f"server: distilling from {len(received)} SLM(s) (round {t})",
     )
@@ -623,7 +623,7 @@ def _standalone_row(ctx: RunContext, args: FedMKTArgs, table: _Table) -> None:
             m,
             t,
             label_pairs(ctx.clients[k]),
-            _settings(ctx, epochs=cfg.train.epochs * args.rounds, seed=cfg.seed * 1000 + k),
+            _settings(ctx, "slm", epochs=train_settings(ctx).epochs * args.rounds, seed=cfg.seed * 1000 + k),
             description=f"Standalone {n}: training",
         )
         alone[n] = _evaluate(cfg, ctx.task, m, t)
@@ -643,14 +643,19 @@ def _llm2slm_row(ctx: RunContext, table: _Table, zero_llm: float) -> None:
     )
 
 
-def _centralized_row(ctx: RunContext, table: _Table) -> None:
-    """Centralized: the LLM trained on every client's data plus the public set (upper bound, no privacy)."""
+def _centralized_row(ctx: RunContext, args: FedMKTArgs, table: _Table) -> None:
+    """Centralized: the LLM trained on every client's data plus the public set (upper bound, no privacy),
+    as many passes as FedMKT's LLM makes over the public set (rounds x kd_epochs)."""
     cfg = ctx.cfg
     m, t = _lora_model(cfg, cfg.llm.model, cfg.seed)
     all_data = [e for c in ctx.clients for e in c] + list(ctx.public)
-    train_sft(m, t, label_pairs(all_data), _settings(ctx), description="Centralized LLM: training")
+    passes = args.rounds * args.kd_epochs
+    train_sft(
+        m, t, label_pairs(all_data), _settings(ctx, "llm", epochs=passes), description="Centralized LLM: training"
+    )
     res = _evaluate(cfg, ctx.task, m, t)
-    table.add({"method": "Centralized", "LLM": res["value"], "note": "LLM on all data"}, {"LLM": res["per_example"]})
+    note = f"LLM on all data, {passes} pass(es) as FedMKT's LLM over the public set"
+    table.add({"method": "Centralized", "LLM": res["value"], "note": note}, {"LLM": res["per_example"]})
     del m
 
 
@@ -680,7 +685,7 @@ def run_fedmkt(ctx: RunContext) -> MethodResult:
         assert zero_llm is not None
         _standalone_row(ctx, args, table)
         _llm2slm_row(ctx, table, zero_llm)
-        _centralized_row(ctx, table)
+        _centralized_row(ctx, args, table)
         _fedavg_row(ctx, args, table)
     summary = {**fed.summary, "table": table.rows}
     by = {r["method"]: r for r in table.rows}

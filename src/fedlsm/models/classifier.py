@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedlsm.errors import ConfigError, FedLSMError
-from fedlsm.models.training import TrainResult, TrainSettings
+from fedlsm.models.training import TrainResult, TrainSettings, adamw
 from fedlsm.progress import progress_iter
 
 if TYPE_CHECKING:
@@ -233,7 +233,7 @@ class EncoderClassifier(SLMClassifier):
             rng.shuffle(order)
             batches += [order[i : i + settings.batch_size] for i in range(0, len(order), settings.batch_size)]
         params = [p for p in self.model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=settings.lr)
+        opt = adamw(params, settings)
         sched = get_linear_schedule_with_warmup(opt, max(1, int(settings.warmup_ratio * total)), total)
         y = torch.tensor(list(labels), dtype=torch.long)
         self.model.train()

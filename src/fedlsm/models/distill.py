@@ -128,6 +128,29 @@ class KDPair:
     soft_logits: np.ndarray | None = None
 
 
+def kd_objective(logp, tgt, t_max: int, batch: Sequence[tuple[EncodedPair, KDPair]], lam: float):
+    """Eq. 9/10 for one batch: ``lam * L_FT + (1 - lam) * L_KD``, L_FT averaged over every example
+    and L_KD over the examples that carry soft targets only (the DualMinCE-selected set, Eq. 7/8).
+    ``logp``/``tgt``/``t_max``: what :func:`_target_log_probs` returns for the batch's rows."""
+    import torch
+
+    from fedlsm.models.training import two_task_loss
+
+    hard, soft = [], []
+    for b, (row, ex) in enumerate(batch):
+        start = t_max - row.n_target
+        hard.append(-logp[b, start:].gather(-1, tgt[b, start:, None]).mean())
+        if ex.soft_ids is not None and ex.soft_logits is not None and len(ex.soft_ids):
+            n = min(len(ex.soft_ids), len(row.target_text_ids))
+            sid = torch.as_tensor(ex.soft_ids[:n], device=logp.device)
+            sval = torch.as_tensor(ex.soft_logits[:n], dtype=torch.float32, device=logp.device)
+            p = torch.softmax(sval, dim=-1)  # padding logits are -inf -> probability 0
+            student = logp[b, start : start + n].gather(-1, sid.clamp(min=0))
+            soft.append(-(p * student.masked_fill(sid < 0, 0.0)).sum(-1).mean())
+    aux = torch.stack(soft) if soft else logp.new_zeros(0)
+    return two_task_loss(torch.stack(hard), aux, lam, 1 - lam)
+
+
 def train_kd(
     model,
     tokenizer,
@@ -138,26 +161,13 @@ def train_kd(
     description: str = "distilling",
     show_progress: bool = True,
 ) -> TrainResult:
-    """Minimise lam * CE(gold) + (1 - lam) * CE(soft targets) per example (soft term only where given)."""
-    import torch
-
+    """Minimise :func:`kd_objective`: lam * CE(gold) over every example + (1 - lam) * CE(soft targets)
+    over the examples that have them."""
     rows = [(encode_for_kd(tokenizer, e.pair, settings.max_length), e) for e in examples]
     pad = pad_id(tokenizer)
 
     def batch_loss(batch):
         logp, tgt, t_max = _target_log_probs(model, [r for r, _ in batch], pad)
-        per_example = []
-        for b, (row, ex) in enumerate(batch):
-            start = t_max - row.n_target
-            loss = lam * -logp[b, start:].gather(-1, tgt[b, start:, None]).mean()
-            if ex.soft_ids is not None and len(ex.soft_ids):
-                n = min(len(ex.soft_ids), len(row.target_text_ids))
-                sid = torch.as_tensor(ex.soft_ids[:n], device=logp.device)
-                sval = torch.as_tensor(ex.soft_logits[:n], dtype=torch.float32, device=logp.device)
-                p = torch.softmax(sval, dim=-1)  # padding logits are -inf -> probability 0
-                student = logp[b, start : start + n].gather(-1, sid.clamp(min=0))
-                loss = loss + (1 - lam) * -(p * student.masked_fill(sid < 0, 0.0)).sum(-1).mean()
-            per_example.append(loss)
-        return torch.stack(per_example).mean(), sum(r.n_target for r, _ in batch)
+        return kd_objective(logp, tgt, t_max, batch, lam), sum(r.n_target for r, _ in batch)
 
     return optimize(model, rows, settings, batch_loss, description=description, show_progress=show_progress)

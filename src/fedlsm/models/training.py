@@ -1,8 +1,9 @@
 """Supervised fine-tuning of causal LMs (full or LoRA) on (prompt, target) pairs.
 
-A short hand-written loop rather than ``transformers.Trainer``: methods need per-pair task
-weights (distilling step-by-step's alpha, FedMKT's lambda), loss only on target tokens, and
-the loss history as a result, and the loop stays readable in ~80 lines.
+A short hand-written loop rather than ``transformers.Trainer``: methods need two-task objectives
+whose second task covers only some examples (:func:`two_task_loss`: FedCoT's kept rationales,
+FedMKT's DualMinCE selection), loss only on target tokens, and the loss history as a result, and
+the loop stays readable in ~80 lines.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ class TrainSettings:
     max_steps: int | None = None
     weight_decay: float = 0.0
     warmup_ratio: float = 0.1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
     max_length: int = 256
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # max gradient norm; 0 = no clipping
     seed: int = 0
 
 
@@ -134,11 +137,18 @@ def batch_plan(rows: Sequence, s: TrainSettings) -> list[list]:
     return batches
 
 
+def adamw(params, s: TrainSettings):
+    """AdamW with ``s``'s learning rate, betas and weight decay (every training loop builds its optimizer here)."""
+    import torch
+
+    return torch.optim.AdamW(params, lr=s.lr, betas=(s.adam_beta1, s.adam_beta2), weight_decay=s.weight_decay)
+
+
 def optimizer_and_schedule(params, s: TrainSettings, total: int):
     """AdamW with linear warm-up then linear decay to zero over ``total`` steps."""
     import torch
 
-    opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+    opt = adamw(params, s)
     warm = max(1, int(s.warmup_ratio * total))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
@@ -206,6 +216,56 @@ def train_sft(
         description=description,
         show_progress=show_progress,
     )
+
+
+def two_task_loss(main, aux, main_weight: float, aux_weight: float):
+    """``main_weight * mean(main) + aux_weight * mean(aux)``: each task's loss averaged over its own
+    examples (``aux`` holds only the examples that have the second task; none: its term is 0). A
+    weighted mean over all pairs instead would shrink the second task's weight with its coverage."""
+    loss = main_weight * main.mean()
+    return loss + aux_weight * aux.mean() if aux.numel() else loss
+
+
+@dataclass
+class TwoTaskPair:
+    """One example of a two-task objective: its main pair, and its auxiliary pair where it has one."""
+
+    main: TrainPair
+    aux: TrainPair | None = None
+
+
+def train_two_task(
+    model,
+    tokenizer,
+    examples: Sequence[TwoTaskPair],
+    settings: TrainSettings,
+    *,
+    main_weight: float,
+    aux_weight: float,
+    description: str = "training",
+    show_progress: bool = True,
+) -> TrainResult:
+    """Fine-tune on :func:`two_task_loss` per batch of examples (an example's two pairs share its batch;
+    ``settings.batch_size`` counts examples)."""
+    s = settings
+    pad = pad_id(tokenizer)
+    dev = model.device
+    rows = [
+        (
+            encode_pairs(tokenizer, [e.main], s.max_length)[0],
+            *encode_pairs(tokenizer, [e.aux] if e.aux else [], s.max_length),
+        )
+        for e in examples
+    ]
+
+    def batch_loss(batch):
+        mains, auxes = [r[0] for r in batch], [r[1] for r in batch if len(r) > 1]
+        ids, labels, mask, _ = _collate(mains + auxes, pad)
+        per_seq = sequence_losses(model, ids.to(dev), labels.to(dev), mask.to(dev))
+        loss = two_task_loss(per_seq[: len(mains)], per_seq[len(mains) :], main_weight, aux_weight)
+        return loss, (labels != -100).sum()
+
+    return optimize(model, rows, s, batch_loss, description=description, show_progress=show_progress)
 
 
 def mean_loss(model, tokenizer, pairs: Sequence[TrainPair], *, batch_size: int = 8, max_length: int = 256) -> float:
