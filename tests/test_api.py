@@ -26,6 +26,26 @@ def test_registry_and_config_errors(tmp_path):
         fedlsm.load_config("standalone", overrides={"train.lr": "fast"})
 
 
+def test_load_config_reads_its_file_once_and_names_a_bad_one(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    reads: list[str] = []
+    for name in ("read_bytes", "read_text"):  # a spy on every way of reading a file's contents
+        real = getattr(Path, name)
+        monkeypatch.setattr(Path, name, lambda p, *a, _real=real, **k: reads.append(str(p)) or _real(p, *a, **k))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("method: fedmkt\nclients: 3\ntrain: {epochs: 2}\n")
+    loaded = fedlsm.load_config(cfg)
+    assert (loaded.method, loaded.clients, loaded.train.epochs, loaded.llm.model) == ("fedmkt", 3, 2, "gemma3-270m")
+    assert reads.count(str(cfg)) == 1
+    for text, problem in (("- a\n- b\n", "must hold a mapping"), ("a: [1\n", "is not valid YAML"), ("", "names no")):
+        cfg.write_text(text)
+        with pytest.raises(ConfigError, match=problem):
+            fedlsm.load_config(cfg)
+    with pytest.raises(ConfigError, match="source: file .* does not exist"):
+        fedlsm.load_config(tmp_path / "missing.yaml")
+
+
 @pytest.mark.slow
 def test_run_a_method_and_read_its_result(tmp_path):
     cfg = fedlsm.load_config(

@@ -61,6 +61,59 @@ def test_a_misspelt_method_option_stops_before_any_model_loads(method, option, v
     assert not list(tmp_path.iterdir())  # no run folder: nothing started
 
 
+def test_run_help_lists_the_methods_own_options_with_help_and_defaults():
+    r = _cli("run", "fedmkt", "--help")
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = " ".join(r.stdout.split())  # the help is a wrapped rich panel
+    assert "fedmkt options (method_args)" in out
+    for flag in ("--rounds", "--top-k", "--lam", "--kd-epochs", "--client-slms", "--server-trains", "--no-baselines"):
+        assert flag in out
+    assert "Appendix D's lambda" in out and "[default: (0.9)]" in out  # the field's comment and default
+    r = _cli("run", "crosslm", "--help")  # a METHOD_DEFAULTS value is the default shown
+    assert r.returncode == 0 and "[default: (32)]" in " ".join(r.stdout.split()).split("--n-synthetic")[1][:200]
+    assert "--lam" not in _cli("run", "standalone", "--help").stdout  # no options, no flags
+
+
+def test_method_flags_set_method_args_and_only_those_given():
+    import typer
+
+    from fedlsm.cli import app
+    from fedlsm.method_flags import PREFIX, flag_values
+
+    run = typer.main.get_command(app).commands["run"]
+    argv = ["-c", "x.yaml", "fedmkt", "--no-server-trains", "--lam", "0.5", "--client-slms", "[a, b]"]
+    ctx = run.make_context("run", argv)
+    given = {k: v for k, v in ctx.params.items() if k.startswith(PREFIX)}
+    assert flag_values("fedmkt", given) == {
+        "method_args.server_trains": False,
+        "method_args.lam": 0.5,
+        "method_args.client_slms": ["a", "b"],
+    }
+    ctx = run.make_context("run", ["fedcot", "--variant", "a"])  # FedCoT's variant, from its options class
+    assert flag_values("fedcot", {k: v for k, v in ctx.params.items() if k.startswith(PREFIX)}) == {
+        "method_args.variant": "a"
+    }
+
+
+@pytest.mark.parametrize(
+    "args,first",
+    [
+        (["fedmkt", "--lamda", "0.5"], "error: --lamda: no such option for fedlsm run fedmkt (fix: did you mean --lam"),
+        (["fedmkt", "--variant", "a"], "error: --variant: no such option for fedlsm run fedmkt"),
+        (["fedmkt", "--lam", "2"], "error: method_args.lam: must be in [0, 1] (got 2.0)"),  # the flag reached it
+        (["fedmkt", "--rounds", "x"], "error: method_args.rounds: expected int"),
+    ],
+)
+def test_a_misspelt_or_bad_method_flag_stops_with_one_line(args, first, tmp_path):
+    r = _cli("run", *args, "--output-dir", str(tmp_path), "--slm", "/no/such/slm")
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
+    assert lines[0].startswith(first)
+    if "no such option" in first:  # every valid option is listed, the method's own first
+        assert "fedmkt's options: --rounds, --top-k, --lam, --kd-epochs" in lines[0] and "common: --config" in lines[0]
+    assert not list(tmp_path.iterdir())
+
+
 def test_column_not_found_is_reported(tmp_path):
     f = tmp_path / "d.jsonl"
     f.write_text(json.dumps({"q": "x", "a": "y"}) + "\n")

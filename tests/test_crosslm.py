@@ -379,6 +379,57 @@ def test_an_upload_that_does_not_fit_the_run_is_malformed_and_nothing_is_copied(
     assert all(np.array_equal(before[n], a) for n, a in clf.trainable_arrays().items())
 
 
+@pytest.mark.parametrize("min_clients", [1, 2])
+def test_the_upload_round_needs_min_clients_valid_slms(min_clients, tmp_path):
+    """One round asks every client for its SLM: with one valid upload of three it goes on when
+    federation.min_clients is 1 (the two NaN uploads are recorded drops) and stops at once when it is 2."""
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from fedlsm.data.task import Task
+    from fedlsm.federation.grid import InProcessGrid
+    from fedlsm.federation.messages import MessageLog
+    from fedlsm.federation.protocol import QuorumError, Rounds, TypedRole, handles
+    from fedlsm.methods.crosslm import CrossLMArgs, SLMUpload, TrainSLM, _collect_uploads, slm_spec_for
+    from fedlsm.models.classifier import build_classifier
+
+    overrides = {"clients": 3, "method_args.client_slms": ["minilm-l6"], "federation.min_clients": min_clients}
+    cfg = build_config(
+        {"method": "crosslm", "output_dir": str(tmp_path)}, overrides, defaults=METHOD_DEFAULTS["crosslm"]
+    )
+    labels = ["negative", "positive"]
+    args = CrossLMArgs.from_config(cfg, Task("sst2", "classification", [], []))
+    arrays = build_classifier(slm_spec_for(cfg, args, 0, labels), seed=0).trainable_arrays()
+
+    class Site(TypedRole):  # an honest SLM (untrained: the round checks the upload, not its quality), or NaNs
+        def __init__(self, poisoned: bool):
+            self.poisoned = poisoned
+
+        @handles(TrainSLM)
+        def train(self, req: TrainSLM, round: int) -> SLMUpload:
+            spec = slm_spec_for(cfg, args, 0, req.labels).to_dict()
+            sent = {k: np.full_like(a, np.nan) for k, a in arrays.items()} if self.poisoned else arrays
+            return _upload(spec, sent)
+
+    grid = InProcessGrid({f"client-{i}": Site(i > 0) for i in range(3)}, MessageLog(tmp_path / "m.jsonl"))
+    recorded: dict = {}
+    ctx = SimpleNamespace(
+        cfg=cfg, console=Console(quiet=True), task=SimpleNamespace(test=[None] * 3), record=recorded.__setitem__
+    )
+    run = SimpleNamespace(
+        ctx=ctx, args=args, server=SimpleNamespace(labels=labels), asks=Rounds(ctx, grid), order=grid.clients()
+    )
+    if min_clients == 1:
+        _collect_uploads(run)
+        assert list(run.uploads) == ["client-0"]
+    else:
+        with pytest.raises(QuorumError, match=r"round 0: 1 of 3 client\(s\) answered slm_upload, 2 needed"):
+            _collect_uploads(run)
+    assert [(d["round"], d["client"]) for d in recorded["dropped"]] == [(0, "client-1"), (0, "client-2")]
+    assert all("NaN or infinite" in d["reason"] for d in recorded["dropped"])
+
+
 @pytest.mark.slow
 def test_hostile_clients_are_dropped_with_a_reason_and_the_run_completes(tmp_path, shared_data):
     """Real clients whose upload is NaN, of another shape, or names a model outside the run: each is a

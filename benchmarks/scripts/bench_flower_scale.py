@@ -17,9 +17,12 @@ import os
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from fedlsm.federation.protocol import Payload, Rounds, TypedRole, handles, message
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -28,22 +31,32 @@ SHAPE = (8, 576)
 ROLE_MODULE = "bench_flower_scale"
 
 
-class TinyClient:
+@message("tiny_fit")
+@dataclass(frozen=True)
+class TinyFit(Payload):
+    weights: dict[str, np.ndarray]
+
+
+@message("tiny_reply")
+@dataclass(frozen=True)
+class TinyReply(Payload):
+    weights: dict[str, np.ndarray]
+    n_examples: int
+
+
+class TinyClient(TypedRole):
     """A client role with no model: its 'update' is its private vector plus noise."""
 
     def __init__(self, ctx):
         self.ctx = ctx
         self.seen = 0
 
-    def handle(self, msg):
-        from fedlsm.federation.messages import Message
-
-        rng = np.random.default_rng(self.ctx.seed + msg.round)
-        w = {k: v + rng.normal(0, 0.01, v.shape).astype(np.float32) for k, v in msg.payload["weights"].items()}
+    @handles(TinyFit)
+    def fit(self, req: TinyFit, round: int) -> TinyReply:
+        rng = np.random.default_rng(self.ctx.seed + round)
+        w = {k: v + rng.normal(0, 0.01, v.shape).astype(np.float32) for k, v in req.weights.items()}
         self.seen += 1
-        return Message(
-            self.ctx.name, "server", "tiny_reply", {"weights": w, "n_examples": 1 + self.ctx.index % 3}, msg.round
-        )
+        return TinyReply(w, 1 + self.ctx.index % 3)
 
     def state(self):
         return {"seen": self.seen}
@@ -57,17 +70,14 @@ def make_client(ctx):
 
 
 def server_main(ctx, grid):
-    from fedlsm.federation.grid import broadcast
-
+    server = Rounds(ctx, grid)
     weights = {"lora_A": np.zeros(SHAPE, np.float32), "lora_B": np.zeros(SHAPE[::-1], np.float32)}
     times = []
     for t in range(1, ctx.cfg.method_args["rounds"] + 1):
         t0 = time.perf_counter()
-        replies = broadcast(grid, "tiny_fit", {"weights": weights}, round=t)
-        total = sum(r.payload["n_examples"] for r in replies.values())
-        weights = {
-            k: sum(r.payload["weights"][k] * r.payload["n_examples"] for r in replies.values()) / total for k in weights
-        }
+        replies = server.ask(TinyFit(weights), TinyReply, round=t, min_replies=1)
+        total = sum(r.n_examples for r in replies.values())
+        weights = {k: sum(r.weights[k] * r.n_examples for r in replies.values()) / total for k in weights}
         times.append(time.perf_counter() - t0)
     return {"round_seconds": times, "replies": len(replies), "bytes": grid.log.communication()}
 

@@ -91,32 +91,33 @@ def load_config(source: str | Path, *, overrides: dict[str, Any] | None = None, 
     from fedlsm.methods import METHOD_DEFAULTS, METHODS, check_options
 
     path = Path(source)
-    is_file = path.suffix.lower() in (".yaml", ".yml") or path.is_file()
-    if is_file:
-        name = method or _method_of(path)
+    loaded: dict | None = None
+    if path.suffix.lower() in (".yaml", ".yml") or path.is_file():
+        loaded = _read_mapping(path)
+        name = method or _method_of(loaded, path)
     else:
         name = str(source)
         if name not in METHODS:
             raise ConfigError(
                 "source", f"'{name}' is neither a method nor a YAML file", f"use one of {', '.join(METHODS)}"
             )
-    cfg = build_config(
-        {"method": name}, overrides, file=path if is_file else None, defaults=METHOD_DEFAULTS.get(name, {})
-    )
+    cfg = build_config({"method": name}, overrides, file=loaded, defaults=METHOD_DEFAULTS.get(name, {}))
     check_options(cfg)
     return cfg
 
 
-def _method_of(path: Path) -> str:
-    import yaml
+def _read_mapping(path: Path) -> dict:
+    """The config file, read once (one-line ConfigError for a missing, unreadable or invalid file)."""
+    from fedlsm.userfiles import read_user_yaml
 
-    if not path.is_file():
-        raise ConfigError("source", f"file '{path}' does not exist", "check the path")
-    try:
-        loaded = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError("source", f"'{path}' is not valid YAML ({e})", "fix the YAML syntax") from None
-    name = loaded.get("method") if isinstance(loaded, dict) else None
+    loaded = read_user_yaml(path, "source")
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError("source", f"'{path}' must hold a mapping", "write key: value pairs")
+    return loaded or {}
+
+
+def _method_of(loaded: dict, path: Path) -> str:
+    name = loaded.get("method")
     if not name:
         raise ConfigError("method", f"'{path}' names no method", "add method: <name> to it, or pass method=")
     return str(name)

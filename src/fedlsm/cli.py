@@ -11,13 +11,17 @@ import functools
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperCommand
 
 from fedlsm.errors import ConfigError, FedLSMError
 from fedlsm.library_logs import quiet_libraries
+from fedlsm.method_flags import PREFIX, flag_values, method_flags, method_in, unknown_flag_line
 
 app = typer.Typer(
     help="fedlsm: privacy-preserving collaboration between a server LLM and client SLMs.",
@@ -66,7 +70,30 @@ def user_errors(fn):
     return wrapper
 
 
-@app.command("run")
+class RunCommand(TyperCommand):
+    """``fedlsm run``: adds the named method's own flags (``fedlsm.method_flags``) to the common ones."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        common = super().get_params(ctx)
+        value_options = {o for p in common if isinstance(p, click.Option) and not p.is_flag for o in p.opts}
+        ctx.meta["fedlsm.method"] = method = method_in(args, value_options)
+        ctx.meta["fedlsm.flags"] = method_flags(method)
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as e:
+            err_console.print(f"[bold red]error:[/] {escape(unknown_flag_line(e, method, self.get_params(ctx)))}")
+            raise typer.Exit(2) from None
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        return [*super().get_params(ctx), *ctx.meta.get("fedlsm.flags", [])]
+
+    def invoke(self, ctx: click.Context) -> Any:
+        given = {k: ctx.params.pop(k) for k in list(ctx.params) if k.startswith(PREFIX)}
+        ctx.meta["fedlsm.method_args"] = given
+        return super().invoke(ctx)
+
+
+@app.command("run", cls=RunCommand, epilog="Each method's own options: fedlsm run METHOD --help")
 @user_errors
 def run_command(
     method: str = typer.Argument(..., help="method: standalone, fedcot, ... (see `fedlsm methods`)"),
@@ -76,7 +103,6 @@ def run_command(
     slm: str | None = typer.Option(None, help="client SLM: bundled name, folder, .gguf or hub id"),
     llm: str | None = typer.Option(None, help="server LLM: bundled name, folder, .gguf or hub id"),
     epsilon: float | None = typer.Option(None, help="privacy budget per token"),
-    variant: str | None = typer.Option(None, help="method variant (e.g. FedCoT: e or a)"),
     n_train: int | None = typer.Option(None, help="training examples (all clients together)"),
     n_test: int | None = typer.Option(None, help="test examples"),
     epochs: int | None = typer.Option(None, help="training epochs"),
@@ -100,7 +126,6 @@ def run_command(
         "slm": slm,
         "llm.model": llm,
         "privacy.epsilon": epsilon,
-        "method_args.variant": variant,
         "data.n_train": n_train,
         "data.n_test": n_test,
         "train.epochs": epochs,
@@ -110,6 +135,7 @@ def run_command(
         "engine": engine,
         "resume": resume or None,
         "overwrite": overwrite or None,
+        **flag_values(method, click.get_current_context().meta.get("fedlsm.method_args", {})),
     }
     from fedlsm.methods import METHOD_DEFAULTS
 

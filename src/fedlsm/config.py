@@ -324,15 +324,16 @@ def parse_override(item: str) -> tuple[str, Any]:
 def build_config(
     base: dict | None = None,
     overrides: dict[str, Any] | None = None,
-    file: str | Path | None = None,
+    file: str | Path | dict | None = None,
     defaults: dict[str, Any] | None = None,
 ) -> RunConfig:
-    """Merge defaults <- method ``defaults`` <- YAML file <- ``base`` <- dotted ``overrides``, validate."""
+    """Merge defaults <- method ``defaults`` <- YAML file (a path, or its contents already read) <-
+    ``base`` <- dotted ``overrides``, validate."""
     data: dict = {}
     for k, v in (defaults or {}).items():
         _set_dotted(data, k, v)
     if file:
-        loaded = read_user_yaml(file, "--config") or {}
+        loaded = file if isinstance(file, dict) else read_user_yaml(file, "--config") or {}
         if not isinstance(loaded, dict):
             raise ConfigError("--config", f"'{file}' must hold a mapping", "write key: value pairs")
         _deep_update(data, loaded)

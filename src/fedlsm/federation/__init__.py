@@ -5,7 +5,6 @@ from fedlsm.federation.grid import (
     ClientRole,
     Grid,
     InProcessGrid,
-    broadcast,
     client_name,
     run_in_process,
 )
@@ -18,7 +17,6 @@ __all__ = [
     "InProcessGrid",
     "Message",
     "MessageLog",
-    "broadcast",
     "client_name",
     "run_in_process",
 ]

@@ -353,9 +353,6 @@ def _client_context(
     return ClientContext(cfg, index, view.private, view.public, view.task, work)
 
 
-_ROLES: dict[tuple, Any] = {}  # (run id, roles module, config, partition) -> role, for the last few clients
-
-
 def _check_policy(cfg_text: str, roles: str, node_config, deployed: bool) -> None:
     """The client's own rules before anything is imported or loaded (fedlsm.federation.policy)."""
     from fedlsm.federation.policy import ClientPolicy
@@ -365,18 +362,6 @@ def _check_policy(cfg_text: str, roles: str, node_config, deployed: bool) -> Non
     cfg = _run_config(cfg_text)
     policy = ClientPolicy.from_node_config(node_config) if deployed else ClientPolicy.for_simulation(cfg)
     policy.check(cfg)
-
-
-def _role(roles: str, ctx: ClientContext, key: tuple, cold: bool):
-    """The client role for ``key``: built afresh when cold (it must hold no state but what it restores),
-    else reused from this process (Ray actors host many messages; the caller loads the node's state
-    into it, so a reused role answers exactly like a rebuilt one)."""
-    if cold or key not in _ROLES:
-        _ROLES.pop(key, None)
-        while len(_ROLES) >= 2:
-            _ROLES.pop(next(iter(_ROLES)))
-        _ROLES[key] = import_module(roles).make_client(ctx)
-    return _ROLES[key]
 
 
 def _handle(message: FlowerMessage, context: Context, roles: str | None, cfg_text: str | None) -> FlowerMessage:
@@ -398,8 +383,11 @@ def _handle(message: FlowerMessage, context: Context, roles: str | None, cfg_tex
         else None
     )
     ctx = _client_context(cfg_text, index, files, str(client_work_root(context.node_config)) if deployed else None)
+    # A fresh role per message, holding nothing but what it restores: the node's state in Flower's
+    # Context (this run, this node) or, on a node that has none (a restarted SuperNode), the client's
+    # own checkpoint (answer(cold=True)). Context carries records only, not a loaded model.
+    role = import_module(roles).make_client(ctx)
     saved = _load_state(context.state)
-    role = _role(roles, ctx, (context.run_id, roles, cfg_text, index), cold=saved is None)
     if saved is not None:
         role.load_state(saved)
     ckpt = ClientCheckpoint(ctx.work_dir, run=f"flower-{context.run_id}")

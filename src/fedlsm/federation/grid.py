@@ -216,24 +216,6 @@ def in_process_grid(make_client: ClientFactory, contexts: Sequence[ClientContext
     return InProcessGrid({c.name: CheckpointedRole(make_client(c), c) for c in contexts}, log)
 
 
-def broadcast(
-    grid: Grid,
-    kind: str,
-    payload: dict[str, Any],
-    round: int,
-    per_client: Callable[[str], dict[str, Any]] | None = None,
-    timeout: float | None = None,
-    to: Sequence[str] | None = None,
-) -> dict[str, Message]:
-    """Send one request kind to every reachable client (or to the clients named in ``to``);
-    replies keyed by client name."""
-    msgs = [
-        Message("server", c, kind, {**payload, **(per_client(c) if per_client else {})}, round)
-        for c in (grid.clients() if to is None else to)
-    ]
-    return {r.sender: r for r in grid.send_and_receive(msgs, timeout=timeout)}
-
-
 ServerMain = Callable[[Any, Grid], Any]  # (RunContext without client data, Grid) -> MethodResult
 
 

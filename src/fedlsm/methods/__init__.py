@@ -70,14 +70,19 @@ OPTIONS: dict[str, str] = {
 }
 
 
+def options_class(name: str) -> type:
+    """``name``'s options dataclass (``name`` must be in OPTIONS)."""
+    mod, cls = OPTIONS[name].split(":")
+    return getattr(import_module(mod), cls)
+
+
 def check_options(cfg) -> None:
     """Stop with one line naming a ``method_args`` field the method does not declare (listing the
     valid ones) or a value of the wrong type; ``from_cfg`` adds the method's own value checks."""
     from fedlsm.config import typed_method_args
 
     get_method(cfg.method)  # an unknown method is named first
-    mod, name = OPTIONS[cfg.method].split(":")
-    cls = getattr(import_module(mod), name)
+    cls = options_class(cfg.method)
     if hasattr(cls, "from_cfg"):  # which runs typed_method_args itself, after any normalisation
         cls.from_cfg(cfg)
     else:

@@ -18,8 +18,10 @@ Roles and messages (typed, :mod:`fedlsm.federation.protocol`; every one logged):
 The server asks through :class:`~fedlsm.federation.protocol.Rounds`: an upload whose spec is not one
 the run configures (a model outside ``method_args.client_slms``, other labels or LoRA settings), or whose
 arrays are not exactly that model's trainable weights (names, shapes, finite values), is dropped with
-its reason (``dropped`` in metrics.json) before anything is loaded into a model, and the run goes on
-with the next client; QuorumError once fewer than ``federation.min_clients`` SLMs can still arrive.
+its reason (``dropped`` in metrics.json) before anything is loaded into a model. Steps 1-2 are one
+round (round 0) asking every client, since a client's SLM does not depend on the server's state;
+QuorumError when fewer than ``federation.min_clients`` valid SLMs came back. The server then takes
+the SLMs one per round in arrival order.
 
 The server handles each client's SLM as it arrives (asynchronous arrival, in any order): the SLM
 scores the current synthetic pool (Eq. 4), the LLM is trained on that pool with
@@ -47,7 +49,6 @@ from fedlsm.federation.grid import ClientContext, Grid, client_name, run_in_proc
 from fedlsm.federation.protocol import (
     MalformedMessage,
     Payload,
-    QuorumError,
     Rounds,
     TypedRole,
     check_fraction,
@@ -639,6 +640,7 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
     next pool; the SLM is enhanced on it and returned. Then the tables."""
     _check_run(ctx)
     run = _start(ctx, grid)
+    _collect_uploads(run)
     for rnd, name in enumerate(run.order, start=1):
         _arrival(run, rnd, name)
     nlg_mean = _judge_generations(run)
@@ -668,11 +670,12 @@ def _start(ctx: RunContext, grid: Grid) -> _Run:
 def _arrival(run: _Run, rnd: int, name: str) -> None:
     """One client's round: upload (Step 2), LLM training and the next pool (Step 4), enhanced SLMs
     (Step 5) and their accuracy."""
-    got = _collect_upload(run, rnd, name)
-    if got is None:
+    up = run.uploads.get(name)
+    if up is None:
+        _record_lost_upload(run, rnd, name)
         return
-    up, judge = got
     spec = up.slm_spec()
+    judge = build_classifier(spec, up.arrays)
     p_pool, new_pool, llm_info = _improve_llm(run, rnd, judge)
     models, filters = _enhance_slm(run, rnd, name, up, judge, p_pool, new_pool)
     del judge
@@ -687,33 +690,22 @@ def _record_drops(run: _Run) -> None:
     run.ctx.record("dropped", run.asks.dropped)
 
 
-def _collect_upload(run: _Run, rnd: int, name: str) -> tuple[SLMUpload, SLMClassifier] | None:
-    """Ask ``name`` for its trained SLM; (upload, its judge), or None when it is dropped (recorded with
-    its reason; QuorumError once fewer than ``federation.min_clients`` SLMs can still arrive)."""
+def _collect_uploads(run: _Run) -> None:
+    """Steps 1-2 as one round: every client trains its SLM on its own data and uploads it. Rounds.ask
+    drops each invalid upload with its reason and raises QuorumError when fewer than
+    ``federation.min_clients`` valid ones came back."""
     check = UploadCheck(run.ctx.cfg, run.args, run.server.labels, len(run.ctx.task.test))
-    request = TrainSLM(run.server.labels)
-    replies = run.asks.ask(request, SLMUpload, round=rnd, to=[name], min_replies=0, check=check)
-    _record_drops(run)
-    if name in replies:
-        run.uploads[name] = replies[name]
-        return replies[name], check.judges[name]
-    reason = next(d["reason"] for d in reversed(run.asks.dropped) if d["client"] == name)
+    try:
+        run.uploads = run.asks.ask(TrainSLM(run.server.labels), SLMUpload, round=0, to=run.order, check=check)
+    finally:
+        _record_drops(run)
+    check.judges.clear()  # each arrival rebuilds its own: one judge in memory at a time
+
+
+def _record_lost_upload(run: _Run, rnd: int, name: str) -> None:
+    reason = next(d["reason"] for d in run.asks.dropped if d["client"] == name and d["round"] == 0)
     run.rounds.append({"round": rnd, "client": name, "dropped": True, "reason": reason})
     run.ctx.record("rounds", run.rounds)
-    _require_quorum(run)
-    return None
-
-
-def _require_quorum(run: _Run) -> None:
-    """A round asks one client, so the quorum is over the run: the SLMs that arrived or may still arrive."""
-    lost = sum(1 for r in run.rounds if r.get("dropped"))
-    minimum = run.ctx.cfg.federation.min_clients
-    if len(run.order) - lost < minimum:
-        raise QuorumError(
-            f"{lost} of {len(run.order)} client(s) dropped before uploading their SLM, {minimum} needed "
-            f"(dropped: {', '.join(r['client'] for r in run.rounds if r.get('dropped'))}); "
-            "lower federation.min_clients or raise federation.round_timeout"
-        )
 
 
 def _improve_llm(run: _Run, rnd: int, judge: SLMClassifier) -> tuple[np.ndarray, SyntheticPool, dict]:
