@@ -389,7 +389,10 @@ def _deployed_client(tmp_path, name: str, node_config: dict):
 def test_a_deployed_client_works_in_its_own_folder_not_where_the_server_says(tmp_path, monkeypatch):
     """The server's run config names ``output_dir`` and the run name; a deployed client's state (which
     it overwrites and prunes) lives under the folder its own site chose, whatever the server says."""
-    from fedlsm.federation.flower import WORK_DIR_ENV, WORK_DIR_KEY
+    from pydantic import ValidationError
+
+    from fedlsm.config import RunConfig
+    from fedlsm.federation.flower import WORK_DIR_ENV, WORK_DIR_KEY, _client_context, _run_folder
     from fedlsm.federation.protocol import MalformedMessage
 
     site = tmp_path / "site"
@@ -399,6 +402,11 @@ def test_a_deployed_client_works_in_its_own_folder_not_where_the_server_says(tmp
     ctx, _ = _deployed_client(tmp_path, "r2", {})
     assert ctx.work_dir == tmp_path / "from-env" / "r2" / "client-1"
     for name in ("../../escape", "a/b"):
+        # a hostile server's run config: the client's parse refuses the name (RunConfig's check) ...
+        text = _deployed_client(tmp_path, "r3", {WORK_DIR_KEY: str(site)})[0].cfg.to_yaml().replace("r3", name)
+        with pytest.raises((MalformedMessage, ValidationError)):
+            _client_context(text, 1, (None, None, None), str(site))
+        # ... and so does the folder rule itself, should a config ever get past that check
         with pytest.raises(MalformedMessage, match="not a plain folder name"):
-            _deployed_client(tmp_path, name, {WORK_DIR_KEY: str(site)})
+            _run_folder(RunConfig.model_construct(name=name))
     assert not (tmp_path / "escape").exists()
