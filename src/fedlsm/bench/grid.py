@@ -294,7 +294,7 @@ def expand(
                             bad = ConfigError(f"{where}: {e.field}", str(e).split(": ", 1)[1])
                             if errors is None:
                                 raise bad from None
-                            errors.append((where + f" × seed {seed}", bad))  # `fedlsm bench --check` lists them all
+                            errors.append((f"{where[5:]} × seed {seed}", bad))  # `fedlsm bench --check` lists them all
                             continue
                         cell = Cell(m.key, d.name, eps, frac, seed, cfg)
                         cell.config.name = cell.run_name
