@@ -199,6 +199,12 @@ def test_check_lists_every_bad_cell_and_exits_2(tmp_path):
     assert rows["fedmkt × lost × seed 0"].startswith("error: data.path:") and "missing.jsonl" in r.output
     assert "1 of 6 cell(s) OK" in r.output
     assert not (tmp_path / "runs").exists() and not Path("runs/bench/g").exists()
+    from typer.testing import CliRunner
+
+    from fedlsm.cli import app
+
+    two = CliRunner().invoke(app, ["bench", str(f), str(f)])  # several grids: only with --check
+    assert two.exit_code == 2 and "grid: 2 grids given" in two.output
 
 
 def test_bad_grid_is_one_clear_line(tmp_path):
