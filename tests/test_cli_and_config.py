@@ -40,7 +40,11 @@ def test_bad_values_stop_with_one_clear_line(args, field, tmp_path):
 @pytest.mark.parametrize(
     "method,option,valid",
     [
-        ("fedcot", "demoz=1", "ablate_decoding, adaptive_guard, baselines, demos, rationale_weight, teacher, variant"),
+        (
+            "fedcot",
+            "demoz=1",
+            "ablate_decoding, adaptive_guard, baselines, cot_exemplars, demos, rationale_weight, teacher, variant",
+        ),
         ("fedmkt", "lamda=0.5", "baselines, client_slms, kd_epochs, lam, rounds, server_trains, top_k"),
         ("fedavg", "round=3", "baselines, client_eval, client_slms, rounds"),
         ("crosslm", "n_synthethic=8", "arrival, balance_labels"),
