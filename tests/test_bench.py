@@ -155,6 +155,62 @@ def test_shipped_grids_parse():
     assert {c.method for c in cells} == {"standalone", "fedcot"}
 
 
+def _check(*grids, env=None):
+    from typer.testing import CliRunner
+
+    from fedlsm.cli import app
+
+    return CliRunner().invoke(app, ["bench", "--check", *map(str, grids)], env=env)
+
+
+def test_shipped_grids_pass_the_check_without_training(shared_data):
+    """`fedlsm bench --check benchmarks/*.yaml`: every cell's options, data and method requirements hold
+    (gpu.yaml's FedCoT cells on obqa and arc-easy, whose data carry no rationales, included)."""
+    grids = sorted((ROOT / "benchmarks").glob("*.yaml"))
+    r = _check(*grids, env={"FEDLSM_DATA": str(shared_data), "COLUMNS": "250"})
+    assert r.exit_code == 0, r.output
+    n = sum(len(expand(load_grid(g), "/tmp/never")) for g in grids)
+    assert f"{n} of {n} cell(s) OK" in r.output and "error" not in r.output
+    assert "fedcot × obqa × ε=10 × seed 2" in r.output
+
+
+def test_check_lists_every_bad_cell_and_exits_2(tmp_path):
+    """Each bad cell is its own row with its one-line error; the good ones are OK; nothing trains."""
+    grid = {
+        "base": {"data.n_train": 12, "data.n_test": 4},
+        "datasets": ["arith", {"name": "lost", "set": {"data.path": str(tmp_path / "missing.jsonl")}}],
+        "methods": [
+            {"name": "standalone", "epsilons": None, "datasets": ["arith"]},
+            {"name": "fedcot", "set": {"method_args.demoz": 1}, "datasets": ["arith"]},
+            {"name": "fedcot", "label": "fedcot-a", "datasets": ["arith"]},
+            {"name": "crosslm", "epsilons": None, "datasets": ["arith"]},
+            {"name": "fedmkt", "epsilons": None},
+        ],
+        "epsilons": [3],
+    }
+    grid["methods"][2]["set"] = {"method_args.variant": "a", "data.public_fraction": 0}
+    grid["methods"][4]["set"] = {"data.public_fraction": 0}
+    f = tmp_path / "g.yaml"
+    f.write_text(yaml.safe_dump(grid))
+    r = _check(f, env={"COLUMNS": "400"})
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    rows = {ln.split("│")[2].strip(): ln.split("│")[3].strip() for ln in r.output.splitlines() if ln.count("│") == 4}
+    assert rows["standalone × arith × seed 0"] == "OK"
+    assert rows["fedcot × arith × ε=3 × seed 0"].startswith("error: cell fedcot × arith × ε=3: method_args.demoz")
+    assert rows["fedcot-a × arith × ε=3 × seed 0"].startswith("error: data.public_fraction: FedCoT-A")
+    assert rows["crosslm × arith × seed 0"].startswith("error: data.task: CrossLM needs a classification task")
+    assert rows["fedmkt × arith × seed 0"].startswith("error: data.public_fraction: FedMKT needs a public")
+    assert rows["fedmkt × lost × seed 0"].startswith("error: data.path:") and "missing.jsonl" in r.output
+    assert "1 of 6 cell(s) OK" in r.output
+    assert not (tmp_path / "runs").exists() and not Path("runs/bench/g").exists()
+    from typer.testing import CliRunner
+
+    from fedlsm.cli import app
+
+    two = CliRunner().invoke(app, ["bench", str(f), str(f)])  # several grids: only with --check
+    assert two.exit_code == 2 and "grid: 2 grids given" in two.output
+
+
 def test_bad_grid_is_one_clear_line(tmp_path):
     f = tmp_path / "g.yaml"
     f.write_text(yaml.safe_dump(_with(methods=["fedcot", "nope"])))

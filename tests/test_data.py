@@ -155,6 +155,41 @@ def test_shared_benchmark_presets(shared_data, name, n_train, n_test, kind):
     assert (len(small.train), len(small.test)) == (20, 5)
 
 
+@pytest.mark.parametrize(
+    "name,n_train,n_test,yes_share,needle",
+    [
+        ("boolq", 2270, 1000, 0.62, "Passage: "),
+        ("rte", 2490, 277, 0.50, "Does this imply that"),
+        ("wic", 5428, 638, 0.50, "same meaning in both sentences"),
+    ],
+)
+def test_yes_no_presets(shared_data, name, n_train, n_test, yes_share, needle):
+    """BoolQ (its dev split, re-split with a fixed seed), RTE and WiC: yes/no classification."""
+    task = load_task(name, data_dir=str(shared_data))
+    assert (len(task.train), len(task.test), task.type, task.labels) == (
+        n_train,
+        n_test,
+        "classification",
+        ["no", "yes"],
+    )
+    assert abs(sum(e.answer == "yes" for e in task.train) / n_train - yes_share) < 0.02
+    assert all(needle in e.question and e.choices[e.label] == e.answer for e in task.train + task.test)
+    assert not {e.question for e in task.train} & {e.question for e in task.test}
+    again = load_task(name, seed=7, data_dir=str(shared_data))  # the split never depends on the run's seed
+    assert [e.question for e in again.test] == [e.question for e in task.test]
+
+
+def test_arc_challenge_has_rationales_for_training_only(shared_data):
+    task = load_task("arc-challenge", data_dir=str(shared_data))
+    assert (len(task.train), len(task.test), task.type) == (1056, 1172, "multiple_choice")
+    assert all(e.rationale for e in task.train) and not any(e.rationale for e in task.test)
+    first = task.train[0]
+    assert first.answer == "dry palms" and first.choices[first.label] == "dry palms"
+    # one paragraph (the server's CoT demonstrations stop at a blank line), without its closing answer
+    assert "\n" not in first.rationale and "best answer" not in first.rationale.lower()
+    assert first.rationale.endswith("dry palms will generate the most heat.")
+
+
 def test_unknown_task_names_the_field():
     with pytest.raises(ConfigError) as e:
         load_task("nope")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import re
@@ -252,7 +253,6 @@ def _handled(role) -> dict[str, set[str]]:
 
 
 def test_one_handler_per_request_and_released_declares_every_field_a_client_sends():
-    import dataclasses
 
     from fedlsm.methods.fedcot import FedCoTClient
     from fedlsm.methods.fedcot_messages import FEDCOT_REPLIES, released_fields
@@ -430,3 +430,95 @@ def test_every_fedcot_row_keeps_its_per_question_scores_and_gets_an_interval(tmp
     assert result.labelled["FedCoT-E (ε=2)"] == pytest.approx(0.5)
     assert result.reference == "Standalone" and set(result.intervals) == {*rows, MAJORITY} - {"Standalone"}
     assert result.untrained == {"Standalone": "Zero-shot SLM", "FedCoT-E (ε=2)": "Zero-shot SLM"}
+
+
+# --- the server's CoT prompt without gold rationales -------------------------------------------------
+
+
+def _exemplar_file(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_server_prompt_prefers_exemplars_then_public_rationales_then_zero_shot(tmp_path):
+    from fedlsm.data.builtin import make_arith
+    from fedlsm.methods.fedcot_prompts import ZERO_SHOT_LEAD, cot_prompt, server_prompting
+
+    task = make_arith(n_train=6, n_test=2, seed=0)
+    public = task.train[:3]
+    with_rationales = server_prompting(None, 2, task, public)
+    assert (with_rationales.mode, with_rationales.n, with_rationales.source) == ("few-shot", 2, "public")
+    assert public[0].rationale in with_rationales.demonstrations
+
+    bare = [dataclasses.replace(e, rationale=None) for e in public]  # an arc-easy/obqa/boolq-like public split
+    zero = server_prompting(None, 3, task, bare)
+    assert (zero.mode, zero.n, zero.source, zero.demonstrations) == ("zero-shot", 0, "none", "")
+    assert server_prompting(None, 0, task, public).mode == "zero-shot"  # demos=0 asks for it
+    prompt = cot_prompt("Q: What is 2 + 3?", zero.demonstrations)
+    assert prompt.endswith(f"Q: What is 2 + 3?\nA: {ZERO_SHOT_LEAD}") and "So the answer is" in prompt
+
+    ex = task.train[4]
+    path = _exemplar_file(
+        tmp_path / "ex.jsonl",
+        [{"question": ex.question, "choices": ex.choices, "answer": ex.answer, "rationale": "Worked: my own steps."}],
+    )
+    own = server_prompting(path, 3, task, bare)
+    assert (own.mode, own.n, own.source) == ("few-shot", 1, "cot_exemplars")
+    assert "Worked: my own steps. So the answer is" in own.demonstrations
+    assert own.demonstrations in cot_prompt("Q: x", own.demonstrations)
+
+
+@pytest.mark.parametrize(
+    "rows,words",
+    [
+        ([{"question": "q", "choices": ["a", "b"], "answer": "a"}], "record 0 of .* has no rationale"),
+        ([{"question": "q", "choices": ["a", "b"], "answer": "c", "rationale": "r"}], "neither a choice"),
+        ([], "holds no examples"),
+    ],
+)
+def test_bad_exemplar_files_are_one_line_naming_the_option(tmp_path, rows, words):
+    from fedlsm.data.builtin import make_arith
+    from fedlsm.errors import ConfigError
+    from fedlsm.methods.fedcot_prompts import server_prompting
+
+    path = _exemplar_file(tmp_path / "ex.jsonl", rows)
+    with pytest.raises(ConfigError, match=words) as e:
+        server_prompting(path, 3, make_arith(n_train=2, n_test=1, seed=0), [])
+    assert "cot_exemplars" in e.value.field and "\n" not in str(e.value)
+
+
+def test_fedcot_options_check_the_exemplar_file_and_fedcot_a_needs_public_data(tmp_path):
+    from fedlsm.errors import ConfigError
+    from fedlsm.methods import check_options
+    from fedlsm.methods.fedcot import check_public
+    from fedlsm.methods.fedcot_settings import FedCoTArgs
+
+    cfg = build_config({"method": "fedcot"}, {"method_args.cot_exemplars": str(tmp_path / "nope.jsonl")})
+    with pytest.raises(ConfigError, match="^method_args.cot_exemplars: file .* does not exist"):
+        check_options(cfg)
+    with pytest.raises(ConfigError, match="^data.public_fraction: FedCoT-A"):
+        check_public(FedCoTArgs(variant="a"), [])
+    check_public(FedCoTArgs(variant="e"), [])  # FedCoT-E runs zero-shot without public examples
+
+
+@needs_shared
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+@pytest.mark.parametrize("task", ["arc-easy", "obqa", "boolq"])
+def test_fedcot_runs_to_the_end_on_tasks_without_rationales(task, tmp_path, shared_data, monkeypatch):
+    """`fedlsm run fedcot --task T` on the paper's tasks that carry no gold rationales (tiniest sizes):
+    the server writes zero-shot CoT, and FedCoT and its Non-Private baseline finish with a table."""
+    from typer.testing import CliRunner
+
+    from fedlsm.cli import app
+
+    monkeypatch.setenv("FEDLSM_DATA", str(shared_data))
+    args = ["run", "fedcot", "--task", task, "--n-train", "4", "--n-test", "2", "--output-dir", str(tmp_path)]
+    sets = ["train.max_steps=1", "train.batch_size=2", "train.max_length=256", "llm.max_new_tokens=8"]
+    sets += ["data.public_fraction=0.5", "privacy.epsilon=10"]
+    r = CliRunner().invoke(app, [*args, "--name", "t", *[x for s in sets for x in ("--set", s)]])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())
+    assert metrics["run"]["status"] == "done" and metrics["server_cot"]["mode"] == "zero-shot"
+    assert [row["method"].split(" (")[0] for row in metrics["table"]["rows"]][-2:] == ["Non-Private", "FedCoT-E"]
+    assert json.loads((tmp_path / "t.fedcot-nonprivate" / "metrics.json").read_text())["run"]["status"] == "done"

@@ -90,3 +90,69 @@ def test_two_processes_dequantize_the_same_gguf_at_once(tmp_path):
     assert all(o[0].strip().endswith("49152") for o in outs)
     entries = sorted(p.name for p in (tmp_path / "dequantized").iterdir() if not p.name.endswith(".lock"))
     assert len(entries) == 1 and entries[0].startswith("smollm2-135m-"), entries
+
+
+# --- encoder or causal LM, from the model's config -----------------------------------------------
+
+
+def _tiny_configs():
+    from transformers import BertConfig, DistilBertConfig, LlamaConfig, T5Config
+
+    small = {"vocab_size": 50, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2}
+    return {
+        "bert": BertConfig(**small, intermediate_size=16, architectures=["BertForMaskedLM"]),
+        "distilbert": DistilBertConfig(vocab_size=50, dim=8, n_layers=1, n_heads=2, hidden_dim=16),
+        "bert-as-decoder": BertConfig(
+            **small, intermediate_size=16, is_decoder=True, architectures=["BertLMHeadModel"]
+        ),
+        "llama": LlamaConfig(**small, intermediate_size=16, architectures=["LlamaForCausalLM"]),
+        "t5": T5Config(vocab_size=50, d_model=8, num_layers=1, num_heads=2, d_ff=16),
+    }
+
+
+def test_slm_kind_reads_a_local_folders_config(tmp_path):
+    """CrossLM's SLMs: an encoder is recognised by its config (folder name and weights do not matter)."""
+    from fedlsm.errors import ConfigError
+    from fedlsm.models.classifier import encoder_path, slm_kind
+
+    kinds = {}
+    for name, config in _tiny_configs().items():
+        config.save_pretrained(tmp_path / name)  # config.json only, no weights
+        if name != "t5":
+            kinds[name] = slm_kind(str(tmp_path / name))
+    assert kinds == {"bert": "encoder", "distilbert": "encoder", "bert-as-decoder": "causal", "llama": "causal"}
+    with pytest.raises(ConfigError, match="^method_args.client_slms: .* encoder-decoder model \\(t5\\)"):
+        slm_kind(str(tmp_path / "t5"))
+    assert slm_kind(encoder_path("minilm-l6")) == "encoder"  # the bundled MiniLM by its folder
+    assert (slm_kind("minilm-l6"), slm_kind("smollm2")) == ("encoder", "causal")
+
+
+def test_slm_kind_of_hub_ids_reads_only_their_config(tmp_path):
+    """`bert-base-uncased` and `distilbert-base-uncased` (the paper's SLMs) are encoders: their config is
+    read from the hub cache (offline here: a cache holding config.json only, no weights, no download);
+    a hub id whose config cannot be read is one line, not a guess."""
+    import os
+    import subprocess
+    import sys
+
+    configs = _tiny_configs()
+    commit = "0" * 40
+    for hub_id, name in (
+        ("bert-base-uncased", "bert"),
+        ("distilbert-base-uncased", "distilbert"),
+        ("org/tiny-llama", "llama"),
+    ):
+        repo = tmp_path / ("models--" + hub_id.replace("/", "--"))
+        (repo / "refs").mkdir(parents=True)
+        (repo / "refs" / "main").write_text(commit)
+        configs[name].save_pretrained(repo / "snapshots" / commit)
+    code = (
+        "from fedlsm.models.classifier import slm_kind\n"
+        "print([slm_kind(s) for s in ('bert-base-uncased', 'distilbert-base-uncased', 'org/tiny-llama')])\n"
+        "try:\n    slm_kind('org/not-cached')\nexcept Exception as e:\n    print(type(e).__name__, e)\n"
+    )
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    lines = out.stdout.splitlines()
+    assert lines[0] == "['encoder', 'encoder', 'causal']", out.stderr
+    assert lines[1].startswith("FedLSMError model: could not load 'org/not-cached'") and "fix:" in lines[1]

@@ -180,7 +180,8 @@ def test_fedcot_server_role_over_http_equals_in_process(server, generator):
     greedy rationales as in-process generation."""
     from fedlsm.data.builtin import make_arith
     from fedlsm.data.task import format_question
-    from fedlsm.methods.fedcot import RationaleWriter, cot_demonstrations
+    from fedlsm.methods.fedcot import RationaleWriter
+    from fedlsm.methods.fedcot_prompts import cot_demonstrations
 
     task = make_arith(6, 2, seed=5)
     demos = cot_demonstrations(task.train[:1], 1)

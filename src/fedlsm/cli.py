@@ -204,15 +204,22 @@ def methods_command():
 @app.command("bench")
 @user_errors
 def bench_command(
-    grid: Path = typer.Argument(..., help="grid YAML (see benchmarks/smoke.yaml)"),
+    grids: list[Path] = typer.Argument(..., help="grid YAML (see benchmarks/smoke.yaml); several with --check"),
     output_dir: str | None = typer.Option(None, help="run folders go here (default: the grid's output_dir)"),
     force: bool = typer.Option(False, help="recompute cells that are already done"),
+    check: bool = typer.Option(False, "--check", help="check every cell's options and data without running"),
 ):
     """Run a grid of methods × datasets × ε × seeds resumably, then write the report."""
     from fedlsm.bench.execute import run_cells
     from fedlsm.bench.grid import expand, load_grid
     from fedlsm.bench.report import write_report
 
+    if check:
+        _check_grids(grids)
+        return
+    if len(grids) > 1:
+        raise ConfigError("grid", f"{len(grids)} grids given; bench runs one at a time", "run them one by one")
+    grid = grids[0]
     spec = load_grid(grid)
     cells = expand(spec, output_dir)
     root = Path(cells[0].config.output_dir)
@@ -229,6 +236,20 @@ def bench_command(
         for o in failed:
             err_console.print(f"[bold red]failed:[/] {o.cell.run_name}: {o.error} (log: {o.run_dir / 'run.log'})")
         raise typer.Exit(1)
+
+
+def _check_grids(grids: list[Path]) -> None:
+    """`fedlsm bench --check`: a table of every cell, OK or its error; exit 2 if any is bad."""
+    quiet_libraries()
+    from fedlsm.bench.check import check_grid, checks_table
+    from fedlsm.bench.grid import load_grid
+
+    checks = [c for g in grids for c in check_grid(load_grid(g), str(g))]
+    (console if console.is_terminal else Console(width=200)).print(checks_table(checks))
+    bad = [c for c in checks if not c.ok]
+    console.print(f"{len(checks) - len(bad)} of {len(checks)} cell(s) OK")
+    if bad:
+        raise typer.Exit(2)
 
 
 @app.command("report")

@@ -233,8 +233,11 @@ def load_grid(path: str | Path) -> GridSpec:
     return spec
 
 
-def expand(spec: GridSpec, output_dir: str | Path | None = None) -> list[Cell]:
-    """Every cell of the grid, each with a validated config. Fails on the first bad cell, naming it."""
+def expand(
+    spec: GridSpec, output_dir: str | Path | None = None, errors: list[tuple[str, ConfigError]] | None = None
+) -> list[Cell]:
+    """Every cell of the grid, each with a validated config. Fails on the first bad cell, naming it;
+    with an ``errors`` list, appends (cell, error) to it instead and returns the good cells."""
     from fedlsm.methods import METHOD_DEFAULTS, METHODS, check_options
 
     out_dir = str(output_dir or spec.output_dir or Path("runs") / "bench" / (spec.name or "grid"))
@@ -299,7 +302,11 @@ def expand(spec: GridSpec, output_dir: str | Path | None = None) -> list[Cell]:
                                     )
                                 cfg.data.n_train = max(1, round(frac * cfg.data.n_train))
                         except ConfigError as e:
-                            raise ConfigError(f"{where}: {e.field}", str(e).split(": ", 1)[1]) from None
+                            bad = ConfigError(f"{where}: {e.field}", str(e).split(": ", 1)[1])
+                            if errors is None:
+                                raise bad from None
+                            errors.append((f"{where[5:]} × seed {seed}", bad))  # `fedlsm bench --check` lists them all
+                            continue
                         cell = Cell(m.key, d.name, eps, frac, seed, cfg)
                         cell.config.name = cell.run_name
                         cells.append(cell)

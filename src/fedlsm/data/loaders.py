@@ -15,7 +15,7 @@ import os
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -421,12 +421,82 @@ def _ag_news(root: Path) -> Task:
     return _classification("ag-news", rows, labels)
 
 
+_YES_NO = ["no", "yes"]
+_FINAL_ANSWER = re.compile(r"\s*the best answer is \(?[A-E1-5]\)?\.?\s*$", re.IGNORECASE)
+
+
+def _arc_challenge(root: Path) -> Task:
+    # ARC-Challenge with a large LLM's worked answers (cot_rationales_icml_kd): train holds the 1056 of
+    # the 1119 official train questions that LLM answered correctly, test the full 1172. The train
+    # responses become rationales (one paragraph, without their closing "The best answer is X."); the
+    # test responses are never loaded.
+    d = root / "cot_rationales_icml_kd" / "arc_challenge"
+    cols = ColumnMap(question="question", answer="answerKey", choices="choices", rationale="response")
+    train = load_examples(d / "train.jsonl", columns=cols)
+    test = load_examples(d / "test.jsonl", columns=replace(cols, rationale=None))
+    for e in train:
+        e.rationale = _FINAL_ANSWER.sub("", " ".join((e.rationale or "").split())) or None
+    return Task("arc-challenge", "multiple_choice", train, test)
+
+
+def _boolq(root: Path) -> Task:
+    # Only BoolQ's dev split (3270) is in the data folder: a fixed split (seed 0, independent of the
+    # run's seed) makes 1000 of it the test set and the other 2270 the training set. Each question is
+    # "Passage: ...\nQuestion: ...?", answered no/yes.
+    recs = _read_records(root / "boolq" / "llm_foundry_eval" / "boolq.jsonl")
+    rows = [(str(r["query"]).strip(), int(r["gold"])) for r in recs]
+    random.Random(0).shuffle(rows)
+    return _classification("boolq", {"train": rows[1000:], "test": rows[:1000]}, _YES_NO)
+
+
+def _rte(root: Path) -> Task:
+    # GLUE RTE: train = train.tsv + val.tsv (the full 2490, re-split by the source repo), test = the
+    # labelled dev set (277). Entailment is "yes".
+    d = root / "rte" / "glue_rte_amrnag"
+
+    def rows(*names: str) -> list[tuple[str, int]]:
+        out = []
+        for name in names:
+            for r in _tsv_rows(d / name):
+                if r[0] == "index":  # header (val.tsv has none)
+                    continue
+                text = f'{r[1].strip()}\nQuestion: Does this imply that "{r[2].strip()}"?'
+                out.append((text, int(r[3].strip() == "entailment")))
+        return out
+
+    return _classification("rte", {"train": rows("train.tsv", "val.tsv"), "test": rows("dev.tsv")}, _YES_NO)
+
+
+def _wic(root: Path) -> Task:
+    # WiC: train (5428) and, as test, the dev split (638), as SuperGLUE reports it. Lines are
+    # "word<TAB>PoS<TAB>positions<TAB>sentence1<TAB>sentence2" with T/F in the matching gold file.
+    d = root / "wic" / "WiC_dataset"
+
+    def rows(split: str) -> list[tuple[str, int]]:
+        data = _tsv_rows(d / split / f"{split}.data.txt")
+        gold = [g[0].strip() for g in _tsv_rows(d / split / f"{split}.gold.txt")]
+        return [
+            (
+                f"Sentence 1: {r[3]}\nSentence 2: {r[4]}\n"
+                f'Question: Is the word "{r[0]}" used with the same meaning in both sentences?',
+                int(g == "T"),
+            )
+            for r, g in zip(data, gold, strict=True)
+        ]
+
+    return _classification("wic", {"train": rows("train"), "test": rows("dev")}, _YES_NO)
+
+
 PRESETS = {
     "gsm8k": _gsm8k,
     "dialogsum": _dialogsum,
     "cqa": _cqa,
     "arc-easy": _arc_easy,
+    "arc-challenge": _arc_challenge,
     "obqa": _obqa,
+    "boolq": _boolq,
+    "rte": _rte,
+    "wic": _wic,
     "sst2": _sst2,
     "ag-news": _ag_news,
 }

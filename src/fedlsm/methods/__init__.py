@@ -114,6 +114,24 @@ SIMULATION_HARNESS: dict[str, str] = {
 }
 
 
+# name -> "module:function" ``(RunContext) -> None``: the method's data requirements, checked at the start
+# of its run and by ``fedlsm bench --check`` (which loads the data but no model).
+PREFLIGHT: dict[str, str] = {
+    "fedcot": "fedlsm.methods.fedcot:preflight",
+    "fedcot-nonprivate": "fedlsm.methods.fedcot:preflight",
+    "crosslm": "fedlsm.methods.crosslm:preflight",
+    "fedmkt": "fedlsm.methods.fedmkt:preflight",
+}
+
+
+def get_preflight(name: str):
+    """``(ctx) -> None`` checking ``name``'s data requirements, or None."""
+    if name not in PREFLIGHT:
+        return None
+    mod, fn = PREFLIGHT[name].split(":")
+    return getattr(import_module(mod), fn)
+
+
 def get_harness(name: str):
     """``(ctx, result, baselines) -> MethodResult`` for ``name``, or None."""
     if name not in SIMULATION_HARNESS:

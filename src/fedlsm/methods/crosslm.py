@@ -571,6 +571,9 @@ def _check_run(ctx: RunContext) -> None:
         )
 
 
+preflight = _check_run  # CrossLM's requirements, for `fedlsm bench --check` (fedlsm.methods.PREFLIGHT)
+
+
 class UploadCheck:
     """``Rounds.ask`` check of an ``slm_upload``: the spec must be one the run configures (a model of
     ``method_args.client_slms``, the run's labels and LoRA settings), and the arrays must be exactly that

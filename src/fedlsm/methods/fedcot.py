@@ -56,6 +56,7 @@ from fedlsm.methods.fedcot_messages import (
     PerturbedPrompts,
     PublicPrompts,
 )
+from fedlsm.methods.fedcot_prompts import cot_prompt, server_prompting
 from fedlsm.methods.fedcot_settings import FedCoTArgs, generation_config
 from fedlsm.models.generation import GenerationConfig, HFGenerator, TextGenerator
 from fedlsm.models.training import (
@@ -72,16 +73,9 @@ if TYPE_CHECKING:
 
 LABEL_PREFIX = "[label] "
 RATIONALE_PREFIX = "[rationale] "
-COT_INSTRUCTION = "Answer the last question. Reason step by step like the examples, then say 'So the answer is'."
 
 
 # ------------------------------------------------------------------------------------------ prompts
-
-
-def cot_demonstrations(public: Sequence[Example], k: int) -> str:
-    """Few-shot CoT demonstrations from public examples that carry a rationale."""
-    demos = [e for e in public if e.rationale][:k]
-    return "".join(f"{format_question(e)}\nA: {e.rationale} So the answer is {e.answer}.\n\n" for e in demos)
 
 
 def answer_demonstrations(public: Sequence[Example], k: int) -> str:
@@ -430,27 +424,43 @@ def _llm_generator(ctx: RunContext) -> TextGenerator:
 @dataclass
 class RationaleWriter:
     """What the server does with the prompts it receives: the LLM's chain-of-thought for each, written
-    after few-shot CoT demonstrations of public examples (in-process model or any OpenAI-compatible endpoint)."""
+    after few-shot CoT demonstrations, or zero-shot without any (in-process model or any
+    OpenAI-compatible endpoint)."""
 
     generator: TextGenerator
     demonstrations: str
     gen_cfg: GenerationConfig
 
     def __call__(self, prompts: Sequence[str]) -> list[str]:
-        full = [f"{COT_INSTRUCTION}\n\n{self.demonstrations}{p}\nA:" for p in prompts]
+        full = [cot_prompt(p, self.demonstrations) for p in prompts]
         return self.generator.generate(full, self.gen_cfg) if full else []
 
 
 def rationale_writer(ctx: RunContext) -> RationaleWriter:
-    """The server's LLM behind few-shot CoT demonstrations of the public examples."""
-    if not ctx.public or not any(e.rationale for e in ctx.public):
+    """The server's LLM behind its CoT prompt (:mod:`fedlsm.methods.fedcot_prompts`)."""
+    args = FedCoTArgs.from_cfg(ctx.cfg)
+    check_public(args, ctx.public)
+    prompting = server_prompting(args.cot_exemplars, args.demos, ctx.task, ctx.public)
+    ctx.record("server_cot", prompting.describe())
+    return RationaleWriter(_llm_generator(ctx), prompting.demonstrations, generation_config(ctx.cfg))
+
+
+def preflight(ctx: RunContext) -> None:
+    """FedCoT's data requirements (``fedlsm bench --check``): public examples for FedCoT-A and a
+    loadable exemplar file."""
+    args = FedCoTArgs.from_cfg(ctx.cfg)
+    check_public(args, ctx.public)
+    server_prompting(args.cot_exemplars, args.demos, ctx.task, ctx.public)
+
+
+def check_public(args: FedCoTArgs, public: Sequence[Example]) -> None:
+    """FedCoT-A's perturber/decoder SLM learns on public prompts (Eq. 4-6): it needs some."""
+    if args.variant == "a" and not public:
         raise ConfigError(
             "data.public_fraction",
-            "FedCoT needs public examples with rationales for the server's CoT demonstrations",
-            "set data.public_fraction (e.g. 0.2) on a task with rationales, or data.public_path",
+            "FedCoT-A trains its perturber/decoder SLM on public examples, and there are none",
+            "set data.public_fraction (e.g. 0.2) or data.public_path, or use method_args.variant=e",
         )
-    demos = cot_demonstrations(ctx.public, FedCoTArgs.from_cfg(ctx.cfg).demos)
-    return RationaleWriter(_llm_generator(ctx), demos, generation_config(ctx.cfg))
 
 
 def _mean(values) -> float | None:

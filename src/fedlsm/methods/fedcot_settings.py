@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 from fedlsm.config import typed_method_args
 from fedlsm.errors import ConfigError
@@ -17,7 +18,8 @@ class FedCoTArgs:
     """``method_args`` of FedCoT and its Non-Private baseline (``--set method_args.<name>=...``)."""
 
     variant: str = "e"  # e: in-context decoding (FedCoT-E); a: a trained perturber/decoder SLM (FedCoT-A)
-    demos: int = 3  # public CoT demonstrations in the server's rationale prompt (the paper does not say)
+    demos: int = 3  # CoT demonstrations in the server's few-shot prompt (0, or none to show: zero-shot CoT)
+    cot_exemplars: str | None = None  # JSONL of worked examples (question, choices, answer, rationale) to show
     shots: int = 1  # answer-only demonstrations of the Few-shot LLM/SLM rows (the paper: 1-shot)
     label_weight: float = 0.5  # alpha of L = alpha * L_label + beta * L_rationale (Eq. 7-9; Appendix D.1: 0.5)
     rationale_weight: float = 0.5  # beta, over the examples whose rationale the filter kept (Appendix D.1: 0.5)
@@ -39,6 +41,12 @@ class FedCoTArgs:
         for name in ("demos", "shots", "label_weight", "rationale_weight"):
             if getattr(out, name) < 0:
                 raise ConfigError(f"method_args.{name}", f"must be >= 0 (got {getattr(out, name)})", "use e.g. 1")
+        if out.cot_exemplars is not None and not Path(out.cot_exemplars).is_file():
+            raise ConfigError(
+                "method_args.cot_exemplars",
+                f"file '{out.cot_exemplars}' does not exist",
+                "give a JSONL file of worked examples (question, choices, answer, rationale)",
+            )
         return dataclasses.replace(out, variant=out.variant.lower())
 
 

@@ -368,6 +368,11 @@ def _check_setup(ctx: RunContext, args: FedMKTArgs) -> None:
         )
 
 
+def preflight(ctx: RunContext) -> None:
+    """FedMKT's requirements, for `fedlsm bench --check` (fedlsm.methods.PREFLIGHT)."""
+    _check_setup(ctx, FedMKTArgs.from_cfg(ctx.cfg))
+
+
 def _start(ctx: RunContext, grid: Grid, args: FedMKTArgs) -> tuple[_Server, int]:
     """The server with a fresh LLM adapter, or the checkpointed one on --resume; and the first round."""
     cfg = ctx.cfg

@@ -23,7 +23,6 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -36,7 +35,6 @@ if TYPE_CHECKING:
     import torch
 
 ENCODER_ALIASES = {"minilm-l6": "minilm-l6", "minilm": "minilm-l6", "all-minilm-l6-v2": "minilm-l6"}
-_ENCODER_TYPES = {"bert", "distilbert", "roberta", "xlm-roberta", "deberta", "deberta-v2", "electra", "albert"}
 
 
 def encoder_path(spec: str = "minilm-l6") -> str:
@@ -56,17 +54,37 @@ def encoder_path(spec: str = "minilm-l6") -> str:
     return spec
 
 
-def slm_kind(spec: str) -> str:
-    """``encoder`` for the bundled MiniLM or a local folder holding an encoder config, else ``causal``."""
+def is_encoder_config(config) -> bool:
+    """Whether a transformers config describes an encoder-only model (BERT, DistilBERT, RoBERTa, ...): a
+    masked-LM family that is not set up as a decoder. Encoder-decoders (T5, BART) are not."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    if getattr(config, "is_encoder_decoder", False) or getattr(config, "is_decoder", False):
+        return False
+    causal_heads = ("ForCausalLM", "LMHeadModel")
+    if any(a.endswith(causal_heads) for a in getattr(config, "architectures", None) or []):
+        return False
+    return config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def slm_kind(spec: str, field: str = "method_args.client_slms") -> str:
+    """``encoder`` for the bundled MiniLM or a model whose config (a local folder's, or a hub id's, read
+    without the weights) is an encoder's; ``causal`` otherwise (bundled causal LMs and GGUF files too)."""
     if spec in ENCODER_ALIASES:
         return "encoder"
-    cfg = Path(spec).expanduser() / "config.json"
-    if cfg.is_file():
-        import json
+    from fedlsm.models.loading import model_config, resolve_model
 
-        if json.loads(cfg.read_text()).get("model_type") in _ENCODER_TYPES:
-            return "encoder"
-    return "causal"
+    src = resolve_model(spec, field)
+    if src.gguf_file:  # GGUF holds decoder LMs
+        return "causal"
+    config = model_config(src)
+    if config.is_encoder_decoder:
+        raise ConfigError(
+            field,
+            f"'{spec}' is an encoder-decoder model ({config.model_type}), neither an encoder nor a causal LM",
+            "use an encoder (e.g. bert-base-uncased, distilbert-base-uncased) or a causal LM",
+        )
+    return "encoder" if is_encoder_config(config) else "causal"
 
 
 @dataclass

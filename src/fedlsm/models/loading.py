@@ -157,6 +157,14 @@ def load_tokenizer(spec: str | ModelSource):
     return tok
 
 
+def model_config(spec: str | ModelSource):
+    """The transformers config of a local folder or hub id: only config.json is read (or fetched)."""
+    from transformers import AutoConfig
+
+    src = resolve_model(spec) if isinstance(spec, str) else spec
+    return _hub_call(src, lambda: AutoConfig.from_pretrained(src.location))
+
+
 def _hub_call(src: ModelSource, fn):
     try:
         return fn()
