@@ -133,7 +133,7 @@ def test_a_deployment_refuses_seeded_noise_and_raw_data_baselines():
 
 
 def test_client_policy_refuses_what_its_operator_did_not_allow():
-    from fedlsm.federation.policy import ClientPolicy, PolicyError
+    from fedlsm.federation.policy import EXTRA_ROLES_ENV, ClientPolicy, PolicyError
 
     node = ClientPolicy.from_node_config({"max-epsilon": 5.0})
     node.check(build_config({"method": "fedcot"}, {"privacy.epsilon": 3.0}))
@@ -150,6 +150,11 @@ def test_client_policy_refuses_what_its_operator_did_not_allow():
     with pytest.raises(PolicyError, match="not one of fedlsm's registered methods"):
         ClientPolicy.check_roles("os", ROLES)
     ClientPolicy.check_roles(ROLES["fedcot"], ROLES)
+    # a module the client's own environment adds is accepted; nothing else is, whatever that list holds
+    site_env = {EXTRA_ROLES_ENV: " my_lab.roles , bench_roles"}
+    ClientPolicy.check_roles("bench_roles", ROLES, env=site_env)
+    with pytest.raises(PolicyError, match="not one of fedlsm's registered methods"):
+        ClientPolicy.check_roles("os", ROLES, env=site_env)
     # a simulated client: the experimenter's own ceiling and choices
     sim = build_config({"method": "fedcot"}, {"privacy.epsilon": math.inf})
     with pytest.raises(PolicyError):

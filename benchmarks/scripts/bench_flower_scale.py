@@ -123,6 +123,7 @@ def bench(n: int, rounds: int, out: Path) -> dict:
     from fedlsm.core import RunContext
     from fedlsm.data.loaders import load_task
     from fedlsm.federation.flower import run_simulation_engine
+    from fedlsm.federation.policy import EXTRA_ROLES_ENV
 
     cfg = RunConfig(
         method="fedavg",
@@ -137,6 +138,8 @@ def bench(n: int, rounds: int, out: Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     task = load_task("arith", n_train=n, n_test=1, seed=0)
     ctx = RunContext(cfg, task, [], [], run_dir, Console(quiet=True))
+    # the simulated clients accept this script's roles module only because their environment says so
+    os.environ[EXTRA_ROLES_ENV] = ROLE_MODULE
     t0 = time.perf_counter()
     with _Peak() as peak:
         res = run_simulation_engine(ctx, ROLE_MODULE)

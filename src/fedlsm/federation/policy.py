@@ -10,6 +10,7 @@ a deployed SuperNode from its own node config (``fedlsm supernode --max-epsilon 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ from fedlsm.errors import FedLSMError
 # send raw private data to the server (only ever run as labelled simulation runs).
 PRIVATE_TEXT_METHODS = frozenset({"fedcot"})
 NON_PRIVATE_BASELINES = frozenset({"fedcot-nonprivate"})
+EXTRA_ROLES_ENV = "FEDLSM_CLIENT_EXTRA_ROLES"  # comma-separated roles modules a client also accepts
 
 
 class PolicyError(FedLSMError):
@@ -51,9 +53,12 @@ class ClientPolicy:
         )
 
     @staticmethod
-    def check_roles(roles: str, known_roles: Mapping[str, str]) -> None:
-        """Only a registered method's roles module is ever imported on a client's behalf."""
-        if roles not in set(known_roles.values()):
+    def check_roles(roles: str, known_roles: Mapping[str, str], env: Mapping[str, str] = os.environ) -> None:
+        """Only a registered method's roles module is ever imported on a client's behalf, or one the
+        client's own environment adds (:data:`EXTRA_ROLES_ENV`: an out-of-tree method or a benchmark's
+        roles, the site's choice; the server cannot set it)."""
+        extra = {m.strip() for m in env.get(EXTRA_ROLES_ENV, "").split(",") if m.strip()}
+        if roles not in set(known_roles.values()) | extra:
             raise PolicyError(f"refused: roles module {roles!r} is not one of fedlsm's registered methods")
 
     def check(self, cfg) -> None:
