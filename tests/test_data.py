@@ -205,3 +205,24 @@ def test_cqa_carries_recorded_palm_rationales_in_dataset_order(shared_data):
     assert "\n\nQ:" not in first.meta["teacher_rationale"]  # the invented follow-up question is cut
     agree = sum(consistent(e.meta["teacher_rationale"], e) for e in task.train[:300]) / 300
     assert agree > 0.6  # aligned: most recorded rationales state this example's gold answer
+
+
+def test_a_task_is_named_from_its_data_not_its_split_file(tmp_path):
+    from fedlsm.config import build_config
+    from fedlsm.data.loaders import task_name_of
+    from fedlsm.data.sources import build_task
+
+    folder = tmp_path / "yesno-questions"
+    folder.mkdir()
+    f = folder / "train.jsonl"
+    rows = [{"question": f"q{i}", "choices": ["no", "yes"], "answer": "yes"} for i in range(6)]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert load_file_task(f, None, test_fraction=0.5).name == "yesno-questions"  # not "train"
+    assert [task_name_of(tmp_path / p) for p in ("cqa_train.json", "boolq-dev.jsonl", "reviews.csv")] == [
+        "cqa",
+        "boolq",
+        "reviews",
+    ]
+    cfg = build_config({"method": "standalone"}, {"data.path": str(f), "data.name": "my-boolq", "data.n_test": 2})
+    assert build_task(cfg).name == "my-boolq"
+    assert build_task(build_config({"method": "standalone"}, {"data.name": "sums"})).name == "sums"  # a preset too

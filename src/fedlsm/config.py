@@ -40,6 +40,7 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     task: str = Field("arith", description="built-in task or local preset (see `fedlsm tasks`)")
     path: str | None = Field(None, description="JSONL/JSON/CSV/TSV training file (overrides task)")
+    name: str | None = Field(None, description="the task's name in tables and run folders (default: from data.path)")
     test_path: str | None = None
     hf_id: str | None = Field(None, description="Hugging Face datasets id or local dataset folder")
     hf_config: str | None = None

@@ -187,7 +187,24 @@ def load_file_task(
         te, tr = tr[:n_test], tr[n_test:]
     if task_type == "classification":
         _set_labels(tr + te, sorted({e.answer for e in tr + te}), str(train_path), "data.path")
-    return Task(name=name or train_path.stem, type=ttype, train=tr, test=te, numeric=numeric)
+    return Task(name=name or task_name_of(train_path), type=ttype, train=tr, test=te, numeric=numeric)
+
+
+_SPLIT_WORDS = ("train", "training", "data", "dataset", "all", "dev", "test")
+
+
+def task_name_of(path: Path) -> str:
+    """A file's task name: its stem without a split word (``cqa_train.json`` -> ``cqa``), or its folder's
+    name when the stem is only a split word (``boolq/train.jsonl`` -> ``boolq``): a table should not say
+    "train"."""
+    stem = path.stem
+    for word in _SPLIT_WORDS:
+        for sep in ("_", "-", "."):
+            if stem.lower().endswith(sep + word) and len(stem) > len(word) + 1:
+                return stem[: -len(word) - 1]
+    if stem.lower() in _SPLIT_WORDS and path.resolve().parent.name:
+        return path.resolve().parent.name
+    return stem
 
 
 def load_examples(

@@ -45,12 +45,17 @@ def build_task(cfg) -> Task:
     d = cfg.data
     cols = column_map(cfg)
     if d.path:
-        task = load_file_task(d.path, d.test_path, task_type=d.type, columns=cols, numeric=d.numeric, seed=cfg.seed)
+        task = load_file_task(
+            d.path, d.test_path, name=d.name, task_type=d.type, columns=cols, numeric=d.numeric, seed=cfg.seed
+        )
         return subsample(task, d.n_train, d.n_test, cfg.seed)
     if d.hf_id:
         task = load_hf_task(d.hf_id, config_name=d.hf_config, task_type=d.type, columns=cols, numeric=d.numeric)
-        return subsample(task, d.n_train, d.n_test, cfg.seed)
-    return load_task(d.task, n_train=d.n_train, n_test=d.n_test, seed=cfg.seed, data_dir=d.root)
+        task = subsample(task, d.n_train, d.n_test, cfg.seed)
+    else:
+        task = load_task(d.task, n_train=d.n_train, n_test=d.n_test, seed=cfg.seed, data_dir=d.root)
+    task.name = d.name or task.name
+    return task
 
 
 def _public_file(cfg, task: Task) -> list[Example]:
