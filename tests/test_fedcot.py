@@ -418,11 +418,13 @@ def test_every_fedcot_row_keeps_its_per_question_scores_and_gets_an_interval(tmp
         }
 
     ex = _exchange(tmp_path, client([1.0, 0.0, 1.0]), client([0.0, 0.0, 1.0]))
-    _local_round(ex, None, 1)
-    _fedcot_round(ex, lambda prompts: ["r"] * len(prompts), "e", {})
+    _, per_client = _local_round(ex, None, 1)
+    _fedcot_round(ex, lambda prompts: ["r"] * len(prompts), "e", per_client)
+    ex.ctx.record("clients", per_client)  # as server_main does before the contract
     assert ex.dropped == []
     summary = {"metric": "accuracy", "fedcot": 0.5, "token_ratio_perturbed": None, "token_ratio_decoded": None}
     contract = _contract(ex.ctx, ex.rows, summary, ex.per_example)
+    assert contract["client_utility"] == pytest.approx({"client-0": 2 / 3, "client-1": 1 / 3})  # fairness figures
     result = finish_result(MethodResult([], "t", summary, **contract), ex.ctx.task)
     rows = ["Zero-shot SLM", "Few-shot SLM (1-shot)", "Standalone", "FedCoT-E (ε=2)"]
     assert list(result.per_example) == [*rows, MAJORITY]

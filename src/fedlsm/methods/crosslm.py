@@ -864,6 +864,7 @@ def _table(run: _Run, after: dict, nlg_mean: dict[str, float | None], comm: dict
         per_example=_per_example(run),
         # the Data-free KD row's LLM is the original one: the untrained model of CrossLM's LLM
         untrained={"CrossLM (LLM)": "Data-free KD (original LLM) (LLM)"},
+        client_utility={c["client"]: c["crosslm"] for c in per_client if c.get("crosslm") is not None},
     )
 
 

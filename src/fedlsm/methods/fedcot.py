@@ -621,6 +621,9 @@ def _contract(
         "token_ratio_decoded": summary["token_ratio_decoded"],
         "communication": ctx.metrics.get("communication"),
         "llm_cost": ctx.metrics.get("llm_query_cost"),
+        "client_utility": {
+            c: v["fedcot"] for c, v in (ctx.metrics.get("clients") or {}).items() if v.get("fedcot") is not None
+        },
     }
 
 

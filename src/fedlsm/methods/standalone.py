@@ -75,4 +75,5 @@ def run_standalone(ctx: RunContext) -> MethodResult:
             "Standalone": mean_scores([c["per_example"] for c in per_client]),
         },
         untrained={"Standalone": "Zero-shot SLM"},
+        client_utility={f"client-{c['client']}": c["value"] for c in per_client},
     )
