@@ -483,11 +483,13 @@ def test_smoke_grid_end_to_end_and_resume(tmp_path):
     r2 = _cli("report", str(out))
     assert r2.returncode == 0, r2.stderr
     md = (out / "report.md").read_text()
-    header = next(ln for ln in md.splitlines() if ln.startswith("| method | dataset | utility %"))
+    objectives = md.split("## Multi-objective table", 1)[1].split("\n## ", 1)[0].splitlines()
+    header = next(ln for ln in objectives if ln.startswith("| method | dataset | utility %"))
     for col in (
         "utility %",
         "ε",
         "attack success %",
+        "membership AUC [95% CI]",
         "TokenRatio",
         "bytes up / client·round",
         "bytes down / client·round",
@@ -501,14 +503,15 @@ def test_smoke_grid_end_to_end_and_resume(tmp_path):
     ):
         assert col in header
     for eps in ("1", "3"):
-        row = next(ln for ln in md.splitlines() if ln.startswith(f"| fedcot (ε={eps}) | arith"))
+        row = next(ln for ln in objectives if ln.startswith(f"| fedcot (ε={eps}) | arith"))
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert "–" not in cells[:-2], row  # every objective measured for FedCoT
         assert cells[3] == eps
-    sa = next(ln for ln in md.splitlines() if ln.startswith("| standalone | arith"))
+    sa = next(ln for ln in objectives if ln.startswith("| standalone | arith"))
     sa_cells = [c.strip() for c in sa.strip("|").split("|")]
-    assert sa_cells[2] != "–" and sa_cells[8] != "–" and sa_cells[12] != "–"  # utility, wall, peak memory
-    assert sa_cells[3] == "unknown" and sa_cells[13] == "unknown"  # no ε, no LLM tokens: unknown, not made up
+    assert sa_cells[2] != "–" and sa_cells[10] != "–" and sa_cells[14] != "–"  # utility, wall, peak memory
+    assert sa_cells[3] == "unknown" and sa_cells[15] == "unknown"  # no ε, no LLM tokens: unknown, not made up
+    assert sa_cells[5] == "unknown"  # no membership audit for a method that releases nothing it audits
     assert "## Pareto front" in md and "## Scoring function F" in md and "fedcot: Non-Private" in md
     assert (out / "privacy_utility.png").stat().st_size > 1000 and (out / "communication.png").is_file()
     assert (out / "report.html").is_file() and (out / "summary.json").is_file()
