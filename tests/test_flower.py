@@ -275,6 +275,7 @@ def test_simulation_engine_table_has_the_in_process_rows(tmp_path):
     for name in ("ref", "sim"):
         m = json.loads((tmp_path / name / "metrics.json").read_text())
         shape[name] = ([r["method"] for r in m["table"]["rows"]], list(m["result"]["labelled"]))
+        assert "LoRA model behind its uploaded logits" in m["result"]["membership"]["target"], name
     assert shape["sim"] == shape["ref"]
     assert shape["sim"][0] == ["Zero-shot", "FedMKT", "Standalone", "LLM2SLM", "Centralized", "FedAvg"]
     llm2slm = tmp_path / "sim.fedmkt-llm2slm"

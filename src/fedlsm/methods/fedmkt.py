@@ -241,7 +241,7 @@ class FedMKTClient(TypedRole):
             description=f"{self.ctx.name}: local fine-tuning (round {round})",
         )
         k = self._knowledge(req.top_k)
-        if round == self.args.rounds:  # the model behind the last logits sent; the audit stays in this folder
+        if round == self.args.rounds - 1:  # rounds count from 0; the model behind the last logits sent, audited here
             audit_client_lm(self.ctx, self.model, self.tok, "LoRA model behind its uploaded logits (upper bound)")
         self.history.append({"round": round, "local_loss_first": tr.first_loss, "local_loss_last": tr.last_loss})
         return KnowledgeReply(model=self.spec, n_examples=len(self.ctx.data), **to_payload(k))
