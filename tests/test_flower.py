@@ -261,6 +261,30 @@ def test_simulation_engine_matches_in_process(reference, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_simulation_engine_table_has_the_in_process_rows(tmp_path):
+    """With the baselines on, flower-sim's FedMKT table has in-process's rows in the same order: the
+    harness adds Zero-shot, Standalone, Centralized, FedAvg on both engines, and LLM2SLM is its own run
+    (FedMKT, frozen LLM) through the main run's engine."""
+    more = ("--set", "method_args.baselines=true", "--set", "method_args.rounds=1")
+    ref = _fedlsm(tmp_path, "ref", "--engine", "in-process", *more, wait=False)
+    _fedlsm(tmp_path, "sim", "--engine", "flower-sim", *more)
+    ref.wait(timeout=1200)
+    assert ref.returncode == 0, (tmp_path / "ref.log").read_text()[-3000:]
+    shape = {}
+    for name in ("ref", "sim"):
+        m = json.loads((tmp_path / name / "metrics.json").read_text())
+        shape[name] = ([r["method"] for r in m["table"]["rows"]], list(m["result"]["labelled"]))
+        assert "LoRA model behind its uploaded logits" in m["result"]["membership"]["target"], name
+    assert shape["sim"] == shape["ref"]
+    assert shape["sim"][0] == ["Zero-shot", "FedMKT", "Standalone", "LLM2SLM", "Centralized", "FedAvg"]
+    llm2slm = tmp_path / "sim.fedmkt-llm2slm"
+    assert json.loads((llm2slm / "metrics.json").read_text())["run"]["baseline_of"] == "sim"
+    assert "engine: flower-sim" in (llm2slm / "config.yaml").read_text()
+    assert "with --engine in-process" not in (tmp_path / "sim.log").read_text()
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_resume_after_server_killed(reference, tmp_path):
     """Kill the whole run (server and in-process clients) once round 0 is checkpointed; --resume ends

@@ -155,7 +155,7 @@ def _simulation_harness(ctx: RunContext, result: MethodResult) -> MethodResult:
     if ctx.cfg.method_args.get("baselines", True):
         for name in SIMULATION_BASELINES.get(ctx.cfg.method, ()):
             ctx.console.print(f"[bold]baseline[/] {name}: its own run, {ctx.run_dir.name}.{name}")
-            bcfg = ctx.cfg.model_copy(update={"method": name, "name": f"{ctx.run_dir.name}.{name}"})
+            bcfg = _baseline_config(ctx.cfg, name, f"{ctx.run_dir.name}.{name}")
             bctx, bresult = run(bcfg, ctx.console)
             assert bctx is not None  # a simulation run always has its context here
             bctx.metrics["run"]["baseline_of"] = ctx.run_dir.name
@@ -163,3 +163,14 @@ def _simulation_harness(ctx: RunContext, result: MethodResult) -> MethodResult:
             baselines[name] = (bctx, bresult)
     harness = get_harness(ctx.cfg.method)
     return harness(ctx, result, baselines) if harness else result
+
+
+def _baseline_config(cfg: RunConfig, name: str, run_name: str) -> RunConfig:
+    """The baseline run's config: a registered method, or a preset (a method with some options fixed)."""
+    from fedlsm.methods import BASELINE_PRESETS
+
+    method, fixed = BASELINE_PRESETS.get(name, (name, {}))
+    update: dict[str, Any] = {"method": method, "name": run_name}
+    if fixed:
+        update["method_args"] = {**cfg.method_args, **fixed}
+    return cfg.model_copy(update=update)

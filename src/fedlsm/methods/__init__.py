@@ -104,12 +104,20 @@ ROLES: dict[str, str] = {
 # Baselines that need raw private data at the server run as their own labelled simulation runs beside
 # the method (``method_args.baselines=false`` skips them; a deployment never runs them), and the
 # function that completes the method's table from them and from the clients' own folders.
-SIMULATION_BASELINES: dict[str, tuple[str, ...]] = {"fedcot": ("fedcot-nonprivate",)}
+SIMULATION_BASELINES: dict[str, tuple[str, ...]] = {
+    "fedcot": ("fedcot-nonprivate",),
+    "fedmkt": ("fedmkt-llm2slm",),
+}
+# A baseline that is a registered method with some options fixed: name -> (method, method_args).
+# LLM2SLM is FedMKT with a frozen LLM, run through the main run's engine.
+BASELINE_PRESETS: dict[str, tuple[str, dict]] = {
+    "fedmkt-llm2slm": ("fedmkt", {"server_trains": False, "baselines": False}),
+}
 SIMULATION_HARNESS: dict[str, str] = {
     "fedcot": "fedlsm.methods.fedcot:simulation_harness",
     # the membership audits the clients kept in their own folders (fedlsm.methods.audit)
     "fedavg": "fedlsm.methods.fedavg:simulation_harness",
-    "fedmkt": "fedlsm.methods.audit:upload_harness",
+    "fedmkt": "fedlsm.methods.fedmkt_table:simulation_harness",  # its table, baselines and audits
     "crosslm": "fedlsm.methods.audit:upload_harness",
 }
 
