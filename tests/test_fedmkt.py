@@ -278,8 +278,7 @@ def test_generation_task_is_scored_by_rouge_l(tmp_path, shared_data):
 )
 def test_a_clients_per_question_scores_are_checked(scores, reason):
     from fedlsm.federation.messages import Message
-    from fedlsm.federation.protocol import MalformedMessage, decode, encode
-    from fedlsm.methods.common import scores_for
+    from fedlsm.federation.protocol import MalformedMessage, decode, encode, scores_for
     from fedlsm.methods.fedmkt import Evaluation
 
     good = Evaluation("smollm2-135m", "accuracy", 0.5, [], [1.0, 0.0, 0.5])

@@ -55,6 +55,27 @@ def check_fraction(name: str, value: float) -> None:
         raise MalformedMessage(f"{name} is not a score in [0, 1] ({value!r})")
 
 
+def check_scores(name: str, scores: Sequence[float]) -> None:
+    """A reply's per-question scores: each a finite number in [0, 1] (MalformedMessage otherwise)."""
+    for i, v in enumerate(scores):
+        check_fraction(f"{name}[{i}]", v)
+
+
+def scores_for(n_test: int, *fields: str) -> Callable[[str, Any], None]:
+    """A ``Rounds.ask`` check: each of the reply's ``fields`` (default ``per_example``) holds one score
+    per test question; a field that is a mapping (scores by variant), one list per key."""
+
+    def check(client: str, reply) -> None:
+        for name in fields or ("per_example",):
+            value = getattr(reply, name)
+            for key, scores in value.items() if isinstance(value, dict) else [("", value)]:
+                if len(scores) != n_test:
+                    where = f"{reply.KIND}.{name}" + (f"[{key!r}]" if key else "")
+                    raise MalformedMessage(f"{where}: {len(scores)} scores for {n_test} test questions")
+
+    return check
+
+
 def message(kind: str) -> Callable[[type[T]], type[T]]:
     """Register a frozen dataclass as the message ``kind``::
 

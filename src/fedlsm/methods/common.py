@@ -73,30 +73,6 @@ def eval_slm(ctx: RoleContext, model, tok, prefix: str = "") -> dict:
     return evaluate(model, tok, ctx.task, batch_size=ctx.cfg.eval_batch_size, show_progress=True, prefix=prefix)
 
 
-def check_scores(name: str, scores: Sequence[float]) -> None:
-    """A reply's per-question scores: each a finite number in [0, 1] (MalformedMessage otherwise)."""
-    from fedlsm.federation.protocol import check_fraction
-
-    for i, v in enumerate(scores):
-        check_fraction(f"{name}[{i}]", v)
-
-
-def scores_for(n_test: int, *fields: str):
-    """A ``Rounds.ask`` check: each of the reply's ``fields`` (default ``per_example``) holds one score
-    per test question; a field that is a mapping (scores by variant), one list per key."""
-    from fedlsm.federation.protocol import MalformedMessage
-
-    def check(client: str, reply) -> None:
-        for name in fields or ("per_example",):
-            value = getattr(reply, name)
-            for key, scores in value.items() if isinstance(value, dict) else [("", value)]:
-                if len(scores) != n_test:
-                    where = f"{reply.KIND}.{name}" + (f"[{key!r}]" if key else "")
-                    raise MalformedMessage(f"{where}: {len(scores)} scores for {n_test} test questions")
-
-    return check
-
-
 def zero_shot_slm(ctx: RunContext) -> dict:
     model, tok = load_slm(ctx, trainable=False)
     return eval_slm(ctx, model, tok)

@@ -52,11 +52,13 @@ from fedlsm.federation.protocol import (
     Rounds,
     TypedRole,
     check_fraction,
+    check_scores,
     handles,
     message,
+    scores_for,
 )
 from fedlsm.methods.audit import audit_client_classifier
-from fedlsm.methods.common import check_scores, scores_for, side_settings
+from fedlsm.methods.common import side_settings
 from fedlsm.methods.crosslm_filter import diversity, select_top
 from fedlsm.methods.crosslm_losses import (
     GAMMAS,

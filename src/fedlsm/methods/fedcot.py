@@ -40,8 +40,8 @@ from fedlsm.errors import ConfigError
 from fedlsm.eval.scoring import evaluate, extract_number
 from fedlsm.eval.stats import mean_scores
 from fedlsm.federation.grid import ClientContext, Grid, run_in_process, site_measurements
-from fedlsm.federation.protocol import MalformedMessage, Payload, R, Rounds, TypedRole, handles
-from fedlsm.methods.common import eval_slm, finetune, label_pairs, load_slm, scores_for, train_settings
+from fedlsm.federation.protocol import MalformedMessage, Payload, R, Rounds, TypedRole, handles, scores_for
+from fedlsm.methods.common import eval_slm, finetune, label_pairs, load_slm, train_settings
 from fedlsm.methods.fedcot_messages import (
     RELEASED,
     Accuracy,

@@ -22,8 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from fedlsm.federation.protocol import MalformedMessage, Payload, message
-from fedlsm.methods.common import check_scores
+from fedlsm.federation.protocol import MalformedMessage, Payload, check_scores, message
 
 
 def _finite(kind: str, **values: float) -> None:

@@ -16,8 +16,7 @@ from typing import Any
 from fedlsm.core import MethodResult, RunContext
 from fedlsm.errors import ConfigError
 from fedlsm.federation.grid import ClientContext, Grid, run_in_process
-from fedlsm.federation.protocol import TypedRole, handles
-from fedlsm.methods.common import scores_for
+from fedlsm.federation.protocol import TypedRole, handles, scores_for
 from fedlsm.methods.fedcot import Exchange, FedCoTSite, _mean, consistent, per_question, rationale_writer, write_jsonl
 from fedlsm.methods.fedcot_messages import Accuracy, NonPrivatePrompts, NonPrivateRationales, RawPrompts
 

@@ -51,11 +51,13 @@ from fedlsm.federation.protocol import (
     Rounds,
     TypedRole,
     check_fraction,
+    check_scores,
     handles,
     message,
+    scores_for,
 )
 from fedlsm.methods.audit import audit_client_lm
-from fedlsm.methods.common import check_scores, label_pairs, scores_for, train_settings
+from fedlsm.methods.common import label_pairs, train_settings
 from fedlsm.methods.fedmkt_knowledge import (
     Aligner,
     KnowledgeFields,
