@@ -75,3 +75,41 @@ def test_audit_of_a_sanitize_result_reports_the_figure_beside_epsilon(prompts, r
     assert audit["n_prompts"] == 10 and audit["n_public_pairs"] == 50 and audit["target"].startswith("client-0")
     assert audit["advantage"] == pytest.approx(audit["recovery"] - audit["baseline"])
     assert reconstruction_audit(res, rantext, [], seed=1) is None  # no public data: no attacker model
+
+
+@pytest.mark.slow
+def test_a_fedcot_e_run_reports_the_reconstruction_figure_beside_epsilon(tmp_path):
+    """A tiny real FedCoT-E run: the client audits its release and the contract carries the figure."""
+    import json
+
+    from rich.console import Console
+
+    from fedlsm.config import build_config
+    from fedlsm.methods import METHOD_DEFAULTS
+    from fedlsm.runner import run
+
+    cfg = build_config(
+        {"method": "fedcot", "name": "recon", "output_dir": str(tmp_path)},
+        {
+            "data.n_train": 12,
+            "data.n_test": 4,
+            "data.public_fraction": 0.25,
+            "train.max_steps": 1,
+            "llm.max_new_tokens": 8,
+            "method_args.demos": 1,
+            "method_args.baselines": False,
+            "privacy.epsilon": 10.0,
+            "privacy.top_k": 4,
+        },
+        defaults=METHOD_DEFAULTS["fedcot"],
+    )
+    ctx, result = run(cfg, Console(quiet=True))
+    recon = result.reconstruction
+    assert recon is not None and recon["epsilon"] == 10.0 and recon["mechanism"] == "exponential-custext-top4"
+    assert recon["n_prompts"] == len(ctx.clients[0]) and recon["n_public_pairs"] == len(ctx.public) > 0
+    low, high = recon["advantage_ci"]
+    assert low <= recon["advantage"] <= high and 0.0 <= recon["baseline"] <= 1.0
+    stored = json.loads((ctx.run_dir / "metrics.json").read_text())
+    assert stored["result"]["reconstruction"]["advantage"] == recon["advantage"]
+    kept = json.loads((ctx.run_dir / "client-0" / "measurements.json").read_text())["privacy"]["reconstruction"]
+    assert kept["recovery"] == recon["recovery"]  # measured by the client, on its own folder's data
