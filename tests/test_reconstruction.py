@@ -3,10 +3,14 @@ leaks, sit at chance where it does not, and its success must come from what it l
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
+from rich.console import Console
 
+from fedlsm.config import build_config
+from fedlsm.methods import METHOD_DEFAULTS
 from fedlsm.privacy import TextSanitizer
 from fedlsm.privacy.reconstruction import InverseModel, align, public_pairs, reconstruction_audit, score
 
@@ -80,14 +84,6 @@ def test_audit_of_a_sanitize_result_reports_the_figure_beside_epsilon(prompts, r
 @pytest.mark.slow
 def test_a_fedcot_e_run_reports_the_reconstruction_figure_beside_epsilon(tmp_path):
     """A tiny real FedCoT-E run: the client audits its release and the contract carries the figure."""
-    import json
-
-    from rich.console import Console
-
-    from fedlsm.config import build_config
-    from fedlsm.methods import METHOD_DEFAULTS
-    from fedlsm.runner import run
-
     cfg = build_config(
         {"method": "fedcot", "name": "recon", "output_dir": str(tmp_path)},
         {
@@ -103,6 +99,8 @@ def test_a_fedcot_e_run_reports_the_reconstruction_figure_beside_epsilon(tmp_pat
         },
         defaults=METHOD_DEFAULTS["fedcot"],
     )
+    from fedlsm.runner import run
+
     ctx, result = run(cfg, Console(quiet=True))
     recon = result.reconstruction
     assert recon is not None and recon["epsilon"] == 10.0 and recon["mechanism"] == "exponential-custext-top4"
