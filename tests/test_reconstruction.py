@@ -9,10 +9,12 @@ import random
 import pytest
 from rich.console import Console
 
+from fedlsm.bench.report import write_report
 from fedlsm.config import build_config
 from fedlsm.methods import METHOD_DEFAULTS
 from fedlsm.privacy import TextSanitizer
 from fedlsm.privacy.reconstruction import InverseModel, align, public_pairs, reconstruction_audit, score
+from test_bench import _fake_run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -111,3 +113,18 @@ def test_a_fedcot_e_run_reports_the_reconstruction_figure_beside_epsilon(tmp_pat
     assert stored["result"]["reconstruction"]["advantage"] == recon["advantage"]
     kept = json.loads((ctx.run_dir / "client-0" / "measurements.json").read_text())["privacy"]["reconstruction"]
     assert kept["recovery"] == recon["recovery"]  # measured by the client, on its own folder's data
+
+
+def test_the_bench_report_shows_the_reconstruction_advantage_with_its_interval(tmp_path):
+    rec = {"advantage": 0.401, "advantage_ci": [0.376, 0.429], "recovery": 0.78, "baseline": 0.38}
+    _fake_run(tmp_path, "a", method="m1", eps=10.0, seed=0, utility=0.3, wall=1, result={"reconstruction": rec})
+    _fake_run(tmp_path, "b", method="m2", eps=None, seed=0, utility=0.4, wall=1)
+    md = write_report(tmp_path)["markdown"].read_text()
+    table = md.split("## Multi-objective table", 1)[1].split("\n## ", 1)[0].splitlines()
+    header = [c.strip() for c in next(ln for ln in table if ln.startswith("| method |")).strip("|").split("|")]
+    col = header.index("reconstruction adv. [95% CI]")
+
+    def cell(method: str) -> str:
+        return [c.strip() for c in next(ln for ln in table if ln.startswith(f"| {method}")).strip("|").split("|")][col]
+
+    assert cell("m1") == "+40.1 [+37.6, +42.9]" and cell("m2") == "–"  # – : the method released no prompts
