@@ -128,3 +128,30 @@ def test_the_bench_report_shows_the_reconstruction_advantage_with_its_interval(t
         return [c.strip() for c in next(ln for ln in table if ln.startswith(f"| {method}")).strip("|").split("|")][col]
 
     assert cell("m1") == "+40.1 [+37.6, +42.9]" and cell("m2") == "–"  # – : the method released no prompts
+
+
+def _word_swap(seed_words: dict[str, str]):
+    """A learned-perturber stand-in with a fixed codebook: each word in the book is replaced, "How" dropped."""
+
+    def fn(texts: list[str]) -> list[str]:
+        return [" ".join(seed_words.get(w, w) for w in t.split() if w != "How") for t in texts]
+
+    return fn
+
+
+def test_on_an_unaligned_release_the_attack_learns_the_perturbers_substitutions(prompts, rantext):
+    from fedlsm.privacy import AdaptivePerturber
+
+    private, public = prompts
+    words = sorted({w for t in public for w in t.split() if w.isalpha() and len(w) > 3})
+    book = dict(zip(words, reversed(words)))  # every longer word becomes another word: nothing copyable
+    perturber = AdaptivePerturber(_word_swap(book), tokenizer=rantext.tokenizer)
+    res = perturber.sanitize(private, seed=0)
+    audit = reconstruction_audit(res, rantext, public, perturber.perturb(public, seed=0), seed=1)
+    assert audit is not None and audit["epsilon"] is None  # a learned perturber: no ε
+    assert audit["advantage"] > 0.15 and audit["advantage_ci"][0] > 0.1, audit
+    assert audit["recovery"] > audit["nearest_neighbour"] + 0.1, audit
+
+    scrambled = random.Random(0).sample(perturber.perturb(public, seed=0), len(public))  # mismatched pairs
+    audit = reconstruction_audit(res, rantext, public, scrambled, seed=1)
+    assert audit is not None and audit["advantage"] < 0.05, audit
