@@ -155,3 +155,13 @@ def test_on_an_unaligned_release_the_attack_learns_the_perturbers_substitutions(
     scrambled = random.Random(0).sample(perturber.perturb(public, seed=0), len(public))  # mismatched pairs
     audit = reconstruction_audit(res, rantext, public, scrambled, seed=1)
     assert audit is not None and audit["advantage"] < 0.05, audit
+
+
+def test_the_privacy_curve_can_add_the_reconstruction_attack(prompts, rantext):
+    from fedlsm.privacy import corpus_prior, privacy_curve
+
+    private, public = prompts
+    kw = {"prior": corpus_prior(rantext.tokenizer, public, rantext.mechanism.vocab_size), "show_progress": False}
+    rec = privacy_curve(rantext, private[:10], [10.0], public_texts=public[:60], **kw).points[0].reconstruction
+    assert rec is not None and rec["epsilon"] == 10.0 and rec["advantage"] > 0.1, rec
+    assert privacy_curve(rantext, private[:2], [10.0], **kw).points[0].reconstruction is None
