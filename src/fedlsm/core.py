@@ -86,6 +86,9 @@ class MethodResult:
     # membership-inference audit of what clients release (fedlsm.privacy.membership): the worst one
     # (auc, advantage, their 95% intervals, attack, target, n_members, n_nonmembers) and every one under "audits"
     membership: dict[str, Any] | None = None
+    # learned reconstruction attack on released prompts (fedlsm.privacy.reconstruction), the worst client's:
+    # recovery, baseline, advantage and its 95% interval, beside epsilon and mechanism; every one under "audits"
+    reconstruction: dict[str, Any] | None = None
 
     CONTRACT: ClassVar[tuple[str, ...]] = (
         "metric",
@@ -105,6 +108,7 @@ class MethodResult:
         "intervals",
         "warnings",
         "membership",
+        "reconstruction",
     )
 
     def contract(self) -> dict[str, Any]:

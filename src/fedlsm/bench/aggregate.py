@@ -50,6 +50,9 @@ FIELDS = [
     "membership_auc_low",
     "membership_auc_high",
     "membership_advantage",
+    "reconstruction_advantage",
+    "reconstruction_advantage_low",
+    "reconstruction_advantage_high",
     "token_ratio",
     "token_ratio_decoded",
     "bytes_up",
@@ -206,7 +209,18 @@ def _values(metrics: dict, msgs: dict) -> dict[str, float | None]:
         membership_advantage=_num(mia.get("advantage")),
     )
     out["server_seconds"], out["client_seconds"] = _side_seconds(msgs, wall)
-    return {**out, **_client_values(result, msgs)}
+    return {**out, **_reconstruction_values(result), **_client_values(result, msgs)}
+
+
+def _reconstruction_values(result: dict) -> dict[str, float | None]:
+    """The learned reconstruction attack's advantage and its interval (fedlsm.privacy.reconstruction)."""
+    rec = result.get("reconstruction") or {}
+    low, high = (rec.get("advantage_ci") or [None, None])[:2]
+    return {
+        "reconstruction_advantage": _num(rec.get("advantage")),
+        "reconstruction_advantage_low": _num(low),
+        "reconstruction_advantage_high": _num(high),
+    }
 
 
 @dataclass

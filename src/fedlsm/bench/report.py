@@ -80,6 +80,16 @@ def fmt_membership(g: Group) -> str:
     return f"{s.mean:.2f}" + ("" if lo is None or hi is None else f" [{lo:.2f}, {hi:.2f}]")
 
 
+def fmt_reconstruction(g: Group) -> str:
+    """The reconstruction attack's advantage over the trivial attacker in points of %: one seed with its
+    bootstrap 95% interval over prompts, several as mean ± std over seeds; – where nothing was released."""
+    s = g.stats.get("reconstruction_advantage")
+    low, high = g.mean("reconstruction_advantage_low"), g.mean("reconstruction_advantage_high")
+    if s is None or s.n > 1 or low is None or high is None:
+        return fmt_pct(s)
+    return f"{100 * s.mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
+
+
 def fmt_pareto(on: bool | None) -> str:
     return UNKNOWN if on is None else ("✓" if on else "")
 
@@ -160,6 +170,7 @@ def objectives_table(groups: Sequence[Group]) -> Section:
         "CPU s",
         "peak MB",
         "LLM tokens",
+        "reconstruction adv. [95% CI]",
         "seeds",
         "Pareto",
     ]
@@ -184,6 +195,7 @@ def objectives_table(groups: Sequence[Group]) -> Section:
                 fmt_num(_mean(g, "cpu_seconds")),
                 _objective(g, "peak_rss_mb", lambda x: fmt_num(x, 0)),
                 _objective(g, "llm_tokens", lambda x: fmt_num(x, 0)),
+                fmt_reconstruction(g),
                 str(len(g.runs)),
                 fmt_pareto(g.pareto),
             ]
@@ -193,6 +205,9 @@ def objectives_table(groups: Sequence[Group]) -> Section:
         "Attack success: nearest-neighbour inversion of the perturbed prompts (best of a uniform and a "
         "public-text prior). Membership AUC: the loss(-difference) membership-inference attack on what "
         "clients release, the worst target audited (0.5 = chance; docs/privacy.md); advantage = max TPR − FPR. "
+        "Reconstruction adv.: share of private prompt tokens a learned inverse model (trained on public "
+        "prompts and their release) recovers beyond copying the released token or guessing the commonest one, "
+        "in points of %, the worst client (docs/privacy.md). "
         "TokenRatio: perturbed rationales vs non-private ones. Bytes from the message log "
         "(per client and round). Peak MB: the run process's peak resident memory (in one process, server and "
         "clients together). LLM tokens: tokens the server LLM generated (the LLM query cost). Means over seeds. "

@@ -197,7 +197,7 @@ def _avg(scores: Sequence[float]) -> float:
 # ----------------------------------------------------------------------------- what crosses the boundary
 
 KEPT_ON_SITE = (
-    "the privacy measurements (unchanged tokens, inversion-attack success)",
+    "the privacy measurements (unchanged tokens, inversion- and reconstruction-attack success)",
     "the share of rationales the filter kept",
     "every prompt and rationale (rationales.jsonl)",
 )
@@ -327,16 +327,22 @@ class FedCoTClient(FedCoTSite, TypedRole):
         assert self.codec_public is not None  # kept by the earlier fedcot_a_public_prompts request
         train_jointly(self.ctx, codec, self.codec_public, req.rationales, req.perturbed_rationales)
         self.codec_adapter = adapter_arrays(codec.gen.model)
-        return self._release(codec, self._sanitizer())
+        return self._release(codec, self._sanitizer(), self.codec_public["slm_perturbed"])
 
-    def _release(self, perturber, sanitizer) -> PerturbedPrompts:
-        """Perturb the private prompts and send only them; what an inversion attack recovers, and how
-        many tokens came through unchanged, stay in the client's folder."""
+    def _release(self, perturber, sanitizer, public_released: Sequence[str] | None = None) -> PerturbedPrompts:
+        """Perturb the private prompts and send only them; what the inversion and the learned reconstruction
+        attacks recover (the latter trained on public pairs: ``public_released``, FedCoT-A's perturber on the
+        public prompts, or the mechanism run on them), and how many tokens came through unchanged, stay in
+        the client's folder."""
         from fedlsm.privacy.attacks import inversion_success
+        from fedlsm.privacy.reconstruction import reconstruction_audit
 
         san = perturber.sanitize(self.raw_prompts, seed=self.ctx.noise_seed())
-        attack = inversion_success(san, sanitizer, [format_question(e) for e in self.ctx.public])
-        self.ctx.record_local("privacy", {**san.report.as_dict(), "attack": attack})
+        public = [format_question(e) for e in self.ctx.public]
+        attack = inversion_success(san, sanitizer, public)
+        what = f"{self.ctx.name} perturbed prompts"
+        recon = reconstruction_audit(san, sanitizer, public, public_released, seed=self.ctx.seed, target=what)
+        self.ctx.record_local("privacy", {**san.report.as_dict(), "attack": attack, "reconstruction": recon})
         self.sent = list(san.texts)
         return PerturbedPrompts(self.sent)
 
@@ -617,6 +623,7 @@ def _contract(
         "untrained": {k: "Zero-shot SLM" for k in labelled if not k.startswith(("Zero-shot", "Few-shot"))},
         "epsilon": privacy.get("epsilon_per_token", ctx.cfg.privacy.epsilon),
         "attack_success": (privacy.get("attack") or {}).get("success_rate"),
+        "reconstruction": privacy.get("reconstruction"),
         "token_ratio": summary["token_ratio_perturbed"],
         "token_ratio_decoded": summary["token_ratio_decoded"],
         "communication": ctx.metrics.get("communication"),
@@ -690,18 +697,23 @@ def _token_ratios(run_dir, baseline_dir) -> tuple[float | None, float | None]:
 
 def _site_privacy(ctx: RunContext, sites: dict[str, dict]) -> None:
     """The privacy measurements each client kept (one client: its report; several: the first one's,
-    with the attack success averaged over all), beside the server's declaration."""
+    with the attack success averaged over all and the worst client's reconstruction audit), beside the
+    server's declaration."""
+    from fedlsm.privacy.reconstruction import worst_case as worst_reconstruction
+
     reports = {c: m["privacy"] for c, m in sites.items() if "privacy" in m}
     if not reports:
         return
     attacks = [r["attack"] for r in reports.values() if r.get("attack")]
     attack = {**attacks[0], "success_rate": _mean(a["success_rate"] for a in attacks)} if attacks else None
+    recon = worst_reconstruction([r["reconstruction"] for r in reports.values() if r.get("reconstruction")])
     ctx.record(
         "privacy",
         {
             **ctx.metrics.get("privacy", {}),
             **next(iter(reports.values())),
             "attack": attack,
+            "reconstruction": recon,
             "measured_by": "the simulation harness, from each client's own folder",
         },
     )

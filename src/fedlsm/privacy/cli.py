@@ -129,6 +129,13 @@ def print_table(curve: PrivacyCurve) -> None:
         "(range over CQA/OBQA/BoolQ/ARC-E).",
         style="dim",
     )
+    for p in curve.points:
+        if (r := p.reconstruction) is not None:
+            lo, hi = r["advantage_ci"]
+            console.print(
+                f"learned reconstruction, {p.mechanism} ε={p.epsilon:g}: recovery {pct(r['recovery'])}, baseline "
+                f"{pct(r['baseline'])}, advantage {100 * r['advantage']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+            )
     for name, p in {p.mechanism: p for p in curve.points}.items():
         console.print(f"guarantee of {name} (at ε={p.epsilon:g}): {p.guarantee}", style="dim")
 
@@ -215,6 +222,9 @@ def privacy_curve_command(
         str | None, typer.Option(help="With --rationales: only at these ε (comma-separated); default: every ε.")
     ] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Rationale length in tokens (with --rationales).")] = 96,
+    reconstruction: Annotated[
+        bool, typer.Option(help="Also run the learned reconstruction attack, trained on the public corpus.")
+    ] = False,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     out: Annotated[Path, typer.Option(help="Output folder for privacy_curve.json and privacy_curve.png.")] = Path(
         "runs/privacy-curve"
@@ -270,6 +280,7 @@ def privacy_curve_command(
         generator=generator,
         generation_config=gen_config,
         rationale_epsilons=parse_epsilons(rationale_epsilons) if rationale_epsilons else None,
+        public_texts=corpus if reconstruction else None,
     )
     out.mkdir(parents=True, exist_ok=True)
     (out / "privacy_curve.json").write_text(

@@ -49,6 +49,7 @@ class CurvePoint:
     example: str  # the first perturbed prompt, for eyeballing
     guarantee: str = ""
     rule: str = ""  # full | custext | rantext, as configured
+    reconstruction: dict | None = None  # the learned attack trained on public pairs (privacy.reconstruction)
 
 
 @dataclass
@@ -78,6 +79,7 @@ def privacy_curve(
     rationale_prompt: str = "{text}\nLet's think step by step.",
     rationale_epsilons: Sequence[float] | None = None,
     show_progress: bool = True,
+    public_texts: Sequence[str] | None = None,
 ) -> PrivacyCurve:
     """Measure leakage and utility of ``sanitizer`` (or of each of several) at each ε on ``texts``.
 
@@ -85,6 +87,7 @@ def privacy_curve(
     :func:`fedlsm.privacy.attacks.corpus_prior`). ``generator`` (a
     :class:`fedlsm.models.TextGenerator`, called with ``generation_config``) enables the
     rationale TokenRatio, at every ε or only at ``rationale_epsilons`` (generation is the slow part).
+    ``public_texts`` adds the learned reconstruction attack, trained on them and their release.
     """
     from fedlsm.privacy.accounting import check_epsilon
     from fedlsm.progress import progress_iter
@@ -109,9 +112,8 @@ def privacy_curve(
     runs = [(s, e) for s in sanitizers for e in eps_list]
     for base, eps in progress_iter(runs, "privacy curve", enabled=show_progress):
         with_rationales = rationale_epsilons is None or eps in rationale_epsilons
-        curve.points.append(
-            _measure(base.with_epsilon(eps), texts, seed, prior, rationales if with_rationales else None)
-        )
+        point = _measure(base.with_epsilon(eps), texts, seed, prior, rationales if with_rationales else None)
+        curve.points.append(_with_reconstruction(point, base.with_epsilon(eps), texts, seed, public_texts))
     return curve
 
 
@@ -146,6 +148,15 @@ def _measure(san: TextSanitizer, texts: list[str], seed: int, prior, rationales)
         guarantee=mech.guarantee,
         rule=mech.candidates_rule,
     )
+
+
+def _with_reconstruction(point: CurvePoint, san: TextSanitizer, texts, seed: int, public_texts) -> CurvePoint:
+    """The point with the learned reconstruction attack (the same seeded release as the point's)."""
+    if public_texts:
+        from fedlsm.privacy.reconstruction import reconstruction_audit
+
+        point.reconstruction = reconstruction_audit(san.sanitize(texts, seed=seed), san, public_texts, seed=seed + 1)
+    return point
 
 
 def json_safe(obj):
