@@ -34,7 +34,7 @@ from fedlsm.federation.grid import ClientContext, Grid, run_in_process
 from fedlsm.federation.protocol import MalformedMessage, Payload, Rounds, TypedRole, handles, message
 from fedlsm.methods.audit import audit_client_lm, audit_pooled, client_audits
 from fedlsm.methods.common import label_pairs, load_slm, train_settings
-from fedlsm.models.training import adapter_arrays, load_adapter_arrays
+from fedlsm.models.arrays import adapter_arrays, load_adapter_arrays
 
 FIT = "fedavg_fit"
 FIT_REPLY = "fedavg_fit_reply"

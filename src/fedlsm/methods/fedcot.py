@@ -58,13 +58,12 @@ from fedlsm.methods.fedcot_messages import (
 )
 from fedlsm.methods.fedcot_prompts import cot_prompt, server_prompting
 from fedlsm.methods.fedcot_settings import FedCoTArgs, generation_config
+from fedlsm.models.arrays import adapter_arrays, load_adapter_arrays
 from fedlsm.models.generation import GenerationConfig, HFGenerator, TextGenerator
 from fedlsm.models.training import (
     TrainPair,
     TrainSettings,
     TwoTaskPair,
-    adapter_arrays,
-    load_adapter_arrays,
     train_two_task,
 )
 
