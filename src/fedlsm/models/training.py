@@ -229,8 +229,10 @@ def train_sft(
     *,
     description: str = "training",
     show_progress: bool = True,
+    best_epoch: BestEpoch | None = None,
 ) -> TrainResult:
-    """Fine-tune ``model`` in place on ``pairs`` (loss on the target tokens, weighted per pair)."""
+    """Fine-tune ``model`` in place on ``pairs`` (loss on the target tokens, weighted per pair); with
+    ``best_epoch``, it ends with the weights of its best epoch on held-out data."""
     s = settings or TrainSettings()
     pad = pad_id(tokenizer)
     dev = model.device
@@ -241,7 +243,15 @@ def train_sft(
         return (per_seq * w.to(dev)).sum() / w.sum().clamp(min=1e-8), (labels != -100).sum()
 
     rows = encode_pairs(tokenizer, pairs, s.max_length)
-    return optimize(model, batch_plan(rows, s), s, batch_loss, description=description, show_progress=show_progress)
+    return optimize(
+        model,
+        batch_plan(rows, s),
+        s,
+        batch_loss,
+        description=description,
+        show_progress=show_progress,
+        best_epoch=best_epoch,
+    )
 
 
 def two_task_loss(main, aux, main_weight: float, aux_weight: float):
