@@ -338,7 +338,8 @@ def test_an_upload_that_does_not_fit_the_run_is_malformed_and_nothing_is_copied(
     from fedlsm.federation.messages import Message
     from fedlsm.federation.protocol import MalformedMessage, decode, encode
     from fedlsm.methods.crosslm import CrossLMArgs, SLMUpload, UploadCheck, slm_spec_for
-    from fedlsm.models.classifier import ArrayMismatch, build_classifier
+    from fedlsm.models.arrays import ArrayMismatch
+    from fedlsm.models.classifier import build_classifier
 
     one_slm = {"method_args.client_slms": ["minilm-l6"]}
     cfg = build_config({"method": "crosslm"}, one_slm, defaults=METHOD_DEFAULTS["crosslm"])

@@ -82,6 +82,12 @@ class TrainConfig(_Strict):
     adam_beta2: float = Field(0.999, ge=0, lt=1, description="AdamW beta2 (FedMKT: 0.95)")
     warmup_ratio: float = Field(0.1, ge=0, le=1, description="share of steps with linear warm-up (FedMKT: 0.008)")
     grad_clip: float = Field(1.0, ge=0, description="max gradient norm, 0 = none (FedMKT: 1.0)")
+    val_fraction: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="share of a client's training data held out to keep its best epoch (from 20 examples); 0 = off",
+    )
     slm: SideTrainConfig = Field(default_factory=SideTrainConfig, description="client SLMs' own lr/epochs/batch/steps")
     llm: SideTrainConfig = Field(default_factory=SideTrainConfig, description="server LLM's own lr/epochs/batch/steps")
     lora: bool = Field(True, description="LoRA adapters (true) or full fine-tuning (false)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import random
 from collections.abc import Sequence
 from typing import Literal, Protocol
 
@@ -9,8 +11,9 @@ from fedlsm.config import RunConfig
 from fedlsm.core import RunContext
 from fedlsm.data.task import Example, Task, answer_continuation, answer_prompt
 from fedlsm.eval.scoring import evaluate
+from fedlsm.models.best_epoch import BestEpoch
 from fedlsm.models.loading import default_device, load_causal_lm
-from fedlsm.models.training import TrainPair, TrainResult, TrainSettings, apply_lora, train_sft
+from fedlsm.models.training import TrainPair, TrainResult, TrainSettings, apply_lora, mean_loss, train_sft
 
 
 class RoleContext(Protocol):
@@ -63,6 +66,43 @@ def label_pairs(examples: Sequence[Example]) -> list[TrainPair]:
 
 def finetune(ctx: RoleContext, model, tok, pairs: Sequence[TrainPair], description: str) -> TrainResult:
     return train_sft(model, tok, pairs, train_settings(ctx), description=description)
+
+
+MIN_HELD_OUT = 20  # fewer training examples than this: no validation split (too few to score an epoch on)
+
+
+def held_out_split(ctx: RoleContext, examples: Sequence[Example]) -> tuple[list[Example], list[Example]]:
+    """(training, validation) examples: ``train.val_fraction`` of them, drawn with the run's seed,
+    held out to pick the best epoch; none when the fraction is 0 or below MIN_HELD_OUT examples."""
+    n = len(examples)
+    n_val = round(ctx.cfg.train.val_fraction * n) if n >= MIN_HELD_OUT else 0
+    if n_val == 0:
+        return list(examples), []
+    held = set(random.Random(ctx.cfg.seed).sample(range(n), n_val))
+    return [e for i, e in enumerate(examples) if i not in held], [examples[i] for i in sorted(held)]
+
+
+def validation_score(ctx: RoleContext, model, tok, val: Sequence[Example]) -> float:
+    """Accuracy on the held-out examples for classification and multiple choice; otherwise minus
+    their mean answer loss (higher is better either way)."""
+    if ctx.task.type in ("classification", "multiple_choice"):
+        return float(evaluate(model, tok, ctx.task, val, batch_size=ctx.cfg.eval_batch_size)["value"])
+    bs, ml = ctx.cfg.eval_batch_size, ctx.cfg.train.max_length
+    return -mean_loss(model, tok, label_pairs(val), batch_size=bs, max_length=ml)
+
+
+def finetune_labels(
+    ctx: RoleContext, model, tok, examples: Sequence[Example], description: str, settings: TrainSettings | None = None
+) -> TrainResult:
+    """SFT on prompt -> gold answer (:func:`label_pairs`). With ``train.val_fraction``, part of the
+    examples is held out, scored after each epoch, and the model ends with its best epoch's weights
+    (as transformers' ``load_best_model_at_end``); ``best_epoch`` in the result says which."""
+    s = settings or train_settings(ctx)
+    train, val = held_out_split(ctx, examples)
+    best = None
+    if val:
+        best = BestEpoch(lambda m: validation_score(ctx, m, tok, val), per_epoch=math.ceil(len(train) / s.batch_size))
+    return train_sft(model, tok, label_pairs(train), s, description=description, best_epoch=best)
 
 
 def eval_slm(ctx: RoleContext, model, tok, prefix: str = "") -> dict:

@@ -70,8 +70,8 @@ from fedlsm.methods.crosslm_losses import (
     reward,
     sequence_logprob,
 )
+from fedlsm.models.arrays import ArrayMismatch
 from fedlsm.models.classifier import (
-    ArrayMismatch,
     SentenceEncoder,
     SLMClassifier,
     SLMSpec,
@@ -79,7 +79,8 @@ from fedlsm.models.classifier import (
     slm_kind,
     verbalized_examples,
 )
-from fedlsm.models.training import TrainSettings, adamw
+from fedlsm.models.loading import pad_id
+from fedlsm.models.training import TrainSettings, optimize
 from fedlsm.progress import progress_iter
 
 # Per-task prompt templates (method_args override each): M(y) asks the LLM for a sample of label y
@@ -398,9 +399,6 @@ class CrossLMServer:
         return SyntheticPool(name, list(self.pool_labels), texts)
 
     # --- Eq. 1 (and M' by default)
-    def verbalizer_prompt(self, text: str) -> str:
-        return self.args.instruction + answer_prompt(verbalized_examples([text], None, self.labels)[0])
-
     def m_prime(self, text: str, label: int) -> str:
         if self.args.train_template:
             return self.args.train_template.format(text=text, label=self.labels[label])
@@ -410,7 +408,8 @@ class CrossLMServer:
     # --- Eq. 5-9
     def train_llm(self, pool: SyntheticPool, rewards: np.ndarray, round: int) -> dict[str, float]:
         """LoRA steps on γ1·L_g + γ2·L_t + γ3·L_r over ``pool``; the frozen reference θ_old is the
-        same model with its adapters disabled. Hand-written: no library trains this objective."""
+        same model with its adapters disabled. The objective is hand-written (no library trains it); the
+        loop is the shared one."""
         import torch
 
         a, model = self.args, self.llm
@@ -418,23 +417,26 @@ class CrossLMServer:
         r_all = torch.tensor(rewards, dtype=torch.float32)
         if a.reward_baseline == "label_mean":
             r_all = centered_by_label(r_all, torch.tensor(pool.labels))
-        batches = self._llm_batches(len(pool.texts), round)
-        params = [p for p in model.parameters() if p.requires_grad]
-        s = replace(side_settings(self.cfg, "llm"), lr=a.llm_lr)  # llm_lr: CrossLM's own option
-        opt = adamw(params, s)
         hist: dict[str, list[float]] = {"L_g": [], "L_t": [], "L_r": [], "L": []}
-        model.train()
-        for b in progress_iter(batches, f"round {round}: training the LLM (L_g + L_t + L_r)"):
+
+        def loss_fn(b: list[int]):
             l_g, l_t, l_r = self._llm_losses([gen_rows[i] for i in b], [lm_rows[i] for i in b], r_all[b])
             loss = llm_objective(l_g, l_t, l_r, a.gammas)
-            opt.zero_grad()
-            loss.backward()
-            if s.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, s.grad_clip)
-            opt.step()
             for k, v in (("L_g", l_g), ("L_t", l_t), ("L_r", l_r), ("L", loss)):
                 hist[k].append(float(v.detach()))
-        model.eval()
+            return loss
+
+        s = replace(side_settings(self.cfg, "llm"), lr=a.llm_lr)  # llm_lr: CrossLM's own option
+        # a constant rate, and torch not reseeded (the round's dropout draws continue its stream)
+        optimize(
+            model,
+            self._llm_batches(len(pool.texts), round),
+            s,
+            loss_fn,
+            description=f"round {round}: training the LLM (L_g + L_t + L_r)",
+            schedule=None,
+            seed_torch=False,
+        )
         return {f"{k}_first": v[0] for k, v in hist.items() if v} | {f"{k}_last": v[-1] for k, v in hist.items() if v}
 
     def _llm_rows(self, pool: SyntheticPool) -> tuple[list, list[list[int]]]:
@@ -471,7 +473,7 @@ class CrossLMServer:
         from fedlsm.models.training import right_pad
 
         model, dev = self.llm, self.llm.device
-        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        pad = pad_id(self.tok)
         ids, mask = right_pad([r[0] for r in gen_rows], pad)
         labels, _ = right_pad([r[1] for r in gen_rows], -100)
         ids, mask, labels = ids.to(dev), mask.to(dev), labels.to(dev)

@@ -33,8 +33,8 @@ from fedlsm.federation.checkpoint import ServerCheckpoint
 from fedlsm.federation.grid import ClientContext, Grid, run_in_process
 from fedlsm.federation.protocol import MalformedMessage, Payload, Rounds, TypedRole, handles, message
 from fedlsm.methods.audit import audit_client_lm, audit_pooled, client_audits
-from fedlsm.methods.common import label_pairs, load_slm, train_settings
-from fedlsm.models.training import adapter_arrays, load_adapter_arrays
+from fedlsm.methods.common import finetune_labels, load_slm, train_settings
+from fedlsm.models.arrays import adapter_arrays, load_adapter_arrays
 
 FIT = "fedavg_fit"
 FIT_REPLY = "fedavg_fit_reply"
@@ -165,7 +165,6 @@ class FedAvgClient(TypedRole):
     @handles(Fit)
     def fit(self, req: Fit, round: int) -> FitReply:
         from fedlsm.eval.scoring import evaluate
-        from fedlsm.models.training import train_sft
 
         ctx = self.ctx
         model, tok = _client_model(ctx)
@@ -173,10 +172,9 @@ class FedAvgClient(TypedRole):
         metrics: dict[str, Any] = {}
         if ctx.data:
             settings = dataclasses.replace(train_settings(ctx), seed=ctx.seed * 1009 + round)
-            tr = train_sft(
-                model, tok, label_pairs(ctx.data), settings, description=f"{ctx.name} round {round}: training"
-            )
+            tr = finetune_labels(ctx, model, tok, ctx.data, f"{ctx.name} round {round}: training", settings)
             metrics.update(loss_first=tr.first_loss, loss_last=tr.last_loss, steps=tr.steps, train_tokens=tr.tokens)
+            metrics["best_epoch"] = tr.best_epoch
         if round == rounds_of(ctx.cfg):  # the last upload: what it reveals about members stays in the client's folder
             audit_client_lm(ctx, model, tok, "upload (LoRA adapters)")
         if req.client_eval:

@@ -41,7 +41,7 @@ from fedlsm.eval.scoring import evaluate, extract_number
 from fedlsm.eval.stats import mean_scores
 from fedlsm.federation.grid import ClientContext, Grid, run_in_process, site_measurements
 from fedlsm.federation.protocol import MalformedMessage, Payload, R, Rounds, TypedRole, handles, scores_for
-from fedlsm.methods.common import eval_slm, finetune, label_pairs, load_slm, train_settings
+from fedlsm.methods.common import eval_slm, finetune_labels, load_slm, train_settings
 from fedlsm.methods.fedcot_messages import (
     RELEASED,
     Accuracy,
@@ -58,13 +58,12 @@ from fedlsm.methods.fedcot_messages import (
 )
 from fedlsm.methods.fedcot_prompts import cot_prompt, server_prompting
 from fedlsm.methods.fedcot_settings import FedCoTArgs, generation_config
+from fedlsm.models.arrays import adapter_arrays, load_adapter_arrays
 from fedlsm.models.generation import GenerationConfig, HFGenerator, TextGenerator
 from fedlsm.models.training import (
     TrainPair,
     TrainSettings,
     TwoTaskPair,
-    adapter_arrays,
-    load_adapter_arrays,
     train_two_task,
 )
 
@@ -298,7 +297,7 @@ class FedCoTClient(FedCoTSite, TypedRole):
             del slm0
         self._seed(0)
         model, tok = load_slm(c)
-        finetune(c, model, tok, label_pairs(c.data), f"{c.name}: Standalone: training")
+        finetune_labels(c, model, tok, c.data, f"{c.name}: Standalone: training")
         res = eval_slm(c, model, tok)
         alone = res["per_example"]
         return LocalResults(res["metric"], _avg(zero), _avg(few), res["value"], len(c.data), zero, few, alone)

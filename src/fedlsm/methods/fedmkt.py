@@ -67,15 +67,14 @@ from fedlsm.methods.fedmkt_knowledge import (
     kd_pairs,
     to_payload,
 )
+from fedlsm.models.arrays import adapter_arrays, load_adapter_arrays
 from fedlsm.models.distill import KDPair, Knowledge, compute_knowledge, encode_for_kd, train_kd
 from fedlsm.models.loading import default_device, load_causal_lm
 from fedlsm.models.training import (
     TrainPair,
     TrainResult,
     TrainSettings,
-    adapter_arrays,
     apply_lora,
-    load_adapter_arrays,
     train_sft,
 )
 
@@ -113,20 +112,22 @@ class FedMKTArgs:
         return self.client_slms[index] if self.client_slms else cfg.slm
 
 
-def _settings(ctx, side: Literal["slm", "llm"], *, epochs: int | None = None, seed: int | None = None) -> TrainSettings:
+def step_settings(
+    ctx, side: Literal["slm", "llm"], *, epochs: int | None = None, seed: int | None = None
+) -> TrainSettings:
     """``side``'s training settings (train.<side>.* over train.*) with this step's epochs and seed."""
     base = train_settings(ctx, side)
     return replace(base, epochs=epochs or base.epochs, seed=base.seed if seed is None else seed)
 
 
-def _lora_model(cfg, spec: str, seed: int):
+def lora_model(cfg, spec: str, seed: int):
     """``spec`` with fresh LoRA adapters initialised from ``seed`` (the same in every engine and process)."""
     model, tok = load_causal_lm(spec, device=default_device())
     t = cfg.train
     return apply_lora(model, r=t.lora_r, alpha=t.lora_alpha, dropout=t.lora_dropout, seed=seed), tok
 
 
-def _evaluate(cfg, task, model, tok) -> dict:
+def evaluate_model(cfg, task, model, tok) -> dict:
     return evaluate(model, tok, task, batch_size=cfg.eval_batch_size, show_progress=True)
 
 
@@ -213,7 +214,7 @@ class FedMKTClient(TypedRole):
         self.ctx = ctx
         self.args = FedMKTArgs.from_cfg(ctx.cfg)
         self.spec = self.args.client_model(ctx.cfg, ctx.index)
-        self.model, self.tok = _lora_model(ctx.cfg, self.spec, ctx.seed)
+        self.model, self.tok = lora_model(ctx.cfg, self.spec, ctx.seed)
         self.public_pairs = label_pairs(ctx.public)
         self.text_ids = [
             encode_for_kd(self.tok, p, ctx.cfg.train.max_length).target_text_ids for p in self.public_pairs
@@ -239,7 +240,7 @@ class FedMKTClient(TypedRole):
             self.model,
             self.tok,
             label_pairs(self.ctx.data),
-            _settings(self.ctx, "slm", seed=self.ctx.seed + round),
+            step_settings(self.ctx, "slm", seed=self.ctx.seed + round),
             description=f"{self.ctx.name}: local fine-tuning (round {round})",
         )
         k = self._knowledge(req.top_k)
@@ -264,7 +265,7 @@ class FedMKTClient(TypedRole):
             self.model,
             self.tok,
             examples,
-            _settings(self.ctx, "slm", epochs=req.kd_epochs, seed=self.ctx.seed + 7919 * (round + 1)),
+            step_settings(self.ctx, "slm", epochs=req.kd_epochs, seed=self.ctx.seed + 7919 * (round + 1)),
             lam=req.lam,
             description=f"{self.ctx.name}: distilling from the LLM (round {round})",
         )
@@ -276,7 +277,7 @@ class FedMKTClient(TypedRole):
 
     @handles(Evaluate)
     def evaluate(self, req: Evaluate, round: int) -> Evaluation:
-        res = _evaluate(self.ctx.cfg, self.ctx.task, self.model, self.tok)
+        res = evaluate_model(self.ctx.cfg, self.ctx.task, self.model, self.tok)
         return Evaluation(self.spec, res["metric"], res["value"], self.history, res["per_example"])
 
     def state(self) -> dict[str, Any]:
@@ -371,7 +372,7 @@ def preflight(ctx: RunContext) -> None:
 def _start(ctx: RunContext, grid: Grid, args: FedMKTArgs) -> tuple[_Server, int]:
     """The server with a fresh LLM adapter, or the checkpointed one on --resume; and the first round."""
     cfg = ctx.cfg
-    llm, tok = _lora_model(cfg, cfg.llm.model, cfg.seed)
+    llm, tok = lora_model(cfg, cfg.llm.model, cfg.seed)
     pairs = label_pairs(ctx.public)
     text_ids = [encode_for_kd(tok, p, cfg.train.max_length).target_text_ids for p in pairs]
     s = _Server(
@@ -429,7 +430,7 @@ def _learn_from_clients(
         s.llm,
         s.tok,
         examples,
-        _settings(s.ctx, "llm", epochs=s.args.kd_epochs, seed=s.ctx.cfg.seed + t),
+        step_settings(s.ctx, "llm", epochs=s.args.kd_epochs, seed=s.ctx.cfg.seed + t),
         lam=s.args.lam,
         description=f"server: distilling from {len(received)} SLM(s) (round {t})",
     )
@@ -494,7 +495,7 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
     for t in range(start, args.rounds):
         _round(s, grid, t)
     clients = _evaluate_clients(s)
-    llm_res = _evaluate(ctx.cfg, ctx.task, s.llm, s.tok) if args.server_trains else None
+    llm_res = evaluate_model(ctx.cfg, ctx.task, s.llm, s.tok) if args.server_trains else None
     ctx.record("fedmkt_llm", llm_res)
     return _result(s, grid, clients, llm_res)
 
@@ -520,7 +521,7 @@ def _result(s: _Server, grid: Grid, clients: dict[str, dict], llm_res: dict | No
         "llm": llm_res,
         "dropped": s.rounds.dropped,
     }
-    scores = {"LLM": (llm_res or {}).get("per_example"), "SLM mean": _mean_scores(clients)}
+    scores = {"LLM": (llm_res or {}).get("per_example"), "SLM mean": mean_model_scores(clients)}
     return MethodResult(
         [row],
         f"FedMKT on {ctx.task.name} ({metric}, %)",
@@ -528,24 +529,24 @@ def _result(s: _Server, grid: Grid, clients: dict[str, dict], llm_res: dict | No
         metric=metric,
         utility=row["SLM mean"],
         llm_utility=row["LLM"],
-        labelled=_labelled([row]),
+        labelled=labelled_rows([row]),
         communication=comm,
         per_example={f"{row['method']} ({c})": v for c, v in scores.items() if v},
     )
 
 
-def _mean_scores(by_model: dict[str, dict]) -> list[float] | None:
+def mean_model_scores(by_model: dict[str, dict]) -> list[float] | None:
     """Per question, the mean score over the models that report per-question scores."""
     lists = [r["per_example"] for r in by_model.values() if r.get("per_example")]
     return mean_scores(lists) if lists else None
 
 
-def _labelled(rows: list[dict]) -> dict[str, float]:
+def labelled_rows(rows: list[dict]) -> dict[str, float]:
     """Each row's two results (the server LLM's and the clients' mean) as the contract's labelled rows."""
     return {f"{r['method']} ({col})": r[col] for r in rows for col in ("LLM", "SLM mean") if r.get(col) is not None}
 
 
-def _untrained(labelled: dict[str, float]) -> dict[str, str]:
+def untrained_rows(labelled: dict[str, float]) -> dict[str, str]:
     """Every trained row's zero-shot row: the same column (LLM or SLM mean) of the Zero-shot row."""
     out = {}
     for k in labelled:

@@ -20,12 +20,12 @@ from fedlsm.methods.audit import upload_harness
 from fedlsm.methods.common import label_pairs, train_settings
 from fedlsm.methods.fedmkt import (
     FedMKTArgs,
-    _evaluate,
-    _labelled,
-    _lora_model,
-    _mean_scores,
-    _settings,
-    _untrained,
+    evaluate_model,
+    labelled_rows,
+    lora_model,
+    mean_model_scores,
+    step_settings,
+    untrained_rows,
 )
 from fedlsm.models.loading import default_device, load_causal_lm
 from fedlsm.models.training import train_sft
@@ -70,20 +70,20 @@ def _zero_shot_row(ctx: RunContext, args: FedMKTArgs, table: _Table) -> float:
     """Zero-shot: the untrained LLM and each distinct client model; the LLM's score."""
     cfg = ctx.cfg
     model, tok = load_causal_lm(cfg.llm.model, device=default_device())
-    zero_by_spec = {cfg.llm.model: _evaluate(cfg, ctx.task, model, tok)}
+    zero_by_spec = {cfg.llm.model: evaluate_model(cfg, ctx.task, model, tok)}
     del model
     for k in range(cfg.clients):
         spec = args.client_model(cfg, k)
         if spec not in zero_by_spec:
             m, t = load_causal_lm(spec, device=default_device())
-            zero_by_spec[spec] = _evaluate(cfg, ctx.task, m, t)
+            zero_by_spec[spec] = evaluate_model(cfg, ctx.task, m, t)
             del m
     zs = {n: zero_by_spec[args.client_model(cfg, k)] for k, n in enumerate(table.names)}
     llm = zero_by_spec[cfg.llm.model]
     vals = {n: r["value"] for n, r in zs.items()}
     table.add(
         {"method": "Zero-shot", "LLM": llm["value"], **vals, "SLM mean": _slm_mean(vals)},
-        {"LLM": llm["per_example"], "SLM mean": _mean_scores(zs)},
+        {"LLM": llm["per_example"], "SLM mean": mean_model_scores(zs)},
     )
     return llm["value"]
 
@@ -93,18 +93,18 @@ def _standalone_row(ctx: RunContext, args: FedMKTArgs, table: _Table) -> None:
     cfg = ctx.cfg
     alone = {}
     for k, n in enumerate(table.names):
-        m, t = _lora_model(cfg, args.client_model(cfg, k), cfg.seed * 1000 + k)  # as client k starts
+        m, t = lora_model(cfg, args.client_model(cfg, k), cfg.seed * 1000 + k)  # as client k starts
         train_sft(
             m,
             t,
             label_pairs(ctx.clients[k]),
-            _settings(ctx, "slm", epochs=train_settings(ctx).epochs * args.rounds, seed=cfg.seed * 1000 + k),
+            step_settings(ctx, "slm", epochs=train_settings(ctx).epochs * args.rounds, seed=cfg.seed * 1000 + k),
             description=f"Standalone {n}: training",
         )
-        alone[n] = _evaluate(cfg, ctx.task, m, t)
+        alone[n] = evaluate_model(cfg, ctx.task, m, t)
         del m
     vals = {n: r["value"] for n, r in alone.items()}
-    table.add({"method": "Standalone", **vals, "SLM mean": _slm_mean(vals)}, {"SLM mean": _mean_scores(alone)})
+    table.add({"method": "Standalone", **vals, "SLM mean": _slm_mean(vals)}, {"SLM mean": mean_model_scores(alone)})
 
 
 def _llm2slm_row(baselines: dict, table: _Table, zero_llm: float) -> None:
@@ -121,13 +121,13 @@ def _centralized_row(ctx: RunContext, args: FedMKTArgs, table: _Table) -> None:
     """Centralized: the LLM trained on every client's data plus the public set (upper bound, no privacy),
     as many passes as FedMKT's LLM makes over the public set (rounds x kd_epochs)."""
     cfg = ctx.cfg
-    m, t = _lora_model(cfg, cfg.llm.model, cfg.seed)
+    m, t = lora_model(cfg, cfg.llm.model, cfg.seed)
     all_data = [e for c in ctx.clients for e in c] + list(ctx.public)
     passes = args.rounds * args.kd_epochs
     train_sft(
-        m, t, label_pairs(all_data), _settings(ctx, "llm", epochs=passes), description="Centralized LLM: training"
+        m, t, label_pairs(all_data), step_settings(ctx, "llm", epochs=passes), description="Centralized LLM: training"
     )
-    res = _evaluate(cfg, ctx.task, m, t)
+    res = evaluate_model(cfg, ctx.task, m, t)
     note = f"LLM on all data, {passes} pass(es) as FedMKT's LLM over the public set"
     table.add({"method": "Centralized", "LLM": res["value"], "note": note}, {"LLM": res["per_example"]})
     del m
@@ -174,7 +174,7 @@ def _finish(ctx: RunContext, args: FedMKTArgs, fed: MethodResult, table: _Table)
         summary["slm_gain_over_standalone"] = (by["FedMKT"]["SLM mean"] or 0) - (by["Standalone"]["SLM mean"] or 0)
     slms = ", ".join(args.client_model(cfg, k) for k in range(cfg.clients))
     title = f"FedMKT on {ctx.task.name} ({fed.summary['metric']}, %; LLM {cfg.llm.model}, SLMs {slms})"
-    labelled = _labelled(table.rows)
+    labelled = labelled_rows(table.rows)
     return replace(
         fed,
         rows=table.rows,
@@ -182,7 +182,7 @@ def _finish(ctx: RunContext, args: FedMKTArgs, fed: MethodResult, table: _Table)
         summary=summary,
         labelled=labelled,
         per_example=table.per_example,
-        untrained=_untrained(labelled),
+        untrained=untrained_rows(labelled),
     )
 
 

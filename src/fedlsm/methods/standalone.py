@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from fedlsm.core import MethodResult, RunContext
 from fedlsm.eval.stats import mean_scores
-from fedlsm.methods.common import eval_slm, finetune, label_pairs, load_slm, zero_shot_slm
+from fedlsm.methods.common import eval_slm, finetune_labels, load_slm, zero_shot_slm
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ def run_standalone(ctx: RunContext) -> MethodResult:
     rows, per_client = [], []
     for k, data in enumerate(ctx.clients):
         model, tok = load_slm(ctx)
-        tr = finetune(ctx, model, tok, label_pairs(data), description=f"client {k}: training")
+        tr = finetune_labels(ctx, model, tok, data, f"client {k}: training")
         res = eval_slm(ctx, model, tok)
         per_client.append(
             {
@@ -35,6 +35,7 @@ def run_standalone(ctx: RunContext) -> MethodResult:
                 "loss_first": tr.first_loss,
                 "loss_last": tr.last_loss,
                 "train_tokens": tr.tokens,
+                "best_epoch": tr.best_epoch,  # None: no validation split (train.val_fraction)
             }
         )
         ctx.record("clients", per_client)

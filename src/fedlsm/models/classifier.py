@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
@@ -28,8 +27,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedlsm.errors import ConfigError, FedLSMError
-from fedlsm.models.training import TrainResult, TrainSettings, adamw
-from fedlsm.progress import progress_iter
+from fedlsm.models.arrays import adapter_arrays, load_adapter_arrays
+from fedlsm.models.training import TrainResult, TrainSettings, batch_plan, optimize
 
 if TYPE_CHECKING:
     import torch
@@ -108,10 +107,6 @@ class SLMSpec:
         return cls(**d)
 
 
-class ArrayMismatch(FedLSMError):
-    """Received weights that do not fit a classifier (names, shapes, non-finite values)."""
-
-
 class SLMClassifier:
     """A trained-or-trainable text classifier over ``spec.labels``."""
 
@@ -144,36 +139,12 @@ class SLMClassifier:
     def trainable_arrays(self) -> dict[str, np.ndarray]:
         """The weights training updates (LoRA adapters, the classification head; everything when
         LoRA is off), by parameter name. This is what a client uploads."""
-        return {n: p.detach().cpu().float().numpy().copy() for n, p in self.model.named_parameters() if p.requires_grad}
-
-    def check_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        """Raise :class:`ArrayMismatch` unless ``arrays`` are exactly this model's trainable weights:
-        the same names, each of the parameter's shape, numeric and finite (what :meth:`load_arrays`
-        requires before it copies anything)."""
-        own = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
-        where = f"the {self.spec.kind} model '{self.spec.model}'"
-        unknown, missing = sorted(set(arrays) - set(own)), sorted(set(own) - set(arrays))
-        if unknown or missing:
-            raise ArrayMismatch(
-                f"slm: received arrays do not match {where} ({len(unknown)} unknown, first: "
-                f"{unknown[0] if unknown else None}; {len(missing)} missing, first: {missing[0] if missing else None})"
-            )
-        for n, a in arrays.items():
-            a = np.asarray(a)
-            if a.shape != tuple(own[n].shape):
-                raise ArrayMismatch(f"slm: array {n} has shape {a.shape}, {where} needs {tuple(own[n].shape)}")
-            if a.dtype.kind not in "fiu" or not np.isfinite(a).all():
-                raise ArrayMismatch(f"slm: array {n} is not finite numbers (dtype {a.dtype})")
+        return adapter_arrays(self.model)
 
     def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        """Copy ``arrays`` into the model, after :meth:`check_arrays` (nothing is copied if any is wrong)."""
-        import torch
-
-        self.check_arrays(arrays)
-        own = dict(self.model.named_parameters())
-        with torch.no_grad():
-            for n, a in arrays.items():
-                own[n].copy_(torch.from_numpy(np.asarray(a)).to(own[n].dtype))
+        """Copy ``arrays`` into the model; raises :class:`ArrayMismatch` (and copies nothing) unless they
+        are exactly its trainable weights, shaped as they are, finite."""
+        load_adapter_arrays(self.model, arrays, f"the {self.spec.kind} model '{self.spec.model}'")
 
 
 # ------------------------------------------------------------------------------------------ encoder
@@ -229,44 +200,23 @@ class EncoderClassifier(SLMClassifier):
     def fit(
         self, texts: Sequence[str], labels: Sequence[int], settings: TrainSettings, *, description: str = "training"
     ) -> TrainResult:
-        # A short loop, like models/training.py's train_sft (which is for causal LMs): seeded shuffles,
-        # AdamW, transformers' warmup-then-linear schedule, cross-entropy on the head's logits.
+        # The shared loop over seeded shuffles of the texts, cross-entropy on the head's logits, with
+        # transformers' warm-up-then-linear schedule (its first step has rate 0, unlike the causal LMs').
         import torch
-        from transformers import get_linear_schedule_with_warmup
 
-        res = TrainResult()
-        if not texts:
-            return res
-        rng = random.Random(settings.seed)
-        torch.manual_seed(settings.seed)
-        per_epoch = math.ceil(len(texts) / settings.batch_size)
-        total = (
-            per_epoch * settings.epochs
-            if not settings.max_steps
-            else min(per_epoch * settings.epochs, settings.max_steps)
-        )
-        batches: list[list[int]] = []
-        while len(batches) < total:
-            order = list(range(len(texts)))
-            rng.shuffle(order)
-            batches += [order[i : i + settings.batch_size] for i in range(0, len(order), settings.batch_size)]
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        opt = adamw(params, settings)
-        sched = get_linear_schedule_with_warmup(opt, max(1, int(settings.warmup_ratio * total)), total)
         y = torch.tensor(list(labels), dtype=torch.long)
-        self.model.train()
-        for b in progress_iter(batches[:total], description):
-            out = self.model(**self._encode([texts[i] for i in b]), labels=y[b])
-            opt.zero_grad()
-            out.loss.backward()
-            if settings.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
-            opt.step()
-            sched.step()
-            res.losses.append(float(out.loss.detach()))
-            res.steps += 1
-        self.model.eval()
-        return res
+
+        def loss_fn(b: list[int]):
+            return self.model(**self._encode([texts[i] for i in b]), labels=y[b]).loss
+
+        batches = batch_plan(list(range(len(texts))), settings)
+        return optimize(self.model, batches, settings, loss_fn, description=description, schedule=_hf_linear)
+
+
+def _hf_linear(opt, s: TrainSettings, total: int):
+    from transformers import get_linear_schedule_with_warmup
+
+    return get_linear_schedule_with_warmup(opt, max(1, int(s.warmup_ratio * total)), total)
 
 
 # ------------------------------------------------------------------------------------------- causal

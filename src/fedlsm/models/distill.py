@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedlsm.models.loading import pad_id
-from fedlsm.models.training import TrainPair, TrainResult, TrainSettings, optimize
+from fedlsm.models.training import TrainPair, TrainResult, TrainSettings, batch_plan, optimize
 from fedlsm.progress import progress_iter
 
 
@@ -170,4 +170,6 @@ def train_kd(
         logp, tgt, t_max = _target_log_probs(model, [r for r, _ in batch], pad)
         return kd_objective(logp, tgt, t_max, batch, lam), sum(r.n_target for r, _ in batch)
 
-    return optimize(model, rows, settings, batch_loss, description=description, show_progress=show_progress)
+    return optimize(
+        model, batch_plan(rows, settings), settings, batch_loss, description=description, show_progress=show_progress
+    )

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from fedlsm.models.loading import pad_id
 from fedlsm.progress import progress_iter
+
+if TYPE_CHECKING:
+    from fedlsm.models.best_epoch import BestEpoch
 
 
 @dataclass
@@ -44,6 +48,8 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)  # one per optimizer step
     steps: int = 0
     tokens: int = 0  # target tokens trained on
+    best_epoch: int | None = None  # the epoch whose weights the model ended with (best-epoch selection only)
+    val_scores: list[float] = field(default_factory=list)  # held-out score after each epoch (same)
 
     @property
     def first_loss(self) -> float:
@@ -144,47 +150,73 @@ def adamw(params, s: TrainSettings):
     return torch.optim.AdamW(params, lr=s.lr, betas=(s.adam_beta1, s.adam_beta2), weight_decay=s.weight_decay)
 
 
-def optimizer_and_schedule(params, s: TrainSettings, total: int):
-    """AdamW with linear warm-up then linear decay to zero over ``total`` steps."""
+def warmup_then_decay(opt, s: TrainSettings, total: int):
+    """Linear warm-up over ``s.warmup_ratio`` of ``total`` steps, then linear decay to zero."""
     import torch
 
-    opt = adamw(params, s)
     warm = max(1, int(s.warmup_ratio * total))
-    sched = torch.optim.lr_scheduler.LambdaLR(
+    return torch.optim.lr_scheduler.LambdaLR(
         opt,
         lambda t: (
             min(1.0, (t + 1) / warm) * max(0.0, (total - t) / max(1, total - warm)) if t >= warm else (t + 1) / warm
         ),
     )
-    return opt, sched
+
+
+def optimizer_and_schedule(params, s: TrainSettings, total: int):
+    """AdamW with linear warm-up then linear decay to zero over ``total`` steps."""
+    opt = adamw(params, s)
+    return opt, warmup_then_decay(opt, s, total)
+
+
+Schedule = Callable[[Any, TrainSettings, int], Any]
 
 
 def optimize(
-    model, rows: Sequence, settings: TrainSettings, batch_loss, *, description: str, show_progress: bool = True
+    model,
+    batches: Sequence,
+    settings: TrainSettings,
+    loss_fn: Callable[[Any], Any],
+    *,
+    description: str,
+    show_progress: bool = True,
+    schedule: Schedule | None = warmup_then_decay,
+    seed_torch: bool = True,
+    best_epoch: BestEpoch | None = None,
 ) -> TrainResult:
-    """The shared loop: ``batch_loss(batch) -> (loss tensor, target tokens)`` over :func:`batch_plan`
-    batches, AdamW + warm-up/decay, gradient clipping; only parameters with requires_grad move."""
+    """The one training loop: ``loss_fn(batch)`` (a loss tensor, or (loss, target tokens)) over
+    ``batches`` in order (usually :func:`batch_plan`), AdamW, ``schedule(opt, settings, total)`` per
+    step (None: a constant rate), gradient clipping; only parameters with requires_grad move. With
+    ``best_epoch``, the model is scored after each epoch and ends with its best epoch's weights."""
     import torch
 
-    if not rows:
+    if not batches:
         return TrainResult()
-    torch.manual_seed(settings.seed)
-    batches = batch_plan(rows, settings)
+    if seed_torch:
+        torch.manual_seed(settings.seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt, sched = optimizer_and_schedule(params, settings, len(batches))
+    opt = adamw(params, settings)
+    sched = schedule(opt, settings, len(batches)) if schedule else None
     model.train()
     result = TrainResult()
     for batch in progress_iter(batches, description, enabled=show_progress):
-        loss, n_tokens = batch_loss(batch)
+        out = loss_fn(batch)
+        loss, n_tokens = out if isinstance(out, tuple) else (out, 0)
         opt.zero_grad()
         loss.backward()
         if settings.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
         opt.step()
-        sched.step()
+        if sched is not None:
+            sched.step()
         result.losses.append(float(loss.detach()))
         result.tokens += int(n_tokens)
         result.steps += 1
+        if best_epoch and best_epoch.epoch_ends(result.steps, len(batches)):
+            best_epoch.score(model)
+            model.train()
+    if best_epoch:
+        result.best_epoch, result.val_scores = best_epoch.restore(model), list(best_epoch.scores)
     model.eval()
     return result
 
@@ -197,8 +229,10 @@ def train_sft(
     *,
     description: str = "training",
     show_progress: bool = True,
+    best_epoch: BestEpoch | None = None,
 ) -> TrainResult:
-    """Fine-tune ``model`` in place on ``pairs`` (loss on the target tokens, weighted per pair)."""
+    """Fine-tune ``model`` in place on ``pairs`` (loss on the target tokens, weighted per pair); with
+    ``best_epoch``, it ends with the weights of its best epoch on held-out data."""
     s = settings or TrainSettings()
     pad = pad_id(tokenizer)
     dev = model.device
@@ -208,13 +242,15 @@ def train_sft(
         per_seq = sequence_losses(model, ids.to(dev), labels.to(dev), mask.to(dev))
         return (per_seq * w.to(dev)).sum() / w.sum().clamp(min=1e-8), (labels != -100).sum()
 
+    rows = encode_pairs(tokenizer, pairs, s.max_length)
     return optimize(
         model,
-        encode_pairs(tokenizer, pairs, s.max_length),
+        batch_plan(rows, s),
         s,
         batch_loss,
         description=description,
         show_progress=show_progress,
+        best_epoch=best_epoch,
     )
 
 
@@ -265,7 +301,7 @@ def train_two_task(
         loss = two_task_loss(per_seq[: len(mains)], per_seq[len(mains) :], main_weight, aux_weight)
         return loss, (labels != -100).sum()
 
-    return optimize(model, rows, s, batch_loss, description=description, show_progress=show_progress)
+    return optimize(model, batch_plan(rows, s), s, batch_loss, description=description, show_progress=show_progress)
 
 
 def mean_loss(model, tokenizer, pairs: Sequence[TrainPair], *, batch_size: int = 8, max_length: int = 256) -> float:
@@ -291,21 +327,3 @@ def pair_losses(
                 sequence_losses(model, ids.to(model.device), labels.to(model.device), mask.to(model.device)).tolist()
             )
     return vals
-
-
-def adapter_arrays(model) -> dict:
-    """The trainable LoRA weights of a peft model as float32 numpy arrays (what travels or is checkpointed).
-    Copies: on CPU a float32 parameter's ``.numpy()`` shares its memory, and later training would
-    change what was already sent or saved."""
-    from peft import get_peft_model_state_dict
-
-    return {k: v.detach().float().cpu().numpy().copy() for k, v in get_peft_model_state_dict(model).items()}
-
-
-def load_adapter_arrays(model, arrays: dict) -> None:
-    """Inverse of :func:`adapter_arrays` (shapes must match the model's adapters)."""
-    import torch
-    from peft import set_peft_model_state_dict
-
-    dtype = next(p for p in model.parameters() if p.requires_grad).dtype
-    set_peft_model_state_dict(model, {k: torch.as_tensor(v, dtype=dtype) for k, v in arrays.items()})
