@@ -171,7 +171,23 @@ def test_shipped_grids_pass_the_check_without_training(shared_data):
     assert r.exit_code == 0, r.output
     n = sum(len(expand(load_grid(g), "/tmp/never")) for g in grids)
     assert f"{n} of {n} cell(s) OK" in r.output and "error" not in r.output
-    assert "fedcot × obqa × ε=10 × seed 2" in r.output
+    assert "fedcot-e × obqa × ε=10 × seed 2" in r.output
+
+
+def test_shipped_grids_hold_the_papers_tables():
+    """The rows no single default run gives are cells of both grids: Table 5's w/o decoding and Table 7's
+    FewShot-SLM row (FedCoT options), FedCoT-A on the paper's public half, FedMKT's and CrossLM's tables."""
+    for name in ("paper-small", "gpu"):
+        cells = expand(load_grid(ROOT / "benchmarks" / f"{name}.yaml"), "/tmp/never")
+        fedcot = [c.config for c in cells if c.config.method == "fedcot"]
+        assert any(c.method_args.get("ablate_decoding") and c.privacy.epsilon == 3 for c in fedcot), name
+        assert any(c.method_args.get("fewshot_slm_rationales") for c in fedcot), name
+        a = [c for c in fedcot if c.method_args.get("variant") == "a"]
+        assert a and all(c.data.public_fraction == 0.5 for c in a), name
+        assert {"fedmkt", "crosslm"} <= {c.config.method for c in cells}, name
+    gpu = expand(load_grid(ROOT / "benchmarks" / "gpu.yaml"), "/tmp/never")
+    mkt = {c.method: c.config.clients for c in gpu if c.config.method == "fedmkt"}
+    assert mkt == {"fedmkt-heterogeneous": 4, "fedmkt-homogeneous": 4, "fedmkt-one-to-one": 1}
 
 
 def test_check_lists_every_bad_cell_and_exits_2(tmp_path):

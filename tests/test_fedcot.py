@@ -66,6 +66,7 @@ def tiny_fedcot_run(tmp_path_factory):
             "train.epochs": 1,
             "llm.max_new_tokens": 24,
             "method_args.demos": 1,
+            "method_args.fewshot_slm_rationales": True,  # Table 7's FewShot-SLM row
             # a weak setting on purpose (top-4 candidates, ε=10: ~40% of tokens survive), so the
             # audit checks the unchanged fraction where it is far from zero
             "privacy.epsilon": 10.0,
@@ -165,6 +166,13 @@ def test_fedcot_run_saves_rationales_and_the_full_table(tiny_fedcot_run):
     rows = [json.loads(x) for x in (ctx.run_dir / "client-0" / "rationales.jsonl").read_text().splitlines()]
     assert len(rows) == len(ctx.clients[0])
     assert all(r["rationale_perturbed"] is not None and r["perturbed_prompt"] != r["prompt"] for r in rows)
+    # Table 7's FewShot-SLM row: the SLM's own rationales (no r^p) stay on the client, their TokenRatio
+    # against the Non-Private rationales sits on the Few-shot SLM row, beside FedCoT-E's decoded one
+    assert all(r["rationale_few_shot_slm"].strip() for r in rows)
+    few = next(r for r in result.rows if r["method"].startswith("Few-shot SLM"))
+    fed = next(r for r in result.rows if r["method"].startswith("FedCoT-E"))
+    assert 0 < few["TokenRatio decoded vs r"] <= 1 and fed["TokenRatio decoded vs r"] is not None
+    assert result.summary["token_ratio_fewshot_slm"] == few["TokenRatio decoded vs r"]
     m = json.loads((ctx.run_dir / "metrics.json").read_text())
     assert m["communication"]["bytes_up"] > 0 and m["llm_query_cost"]["completion_tokens"] > 0
     assert m["run"]["status"] == "done"

@@ -257,6 +257,9 @@ class RunConfig(_Strict):
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     federation: FederationConfig = Field(default_factory=FederationConfig)
     eval_batch_size: int = Field(16, gt=0)
+    eval_template: Literal["fedlsm", "lm-eval"] = Field(
+        "fedlsm", description="evaluation prompts: fedlsm's, or lm-evaluation-harness's task templates"
+    )
     method_args: dict[str, Any] = Field(default_factory=dict, description="method-specific options")
 
     @field_validator("name")

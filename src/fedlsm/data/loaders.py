@@ -381,11 +381,19 @@ def _tsv_rows(path: Path) -> list[tuple[str, ...]]:
         return [tuple(line.rstrip("\n").split("\t")) for line in f if line.strip()]
 
 
-def _classification(name: str, rows: dict[str, list[tuple[str, int]]], labels: list[str]) -> Task:
+def _classification(name: str, rows: dict[str, list[tuple]], labels: list[str]) -> Task:
+    """Rows are (text, label index) or (text, label index, the source's fields for ``meta["fields"]``)."""
     splits = {
         split: [
-            Example(id=f"{name}-{split}-{i}", question=text, answer=labels[y], choices=labels, label=y)
-            for i, (text, y) in enumerate(pairs)
+            Example(
+                id=f"{name}-{split}-{i}",
+                question=r[0],
+                answer=labels[r[1]],
+                choices=labels,
+                label=r[1],
+                meta={"fields": r[2]} if len(r) > 2 else {},
+            )
+            for i, r in enumerate(pairs)
         ]
         for split, pairs in rows.items()
     }
@@ -471,14 +479,15 @@ def _rte(root: Path) -> Task:
     # labelled dev set (277). Entailment is "yes".
     d = root / "rte" / "glue_rte_amrnag"
 
-    def rows(*names: str) -> list[tuple[str, int]]:
+    def rows(*names: str) -> list[tuple]:
         out = []
         for name in names:
             for r in _tsv_rows(d / name):
                 if r[0] == "index":  # header (val.tsv has none)
                     continue
                 text = f'{r[1].strip()}\nQuestion: Does this imply that "{r[2].strip()}"?'
-                out.append((text, int(r[3].strip() == "entailment")))
+                fields = {"premise": r[1].strip(), "hypothesis": r[2].strip()}  # for lm-eval's template
+                out.append((text, int(r[3].strip() == "entailment"), fields))
         return out
 
     return _classification("rte", {"train": rows("train.tsv", "val.tsv"), "test": rows("dev.tsv")}, _YES_NO)
@@ -489,7 +498,7 @@ def _wic(root: Path) -> Task:
     # "word<TAB>PoS<TAB>positions<TAB>sentence1<TAB>sentence2" with T/F in the matching gold file.
     d = root / "wic" / "WiC_dataset"
 
-    def rows(split: str) -> list[tuple[str, int]]:
+    def rows(split: str) -> list[tuple]:
         data = _tsv_rows(d / split / f"{split}.data.txt")
         gold = [g[0].strip() for g in _tsv_rows(d / split / f"{split}.gold.txt")]
         return [
@@ -497,6 +506,8 @@ def _wic(root: Path) -> Task:
                 f"Sentence 1: {r[3]}\nSentence 2: {r[4]}\n"
                 f'Question: Is the word "{r[0]}" used with the same meaning in both sentences?',
                 int(g == "T"),
+                # lm-eval's template names the word as written in sentence 1 (positions: "i-j" word indices)
+                {"sentence1": r[3], "sentence2": r[4], "word": r[3].split(" ")[int(r[2].split("-")[0])]},
             )
             for r, g in zip(data, gold, strict=True)
         ]
@@ -552,7 +563,7 @@ def subsample(task: Task, n_train: int | None, n_test: int | None, seed: int) ->
         tr = rng.sample(tr, n_train)
     if n_test and n_test < len(te):
         te = rng.sample(te, n_test)
-    return Task(task.name, task.type, tr, te, task.numeric, task.description)
+    return replace(task, train=tr, test=te)
 
 
 def available_tasks() -> list[str]:

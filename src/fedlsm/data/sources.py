@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fedlsm.data.loaders import ColumnMap, load_examples, load_file_task, load_hf_task, load_task, subsample
@@ -48,14 +48,13 @@ def build_task(cfg) -> Task:
         task = load_file_task(
             d.path, d.test_path, name=d.name, task_type=d.type, columns=cols, numeric=d.numeric, seed=cfg.seed
         )
-        return subsample(task, d.n_train, d.n_test, cfg.seed)
+        return replace(subsample(task, d.n_train, d.n_test, cfg.seed), eval_template=cfg.eval_template)
     if d.hf_id:
         task = load_hf_task(d.hf_id, config_name=d.hf_config, task_type=d.type, columns=cols, numeric=d.numeric)
         task = subsample(task, d.n_train, d.n_test, cfg.seed)
     else:
         task = load_task(d.task, n_train=d.n_train, n_test=d.n_test, seed=cfg.seed, data_dir=d.root)
-    task.name = d.name or task.name
-    return task
+    return replace(task, name=d.name or task.name, eval_template=cfg.eval_template)
 
 
 def _public_file(cfg, task: Task) -> list[Example]:
@@ -93,7 +92,8 @@ def server_data(cfg) -> SiteView:
                 "give the server its own evaluation split as data.test_path",
             )
         test = load_examples(d.test_path, task_type=d.type, columns=column_map(cfg), field="data.test_path")
-        task = subsample(Task(Path(d.test_path).stem, d.type, [], test, d.numeric), None, d.n_test, cfg.seed)
+        task = Task(Path(d.test_path).stem, d.type, [], test, d.numeric, eval_template=cfg.eval_template)
+        task = subsample(task, None, d.n_test, cfg.seed)
         if d.public_fraction and not d.public_path:
             raise ConfigError(
                 "data.public_path",

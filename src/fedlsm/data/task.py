@@ -45,6 +45,7 @@ class Task:
     test: list[Example]
     numeric: bool = False  # answers are numbers: exact match compares them numerically
     description: str = ""
+    eval_template: str = "fedlsm"  # evaluation prompts: fedlsm's or "lm-eval" (fedlsm.eval.templates)
 
     @property
     def labels(self) -> list[str] | None:

@@ -13,7 +13,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from fedlsm.data.task import Example, Task, answer_continuation, answer_prompt, format_question
+from fedlsm.data.task import Example, Task, answer_continuation, answer_prompt
+from fedlsm.eval.templates import GENERATION_STOP, choice_request, generation_prompt
 from fedlsm.models.loading import pad_id
 from fedlsm.models.training import right_pad
 from fedlsm.progress import progress_iter
@@ -163,17 +164,24 @@ def choice_accuracy(
     batch_size: int = 16,
     show_progress: bool = False,
     prompt_fn=answer_prompt,
+    request_fn=None,
 ) -> ChoiceResult:
-    """Log-likelihood multiple-choice accuracy (lm-eval ``acc`` and ``acc_norm``)."""
-    conts = []
+    """Log-likelihood multiple-choice accuracy (lm-eval ``acc`` and ``acc_norm``). ``request_fn(ex)``,
+    when given, returns the context and each choice's continuation (``fedlsm.eval.templates``);
+    otherwise the context is ``prompt_fn(ex)`` and each choice continues it after a space."""
+    contexts, conts = [], []
     for ex in examples:
         if not ex.choices or ex.label is None:
             raise ValueError(f"example {ex.id} has no choices/label; use generation metrics")
-        conts.append([answer_continuation(ex, c) for c in ex.choices])
+        context, options = (
+            request_fn(ex) if request_fn else (prompt_fn(ex), [answer_continuation(ex, c) for c in ex.choices])
+        )
+        contexts.append(context)
+        conts.append(options)
     lps = shared_context_logprobs(
         model,
         tokenizer,
-        [prompt_fn(ex) for ex in examples],
+        contexts,
         conts,
         batch_size=batch_size,
         show_progress=show_progress,
@@ -249,17 +257,19 @@ def evaluate(
     examples' order, whose mean is ``value``.
 
     ``prefix`` goes before every prompt: few-shot demonstrations, or a task prefix such as
-    distilling step-by-step's ``[label]``.
+    distilling step-by-step's ``[label]``. The prompts follow ``task.eval_template`` (fedlsm's, or
+    lm-evaluation-harness's: :mod:`fedlsm.eval.templates`).
     """
     exs = list(examples if examples is not None else task.test)
+    template = task.eval_template
     if task.type in ("multiple_choice", "classification"):
+
+        def request(e: Example) -> tuple[str, list[str]]:
+            context, options = choice_request(template, task.name, e)
+            return prefix + context, options
+
         r = choice_accuracy(
-            model,
-            tokenizer,
-            exs,
-            batch_size=batch_size,
-            show_progress=show_progress,
-            prompt_fn=lambda e: prefix + answer_prompt(e),
+            model, tokenizer, exs, batch_size=batch_size, show_progress=show_progress, request_fn=request
         )
         return {
             "metric": "accuracy",
@@ -272,8 +282,8 @@ def evaluate(
     from fedlsm.models.generation import GenerationConfig, HFGenerator
 
     gen = HFGenerator(model, tokenizer, batch_size=batch_size, use_chat_template=False, show_progress=show_progress)
-    prompts = [prefix + format_question(e) + "\nA:" for e in exs]
-    preds = gen.generate(prompts, GenerationConfig(max_new_tokens=max_new_tokens, stop=["\nQ:", "\n\n"]))
+    prompts = [prefix + generation_prompt(template, e) for e in exs]
+    preds = gen.generate(prompts, GenerationConfig(max_new_tokens=max_new_tokens, stop=GENERATION_STOP[template]))
     refs = [e.answer for e in exs]
     metric = "exact_match" if task.numeric else "rougeL"
     scores = exact_match_scores(preds, refs, numeric=True) if task.numeric else rouge_l_scores(preds, refs)

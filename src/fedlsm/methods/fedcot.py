@@ -262,7 +262,13 @@ class FedCoTSite:
 def _rationale_rows(site: FedCoTSite, fed: RationaleSet) -> list[dict[str, Any]]:
     rows = zip(site.ctx.data, site.raw_prompts, fed.sent_prompts, fed.received, fed.decoded, fed.kept)
     keys = ("prompt", "perturbed_prompt", "rationale_perturbed", "rationale_decoded", "kept")
-    return [{"id": e.id, **dict(zip(keys, rest))} for e, *rest in rows]
+    out = [{"id": e.id, **dict(zip(keys, rest))} for e, *rest in rows]
+    if site.args.fewshot_slm_rationales:  # Table 7's FewShot-SLM row (fedcot_fewshot)
+        from fedlsm.methods.fedcot_fewshot import COLUMN, own_rationales
+
+        for row, own in zip(out, own_rationales(site.ctx, site.args, site.raw_prompts)):
+            row[COLUMN] = own
+    return out
 
 
 def write_jsonl(path, rows: Sequence[dict[str, Any]]) -> None:
@@ -603,6 +609,7 @@ def fedcot_summary(rows: Sequence[dict], metric: str | None, variant: str, cfg) 
         "fedcot": fed.get("value"),
         "token_ratio_perturbed": fed.get("token_ratio_perturbed"),
         "token_ratio_decoded": fed.get("token_ratio_decoded"),
+        "token_ratio_fewshot_slm": by.get("Few-shot SLM", {}).get("token_ratio_decoded"),  # Table 7
     }
 
 
@@ -674,6 +681,20 @@ def _site_rationales(folder, key: str) -> dict[str, str]:
     return {r["id"]: r[key] for r in map(json.loads, path.read_text().splitlines()) if r.get(key) is not None}
 
 
+def _fewshot_token_ratio(run_dir, baseline_dir) -> float | None:
+    """Table 7's FewShot-SLM row: mean over clients of TokenRatio(the SLM's own rationale, r)."""
+    from fedlsm.methods.fedcot_fewshot import COLUMN
+    from fedlsm.privacy import mean_token_ratio
+
+    per_client = []
+    for site in sorted(p for p in run_dir.glob("client-*") if p.is_dir()):
+        ref, own = _site_rationales(baseline_dir / site.name, "rationale_non_private"), _site_rationales(site, COLUMN)
+        ids = [i for i in own if i in ref]
+        if ids:
+            per_client.append(mean_token_ratio([own[i] for i in ids], [ref[i] for i in ids]))
+    return _mean(per_client)
+
+
 def _token_ratios(run_dir, baseline_dir) -> tuple[float | None, float | None]:
     """Mean over clients of TokenRatio(r^p, r) and TokenRatio(decoded, r), r the Non-Private rationale of the
     same private example: read from each client's own folder of both runs (simulation only)."""
@@ -730,6 +751,8 @@ def _add_nonprivate_row(ctx: RunContext, rows: list[dict], label: str, bctx: Run
     )
     tr_p, tr_d = _token_ratios(ctx.run_dir, bctx.run_dir)
     rows[at + 1].update(token_ratio_perturbed=tr_p, token_ratio_decoded=tr_d)
+    if (own := _fewshot_token_ratio(ctx.run_dir, bctx.run_dir)) is not None:
+        next(r for r in rows if r["method"].startswith("Few-shot SLM"))["token_ratio_decoded"] = own
     clients = ctx.metrics.get("clients", {})
     for c, v in bctx.metrics.get("clients", {}).items():
         clients.setdefault(c, {})["non_private"] = v["non_private"]

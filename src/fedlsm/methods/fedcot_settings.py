@@ -24,6 +24,9 @@ class FedCoTArgs:
     label_weight: float = 0.5  # alpha of L = alpha * L_label + beta * L_rationale (Eq. 7-9; Appendix D.1: 0.5)
     rationale_weight: float = 0.5  # beta, over the examples whose rationale the filter kept (Appendix D.1: 0.5)
     ablate_decoding: bool = False  # Table 5: train on the perturbed rationales as received
+    # Table 7's FewShot-SLM row: the untrained SLM writes its own rationales (``shots`` CoT demonstrations,
+    # no r^p); their TokenRatio against the Non-Private rationales shows what decoding owes to r^p
+    fewshot_slm_rationales: bool = False
     # FedCoT-A: pass the perturber SLM's output through the exponential mechanism before release. Not in
     # the paper (its learned perturber releases its output as is, with no formal guarantee); on, every
     # released token is an epsilon-DP sample.
