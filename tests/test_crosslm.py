@@ -209,7 +209,8 @@ def test_bad_crosslm_options_name_the_field(key, value, field):
 
 @pytest.fixture(scope="module")
 def tiny_crosslm_run(tmp_path_factory, shared_data):
-    """One tiny real CrossLM run: two clients (MiniLM encoder, SmolLM2), arriving in reverse order."""
+    """One tiny real CrossLM run: two clients (MiniLM encoder, SmolLM2), arriving in reverse order; the
+    LLM's generalisation suite on BoolQ and RTE, perplexity on DialogSum dialogues."""
     from rich.console import Console
 
     from fedlsm.runner import run
@@ -227,7 +228,9 @@ def tiny_crosslm_run(tmp_path_factory, shared_data):
             "llm.max_new_tokens": 12,
             "eval_batch_size": 8,
             "method_args.n_synthetic": 8,
-            "method_args.n_general": 6,
+            "method_args.generalisation_n": 6,
+            "method_args.generalisation_tasks": ["boolq", "rte"],
+            "method_args.perplexity_text": "dialogsum",
             "method_args.llm_batch_size": 4,
             "method_args.encoder_epochs": 2,
             "method_args.arrival": [1, 0],
@@ -280,6 +283,21 @@ def test_crosslm_run_has_baselines_llm_metrics_and_async_order(tiny_crosslm_run)
     for key in ("llm_before", "llm_after"):
         assert m[key]["perplexity"] > 1 and 0 <= m[key]["task_accuracy"] <= 1
     assert m["llm_after"] != m["llm_before"]  # the LLM was trained
+    # the generalisation suite (Tables 7-8): each task before/after with the interval of the change
+    general = m["result"]["llm_general"]
+    assert general == m["generalisation"] == result.llm_general and set(general["tasks"]) == {"boolq", "rte"}
+    for name, t in general["tasks"].items():
+        assert t["n"] == 6 and t["before"] == m["llm_before"]["general"][name] and 0 <= t["after"] <= 1
+        iv = t["difference"]
+        assert iv["diff"] == pytest.approx(t["after"] - t["before"]) and iv["low"] <= iv["diff"] <= iv["high"]
+    ppl = general["perplexity"]
+    assert ppl["text"] == "dialogsum test split" and ppl["n"] == 6 and ppl["before"] > 1 and ppl["after"] > 1
+    assert ppl["before"] == m["llm_before"]["perplexity"] and ppl["change"] == ppl["after"] - ppl["before"]
+    assert [k for k in result.rows[0] if "zero-shot" in k or "perplexity" in k] == [
+        "LLM zero-shot boolq",
+        "LLM zero-shot rte",
+        "LLM perplexity (dialogsum text)",
+    ]
     # every labelled row keeps each test question's score: the majority class and intervals follow
     assert set(result.per_example) == set(result.labelled) and "Majority class" in result.labelled
     assert all(len(s) == 8 for s in result.per_example.values())
@@ -452,7 +470,7 @@ def test_hostile_clients_are_dropped_with_a_reason_and_the_run_completes(tmp_pat
             "eval_batch_size": 8,
             "method_args.client_slms": ["minilm-l6"],
             "method_args.n_synthetic": 8,
-            "method_args.n_general": 6,
+            "method_args.generalisation_n": 6,
             "method_args.llm_batch_size": 4,
             "method_args.encoder_epochs": 2,
             "method_args.arrival": [2, 3, 1, 0],

@@ -76,6 +76,10 @@ class MethodResult:
     token_ratio_decoded: float | None = None
     communication: dict[str, Any] | None = None  # bytes and messages up and down (MessageLog.communication)
     llm_cost: dict[str, Any] | None = None  # requests, prompt and completion tokens of the LLM
+    # the server LLM's general abilities before and after the method, where it trains the LLM:
+    # {"tasks": {task: {before, after, n, difference: Interval.as_dict() of after − before}},
+    #  "perplexity": {text, n, before, after, change} or None}
+    llm_general: dict[str, Any] | None = None
     # per test question, the score behind a ``labelled`` row (same label; rows scored on the shared test set)
     per_example: dict[str, list[float]] = field(default_factory=dict)
     reference: str | None = None  # the row every difference is taken against (None: the "Standalone" row)
@@ -102,6 +106,7 @@ class MethodResult:
         "token_ratio_decoded",
         "communication",
         "llm_cost",
+        "llm_general",
         "per_example",
         "reference",
         "untrained",
@@ -182,6 +187,8 @@ def render_table(result: MethodResult) -> RenderableType:
     parts: list[RenderableType] = [table]
     if result.intervals:
         parts.append(difference_table(result))
+    if result.llm_general:
+        parts.append(general_table(result.llm_general))
     parts += [Text(f"warning: {w}", style="yellow") for w in result.warnings]
     return Group(*parts)
 
@@ -198,6 +205,25 @@ def difference_table(result: MethodResult) -> Table:
         iv = result.intervals.get(k)
         resolved = "" if iv is None else ("yes" if iv["resolved"] else "no")
         t.add_row(k, _fmt(v), "reference" if k == ref else fmt_interval(iv), resolved)
+    return t
+
+
+def general_table(general: dict[str, Any]) -> Table:
+    """The LLM's general abilities: each task's zero-shot accuracy before and after with the paired
+    interval of the change, and its perplexity on held-out text."""
+    from fedlsm.eval.stats import fmt_interval
+
+    t = Table(title="The LLM's general abilities, before and after (zero-shot; paired bootstrap)")
+    for col in ("task", "n", "before", "after", "Δ [95% CI]", "resolved"):
+        t.add_column(col, justify="left" if col == "task" else "right")
+    for name, r in general.get("tasks", {}).items():
+        iv = r["difference"]
+        resolved = "yes" if iv["resolved"] else "no"
+        t.add_row(name, str(r["n"]), _fmt(r["before"]), _fmt(r["after"]), fmt_interval(iv), resolved)
+    ppl = general.get("perplexity")
+    if ppl:
+        before, after = f"{ppl['before']:.1f}", f"{ppl['after']:.1f}"
+        t.add_row(f"perplexity ({ppl['text']})", str(ppl["n"]), before, after, f"{ppl['change']:+.1f}", "")
     return t
 
 

@@ -62,6 +62,8 @@ FIELDS = [
     "server_seconds",
     "cpu_seconds",
     "llm_utility",
+    "llm_general_change",
+    "llm_perplexity_change",
     "llm_prompt_tokens",
     "llm_requests",
     "n_train",
@@ -209,7 +211,7 @@ def _values(metrics: dict, msgs: dict) -> dict[str, float | None]:
         membership_advantage=_num(mia.get("advantage")),
     )
     out["server_seconds"], out["client_seconds"] = _side_seconds(msgs, wall)
-    return {**out, **_reconstruction_values(result), **_client_values(result, msgs)}
+    return {**out, **_reconstruction_values(result), **_client_values(result, msgs), **_llm_general_values(result)}
 
 
 def _reconstruction_values(result: dict) -> dict[str, float | None]:
@@ -220,6 +222,18 @@ def _reconstruction_values(result: dict) -> dict[str, float | None]:
         "reconstruction_advantage": _num(rec.get("advantage")),
         "reconstruction_advantage_low": _num(low),
         "reconstruction_advantage_high": _num(high),
+    }
+
+
+def _llm_general_values(result: dict) -> dict[str, float | None]:
+    """The LLM's general abilities (the contract's ``llm_general``): the mean change of its zero-shot
+    accuracy over the general tasks (after − before) and the change of its held-out perplexity."""
+    general = result.get("llm_general") or {}
+    found = (_num((t.get("difference") or {}).get("diff")) for t in (general.get("tasks") or {}).values())
+    diffs = [d for d in found if d is not None]
+    return {
+        "llm_general_change": sum(diffs) / len(diffs) if diffs else None,
+        "llm_perplexity_change": _num((general.get("perplexity") or {}).get("change")),
     }
 
 

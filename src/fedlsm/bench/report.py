@@ -287,6 +287,16 @@ def _num_cell(g: Group, k: str) -> str:
     return fmt_num(_mean(g, k))
 
 
+def _signed_pts_cell(g: Group, k: str) -> str:
+    m = _mean(g, k)
+    return DASH if m is None else f"{100 * m:+.1f}"
+
+
+def _signed_cell(g: Group, k: str) -> str:
+    m = _mean(g, k)
+    return DASH if m is None else f"{m:+.1f}"
+
+
 def _count_cell(g: Group, k: str) -> str:
     return fmt_num(_mean(g, k), 0)
 
@@ -321,13 +331,17 @@ def llm_section(groups: Sequence[Group]) -> Section | None:
     """What the server LLM reached and what its queries cost, where the runs measured them."""
     columns: list[Column] = [
         ("LLM utility %", "llm_utility", _pct_cell),
+        ("general tasks Δ pts", "llm_general_change", _signed_pts_cell),
+        ("perplexity Δ", "llm_perplexity_change", _signed_cell),
         ("requests", "llm_requests", _count_cell),
         ("prompt tokens", "llm_prompt_tokens", _count_cell),
         ("completion tokens", "llm_tokens", _count_cell),
     ]
     note = (
         "LLM utility: the server LLM's result after the method, where it trains or is measured (its "
-        "before/after rows are in the methods' own tables above). Means over seeds."
+        "before/after rows are in the methods' own tables above). General tasks Δ: the change of its zero-shot "
+        "accuracy on other tasks (after − before, mean over those tasks), perplexity Δ: the change of its "
+        "perplexity on held-out text (lower is better), where the method measures them. Means over seeds."
     )
     return _group_section(groups, "LLM side: its result and query cost", columns, note)
 

@@ -50,7 +50,7 @@ METHOD_DEFAULTS: dict[str, dict] = {
         "llm.max_new_tokens": 40,
         "llm.batch_size": 16,
         "method_args.n_synthetic": 32,
-        "method_args.n_general": 24,
+        "method_args.generalisation_n": 24,
         "method_args.balance_labels": True,
         "method_args.reward_baseline": "label_mean",
     },

@@ -57,6 +57,7 @@ from fedlsm.federation.protocol import (
     message,
     scores_for,
 )
+from fedlsm.methods import crosslm_generalise as generalise
 from fedlsm.methods.audit import audit_client_classifier
 from fedlsm.methods.common import side_settings
 from fedlsm.methods.crosslm_filter import diversity, select_top
@@ -125,16 +126,19 @@ class CrossLMArgs:
     top_p: float = 0.95
     top_k: int = 50
     arrival: str | list[int] = "random"
-    general_task: str | None = None
-    n_general: int = 64
+    # the generalisation suite (Tables 7-8; fedlsm.methods.crosslm_generalise): None = its default
+    generalisation_tasks: list[str] | None = None
+    generalisation_n: int = 64  # test questions per suite task, and held-out texts for perplexity
+    perplexity_text: str | None = None  # the preset whose test texts perplexity is measured on
 
     @classmethod
     def from_cfg(cls, cfg) -> dict[str, Any]:
         """The options the run sets, converted to their declared types (checked before a run starts;
         the prompts' defaults depend on the task, see :meth:`from_config`)."""
         a = dict(cfg.method_args)
-        if isinstance(a.get("client_slms"), str):
-            a["client_slms"] = [a["client_slms"]]
+        for key in ("client_slms", "generalisation_tasks"):
+            if isinstance(a.get(key), str):
+                a[key] = [a[key]]
         if "gammas" in a and (not isinstance(a["gammas"], (list, tuple)) or len(a["gammas"]) != 3):
             raise ConfigError(
                 "method_args.gammas",
@@ -155,8 +159,10 @@ class CrossLMArgs:
             "client_slms": ["minilm-l6", cfg.slm],
             **typed,
         }
-        if kw.get("general_task") is None:
-            kw["general_task"] = "ag-news" if task.name != "ag-news" else "sst2"
+        if kw.get("generalisation_tasks") is None:
+            kw["generalisation_tasks"] = generalise.default_tasks(task.name)
+        if kw.get("perplexity_text") is None:
+            kw["perplexity_text"] = generalise.default_text(task.name)
         args = cls(**kw)
         args.check_values()
         return args
@@ -174,6 +180,9 @@ class CrossLMArgs:
             )
         if "{label}" not in self.generate:
             raise ConfigError("method_args.generate", "must contain {label}", "e.g. 'Write one {label} movie review.'")
+        if self.generalisation_n < 1:
+            raise ConfigError("method_args.generalisation_n", f"must be at least 1, got {self.generalisation_n}")
+        generalise.check_suite(self.generalisation_tasks or [], self.perplexity_text)
 
     def prompt_for(self, label: str) -> str:
         return self.generate.format(label=self.label_words.get(label, label))
@@ -488,19 +497,18 @@ class CrossLMServer:
         return l_g, l_t, l_r
 
     # --- LLM metrics (Tables 5, 7, 8)
-    def llm_metrics(self, general: Any) -> tuple[dict[str, float], list[float]]:
-        """The LLM's task accuracy, its accuracy on the general task and its perplexity on that task's
-        text; and its score of each question of the task's test split."""
-        from fedlsm.eval.scoring import evaluate, perplexity
+    def llm_metrics(self, suite: generalise.Suite) -> tuple[dict[str, Any], list[float], generalise.SuiteScores]:
+        """The LLM's task accuracy, its zero-shot accuracy on each suite task and its perplexity on the
+        held-out text; its score of each question of the task's test split; the suite's scores."""
+        from fedlsm.eval.scoring import evaluate
 
         bs = self.cfg.eval_batch_size
         nlu = evaluate(
             self.llm, self.tok, self.ctx.task, batch_size=bs, show_progress=True, prefix=self.args.instruction
         )
-        gen_instr = {**GENERIC_PROMPTS, **TASK_PROMPTS.get(general.name, {})}["instruction"]
-        gen_acc = evaluate(self.llm, self.tok, general, batch_size=bs, show_progress=True, prefix=gen_instr)["value"]
-        ppl = perplexity(self.llm, self.tok, [e.question for e in general.test], batch_size=bs, show_progress=True)
-        return {"task_accuracy": nlu["value"], "general_accuracy": gen_acc, "perplexity": ppl}, nlu["per_example"]
+        general = generalise.measure(self.llm, self.tok, suite, bs)
+        out = {"task_accuracy": nlu["value"], "general": general.accuracy(), "perplexity": general.perplexity}
+        return out, nlu["per_example"], general
 
 
 def judged_correct(probs: np.ndarray, labels: Sequence[int]) -> float:
@@ -626,7 +634,7 @@ class _Run:
     grid: Grid
     args: CrossLMArgs
     server: CrossLMServer
-    general: Any  # the general-domain task of Tables 7-8
+    general: generalise.Suite  # the generalisation suite of Tables 7-8
     asks: Rounds
     before: dict[str, float]
     pool0: SyntheticPool
@@ -640,6 +648,7 @@ class _Run:
     # in per_client's order; the LLM's ("before", "after" training)
     slm_scores: dict[str, list[list[float]]] = field(default_factory=dict)
     llm_scores: dict[str, list[float]] = field(default_factory=dict)
+    general_before: generalise.SuiteScores | None = None  # the suite's scores of the original LLM
 
 
 def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
@@ -656,14 +665,11 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
 
 def _start(ctx: RunContext, grid: Grid) -> _Run:
     """The server LLM, its metrics before training, the original LLM's pool, the arrival order."""
-    from fedlsm.data.loaders import load_task
-
     cfg = ctx.cfg
     args = CrossLMArgs.from_config(cfg, ctx.task)
-    assert args.general_task is not None  # from_config chooses one when none is given
-    general = load_task(args.general_task, n_test=args.n_general, seed=cfg.seed, data_dir=cfg.data.root)
+    general = _load_suite(args, cfg)  # before the LLM loads: a missing data folder stops the run at once
     server = CrossLMServer(ctx, args)
-    before, llm_before = server.llm_metrics(general)
+    before, llm_before, general_before = server.llm_metrics(general)
     ctx.record("llm_before", before)
     pool0 = server.synthesize("original LLM", seed=cfg.seed * 1000)
     order = arrival_order(grid.clients(), args.arrival, cfg.seed)
@@ -671,7 +677,15 @@ def _start(ctx: RunContext, grid: Grid) -> _Run:
     run = _Run(ctx, grid, args, server, general, Rounds(ctx, grid), before, pool0, order, pool0)
     run.pools[pool0.name] = pool0
     run.llm_scores["before"] = llm_before
+    run.general_before = general_before
     return run
+
+
+def _load_suite(args: CrossLMArgs, cfg: Any) -> generalise.Suite:
+    assert args.generalisation_tasks is not None and args.perplexity_text is not None  # from_config sets them
+    prefixes = {name: p["instruction"] for name, p in TASK_PROMPTS.items()}
+    n = args.generalisation_n
+    return generalise.load_suite(args.generalisation_tasks, args.perplexity_text, n, cfg.seed, cfg.data.root, prefixes)
 
 
 def _arrival(run: _Run, rnd: int, name: str) -> None:
@@ -803,8 +817,10 @@ def _finish(run: _Run, nlg_mean: dict[str, float | None]) -> MethodResult:
             for x, y in zip(p.texts, p.labels)
         ],
     )
-    after, run.llm_scores["after"] = run.server.llm_metrics(run.general)
+    after, run.llm_scores["after"], general_after = run.server.llm_metrics(run.general)
     ctx.record("llm_after", after)
+    assert run.general_before is not None  # measured in _start
+    ctx.record("generalisation", generalise.compare(run.general, run.general_before, general_after))
     comm = run.grid.log.communication()
     ctx.record("communication", comm)
     ctx.record("llm_query_cost", run.server.gen.stats.as_dict())  # every synthetic pool the LLM wrote
@@ -820,18 +836,21 @@ def _mean(per_client: list[dict], key: str) -> float | None:
 
 
 def _table(run: _Run, after: dict, nlg_mean: dict[str, float | None], comm: dict) -> MethodResult:
-    g, before, per_client = run.general.name, run.before, run.per_client
+    before, per_client, suite = run.before, run.per_client, run.general
+    general = [t.name for t in suite.tasks]
     cols = (
         "SLM accuracy (mean)",
         "LLM task accuracy",
         "LLM NLG judged by SLMs",
-        f"LLM accuracy on {g}",
-        f"LLM perplexity ({g} text)",
+        *[f"LLM zero-shot {g}" for g in general],
+        f"LLM perplexity ({suite.text_task} text)",
     )
 
     def row(method: str, key: str, llm: dict | None = None, nlg: float | None = None) -> dict:
         llm_cols = (
-            (None,) * 4 if llm is None else (llm["task_accuracy"], nlg, llm["general_accuracy"], llm["perplexity"])
+            (None,) * (len(cols) - 1)
+            if llm is None
+            else (llm["task_accuracy"], nlg, *[llm["general"][g] for g in general], llm["perplexity"])
         )
         return dict(zip(("method", *cols), (method, _mean(per_client, key), *llm_cols)))
 
@@ -846,7 +865,7 @@ def _table(run: _Run, after: dict, nlg_mean: dict[str, float | None], comm: dict
         "llm_before": before,
         "llm_after": after,
         "nlg_judged": nlg_mean,
-        "perplexity_change": after["perplexity"] - before["perplexity"],
+        "generalisation": run.ctx.metrics["generalisation"],
         "communication": comm,
         "arrival_order": run.order,
         "dropped": run.asks.dropped,
@@ -865,6 +884,7 @@ def _table(run: _Run, after: dict, nlg_mean: dict[str, float | None], comm: dict
         labelled=labelled,
         communication=comm,
         llm_cost=run.server.gen.stats.as_dict(),
+        llm_general=run.ctx.metrics["generalisation"],
         per_example=_per_example(run),
         # the Data-free KD row's LLM is the original one: the untrained model of CrossLM's LLM
         untrained={"CrossLM (LLM)": "Data-free KD (original LLM) (LLM)"},
