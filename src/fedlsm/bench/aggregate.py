@@ -350,7 +350,7 @@ class Group:
     metric: str | None
     pareto: bool | None = False  # True: on the front; False: dominated; None: depends on unknown objectives
     unknown: list[str] = field(default_factory=list)  # objectives its dataset's settings measure but it does not
-    reference: str | None = None  # the row ``differences`` compare to (the runs' own, e.g. "Standalone")
+    reference: str | None = None  # the row ``differences`` compare to (the runs' own reference row)
     differences: dict[str, Interval] = field(default_factory=dict)
 
     @property

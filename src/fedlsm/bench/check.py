@@ -2,8 +2,8 @@
 
 A cell passes when its config validates (the method's options, through the registry's
 ``check_options``), its task's data loads and splits into the public share and the clients'
-partitions, the method's own data requirements hold (its ``preflight``: e.g. CrossLM needs a
-classification task, FedMKT and FedCoT-A public examples, FedCoT's exemplar file must load), and its
+partitions, the method's own data requirements hold (its ``preflight``: e.g. a task type it
+needs, public examples, an exemplar file that must load), and its
 models can be named (a bundled package installed, a local path present; a hub id is not downloaded).
 Cells that differ only in ε share one check.
 """
