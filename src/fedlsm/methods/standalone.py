@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fedlsm import usage
 from fedlsm.core import MethodResult, RunContext
 from fedlsm.eval.stats import mean_scores
+from fedlsm.federation.grid import client_name
 from fedlsm.methods.common import eval_slm, finetune, label_pairs, load_slm, zero_shot_slm
 
 
@@ -24,9 +26,10 @@ def run_standalone(ctx: RunContext) -> MethodResult:
     metric = zero["metric"]
     rows, per_client = [], []
     for k, data in enumerate(ctx.clients):
-        model, tok = load_slm(ctx)
-        tr = finetune(ctx, model, tok, label_pairs(data), description=f"client {k}: training")
-        res = eval_slm(ctx, model, tok)
+        with usage.span(client_name(k)):  # each client's own cost, apart from the zero-shot evaluation
+            model, tok = load_slm(ctx)
+            tr = finetune(ctx, model, tok, label_pairs(data), description=f"client {k}: training")
+            res = eval_slm(ctx, model, tok)
         per_client.append(
             {
                 "client": k,
