@@ -645,7 +645,8 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
     write = rationale_writer(ctx)
     ex = Exchange(ctx, grid)
     ctx.record("privacy", privacy_declaration(ctx.cfg, variant))
-    metric, llm_scores = _llm_rows(ex, write.generator, shots)
+    llm = getattr(write.generator, "inner", write.generator)  # the model itself, behind any cache (llm.cache_dir)
+    metric, llm_scores = _llm_rows(ex, llm, shots)
     local_metric, per_client = _local_round(ex, llm_scores, shots)
     metric = metric or local_metric
     _fedcot_round(ex, write, variant, per_client)

@@ -33,7 +33,7 @@ class CachedGenerator:
     """``inner`` behind the cache folder ``root`` (a :class:`TextGenerator` itself)."""
 
     def __init__(self, inner: TextGenerator, model: str, root: str | Path) -> None:
-        self.inner, self.model, self.root = inner, model, Path(root)
+        self.inner, self.model_id, self.root = inner, model, Path(root)
         self.stats = GenerationStats()
         self.hits = 0
 
@@ -43,7 +43,7 @@ class CachedGenerator:
         cfg = config or GenerationConfig()
         if cfg.temperature > 0 and cfg.seed is None:  # an unseeded sample asks for a fresh draw every time
             return self._generate(prompts, cfg, system)["outputs"]
-        key = call_key(self.model, prompts, cfg, system)
+        key = call_key(self.model_id, prompts, cfg, system)
         path = self.root / key[:2] / f"{key}.json"
         if not path.is_file():
             entry = self._generate(prompts, cfg, system)
