@@ -51,3 +51,5 @@ def test_a_poisoned_reply_is_dropped_and_the_round_goes_on(tmp_path):
     reasons = {d["client"]: d["reason"] for d in hist["dropped"]}
     assert "NaN or infinite" in reasons["client-1"] and "another shape" in reasons["client-2"]
     assert 0 <= rnd["value"] <= 1 and result.rows
+    # fairness: every client that took part keeps the one global model (the dropped ones took no part)
+    assert result.client_utility == {"client-0": rnd["value"]}

@@ -192,6 +192,11 @@ def test_heterogeneous_round_survives_a_corrupt_client_and_leaks_no_private_text
     # both clients got the LLM's knowledge, and the run evaluated everyone
     assert set(rnd["client_kd_samples"]) == {"client-0", "client-1"}
     assert set(result.summary["clients"]) == {"client-0", "client-1"}
+    # fairness: one entry per client, its own SLM's test score (the mean is the contract's utility)
+    assert result.client_utility == {c: r["value"] for c, r in result.summary["clients"].items()}
+    assert len(result.client_utility) == 2 and result.utility == pytest.approx(
+        np.mean(list(result.client_utility.values()))
+    )
     assert 0 <= result.summary["llm"]["value"] <= 1
     # wire format: int32 ids + fp16 values on the answer positions only, sized at their raw bytes
     up = rnd["bytes"]["client-0"]["up"]

@@ -8,6 +8,7 @@ import random
 
 import numpy as np
 import pytest
+from tests.test_role_usage import assert_roles_reported
 
 from fedlsm.privacy.membership import advantage, attack, auc, audit_sample, worst_case
 
@@ -150,3 +151,4 @@ def test_a_fedavg_run_audits_every_upload_and_the_global_model_without_telling_t
     # the audits stay in the clients' folders: nothing of them travels to the server
     assert '"auc"' not in (ctx.run_dir / "messages.jsonl").read_text()
     assert "auc" in (ctx.run_dir / "client-0" / "measurements.json").read_text()
+    assert_roles_reported(ctx, result)  # the same run: per-role compute and memory, per-client utility

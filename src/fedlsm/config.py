@@ -107,6 +107,9 @@ class LLMConfig(_Strict):
     temperature: float = Field(0.0, ge=0)
     batch_size: int = Field(8, gt=0)
     concurrency: int = Field(8, gt=0)
+    cache_dir: str | None = Field(
+        None, description="reuse identical LLM generations from this folder (fedlsm bench sets <output>/llm-cache)"
+    )
 
     # A config is saved as the run folder's config.yaml and shipped to every SuperNode in a deployment:
     # secrets come from the environment only, so a literal key or URL credentials are refused here.

@@ -33,6 +33,7 @@ NOT_DEFINING = frozenset(
         "llm.base_url",
         "llm.api_key_env",
         "llm.concurrency",
+        "llm.cache_dir",
         "federation.connect_timeout",
         "federation.round_timeout",
         "federation.rejoin_timeout",

@@ -13,7 +13,7 @@ from typing import Any
 
 from rich.console import Console
 
-from fedlsm import runfolder
+from fedlsm import runfolder, usage
 from fedlsm.config import RunConfig, check_run_name, default_run_name
 from fedlsm.core import MethodResult, RunContext, finish_result, render_table, seed_everything
 from fedlsm.data.sources import server_data, simulation_data
@@ -63,9 +63,10 @@ def prepare(cfg: RunConfig, console: Console | None = None, *, server_only: bool
     return ctx
 
 
-def compute_usage(t0: float, cpu0: float) -> dict[str, float]:
+def compute_usage(t0: float, cpu0: float, roles: dict[str, Any] | None = None) -> dict[str, Any]:
     """Wall and CPU seconds since (t0, cpu0) and the process's peak resident memory (getrusage: the
-    whole process's peak, so a run's own peak when it has the process to itself, as in `fedlsm bench`)."""
+    whole process's peak, so a run's own peak when it has the process to itself, as in `fedlsm bench`);
+    ``roles``: the same per role, server apart from each client (fedlsm.usage)."""
     import resource
     import sys
 
@@ -74,6 +75,7 @@ def compute_usage(t0: float, cpu0: float) -> dict[str, float]:
         "wall_seconds": round(time.time() - t0, 2),
         "cpu_seconds": round(time.process_time() - cpu0, 2),
         "peak_rss_mb": round(peak, 1),
+        **({"roles": roles} if roles else {}),
     }
 
 
@@ -127,7 +129,8 @@ def run(
     )
     t0, cpu0 = time.time(), time.process_time()
     try:
-        result = method(ctx)
+        with usage.metered() as meter:  # the server's and each client's share of the run
+            result = method(ctx)
         if cfg.engine != "flower-deploy":
             result = _simulation_harness(ctx, result)
         result = finish_result(result, ctx.task)  # majority-class row, intervals vs Standalone, warnings
@@ -135,7 +138,7 @@ def run(
         ctx.metrics["run"]["status"] = "failed"
         ctx.flush()
         raise
-    ctx.metrics["compute"] = compute_usage(t0, cpu0)
+    ctx.metrics["compute"] = compute_usage(t0, cpu0, meter.summary())
     ctx.metrics["run"].update(status="done", wall_seconds=round(time.time() - t0, 1))
     ctx.record("table", {"title": result.title, "rows": result.rows})
     ctx.record("result", result.contract())

@@ -72,6 +72,10 @@ FIELDS = [
     "client_utility_spread",
     "slowest_client_seconds",
     "client_seconds_spread",
+    "server_peak_added_mb",
+    "client_peak_added_mb",
+    "server_model_mb",
+    "client_model_mb",
 ]
 
 
@@ -152,6 +156,22 @@ def _client_values(result: dict, msgs: dict) -> dict[str, float | None]:
     }
 
 
+def _role_values(roles: dict[str, dict]) -> dict[str, float | None]:
+    """Memory per side from ``compute.roles`` (fedlsm.usage): the server's, and the largest client's."""
+    clients = [v for k, v in roles.items() if k != "server" and isinstance(v, dict)]
+    server = roles.get("server") or {}
+
+    def most(key: str) -> float | None:
+        return max((x for x in (_num(c.get(key)) for c in clients) if x is not None), default=None)
+
+    return {
+        "server_peak_added_mb": _num(server.get("peak_added_mb")),
+        "client_peak_added_mb": most("peak_added_mb"),
+        "server_model_mb": _num(server.get("model_mb")),
+        "client_model_mb": most("model_mb"),
+    }
+
+
 def _side_seconds(msgs: dict, wall: float | None) -> tuple[float | None, float | None]:
     """(server, client) seconds: a request's handling time belongs to the side that answered it; the
     rest of the wall time to the side that drives the protocol (whoever sends requests)."""
@@ -211,7 +231,17 @@ def _values(metrics: dict, msgs: dict) -> dict[str, float | None]:
         membership_advantage=_num(mia.get("advantage")),
     )
     out["server_seconds"], out["client_seconds"] = _side_seconds(msgs, wall)
-    return {**out, **_reconstruction_values(result), **_client_values(result, msgs), **_llm_general_values(result)}
+    roles = where["compute"].get("roles") or {}
+    if out["client_seconds"] is None and len(roles) > 1:  # no timed messages (Standalone): the meter's spans
+        out["server_seconds"] = _num(roles.get("server", {}).get("seconds"))
+        out["client_seconds"] = sum(_num(v.get("seconds")) or 0.0 for k, v in roles.items() if k != "server")
+    return {
+        **out,
+        **_reconstruction_values(result),
+        **_client_values(result, msgs),
+        **_llm_general_values(result),
+        **_role_values(roles),
+    }
 
 
 def _reconstruction_values(result: dict) -> dict[str, float | None]:

@@ -175,6 +175,10 @@ def config_hash(cfg: RunConfig) -> str:
     d = cfg.model_dump(mode="json", exclude_defaults=True)
     d.pop("name", None)
     d.pop("output_dir", None)
+    llm = d.get("llm", {})
+    llm.pop("cache_dir", None)  # where the grid keeps reusable LLM outputs, not what a cell computes
+    if not llm:
+        d.pop("llm", None)
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -288,6 +292,7 @@ def expand(
                     for seed in m.seeds or spec.seeds:
                         where = f"cell {m.key} × {d.name}" + (f" × ε={eps:g}" if eps is not None else "")
                         ov = {**base, **dset, **mset, "method": m.name, "seed": seed, "output_dir": out_dir}
+                        ov.setdefault("llm.cache_dir", str(Path(out_dir) / "llm-cache"))  # shared by the grid's runs
                         if eps is not None:
                             ov["privacy.epsilon"] = eps
                         try:

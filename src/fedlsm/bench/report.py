@@ -317,12 +317,17 @@ def clients_section(groups: Sequence[Group]) -> Section | None:
         ("spread (max − min) %", "client_utility_spread", _pct_mean_cell),
         ("slowest client s", "slowest_client_seconds", _num_cell),
         ("spread s", "client_seconds_spread", _num_cell),
+        ("client MB added", "client_peak_added_mb", _num_cell),
+        ("client model MB", "client_model_mb", _num_cell),
+        ("server MB added", "server_peak_added_mb", _num_cell),
+        ("server model MB", "server_model_mb", _num_cell),
     ]
     note = (
         "Worst client: the lowest per-client utility (the contract's client_utility), spread its max − min, "
         "means over seeds. Client seconds: the time each client took answering the server's requests (message "
-        "log). Memory is not per client: the peak MB above is the whole process's, server and clients together "
-        "when they share one process."
+        "log). MB added: how far the process's resident memory rose during that side's work (the largest "
+        "client's); model MB: parameters + buffers of the models it loaded (fedlsm.usage). The peak MB above "
+        "is the whole process's, server and clients together when they share one process."
     )
     return _group_section(groups, "Clients: fairness and per-client compute", columns, note)
 

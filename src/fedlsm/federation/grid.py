@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from fedlsm import usage
 from fedlsm.federation.checkpoint import ClientCheckpoint
 from fedlsm.federation.messages import Message, MessageLog
 from fedlsm.jsonfile import write_json_atomic
@@ -195,7 +196,8 @@ class InProcessGrid:
                 raise KeyError(f"no client named {msg.receiver!r} (have {sorted(self.roles)})")
             self.log.add(msg)
             t0 = time.perf_counter()
-            reply = self.roles[msg.receiver].handle(msg)
+            with usage.span(msg.receiver):  # this client's time and memory, apart from the server's
+                reply = self.roles[msg.receiver].handle(msg)
             self.log.add(reply, handle_seconds=time.perf_counter() - t0)
             replies.append(reply)
         return replies

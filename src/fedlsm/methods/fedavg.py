@@ -260,6 +260,13 @@ def server_main(ctx, grid: Grid, *, tag: str = "fedavg") -> MethodResult:
     return _result(ctx, hist, grid)
 
 
+def _client_utility(hist: dict, final: float) -> dict[str, float]:
+    """Every client that took part in a round ends with the one global model, so each scores the global
+    model's result (spread 0 by construction; the clients' local models, ``client_eval``, are not what they keep)."""
+    names = {c for r in hist["rounds"] for c in r["clients"]}
+    return {c: final for c in sorted(names, key=lambda c: (len(c), c))}
+
+
 def _result(ctx, hist: dict, grid: Grid) -> MethodResult:
     zero = hist["zero_shot_slm"]
     metric = zero["metric"]
@@ -285,6 +292,7 @@ def _result(ctx, hist: dict, grid: Grid) -> MethodResult:
         summary,
         metric=metric,
         utility=final,
+        client_utility=_client_utility(hist, final),
         labelled={"Zero-shot SLM": zero["value"], "FedAvg": final},
         communication=summary["communication"],
         # a checkpoint written before per-question scores existed has none: no interval then

@@ -60,6 +60,7 @@ from fedlsm.methods.fedcot_prompts import cot_prompt, server_prompting
 from fedlsm.methods.fedcot_settings import FedCoTArgs, generation_config
 from fedlsm.models.arrays import adapter_arrays, load_adapter_arrays
 from fedlsm.models.generation import GenerationConfig, HFGenerator, TextGenerator
+from fedlsm.models.loading import resolve_model
 from fedlsm.models.training import (
     TrainPair,
     TrainSettings,
@@ -425,11 +426,20 @@ def make_client(ctx: ClientContext) -> FedCoTClient:
 
 def _llm_generator(ctx: RunContext) -> TextGenerator:
     c = ctx.cfg.llm
+    gen: TextGenerator
     if c.base_url:
         from fedlsm.models.openai_generator import OpenAIGenerator
 
-        return OpenAIGenerator(c.base_url, c.model, api_key_env=c.api_key_env, concurrency=c.concurrency)
-    return HFGenerator.from_name(c.model, batch_size=c.batch_size, show_progress=True)
+        gen = OpenAIGenerator(c.base_url, c.model, api_key_env=c.api_key_env, concurrency=c.concurrency)
+        where = c.base_url
+    else:
+        gen = HFGenerator.from_name(c.model, batch_size=c.batch_size, show_progress=True)
+        where = f"{resolve_model(c.model)} batch {c.batch_size}"  # padding in a batch can change greedy outputs
+    if c.cache_dir and ctx.cfg.engine != "flower-deploy":  # a simulation grid's repeated calls (never a deployment)
+        from fedlsm.models.generation_cache import CachedGenerator
+
+        return CachedGenerator(gen, f"{c.model} @ {where}", c.cache_dir)
+    return gen
 
 
 @dataclass
@@ -648,7 +658,8 @@ def server_main(ctx: RunContext, grid: Grid) -> MethodResult:
     write = rationale_writer(ctx)
     ex = Exchange(ctx, grid)
     ctx.record("privacy", privacy_declaration(ctx.cfg, variant))
-    metric, llm_scores = _llm_rows(ex, write.generator, shots)
+    llm = getattr(write.generator, "inner", write.generator)  # the model itself, behind any cache (llm.cache_dir)
+    metric, llm_scores = _llm_rows(ex, llm, shots)
     local_metric, per_client = _local_round(ex, llm_scores, shots)
     metric = metric or local_metric
     _fedcot_round(ex, write, variant, per_client)

@@ -529,6 +529,7 @@ def _result(s: _Server, grid: Grid, clients: dict[str, dict], llm_res: dict | No
         metric=metric,
         utility=row["SLM mean"],
         llm_utility=row["LLM"],
+        client_utility={n: c["value"] for n, c in clients.items()},  # each client's own SLM on the test set
         labelled=labelled_rows([row]),
         communication=comm,
         per_example={f"{row['method']} ({c})": v for c, v in scores.items() if v},

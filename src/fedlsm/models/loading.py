@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedlsm import usage
 from fedlsm.errors import ConfigError, FedLSMError
 from fedlsm.jsonfile import process_umask
 
@@ -227,6 +228,7 @@ def load_causal_lm(spec: str | ModelSource, *, dtype=None, device: str | None = 
         # PreTrainedModel.to is decorated with functools.wraps, whose typeshed type does not bind self
         model.to(device)  # type: ignore[arg-type]
     model.eval()
+    usage.note_model(model)  # counted for the role (server or client) that loaded it
     return model, tok
 
 
