@@ -71,24 +71,41 @@ def finetune(ctx: RoleContext, model, tok, pairs: Sequence[TrainPair], descripti
 MIN_HELD_OUT = 20  # fewer training examples than this: no validation split (too few to score an epoch on)
 
 
-def held_out_split(ctx: RoleContext, examples: Sequence[Example]) -> tuple[list[Example], list[Example]]:
-    """(training, validation) examples: ``train.val_fraction`` of them, drawn with the run's seed,
-    held out to pick the best epoch; none when the fraction is 0 or below MIN_HELD_OUT examples."""
-    n = len(examples)
+def held_out_indices(ctx: RoleContext, n: int) -> set[int]:
+    """Which of ``n`` training examples are held out: ``train.val_fraction`` of them, drawn with the
+    run's seed (the same ones for every row that trains on these examples); none when the fraction is
+    0 or below MIN_HELD_OUT examples."""
     n_val = round(ctx.cfg.train.val_fraction * n) if n >= MIN_HELD_OUT else 0
-    if n_val == 0:
-        return list(examples), []
-    held = set(random.Random(ctx.cfg.seed).sample(range(n), n_val))
+    return set(random.Random(ctx.cfg.seed).sample(range(n), n_val)) if n_val else set()
+
+
+def held_out_split(ctx: RoleContext, examples: Sequence[Example]) -> tuple[list[Example], list[Example]]:
+    """(training, validation) examples (:func:`held_out_indices`), held out to pick the best epoch."""
+    held = held_out_indices(ctx, len(examples))
     return [e for i, e in enumerate(examples) if i not in held], [examples[i] for i in sorted(held)]
 
 
-def validation_score(ctx: RoleContext, model, tok, val: Sequence[Example]) -> float:
+def validation_score(ctx: RoleContext, model, tok, val: Sequence[Example], prefix: str = "") -> float:
     """Accuracy on the held-out examples for classification and multiple choice; otherwise minus
-    their mean answer loss (higher is better either way)."""
+    their mean answer loss (higher is better either way). ``prefix`` goes before every prompt (a
+    task prefix such as distilling step-by-step's ``[label]``)."""
     if ctx.task.type in ("classification", "multiple_choice"):
-        return float(evaluate(model, tok, ctx.task, val, batch_size=ctx.cfg.eval_batch_size)["value"])
+        return float(evaluate(model, tok, ctx.task, val, batch_size=ctx.cfg.eval_batch_size, prefix=prefix)["value"])
     bs, ml = ctx.cfg.eval_batch_size, ctx.cfg.train.max_length
-    return -mean_loss(model, tok, label_pairs(val), batch_size=bs, max_length=ml)
+    pairs = [TrainPair(prefix + p.prompt, p.target) for p in label_pairs(val)]
+    return -mean_loss(model, tok, pairs, batch_size=bs, max_length=ml)
+
+
+def best_epoch_on(
+    ctx: RoleContext, tok, val: Sequence[Example], n_train: int, batch_size: int, prefix: str = ""
+) -> BestEpoch | None:
+    """Best-epoch selection by :func:`validation_score` on ``val`` (None without held-out examples),
+    for a loop over ``n_train`` examples in batches of ``batch_size``."""
+    if not val:
+        return None
+    return BestEpoch(
+        lambda m: validation_score(ctx, m, tok, val, prefix), per_epoch=math.ceil(n_train / max(1, batch_size))
+    )
 
 
 def finetune_labels(
@@ -99,9 +116,7 @@ def finetune_labels(
     (as transformers' ``load_best_model_at_end``); ``best_epoch`` in the result says which."""
     s = settings or train_settings(ctx)
     train, val = held_out_split(ctx, examples)
-    best = None
-    if val:
-        best = BestEpoch(lambda m: validation_score(ctx, m, tok, val), per_epoch=math.ceil(len(train) / s.batch_size))
+    best = best_epoch_on(ctx, tok, val, len(train), s.batch_size)
     return train_sft(model, tok, label_pairs(train), s, description=description, best_epoch=best)
 
 

@@ -41,7 +41,7 @@ from fedlsm.eval.scoring import evaluate, extract_number
 from fedlsm.eval.stats import mean_scores
 from fedlsm.federation.grid import ClientContext, Grid, run_in_process, site_measurements
 from fedlsm.federation.protocol import MalformedMessage, Payload, R, Rounds, TypedRole, handles, scores_for
-from fedlsm.methods.common import eval_slm, finetune_labels, load_slm, train_settings
+from fedlsm.methods.common import best_epoch_on, eval_slm, finetune_labels, held_out_indices, load_slm, train_settings
 from fedlsm.methods.fedcot_messages import (
     RELEASED,
     Accuracy,
@@ -164,9 +164,24 @@ def multitask_pairs(examples: Sequence[Example], rationales: Sequence[str], keep
     return out
 
 
-def train_multitask(model, tok, pairs: Sequence[TwoTaskPair], settings: TrainSettings, args: FedCoTArgs, what: str):
+def distillation_split(
+    ctx: ClientContext, rationales: Sequence[str], keep: Sequence[bool]
+) -> tuple[list[TwoTaskPair], list[Example]]:
+    """The client's training pairs (:func:`multitask_pairs`) and held-out examples: the ones its
+    Standalone row holds out (train.val_fraction, :func:`~fedlsm.methods.common.held_out_indices`),
+    split before rationales are attached, so a held-out example's rationale is never trained on."""
+    data = ctx.data
+    held = held_out_indices(ctx, len(data))
+    train = [i for i in range(len(data)) if i not in held]
+    pairs = multitask_pairs([data[i] for i in train], [rationales[i] for i in train], [keep[i] for i in train])
+    return pairs, [data[i] for i in sorted(held)]
+
+
+def train_multitask(
+    model, tok, pairs: Sequence[TwoTaskPair], settings: TrainSettings, args: FedCoTArgs, what: str, best=None
+):
     """Eq. 7-9 with Appendix D.1's weights: alpha * L_label (mean over every example) + beta * L_rationale
-    (mean over the examples whose rationale was kept), per batch."""
+    (mean over the examples whose rationale was kept), per batch; ``best``: best-epoch selection."""
     return train_two_task(
         model,
         tok,
@@ -175,6 +190,7 @@ def train_multitask(model, tok, pairs: Sequence[TwoTaskPair], settings: TrainSet
         main_weight=args.label_weight,
         aux_weight=args.rationale_weight,
         description=what,
+        best_epoch=best,
     )
 
 
@@ -247,12 +263,17 @@ class FedCoTSite:
 
         return TextSanitizer.from_model(self.ctx.cfg.slm, **self.ctx.cfg.privacy.sanitizer_kwargs())
 
-    def _train_and_eval(self, rationales: Sequence[str], keep: Sequence[bool], what: str, stage: int) -> dict:
-        """Distil, then the test score: ``value`` and each question's (``per_example``)."""
+    def _train_and_eval(self, rationales: Sequence[str], keep: Sequence[bool], what: str, stage: int, row: str) -> dict:
+        """Distil, then the test score: ``value`` and each question's (``per_example``). The examples the
+        Standalone row holds out (train.val_fraction) are held out here too, rationales and all: their
+        label accuracy picks the best epoch, kept in this client's folder as ``best_epoch_<row>``."""
         self._seed(stage)
         model, tok = load_slm(self.ctx)
-        pairs = multitask_pairs(self.ctx.data, rationales, keep)
-        train_multitask(model, tok, pairs, train_settings(self.ctx), self.args, f"{self.ctx.name}: {what}: training")
+        s = train_settings(self.ctx)
+        pairs, val = distillation_split(self.ctx, rationales, keep)
+        best = best_epoch_on(self.ctx, tok, val, len(pairs), s.batch_size, LABEL_PREFIX)
+        tr = train_multitask(model, tok, pairs, s, self.args, f"{self.ctx.name}: {what}: training", best)
+        self.ctx.record_local(f"best_epoch_{row}", tr.best_epoch)
         return eval_slm(self.ctx, model, tok, LABEL_PREFIX)
 
     def _check_count(self, kind: str, received: Sequence[str]) -> None:
@@ -304,7 +325,8 @@ class FedCoTClient(FedCoTSite, TypedRole):
             del slm0
         self._seed(0)
         model, tok = load_slm(c)
-        finetune_labels(c, model, tok, c.data, f"{c.name}: Standalone: training")
+        tr = finetune_labels(c, model, tok, c.data, f"{c.name}: Standalone: training")
+        c.record_local("best_epoch_standalone", tr.best_epoch)
         res = eval_slm(c, model, tok)
         alone = res["per_example"]
         return LocalResults(res["metric"], _avg(zero), _avg(few), res["value"], len(c.data), zero, few, alone)
@@ -400,11 +422,11 @@ class FedCoTClient(FedCoTSite, TypedRole):
         fed = RationaleSet(mode, sent, received, decoded, keep)
         write_jsonl(self.ctx.work_dir / "rationales.jsonl", _rationale_rows(self, fed))
         self.ctx.record_local("rationales_kept", fed.kept_fraction)
-        res = self._train_and_eval(fed.decoded, fed.kept, mode, stage=2)
+        res = self._train_and_eval(fed.decoded, fed.kept, mode, stage=2, row="fedcot")
         if not self.args.ablate_decoding:
             return Accuracy(res["value"], res["per_example"])
         kept_wo = [consistent(r, e) for r, e in zip(received, self.ctx.data)]
-        wo = self._train_and_eval(received, kept_wo, f"{mode} w/o decoding", stage=5)
+        wo = self._train_and_eval(received, kept_wo, f"{mode} w/o decoding", stage=5, row="without_decoding")
         self.ctx.record_local("without_decoding_kept", sum(kept_wo) / max(1, len(kept_wo)))
         return AccuracyAblation(res["value"], wo["value"], res["per_example"], wo["per_example"])
 
@@ -752,6 +774,18 @@ def _site_privacy(ctx: RunContext, sites: dict[str, dict]) -> None:
         ctx.record("privacy_per_client", reports)
 
 
+def _site_best_epochs(ctx: RunContext, sites: dict[str, dict]) -> None:
+    """Each client's chosen epoch per trained row (train.val_fraction; None: no held-out split), from
+    its folder into the run's ``clients`` metrics, as ``best_epoch``."""
+    clients = ctx.metrics.get("clients", {})
+    for c, m in sites.items():
+        chosen = {k.removeprefix("best_epoch_"): v for k, v in m.items() if k.startswith("best_epoch_")}
+        if chosen:
+            mine = clients.setdefault(c, {})
+            mine["best_epoch"] = {**mine.get("best_epoch", {}), **chosen}
+    ctx.record("clients", clients)
+
+
 def _add_nonprivate_row(ctx: RunContext, rows: list[dict], label: str, bctx: RunContext) -> None:
     """The Non-Private baseline's row (from its own run) before the FedCoT row, and TokenRatio against
     its rationales on that row; each client's Non-Private result beside its others."""
@@ -768,6 +802,7 @@ def _add_nonprivate_row(ctx: RunContext, rows: list[dict], label: str, bctx: Run
     for c, v in bctx.metrics.get("clients", {}).items():
         clients.setdefault(c, {})["non_private"] = v["non_private"]
     ctx.record("clients", clients)
+    _site_best_epochs(ctx, site_measurements(bctx.run_dir))
 
 
 def simulation_harness(ctx: RunContext, result: MethodResult, baselines: dict[str, tuple]) -> MethodResult:
@@ -777,6 +812,7 @@ def simulation_harness(ctx: RunContext, result: MethodResult, baselines: dict[st
     variant = _variant(ctx.cfg)
     sites = site_measurements(ctx.run_dir)
     _site_privacy(ctx, sites)
+    _site_best_epochs(ctx, sites)
     rows = [dict(r) for r in ctx.metrics["results"]]
     label = f"FedCoT-{variant.upper()}"
     for r in rows:

@@ -43,7 +43,7 @@ class NonPrivateClient(FedCoTSite, TypedRole):
             [{"id": e.id, "prompt": p, "rationale_non_private": r, "kept": k} for e, p, r, k in rows],
         )
         self.ctx.record_local("rationales_kept", sum(keep) / max(1, len(keep)))
-        res = self._train_and_eval(received, keep, ROW, 1)
+        res = self._train_and_eval(received, keep, ROW, 1, row="non_private")
         return Accuracy(res["value"], res["per_example"])
 
     def _recorded(self) -> list[str]:

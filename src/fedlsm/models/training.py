@@ -280,9 +280,10 @@ def train_two_task(
     aux_weight: float,
     description: str = "training",
     show_progress: bool = True,
+    best_epoch: BestEpoch | None = None,
 ) -> TrainResult:
     """Fine-tune on :func:`two_task_loss` per batch of examples (an example's two pairs share its batch;
-    ``settings.batch_size`` counts examples)."""
+    ``settings.batch_size`` counts examples); ``best_epoch`` as in :func:`optimize`."""
     s = settings
     pad = pad_id(tokenizer)
     dev = model.device
@@ -301,7 +302,10 @@ def train_two_task(
         loss = two_task_loss(per_seq[: len(mains)], per_seq[len(mains) :], main_weight, aux_weight)
         return loss, (labels != -100).sum()
 
-    return optimize(model, batch_plan(rows, s), s, batch_loss, description=description, show_progress=show_progress)
+    plan = batch_plan(rows, s)
+    return optimize(
+        model, plan, s, batch_loss, description=description, show_progress=show_progress, best_epoch=best_epoch
+    )
 
 
 def mean_loss(model, tokenizer, pairs: Sequence[TrainPair], *, batch_size: int = 8, max_length: int = 256) -> float:
