@@ -43,8 +43,8 @@ def test_bad_values_stop_with_one_clear_line(args, field, tmp_path):
         (
             "fedcot",
             "demoz=1",
-            "ablate_decoding, baselines, cot_exemplars, demos, exponential_guard, label_weight, rationale_weight, "
-            "shots, teacher, variant",
+            "ablate_decoding, baselines, cot_exemplars, demos, exponential_guard, fewshot_slm_rationales, "
+            "label_weight, rationale_weight, shots, teacher, variant",
         ),
         ("fedmkt", "lamda=0.5", "baselines, client_slms, kd_epochs, lam, rounds, server_trains, top_k"),
         ("fedavg", "round=3", "baselines, client_eval, client_slms, rounds"),
