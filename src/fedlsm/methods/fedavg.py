@@ -174,7 +174,8 @@ class FedAvgClient(TypedRole):
             settings = dataclasses.replace(train_settings(ctx), seed=ctx.seed * 1009 + round)
             tr = finetune_labels(ctx, model, tok, ctx.data, f"{ctx.name} round {round}: training", settings)
             metrics.update(loss_first=tr.first_loss, loss_last=tr.last_loss, steps=tr.steps, train_tokens=tr.tokens)
-            metrics["best_epoch"] = tr.best_epoch
+            if tr.best_epoch is not None:  # None: no validation split (too few examples or train.val_fraction=0)
+                metrics["best_epoch"] = tr.best_epoch
         if round == rounds_of(ctx.cfg):  # the last upload: what it reveals about members stays in the client's folder
             audit_client_lm(ctx, model, tok, "upload (LoRA adapters)")
         if req.client_eval:
