@@ -487,7 +487,9 @@ def test_smoke_grid_end_to_end_and_resume(tmp_path):
     out = tmp_path / "smoke"
     r = _cli("bench", str(SMOKE), "--output-dir", str(out))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    folders = {p: json.loads((p / "metrics.json").read_text()) for p in out.iterdir() if p.is_dir()}
+    cache = out / "llm-cache"  # the grid's reusable LLM outputs (llm.cache_dir), beside the run folders
+    assert cache.is_dir() and any(cache.iterdir())
+    folders = {p: json.loads((p / "metrics.json").read_text()) for p in out.iterdir() if p.is_dir() and p != cache}
     # each FedCoT cell ran its Non-Private baseline as a run of its own, beside it (not a cell of the grid)
     baselines = sorted(p.name for p, m in folders.items() if m["run"].get("baseline_of"))
     assert len(baselines) == 2 and all(b.endswith(".fedcot-nonprivate") for b in baselines)
