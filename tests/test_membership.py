@@ -126,6 +126,7 @@ def test_a_fedavg_run_audits_every_upload_and_the_global_model_without_telling_t
     from rich.console import Console
 
     from fedlsm.config import build_config
+    from fedlsm.methods import fedavg
     from fedlsm.runner import run
 
     cfg = build_config(
@@ -141,6 +142,7 @@ def test_a_fedavg_run_audits_every_upload_and_the_global_model_without_telling_t
             "privacy.membership_examples": 4,
         },
     )
+    fedavg._cached_slm.cache_clear()  # the clients' shared SLM is loaded (and metered) by this run, not an earlier test
     ctx, result = run(cfg, Console(quiet=True))
     assert ctx is not None and result.membership is not None
     targets = sorted(a["target"] for a in result.membership["audits"])
