@@ -74,3 +74,22 @@ def smol():
     from fedlsm.privacy import model_embeddings
 
     return model_embeddings("smollm2")
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    """Arith prompts: a client's private ones (seed 0) and others of the same task (seed 1, the
+    attacker's public ones or the non-members): disjoint questions."""
+    from fedlsm.data.builtin import make_arith
+
+    private = [e.question for e in make_arith(n_train=40, n_test=2, seed=0).train]
+    public = [e.question for e in make_arith(n_train=200, n_test=2, seed=1).train]
+    return private, public
+
+
+@pytest.fixture(scope="module")
+def rantext():
+    """A deliberately leaky release: rantext candidates at ε = 10 (cos ≥ 0.6), a restricted candidate set."""
+    from fedlsm.privacy import TextSanitizer
+
+    return TextSanitizer.from_model("smollm2", epsilon=10.0, candidates="rantext")

@@ -12,6 +12,7 @@ from fedlsm.config import build_config
 from fedlsm.data.task import Example
 from fedlsm.methods import METHOD_DEFAULTS
 from fedlsm.methods.fedcot import consistent, multitask_pairs, rationale_body, stated_answer
+from fedlsm.privacy.released_membership import LIKELIHOOD, SIMILARITY
 
 
 def _ex():
@@ -176,6 +177,10 @@ def test_fedcot_run_saves_rationales_and_the_full_table(tiny_fedcot_run):
     m = json.loads((ctx.run_dir / "metrics.json").read_text())
     assert m["communication"]["bytes_up"] > 0 and m["llm_query_cost"]["completion_tokens"] > 0
     assert m["run"]["status"] == "done"
+    # membership inference against the released prompts: both attacks, the stronger one in the contract
+    audit = result.membership
+    assert audit is not None and audit["n_members"] == audit["n_nonmembers"] == len(ctx.task.test)
+    assert {a["attack"] for a in audit["audits"]} == {LIKELIHOOD, SIMILARITY} and 0 <= audit["auc"] <= 1
 
 
 @pytest.mark.slow
@@ -212,6 +217,8 @@ def test_fedcot_a_trains_a_perturber_and_releases_no_private_prompt(tmp_path):
     report = json.loads((ctx.run_dir / "metrics.json").read_text())["privacy"]
     assert report["mechanism"].startswith("fedcot-a-slm") and "guarded" in report["guarantee"]
     assert (ctx.run_dir / "client-0" / "fedcot_a_public.jsonl").is_file()
+    # a learned perturber has no likelihood: only the text-similarity attack scores its release
+    assert [a["attack"] for a in result.membership["audits"]] == [SIMILARITY]
 
 
 @needs_shared

@@ -12,27 +12,10 @@ from rich.console import Console
 from fedlsm.bench.report import write_report
 from fedlsm.config import build_config
 from fedlsm.methods import METHOD_DEFAULTS
-from fedlsm.privacy import TextSanitizer
 from fedlsm.privacy.reconstruction import InverseModel, align, public_pairs, reconstruction_audit, score
 from test_bench import _fake_run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def prompts():
-    """Private prompts (seed 0) and the attacker's public ones (seed 1): disjoint questions, same task."""
-    from fedlsm.data.builtin import make_arith
-
-    private = [e.question for e in make_arith(n_train=40, n_test=2, seed=0).train]
-    public = [e.question for e in make_arith(n_train=200, n_test=2, seed=1).train]
-    return private, public
-
-
-@pytest.fixture(scope="module")
-def rantext():
-    """A deliberately leaky release: rantext candidates at ε = 10 (cos ≥ 0.6), a restricted candidate set."""
-    return TextSanitizer.from_model("smollm2", epsilon=10.0, candidates="rantext")
 
 
 def _attack(san, private, public, *, shuffle: bool = False):

@@ -181,7 +181,7 @@ class PrivacyConfig(_Strict):
     )
     audit_membership: bool = Field(
         True,
-        description="FedAvg, FedMKT, CrossLM: a membership-inference audit of what each client releases, "
+        description="FedAvg, FedMKT, CrossLM, FedCoT: a membership-inference audit of what each client releases, "
         "run client-side (it needs the members' text; loss forward passes only, docs/privacy.md)",
     )
     membership_examples: int = Field(

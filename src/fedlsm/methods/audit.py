@@ -1,5 +1,5 @@
-"""Membership-inference audits of what FedAvg, FedMKT and CrossLM clients release
-(:mod:`fedlsm.privacy.membership`).
+"""Membership-inference audits of what FedAvg, FedMKT, CrossLM and FedCoT clients release
+(:mod:`fedlsm.privacy.membership`, :mod:`fedlsm.privacy.released_membership`).
 
 The auditor needs the members' text, so a client audits the model it is about to release against its
 own training examples (members) and the test split (non-members), and keeps the result in its own
@@ -9,8 +9,9 @@ adapters too (``fedavg.simulation_harness``); the worst audit becomes the contra
 
 What is audited: FedAvg, each client's uploaded adapters (the stronger threat) and the aggregated
 global adapters; CrossLM, each client's uploaded classifier; FedMKT, each client's LoRA model at its
-last knowledge upload. FedMKT releases only that model's top-K logits and losses on public data,
-which are a function of the model, so the model's audit bounds from above what they reveal.
+last knowledge upload; FedCoT, each client's perturbed prompts. FedMKT releases only that model's top-K
+logits and losses on public data, which are a function of the model, so the model's audit bounds from
+above what they reveal.
 """
 
 from __future__ import annotations
@@ -55,6 +56,29 @@ def audit_client_classifier(ctx: ClientContext, classifier, what: str) -> None:
     m = classifier_losses(classifier, [e.question for e in members], _labels(members), bs)
     n = classifier_losses(classifier, [e.question for e in nonmembers], _labels(nonmembers), bs)
     ctx.record_local(MEMBERSHIP, attack(m, n, target=f"{ctx.name} {what}").as_dict())
+
+
+def audit_client_release(
+    ctx: ClientContext, released: list[str], *, sanitizer=None, released_ids=None, what: str = "perturbed prompts"
+) -> None:
+    """FedCoT: a client audits the prompts it released (every one the server saw) with its training
+    prompts as members and the test split's as non-members; it keeps the stronger attack's result."""
+    from fedlsm.data.task import format_question
+    from fedlsm.privacy.released_membership import released_prompt_audits
+
+    if not _wanted(ctx):
+        return
+    members, nonmembers = audit_sample(ctx.data, ctx.task.test, ctx.cfg.privacy.membership_examples, ctx.seed)
+    audits = released_prompt_audits(
+        [format_question(e) for e in members],
+        [format_question(e) for e in nonmembers],
+        released,
+        sanitizer=sanitizer,
+        released_ids=released_ids,
+        target=f"{ctx.name} {what}",
+    )
+    if audits:
+        ctx.record_local(MEMBERSHIP, worst_case(audits))
 
 
 def _labels(examples) -> list[int]:

@@ -41,6 +41,7 @@ from fedlsm.eval.scoring import evaluate, extract_number
 from fedlsm.eval.stats import mean_scores
 from fedlsm.federation.grid import ClientContext, Grid, run_in_process, site_measurements
 from fedlsm.federation.protocol import MalformedMessage, Payload, R, Rounds, TypedRole, handles, scores_for
+from fedlsm.methods.audit import audit_client_release, client_audits
 from fedlsm.methods.common import best_epoch_on, eval_slm, finetune_labels, held_out_indices, load_slm, train_settings
 from fedlsm.methods.fedcot_messages import (
     RELEASED,
@@ -371,6 +372,9 @@ class FedCoTClient(FedCoTSite, TypedRole):
         what = f"{self.ctx.name} perturbed prompts"
         recon = reconstruction_audit(san, sanitizer, public, public_released, seed=self.ctx.seed, target=what)
         self.ctx.record_local("privacy", {**san.report.as_dict(), "attack": attack, "reconstruction": recon})
+        aligned = perturber is sanitizer  # FedCoT-E: the mechanism's own token-by-token output
+        exact = {"sanitizer": sanitizer, "released_ids": san.token_ids} if aligned else {}
+        audit_client_release(self.ctx, san.texts, **exact)
         self.sent = list(san.texts)
         return PerturbedPrompts(self.sent)
 
@@ -829,4 +833,13 @@ def simulation_harness(ctx: RunContext, result: MethodResult, baselines: dict[st
     ctx.record("results", rows)
     metric = result.summary.get("metric")
     summary = {**result.summary, **fedcot_summary(rows, metric, variant, ctx.cfg), "privacy": ctx.metrics["privacy"]}
-    return MethodResult(fedcot_table(rows, metric), result.title, summary, **_contract(ctx, rows, summary, per_example))
+    contract = _contract(ctx, rows, summary, per_example)
+    return MethodResult(fedcot_table(rows, metric), result.title, summary, **contract, membership=_membership(ctx))
+
+
+def _membership(ctx: RunContext) -> dict[str, Any] | None:
+    """The contract's ``membership``: the strongest attack on any client's released prompts, with every
+    client's attacks under ``audits``."""
+    from fedlsm.privacy.membership import worst_case
+
+    return worst_case([a for kept in client_audits(ctx) for a in kept["audits"]])

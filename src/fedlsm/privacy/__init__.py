@@ -8,8 +8,10 @@
 
 Modules: ``mechanism`` (sampling, exact probabilities), ``sanitizer`` (text level, FedCoT-E and
 the FedCoT-A hook), ``public`` (public-token presets), ``accounting`` (ε, neighbouring
-relation, :class:`PrivacyReport`), ``attacks`` (inversion attacks), ``metrics`` (TokenRatio),
-``curve`` / ``cli`` (privacy-utility curve), ``embeddings`` (LM and GloVe embedding spaces).
+relation, :class:`PrivacyReport`), ``attacks`` (inversion attacks), ``reconstruction`` (learned
+reconstruction), ``membership`` / ``released_membership`` (membership inference on models / on released
+prompts), ``metrics`` (TokenRatio), ``curve`` / ``cli`` (privacy-utility curve), ``embeddings`` (LM and
+GloVe embedding spaces).
 """
 
 from fedlsm.privacy.accounting import NEIGHBOURING_RELATION, PrivacyReport, check_epsilon, compose, prompt_epsilon

@@ -132,6 +132,11 @@ class TextSanitizer:
             raise ConfigError("fallback_token", f"must be a token id in [0, {mech.vocab_size}), got {token!r}")
         return token
 
+    def passes_unchanged(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Which of ``token_ids`` skip the mechanism (special and declared public tokens): known to any
+        observer, so an attacker scores them as copied."""
+        return torch.isin(token_ids, self._special) | torch.isin(token_ids, self._public)
+
     @classmethod
     def from_model(
         cls,
