@@ -180,7 +180,8 @@ def test_fedcot_run_saves_rationales_and_the_full_table(tiny_fedcot_run):
     # membership inference against the released prompts: both attacks, the stronger one in the contract
     audit = result.membership
     assert audit is not None and audit["n_members"] == audit["n_nonmembers"] == len(ctx.task.test)
-    assert {a["attack"] for a in audit["audits"]} == {LIKELIHOOD, SIMILARITY} and 0 <= audit["auc"] <= 1
+    assert {a["attack"] for a in audit["audits"]} == {LIKELIHOOD, SIMILARITY}
+    assert audit["auc"] == max(a["auc"] for a in audit["audits"]) and "client-0" in audit["target"]
 
 
 @pytest.mark.slow

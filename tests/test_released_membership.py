@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from fedlsm.privacy.released_membership import LIKELIHOOD, SIMILARITY, released_prompt_audits
+from fedlsm.privacy import TextSanitizer
+from fedlsm.privacy.released_membership import LIKELIHOOD, SIMILARITY, likelihood_scores, released_prompt_audits
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -32,10 +33,23 @@ def _same_length(san, texts, n_tokens):
 
 
 def test_likelihood_attack_finds_the_members_of_a_leaky_release(questions, rantext):
-    members, nonmembers = questions
+    # equal token counts: the attack must find members from the tokens, not from the lengths
+    members, nonmembers = (_same_length(rantext, q, 12) for q in questions)
     audit = _audits(rantext, members, nonmembers)[LIKELIHOOD]
     assert audit["auc"] > 0.9 and audit["auc_ci"][0] > 0.8, audit
-    assert audit["n_members"] == audit["n_nonmembers"] == 40
+    assert audit["n_members"] == min(len(members), len(nonmembers)) >= 30
+
+
+def test_a_prompt_the_release_cannot_have_come_from_scores_lowest():
+    # a public token (punctuation) passes unchanged: a candidate whose "?" is a "!" cannot have produced
+    # the release, exactly like a candidate of another length
+    san = TextSanitizer.from_model("smollm2", epsilon=10.0, public_tokens=["punctuation"])  # every output possible
+    member, changed, longer = "How many apples are left?", "How many apples are left!", "How many apples are left now?"
+    enc = san.tokenizer([member, changed, longer], add_special_tokens=False)["input_ids"]
+    assert len(enc[0]) == len(enc[1]) != len(enc[2])
+    released = san.sanitize([member], seed=0).token_ids
+    scores = likelihood_scores(san, enc, released)
+    assert scores[1] == scores[2] < scores[0], scores
 
 
 def test_both_attacks_sit_at_chance_when_the_release_carries_nothing(questions, rantext):

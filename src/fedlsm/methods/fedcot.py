@@ -842,4 +842,4 @@ def _membership(ctx: RunContext) -> dict[str, Any] | None:
     client's attacks under ``audits``."""
     from fedlsm.privacy.membership import worst_case
 
-    return worst_case([a for kept in client_audits(ctx) for a in kept["audits"]])
+    return worst_case([a for kept in client_audits(ctx) for a in kept.get("audits", [kept])])

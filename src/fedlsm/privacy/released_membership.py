@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.special import logsumexp
 
 from fedlsm.privacy.membership import attack
 
@@ -50,19 +51,25 @@ def similarity_scores(candidates: Sequence[str], released: Sequence[str]) -> np.
 
 
 def _log_prob_table(sanitizer, xs: list[int], ys: list[int]) -> np.ndarray:
-    """``log Pr[M(x) = y]`` for every pair of the given input and output tokens (rows x, columns y)."""
+    """``log Pr[M(x) = y]`` for every pair of the given input and output tokens (rows x, columns y).
+
+    A token that skips the mechanism (special, public) comes out as itself; a token the mechanism has no
+    embedding for is perturbed as the sanitizer's fallback, or (without one) cannot have been released;
+    the mechanism never outputs an id past its vocabulary."""
     mech = sanitizer.mechanism
-    x_ids = torch.tensor(xs, dtype=torch.long)
-    y_ids = torch.tensor(ys, dtype=torch.long)
-    table = np.empty((len(xs), len(ys)))
-    skip = sanitizer.passes_unchanged(x_ids)
-    fallback = sanitizer.fallback_id or 0
-    mechanism_in = torch.where(x_ids >= mech.vocab_size, torch.full_like(x_ids, fallback), x_ids)
-    y_in = y_ids.clamp(max=mech.vocab_size - 1)
-    for s in range(0, len(xs), CHUNK):
-        table[s : s + CHUNK] = mech.log_probabilities(mechanism_in[s : s + CHUNK])[:, y_in].numpy()
-    copied = np.where(x_ids.numpy()[:, None] == y_ids.numpy()[None, :], 0.0, -np.inf)
-    table[skip.numpy()] = copied[skip.numpy()]
+    x_ids, y_ids = np.asarray(xs), np.asarray(ys)
+    table = np.full((len(xs), len(ys)), -np.inf)
+    skip = sanitizer.passes_unchanged(torch.tensor(xs, dtype=torch.long)).numpy()
+    table[skip] = np.where(x_ids[skip, None] == y_ids[None, :], 0.0, -np.inf)
+    unknown = x_ids >= mech.vocab_size
+    fallback = sanitizer.fallback_id
+    # without a fallback an unknown token stays -inf: the sanitizer refuses such a prompt
+    rows = np.flatnonzero(~skip & ~unknown if fallback is None else ~skip)
+    inputs = torch.tensor(np.where(unknown[rows], fallback or 0, x_ids[rows]), dtype=torch.long)
+    cols = np.flatnonzero(y_ids < mech.vocab_size)
+    for s in range(0, len(rows), CHUNK):
+        block = mech.log_probabilities(inputs[s : s + CHUNK]).numpy()
+        table[np.ix_(rows[s : s + CHUNK], cols)] = block[:, y_ids[cols]]
     return table
 
 
@@ -74,8 +81,8 @@ def likelihood_scores(sanitizer, candidates: Sequence[Sequence[int]], released: 
     table = _log_prob_table(sanitizer, xs, ys)
     weight = Counter(t for c in candidates for t in c)
     w = np.array([weight[t] for t in xs], dtype=float)
-    with np.errstate(divide="ignore"):
-        null = np.log((w / w.sum()) @ np.exp(table))  # log P̄(y): output from a random candidate token
+    with np.errstate(divide="ignore"):  # a y no candidate can produce: log P̄ = -inf, ruled out below
+        null = logsumexp(table + np.log(w / w.sum())[:, None], axis=0)  # log P̄(y): from a random candidate
     by_length: dict[int, list[Sequence[int]]] = {}
     for r in released:
         by_length.setdefault(len(r), []).append(r)
@@ -92,7 +99,7 @@ def likelihood_scores(sanitizer, candidates: Sequence[Sequence[int]], released: 
         scores[i] = llr.sum(axis=1).max()
     finite = scores[np.isfinite(scores)]
     floor = (finite.min() if finite.size else 0.0) - 1.0  # impossible or unmatched: below every possible one
-    return np.where(np.isfinite(scores), scores, floor)
+    return np.where(np.isneginf(scores), floor, scores)
 
 
 def _audit(member: np.ndarray, nonmember: np.ndarray, name: str, target: str) -> dict[str, Any]:
