@@ -299,6 +299,16 @@ def _fake_run(
     )
 
 
+def test_a_methods_sub_results_inside_a_run_folder_are_not_a_run(tmp_path):
+    # FedMKT keeps its FedAvg baseline's figures in <run>/fedavg/metrics.json: no "run" block, no run
+    from fedlsm.bench.aggregate import collect
+
+    _fake_run(tmp_path, "m0", method="fedmkt", eps=None, seed=0, utility=0.3, wall=5, attack=None, bytes_up=10)
+    (tmp_path / "m0" / "fedavg").mkdir()
+    (tmp_path / "m0" / "fedavg" / "metrics.json").write_text(json.dumps({"fedavg": {"client-0": 0.25}}))
+    assert [r.run_dir.name for r in collect(tmp_path)] == ["m0"]
+
+
 def test_mean_std_and_pareto_front_on_hand_made_runs(tmp_path):
     _fake_run(
         tmp_path, "a0", method="fedcot", eps=3.0, seed=0, utility=0.30, wall=10, attack=0.1, bytes_up=1000, tokens=50

@@ -297,7 +297,9 @@ def load_run(run_dir: Path) -> RunRecord | None:
     if (run_dir / "config.yaml").is_file():
         cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
     cell = json.loads((run_dir / "cell.json").read_text()) if (run_dir / "cell.json").is_file() else {}
-    run = metrics.get("run", {})
+    if not isinstance(metrics, dict) or "run" not in metrics:  # not a run folder (a method's own sub-results)
+        return None
+    run = metrics["run"]
     if run.get("baseline_of"):  # a raw-data baseline's own run: its row is in the method's table already
         return None
     method_name = cell.get("method_name") or run.get("method") or cfg.get("method", "?")
