@@ -12,7 +12,7 @@ from fedlsm.config import build_config
 from fedlsm.data.task import Example
 from fedlsm.methods import METHOD_DEFAULTS
 from fedlsm.methods.fedcot import consistent, multitask_pairs, rationale_body, stated_answer
-from fedlsm.privacy.released_membership import LIKELIHOOD, SIMILARITY
+from fedlsm.privacy.released_membership import LENGTH, LIKELIHOOD, SIMILARITY
 
 
 def _ex():
@@ -180,7 +180,7 @@ def test_fedcot_run_saves_rationales_and_the_full_table(tiny_fedcot_run):
     # membership inference against the released prompts: both attacks, the stronger one in the contract
     audit = result.membership
     assert audit is not None and audit["n_members"] == audit["n_nonmembers"] == len(ctx.task.test)
-    assert {a["attack"] for a in audit["audits"]} == {LIKELIHOOD, SIMILARITY}
+    assert {a["attack"] for a in audit["audits"]} == {LIKELIHOOD, LENGTH, SIMILARITY}
     assert audit["auc"] == max(a["auc"] for a in audit["audits"]) and "client-0" in audit["target"]
 
 

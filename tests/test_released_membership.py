@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from fedlsm.privacy import TextSanitizer
-from fedlsm.privacy.released_membership import LIKELIHOOD, SIMILARITY, likelihood_scores, released_prompt_audits
+from fedlsm.privacy.released_membership import LENGTH, LIKELIHOOD, SIMILARITY, likelihood_scores, released_prompt_audits
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -59,6 +59,14 @@ def test_both_attacks_sit_at_chance_when_the_release_carries_nothing(questions, 
     for name in (LIKELIHOOD, SIMILARITY):
         low, high = audits[name]["auc_ci"]
         assert low < 0.5 < high and audits[name]["auc"] < 0.7, audits[name]
+    assert audits[LENGTH]["auc"] == 0.5  # every prompt as long as every other
+
+
+def test_token_counts_alone_reveal_members_when_lengths_differ(questions, rantext):
+    # ε = 0.01: the tokens carry nothing, but members are 10 tokens long and non-members 14
+    members, nonmembers = _same_length(rantext, questions[0], 10), _same_length(rantext, questions[1], 14)
+    audits = _audits(rantext.with_epsilon(0.01), members, nonmembers)
+    assert audits[LENGTH]["auc"] == 1.0 and audits[LENGTH]["auc_ci"][0] == 1.0, audits[LENGTH]
 
 
 def test_nothing_released_gives_no_audit():

@@ -2,7 +2,7 @@
 
 The server holds the released (perturbed) prompts y_1..y_m. The attacker holds a candidate example x,
 either one of the client's private training examples (member) or one from the test split that never
-left the client (non-member), and scores how well x explains some y_j. Two attacks, the stronger wins
+left the client (non-member), and scores how well x explains some y_j. Three attacks, the strongest wins
 in the report (:func:`fedlsm.privacy.membership.worst_case`):
 
 - **likelihood ratio** (FedCoT-E, where the mechanism's output is aligned token by token with its
@@ -14,6 +14,8 @@ in the report (:func:`fedlsm.privacy.membership.worst_case`):
   is from someone else's prompt). Tokens that skip the mechanism (special and public tokens) must come
   out unchanged. A candidate whose length matches no released prompt scores lowest: the mechanism
   keeps the token count, which is itself a leak this attack measures.
+- **token count** (FedCoT-E): how many released prompts are as long as x. The mechanism keeps every
+  prompt's token count and ε does not cover it (the neighbouring relation fixes it).
 - **text similarity** (both variants, FedCoT-A's learned perturber has no likelihood): the best
   normalised Indel similarity of x to any y_j (rapidfuzz's ``fuzz.ratio``).
 
@@ -37,6 +39,7 @@ from scipy.special import logsumexp
 from fedlsm.privacy.membership import attack
 
 LIKELIHOOD = "likelihood ratio under the mechanism (released prompts)"
+LENGTH = "token count of the released prompts"
 SIMILARITY = "text similarity to the released prompts"
 CHUNK = 256  # candidate tokens per dense log-probability block (V float64 columns each)
 
@@ -102,6 +105,13 @@ def likelihood_scores(sanitizer, candidates: Sequence[Sequence[int]], released: 
     return np.where(np.isneginf(scores), floor, scores)
 
 
+def length_scores(candidates: Sequence[Sequence[int]], released: Sequence[Sequence[int]]) -> np.ndarray:
+    """How many released prompts have each candidate's token count (the mechanism keeps it, ε does not
+    cover it): the strongest of the three when the tokens themselves say little."""
+    counts = Counter(len(r) for r in released)
+    return np.array([counts.get(len(c), 0) for c in candidates], dtype=float)
+
+
 def _audit(member: np.ndarray, nonmember: np.ndarray, name: str, target: str) -> dict[str, Any]:
     result = attack(-member, -nonmember, target=target)  # attack() takes losses: lower says "member"
     return replace(result, attack=name).as_dict()
@@ -116,14 +126,18 @@ def released_prompt_audits(
     released_ids: Sequence[Sequence[int]] | None = None,
     target: str = "",
 ) -> list[dict[str, Any]]:
-    """Both attacks on one client's release (the likelihood one only with the mechanism's ``sanitizer``
-    and the ``released_ids`` it produced, i.e. FedCoT-E)."""
+    """The attacks on one client's release (the likelihood and token-count ones only with the mechanism's
+    ``sanitizer`` and the ``released_ids`` it produced, i.e. FedCoT-E)."""
     if not members or not nonmembers or not released:
         return []
     sim_m, sim_n = similarity_scores(members, released), similarity_scores(nonmembers, released)
     audits = [_audit(sim_m, sim_n, SIMILARITY, target)]
     if sanitizer is not None and released_ids is not None:
         enc = sanitizer.tokenizer(list(members) + list(nonmembers), add_special_tokens=False)["input_ids"]
-        scores = likelihood_scores(sanitizer, enc, released_ids)
-        audits.append(_audit(scores[: len(members)], scores[len(members) :], LIKELIHOOD, target))
+        k = len(members)
+        for name, scores in (
+            (LIKELIHOOD, likelihood_scores(sanitizer, enc, released_ids)),
+            (LENGTH, length_scores(enc, released_ids)),
+        ):
+            audits.append(_audit(scores[:k], scores[k:], name, target))
     return audits
