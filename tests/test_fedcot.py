@@ -177,7 +177,7 @@ def test_fedcot_run_saves_rationales_and_the_full_table(tiny_fedcot_run):
     m = json.loads((ctx.run_dir / "metrics.json").read_text())
     assert m["communication"]["bytes_up"] > 0 and m["llm_query_cost"]["completion_tokens"] > 0
     assert m["run"]["status"] == "done"
-    # membership inference against the released prompts: both attacks, the stronger one in the contract
+    # membership inference against the released prompts: every attack, the strongest one in the contract
     audit = result.membership
     assert audit is not None and audit["n_members"] == audit["n_nonmembers"] == len(ctx.task.test)
     assert {a["attack"] for a in audit["audits"]} == {LIKELIHOOD, LENGTH, SIMILARITY}

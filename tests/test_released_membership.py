@@ -52,7 +52,7 @@ def test_a_prompt_the_release_cannot_have_come_from_scores_lowest():
     assert scores[1] == scores[2] < scores[0], scores
 
 
-def test_both_attacks_sit_at_chance_when_the_release_carries_nothing(questions, rantext):
+def test_the_attacks_sit_at_chance_when_the_release_carries_nothing(questions, rantext):
     members, nonmembers = (_same_length(rantext, q, 12) for q in questions)
     assert len(members) >= 30 and len(nonmembers) >= 30
     audits = _audits(rantext.with_epsilon(0.01), members, nonmembers)  # ≤ 2g: the full mechanism, near uniform

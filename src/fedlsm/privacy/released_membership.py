@@ -19,7 +19,7 @@ in the report (:func:`fedlsm.privacy.membership.worst_case`):
 - **text similarity** (both variants, FedCoT-A's learned perturber has no likelihood): the best
   normalised Indel similarity of x to any y_j (rapidfuzz's ``fuzz.ratio``).
 
-Both are scored as :func:`fedlsm.privacy.membership.attack` scores (AUC and advantage with bootstrap
+All three are scored as :func:`fedlsm.privacy.membership.attack` scores (AUC and advantage with bootstrap
 intervals). The auditor needs the members' text, so it runs on the client, which keeps the result.
 The likelihood attack is written here because no maintained library scores text against a token-level
 DP mechanism.
