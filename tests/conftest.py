@@ -10,6 +10,27 @@ import pytest
 os.environ.setdefault("FEDLSM_NO_PROGRESS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub; hub ids must fail clearly
 
+# pytest-xdist (`-n auto` in pyproject): the workers share the cores, so each, and every run it starts
+# in a subprocess, gets its share of torch threads instead of all of them (set before torch is imported)
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+
+# Files that start Flower (a SuperLink, SuperNodes on their ClientApp ports, a Ray cluster): these use
+# machine-wide ports and processes, so they run one after another on one worker.
+FLOWER_FILES = {"test_flower.py", "test_flower_hostile.py", "test_new_method.py"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """xdist's ``--dist loadgroup`` groups: one per test file (its module fixtures run once) and one for
+    the Flower files, scheduled first because it is the longest."""
+    for item in items:
+        name = item.path.name
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group("flower" if name in FLOWER_FILES else name))
+    items.sort(key=lambda item: item.path.name not in FLOWER_FILES)  # stable: file order kept otherwise
+
 
 def _shared_data() -> Path | None:
     if os.environ.get("FEDLSM_DATA"):

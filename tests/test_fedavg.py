@@ -53,3 +53,22 @@ def test_a_poisoned_reply_is_dropped_and_the_round_goes_on(tmp_path):
     assert 0 <= rnd["value"] <= 1 and result.rows
     # fairness: every client that took part keeps the one global model (the dropped ones took no part)
     assert result.client_utility == {"client-0": rnd["value"]}
+
+
+def test_fedavg_standalone_trains_each_client_as_long_as_fedavgs_rounds():
+    """The Standalone row beside FedAvg is fair: each client alone gets rounds × the local epochs and steps."""
+    from fedlsm.config import build_config
+    from fedlsm.methods import check_options
+    from fedlsm.methods.common import side_settings
+    from fedlsm.runner import _baseline_config
+
+    cfg = build_config(
+        {"method": "fedavg"},
+        {"method_args.rounds": 3, "method_args.client_eval": True, "train.epochs": 2, "train.max_steps": 5},
+    )
+    alone = _baseline_config(cfg, "fedavg-standalone", "run.fedavg-standalone")
+    assert alone.method == "standalone" and alone.method_args == {} and alone.name == "run.fedavg-standalone"
+    check_options(alone)  # FedAvg's own options are not passed on
+    own = side_settings(alone, "slm")
+    assert (own.epochs, own.max_steps) == (6, 15)
+    assert (side_settings(cfg, "slm").epochs, cfg.train.epochs) == (2, 2)  # the main run's settings are untouched

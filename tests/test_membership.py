@@ -4,6 +4,7 @@ when neither set trained; the results contract carries the audit and the bench r
 
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
@@ -154,3 +155,9 @@ def test_a_fedavg_run_audits_every_upload_and_the_global_model_without_telling_t
     assert '"auc"' not in (ctx.run_dir / "messages.jsonl").read_text()
     assert "auc" in (ctx.run_dir / "client-0" / "measurements.json").read_text()
     assert_roles_reported(ctx, result)  # the same run: per-role compute and memory, per-client utility
+    # Standalone ran as its own run beside it and is the reference of FedAvg's interval
+    assert [r["model"] for r in result.rows] == ["Zero-shot SLM", "Standalone (clients' mean)", "FedAvg round 1"]
+    assert result.reference == "Standalone" and "FedAvg" in result.intervals
+    alone = json.loads((tmp_path / "mia.fedavg-standalone" / "metrics.json").read_text())
+    assert alone["run"]["baseline_of"] == "mia"
+    assert alone["result"]["labelled"]["Standalone"] == result.labelled["Standalone"]

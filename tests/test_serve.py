@@ -175,7 +175,9 @@ def test_disconnected_clients_work_is_dropped_and_stopped(server, generator):
 
 
 def test_request_past_its_deadline_is_a_504_and_stops(generator):
-    url, stop = serve_in_thread(generator, model_name=MODEL, limits=ServeLimits(request_timeout=2.0))
+    # 6 s: far below ENDLESS's 1000 tokens on a CPU, and room for the 4-token answer after it when
+    # another test worker shares the cores
+    url, stop = serve_in_thread(generator, model_name=MODEL, limits=ServeLimits(request_timeout=6.0))
     try:
         tokens_before = generator.stats.completion_tokens
         r = httpx.post(url + "/completions", json=ENDLESS, timeout=PATIENCE)

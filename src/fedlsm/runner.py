@@ -8,6 +8,7 @@ finished step, so a crash loses nothing already measured) and whatever the metho
 from __future__ import annotations
 
 import time
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +175,9 @@ def _baseline_config(cfg: RunConfig, name: str, run_name: str) -> RunConfig:
 
     method, fixed = BASELINE_PRESETS.get(name, (name, {}))
     update: dict[str, Any] = {"method": method, "name": run_name}
-    if fixed:
+    if isinstance(fixed, str):
+        module, fn = fixed.split(":")
+        update.update(getattr(import_module(module), fn)(cfg))
+    elif fixed:
         update["method_args"] = {**cfg.method_args, **fixed}
     return cfg.model_copy(update=update)

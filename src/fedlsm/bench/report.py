@@ -70,23 +70,25 @@ def _objective(g: Group, key: str, fmt: Callable[[Any], str], pct: bool = False)
 
 
 def fmt_membership(g: Group) -> str:
-    """The worst audit's AUC: one seed with its bootstrap 95% interval, several as mean ± std over seeds."""
+    """The worst audit's AUC: one seed with its bootstrap 95% interval over examples, several as
+    mean ± std [95% t-interval] over seeds."""
     s = g.stats.get("membership_auc")
     if s is None:
         return UNKNOWN
     if s.n > 1:
-        return f"{s.mean:.2f} ± {s.std:.2f}"
+        return f"{s.mean:.2f} ± {s.std:.2f}" + ("" if s.ci is None else f" [{s.ci[0]:.2f}, {s.ci[1]:.2f}]")
     lo, hi = g.mean("membership_auc_low"), g.mean("membership_auc_high")
     return f"{s.mean:.2f}" + ("" if lo is None or hi is None else f" [{lo:.2f}, {hi:.2f}]")
 
 
 def fmt_reconstruction(g: Group) -> str:
     """The reconstruction attack's advantage over the trivial attacker in points of %: one seed with its
-    bootstrap 95% interval over prompts, several as mean ± std over seeds; – where nothing was released."""
+    bootstrap 95% interval over prompts, several as mean ± std [95% t-interval] over seeds; – where no
+    text was released (model and logit uploads have the membership attack, not this one)."""
     s = g.stats.get("reconstruction_advantage")
     low, high = g.mean("reconstruction_advantage_low"), g.mean("reconstruction_advantage_high")
     if s is None or s.n > 1 or low is None or high is None:
-        return fmt_pct(s)
+        return fmt_pct_ci(s)
     return f"{100 * s.mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
 
 
@@ -203,11 +205,14 @@ def objectives_table(groups: Sequence[Group]) -> Section:
     note = (
         "ε: per-token budget of the exponential mechanism (– = the method releases no perturbed text). "
         "Attack success: nearest-neighbour inversion of the perturbed prompts (best of a uniform and a "
-        "public-text prior). Membership AUC: the loss(-difference) membership-inference attack on what "
-        "clients release, the worst target audited (0.5 = chance; docs/privacy.md); advantage = max TPR − FPR. "
+        "public-text prior). Membership AUC: the strongest membership-inference attack on what clients "
+        "release, the worst target audited: loss(-difference) on uploaded models and logits, likelihood "
+        "under the mechanism, token count and text similarity on FedCoT's released prompts (0.5 = chance; "
+        "docs/privacy.md); advantage = max TPR − FPR. "
         "Reconstruction adv.: share of private prompt tokens a learned inverse model (trained on public "
         "prompts and their release) recovers beyond copying the released token or guessing the commonest one, "
-        "in points of %, the worst client (docs/privacy.md). "
+        "in points of %, the worst client (docs/privacy.md); – where no text leaves a client (uploaded "
+        "models and logits are audited by membership inference). "
         "TokenRatio: perturbed rationales vs non-private ones. Bytes from the message log "
         "(per client and round). Peak MB: the run process's peak resident memory (in one process, server and "
         "clients together). LLM tokens: tokens the server LLM generated (the LLM query cost). Means over seeds. "

@@ -107,11 +107,15 @@ ROLES: dict[str, str] = {
 SIMULATION_BASELINES: dict[str, tuple[str, ...]] = {
     "fedcot": ("fedcot-nonprivate",),
     "fedmkt": ("fedmkt-llm2slm",),
+    "fedavg": ("fedavg-standalone",),
 }
-# A baseline that is a registered method with some options fixed: name -> (method, method_args).
-# LLM2SLM is FedMKT with a frozen LLM, run through the main run's engine.
-BASELINE_PRESETS: dict[str, tuple[str, dict]] = {
+# A baseline that is a registered method with some settings fixed: name -> (method, the main run's
+# method_args updated by a dict, or "module:function" (config) -> the config's update).
+# LLM2SLM is FedMKT with a frozen LLM, run through the main run's engine; FedAvg's Standalone trains
+# each client alone for as many local epochs as FedAvg's rounds give it.
+BASELINE_PRESETS: dict[str, tuple[str, dict | str]] = {
     "fedmkt-llm2slm": ("fedmkt", {"server_trains": False, "baselines": False}),
+    "fedavg-standalone": ("standalone", "fedlsm.methods.fedavg:standalone_settings"),
 }
 SIMULATION_HARNESS: dict[str, str] = {
     "fedcot": "fedlsm.methods.fedcot:simulation_harness",

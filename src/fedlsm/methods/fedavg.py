@@ -33,7 +33,7 @@ from fedlsm.federation.checkpoint import ServerCheckpoint
 from fedlsm.federation.grid import ClientContext, Grid, run_in_process
 from fedlsm.federation.protocol import MalformedMessage, Payload, Rounds, TypedRole, handles, message
 from fedlsm.methods.audit import audit_client_lm, audit_pooled, client_audits
-from fedlsm.methods.common import finetune_labels, load_slm, train_settings
+from fedlsm.methods.common import finetune_labels, load_slm, side_settings, train_settings
 from fedlsm.models.arrays import adapter_arrays, load_adapter_arrays
 
 FIT = "fedavg_fit"
@@ -46,8 +46,9 @@ def run_fedavg(ctx: RunContext) -> MethodResult:
 
 
 def simulation_harness(ctx: RunContext, result: MethodResult, baselines: dict) -> MethodResult:
-    """Simulation only: the contract's ``membership``, the worst of the clients' audits of their last
-    uploads (from their own folders) and of the final global adapters (fedlsm.methods.audit)."""
+    """Simulation only: the Standalone row from its own run (the table's reference), and the contract's
+    ``membership``, the worst of the clients' audits of their last uploads (from their own folders)
+    and of the final global adapters (fedlsm.methods.audit)."""
     from fedlsm.privacy.membership import worst_case
 
     saved = ServerCheckpoint(ctx.run_dir).load()
@@ -56,7 +57,33 @@ def simulation_harness(ctx: RunContext, result: MethodResult, baselines: dict) -
         model, tok = global_model(ctx.cfg)
         load_adapter_arrays(model, saved.arrays)
         audits += audit_pooled(ctx, model, tok, f"global adapters (round {saved.round})")
+    if "fedavg-standalone" in baselines:
+        result = with_standalone(result, baselines["fedavg-standalone"][1])
     return dataclasses.replace(result, membership=worst_case(audits))
+
+
+def standalone_settings(cfg) -> dict:
+    """The config update of FedAvg's Standalone baseline: no FedAvg options, and each client trains alone
+    for as many local epochs (and steps) as FedAvg's rounds give it, so both rows cost a client the same."""
+    own, rounds = side_settings(cfg, "slm"), rounds_of(cfg)
+    steps = own.max_steps * rounds if own.max_steps else None
+    slm = cfg.train.slm.model_copy(update={"epochs": own.epochs * rounds, "max_steps": steps})
+    return {"method_args": {}, "train": cfg.train.model_copy(update={"slm": slm})}
+
+
+def with_standalone(result: MethodResult, alone: MethodResult) -> MethodResult:
+    """FedAvg's table with the Standalone row (the clients' mean) as the reference of its intervals."""
+    metric, value, final = result.summary["metric"], alone.labelled["Standalone"], result.summary["fedavg"]
+    row = {"model": "Standalone (clients' mean)", "clients": str(len(alone.client_utility)), metric: value}
+    return dataclasses.replace(
+        result,
+        rows=[result.rows[0], row, *result.rows[1:]],
+        summary={**result.summary, "standalone": value, "gain_over_standalone": final - value},
+        labelled={**result.labelled, "Standalone": value},
+        per_example={**result.per_example, "Standalone": alone.per_example["Standalone"]},
+        reference="Standalone",
+        untrained={**result.untrained, "Standalone": "Zero-shot SLM"},
+    )
 
 
 @dataclass(frozen=True)
@@ -298,6 +325,6 @@ def _result(ctx, hist: dict, grid: Grid) -> MethodResult:
         communication=summary["communication"],
         # a checkpoint written before per-question scores existed has none: no interval then
         per_example={k: r["per_example"] for k, r in (("Zero-shot SLM", zero), ("FedAvg", last)) if "per_example" in r},
-        reference="Zero-shot SLM",  # FedAvg's table has no Standalone row: its gain is over the untrained SLM
+        reference="Zero-shot SLM",  # until the simulation harness adds Standalone (a deployment has none)
         untrained={"FedAvg": "Zero-shot SLM"},
     )
