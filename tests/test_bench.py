@@ -550,3 +550,20 @@ def test_smoke_grid_end_to_end_and_resume(tmp_path):
     assert r3.returncode == 0, r3.stderr
     assert "3 of 3 cell(s) already done" in r3.stdout
     assert mtimes == {p.name: (p / "metrics.json").stat().st_mtime_ns for p in runs}
+
+
+def test_leakage_over_seeds_has_a_t_interval_inside_its_range(tmp_path):
+    """Three seeds of a method's membership AUC and reconstruction advantage: mean ± std with the
+    t-interval over seeds (one seed keeps its bootstrap interval), an AUC interval clipped to [0, 1]."""
+    for seed, auc in enumerate((0.55, 0.70, 0.99)):
+        leak = {"membership": {"auc": auc, "advantage": 0.1}, "reconstruction": {"advantage": 0.01 * seed}}
+        _fake_run(tmp_path, f"m{seed}", method="m", eps=3, seed=seed, utility=0.3, wall=1.0, result=leak)
+    one = {"membership": {"auc": 0.6, "auc_ci": [0.5, 0.7], "advantage": 0.1}}
+    _fake_run(tmp_path, "solo", method="s", eps=None, seed=0, utility=0.3, wall=1.0, result=one)
+    md = write_report(tmp_path)["markdown"].read_text()
+    header = _row(md, "| method | dataset | utility %", "Multi-objective")
+    auc_col = header.index("membership AUC [95% CI]")
+    m_cells = _row(md, "| m (ε=3) | arith", "Multi-objective")
+    assert m_cells[auc_col] == "0.75 ± 0.22 [0.19, 1.00]"  # the t-interval (0.19, 1.30) clipped to an AUC's range
+    assert m_cells[header.index("reconstruction adv. [95% CI]")] == "1.0 ± 1.0 [-1.5, 3.5]"  # points of %
+    assert _row(md, "| s | arith", "Multi-objective")[auc_col] == "0.60 [0.50, 0.70]"

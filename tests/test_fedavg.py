@@ -63,11 +63,13 @@ def test_fedavg_standalone_trains_each_client_as_long_as_fedavgs_rounds():
     from fedlsm.runner import _baseline_config
 
     cfg = build_config(
-        {"method": "fedavg"},
+        {"method": "fedavg", "engine": "flower-sim", "resume": True},
         {"method_args.rounds": 3, "method_args.client_eval": True, "train.epochs": 2, "train.max_steps": 5},
     )
     alone = _baseline_config(cfg, "fedavg-standalone", "run.fedavg-standalone")
     assert alone.method == "standalone" and alone.method_args == {} and alone.name == "run.fedavg-standalone"
+    # Standalone has no Flower roles, and keeps no checkpoint to resume from: in process, afresh
+    assert alone.engine == "in-process" and not alone.resume and alone.overwrite
     check_options(alone)  # FedAvg's own options are not passed on
     own = side_settings(alone, "slm")
     assert (own.epochs, own.max_steps) == (6, 15)

@@ -132,6 +132,7 @@ def run(
     try:
         with usage.metered() as meter:  # the server's and each client's share of the run
             result = method(ctx)
+        compute = compute_usage(t0, cpu0, meter.summary())  # the method's own cost: its baselines are runs of their own
         if cfg.engine != "flower-deploy":
             result = _simulation_harness(ctx, result)
         result = finish_result(result, ctx.task)  # majority-class row, intervals vs Standalone, warnings
@@ -139,7 +140,7 @@ def run(
         ctx.metrics["run"]["status"] = "failed"
         ctx.flush()
         raise
-    ctx.metrics["compute"] = compute_usage(t0, cpu0, meter.summary())
+    ctx.metrics["compute"] = compute
     ctx.metrics["run"].update(status="done", wall_seconds=round(time.time() - t0, 1))
     ctx.record("table", {"title": result.title, "rows": result.rows})
     ctx.record("result", result.contract())
@@ -174,7 +175,9 @@ def _baseline_config(cfg: RunConfig, name: str, run_name: str) -> RunConfig:
     from fedlsm.methods import BASELINE_PRESETS
 
     method, fixed = BASELINE_PRESETS.get(name, (name, {}))
-    update: dict[str, Any] = {"method": method, "name": run_name}
+    # a resumed run starts its baselines afresh: they may not have begun, and not every method checkpoints
+    update: dict[str, Any] = {"method": method, "name": run_name, "resume": False}
+    update["overwrite"] = cfg.overwrite or cfg.resume
     if isinstance(fixed, str):
         module, fn = fixed.split(":")
         update.update(getattr(import_module(module), fn)(cfg))

@@ -76,7 +76,8 @@ def fmt_membership(g: Group) -> str:
     if s is None:
         return UNKNOWN
     if s.n > 1:
-        return f"{s.mean:.2f} ± {s.std:.2f}" + ("" if s.ci is None else f" [{s.ci[0]:.2f}, {s.ci[1]:.2f}]")
+        ci = "" if s.ci is None else f" [{max(0.0, s.ci[0]):.2f}, {min(1.0, s.ci[1]):.2f}]"  # an AUC is in [0, 1]
+        return f"{s.mean:.2f} ± {s.std:.2f}{ci}"
     lo, hi = g.mean("membership_auc_low"), g.mean("membership_auc_high")
     return f"{s.mean:.2f}" + ("" if lo is None or hi is None else f" [{lo:.2f}, {hi:.2f}]")
 
@@ -149,7 +150,9 @@ def differences_table(groups: Sequence[Group]) -> Section | None:
         "Differences to the reference row (points of %, paired bootstrap 95% interval over test questions)",
         ["method", "dataset", "row", "vs", "Δ [95% CI]", "resolved"],
         rows,
-        "A question's score is averaged over the seeds first; resolved: the interval excludes 0. "
+        "The i-th question's score is averaged over the seeds first (a preset task draws its test "
+        "questions with the seed); the interval is over questions, the utility table's t-interval over "
+        "seeds covers the training noise. Resolved: the interval excludes 0. "
         "Runs without per-question scores are left out.",
     )
 

@@ -64,11 +64,12 @@ def simulation_harness(ctx: RunContext, result: MethodResult, baselines: dict) -
 
 def standalone_settings(cfg) -> dict:
     """The config update of FedAvg's Standalone baseline: no FedAvg options, and each client trains alone
-    for as many local epochs (and steps) as FedAvg's rounds give it, so both rows cost a client the same."""
+    for as many local epochs (and steps) as FedAvg's rounds give it, so both rows cost a client the same.
+    In process on every simulation engine: Standalone sends nothing, so it has no Flower roles."""
     own, rounds = side_settings(cfg, "slm"), rounds_of(cfg)
     steps = own.max_steps * rounds if own.max_steps else None
     slm = cfg.train.slm.model_copy(update={"epochs": own.epochs * rounds, "max_steps": steps})
-    return {"method_args": {}, "train": cfg.train.model_copy(update={"slm": slm})}
+    return {"method_args": {}, "train": cfg.train.model_copy(update={"slm": slm}), "engine": "in-process"}
 
 
 def with_standalone(result: MethodResult, alone: MethodResult) -> MethodResult:

@@ -28,6 +28,7 @@ import numpy as np
 
 from fedlsm.errors import ConfigError, FedLSMError
 from fedlsm.models.arrays import adapter_arrays, load_adapter_arrays
+from fedlsm.models.loading import cache_lock, cache_root
 from fedlsm.models.training import TrainResult, TrainSettings, batch_plan, optimize
 
 if TYPE_CHECKING:
@@ -40,8 +41,10 @@ def encoder_path(spec: str = "minilm-l6") -> str:
     """Folder (or hub id) of an encoder: the bundled MiniLM by name, else the spec itself."""
     if ENCODER_ALIASES.get(spec) == "minilm-l6":
         try:
-            # the package prints a banner on import and when it unpacks its zip (once, to ~/.cache)
-            with contextlib.redirect_stdout(io.StringIO()):
+            # the package prints a banner on import and when it unpacks its zip (once, to ~/.cache); it
+            # checks for the folder and then unpacks with no lock, so two processes (test workers, bench
+            # cells) take turns here and the second finds the whole folder
+            with contextlib.redirect_stdout(io.StringIO()), cache_lock(cache_root() / "minilm-l6"):
                 from all_minilm_l6_v2 import get_model_path
 
                 return str(get_model_path())

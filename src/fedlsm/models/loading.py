@@ -132,7 +132,7 @@ def _dequantized_cache_dir(src: ModelSource) -> Path:
     return cache_root() / "dequantized" / f"{src.name}-{key}"
 
 
-def _cache_lock(cached: Path):
+def cache_lock(cached: Path):
     """A lock shared by threads *and* processes (a bench runs one process per cell; users run two jobs
     at once), so one of them dequantizes and the others wait and read its result."""
     from filelock import FileLock
@@ -205,7 +205,7 @@ def load_causal_lm(spec: str | ModelSource, *, dtype=None, device: str | None = 
     dtype = dtype or torch.float32
     if src.gguf_file:
         cached = _dequantized_cache_dir(src)
-        with _cache_lock(cached):
+        with cache_lock(cached):
             if not (cached / "config.json").exists():
                 log.info("dequantizing %s once; later loads read %s", src.gguf_file, cached)
                 model = AutoModelForCausalLM.from_pretrained(src.location, gguf_file=src.gguf_file, dtype=dtype)
