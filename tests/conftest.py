@@ -21,14 +21,22 @@ if _WORKERS > 1:
 FLOWER_FILES = {"test_flower.py", "test_flower_hostile.py", "test_new_method.py"}
 
 
-@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's scheduler, by scope: one per test file (its module fixtures run once), and one
+    for the Flower files together. (Its ``--dist loadgroup`` markers are lost under pytest 9, whose
+    node ids no longer take the group suffix xdist writes.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = nodeid.split("::", 1)[0]
+            return "flower" if Path(file).name in FLOWER_FILES else file
+
+    return FileScheduling(config, log)
+
+
 def pytest_collection_modifyitems(items):
-    """xdist's ``--dist loadgroup`` groups: one per test file (its module fixtures run once) and one for
-    the Flower files, scheduled first because it is the longest."""
-    for item in items:
-        name = item.path.name
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group("flower" if name in FLOWER_FILES else name))
+    """The Flower group first: it is the longest."""
     items.sort(key=lambda item: item.path.name not in FLOWER_FILES)  # stable: file order kept otherwise
 
 
