@@ -8,7 +8,6 @@ finished step, so a crash loses nothing already measured) and whatever the metho
 from __future__ import annotations
 
 import time
-from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -172,15 +171,9 @@ def _simulation_harness(ctx: RunContext, result: MethodResult) -> MethodResult:
 
 def _baseline_config(cfg: RunConfig, name: str, run_name: str) -> RunConfig:
     """The baseline run's config: a registered method, or a preset (a method with some options fixed)."""
-    from fedlsm.methods import BASELINE_PRESETS
+    from fedlsm.methods import baseline_update
 
-    method, fixed = BASELINE_PRESETS.get(name, (name, {}))
     # a resumed run starts its baselines afresh: they may not have begun, and not every method checkpoints
-    update: dict[str, Any] = {"method": method, "name": run_name, "resume": False}
+    update: dict[str, Any] = {**baseline_update(cfg, name), "name": run_name, "resume": False}
     update["overwrite"] = cfg.overwrite or cfg.resume
-    if isinstance(fixed, str):
-        module, fn = fixed.split(":")
-        update.update(getattr(import_module(module), fn)(cfg))
-    elif fixed:
-        update["method_args"] = {**cfg.method_args, **fixed}
     return cfg.model_copy(update=update)

@@ -70,10 +70,15 @@ OPTIONS: dict[str, str] = {
 }
 
 
+def _resolve(ref: str):
+    """What a registry's ``"module:name"`` names (registries hold strings, so nothing imports until used)."""
+    mod, attr = ref.split(":")
+    return getattr(import_module(mod), attr)
+
+
 def options_class(name: str) -> type:
     """``name``'s options dataclass (``name`` must be in OPTIONS)."""
-    mod, cls = OPTIONS[name].split(":")
-    return getattr(import_module(mod), cls)
+    return _resolve(OPTIONS[name])
 
 
 def check_options(cfg) -> None:
@@ -140,16 +145,23 @@ def get_preflight(name: str):
     """``(ctx) -> None`` checking ``name``'s data requirements, or None."""
     if name not in PREFLIGHT:
         return None
-    mod, fn = PREFLIGHT[name].split(":")
-    return getattr(import_module(mod), fn)
+    return _resolve(PREFLIGHT[name])
 
 
 def get_harness(name: str):
     """``(ctx, result, baselines) -> MethodResult`` for ``name``, or None."""
     if name not in SIMULATION_HARNESS:
         return None
-    mod, fn = SIMULATION_HARNESS[name].split(":")
-    return getattr(import_module(mod), fn)
+    return _resolve(SIMULATION_HARNESS[name])
+
+
+def baseline_update(cfg, name: str) -> dict:
+    """The config update that turns a run of ``cfg`` into its baseline ``name``: a registered method, or
+    a preset (BASELINE_PRESETS) fixing some of the main run's options or settings."""
+    method, fixed = BASELINE_PRESETS.get(name, (name, {}))
+    if isinstance(fixed, str):
+        return {"method": method, **_resolve(fixed)(cfg)}
+    return {"method": method, **({"method_args": {**cfg.method_args, **fixed}} if fixed else {})}
 
 
 def get_roles(name: str):
@@ -166,5 +178,4 @@ def get_roles(name: str):
 def get_method(name: str):
     if name not in METHODS:
         raise ConfigError("method", f"unknown method '{name}'", f"use one of {', '.join(sorted(METHODS))}")
-    mod, fn = METHODS[name].split(":")
-    return getattr(import_module(mod), fn)
+    return _resolve(METHODS[name])
