@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from fedlsm.bench.aggregate import aggregate, collect, dominates, mean_std, pareto_front
-from fedlsm.bench.grid import expand, load_grid, parse_grid
+from fedlsm.bench.grid import expand, load_grid, parse_grid, select_cells
 from fedlsm.bench.report import write_report
 from fedlsm.bench.score import normalise, parse_weights, scores
 from fedlsm.errors import ConfigError
@@ -235,6 +235,22 @@ def test_bad_grid_is_one_clear_line(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr + r.stdout
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: methods[1].name") and "nope" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_only_selects_one_methods_cells_and_names_the_labels_on_a_typo(tmp_path):
+    """`fedlsm bench --only` runs (and resumes) one method's cells of a grid; a wrong label is one line."""
+    methods = [{"name": "standalone", "epsilons": None}, "fedcot", {"name": "fedcot", "label": "fedcot-a"}]
+    cells = expand(parse_grid(_with(methods=methods)), tmp_path)
+    assert select_cells(cells, None) == cells
+    picked = select_cells(cells, "fedcot-a, standalone")
+    assert {c.method for c in picked} == {"fedcot-a", "standalone"} and len(picked) == len(cells) - 4
+    with pytest.raises(ConfigError, match=r"--only: no method labelled fedcot-e .*use standalone, fedcot, fedcot-a"):
+        select_cells(cells, "fedcot-e")
+    f = tmp_path / "g.yaml"
+    f.write_text(yaml.safe_dump(_with(methods=methods)))
+    r = _cli("bench", str(f), "--only", "nope", "--output-dir", str(tmp_path / "out"))
+    assert r.returncode == 2 and r.stderr.strip().startswith("error: --only: no method labelled nope")
     assert not (tmp_path / "out").exists()
 
 

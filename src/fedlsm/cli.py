@@ -208,10 +208,11 @@ def bench_command(
     output_dir: str | None = typer.Option(None, help="run folders go here (default: the grid's output_dir)"),
     force: bool = typer.Option(False, help="recompute cells that are already done"),
     check: bool = typer.Option(False, "--check", help="check every cell's options and data without running"),
+    only: str | None = typer.Option(None, help="run only these methods' cells (row labels, comma-separated)"),
 ):
     """Run a grid of methods × datasets × ε × seeds resumably, then write the report."""
     from fedlsm.bench.execute import run_cells
-    from fedlsm.bench.grid import expand, load_grid
+    from fedlsm.bench.grid import expand, load_grid, select_cells
     from fedlsm.bench.report import write_report
 
     if check:
@@ -221,9 +222,9 @@ def bench_command(
         raise ConfigError("grid", f"{len(grids)} grids given; bench runs one at a time", "run them one by one")
     grid = grids[0]
     spec = load_grid(grid)
-    cells = expand(spec, output_dir)
+    cells = select_cells(expand(spec, output_dir), only)
     root = Path(cells[0].config.output_dir)
-    console.print(f"grid {grid}: {len(cells)} cell(s) -> {root}")
+    console.print(f"grid {grid}: {len(cells)} cell(s){f' of {only}' if only else ''} -> {root}")
     outcomes = run_cells(cells, console, force=force)
     rep = write_report(root, weights=spec.weights)
     from fedlsm.bench.report import TERMINAL_COLUMNS, objectives_table, rich_table
