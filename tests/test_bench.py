@@ -238,20 +238,25 @@ def test_bad_grid_is_one_clear_line(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_only_selects_one_methods_cells_and_names_the_labels_on_a_typo(tmp_path):
+def test_only_selects_one_methods_cells_and_refuses_a_wrong_or_empty_label(tmp_path):
     """`fedlsm bench --only` runs (and resumes) one method's cells of a grid; a wrong label is one line."""
     methods = [{"name": "standalone", "epsilons": None}, "fedcot", {"name": "fedcot", "label": "fedcot-a"}]
     cells = expand(parse_grid(_with(methods=methods)), tmp_path)
     assert select_cells(cells, None) == cells
     picked = select_cells(cells, "fedcot-a, standalone")
-    assert {c.method for c in picked} == {"fedcot-a", "standalone"} and len(picked) == len(cells) - 4
+    assert picked == [c for c in cells if c.method != "fedcot"]  # by row label, in the grid's order
     with pytest.raises(ConfigError, match=r"--only: no method labelled fedcot-e .*use standalone, fedcot, fedcot-a"):
         select_cells(cells, "fedcot-e")
+    for empty in ("", " , "):  # never silently the whole grid
+        with pytest.raises(ConfigError, match="names no method label"):
+            select_cells(cells, empty)
     f = tmp_path / "g.yaml"
     f.write_text(yaml.safe_dump(_with(methods=methods)))
     r = _cli("bench", str(f), "--only", "nope", "--output-dir", str(tmp_path / "out"))
     assert r.returncode == 2 and r.stderr.strip().startswith("error: --only: no method labelled nope")
     assert not (tmp_path / "out").exists()
+    r = _cli("bench", str(f), "--check", "--only", "fedcot")
+    assert r.returncode == 2 and r.stderr.strip().startswith("error: --only: is not used with --check")
 
 
 # ---------------------------------------------------------------------------------------- aggregate

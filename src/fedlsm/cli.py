@@ -216,6 +216,8 @@ def bench_command(
     from fedlsm.bench.report import write_report
 
     if check:
+        if only is not None:
+            raise ConfigError("--only", "is not used with --check", "drop --only: --check checks every cell")
         _check_grids(grids)
         return
     if len(grids) > 1:

@@ -321,13 +321,13 @@ def expand(
 def select_cells(cells: list[Cell], only: str | None) -> list[Cell]:
     """The cells of the methods named in ``only`` (comma-separated row labels, e.g. "crosslm,fedcot-a"),
     so one method's cells of a grid can run, and resume, on their own; ``None``: every cell."""
-    if not only:
+    if only is None:
         return cells
     wanted = [w.strip() for w in only.split(",") if w.strip()]
-    known = list(dict.fromkeys(c.method for c in cells))
-    unknown = [w for w in wanted if w not in known]
-    if unknown or not wanted:
-        raise ConfigError(
-            "--only", f"no method labelled {', '.join(unknown) or repr(only)} in this grid", f"use {', '.join(known)}"
-        )
+    known = ", ".join(dict.fromkeys(c.method for c in cells)) or "a grid with cells"
+    if not wanted:
+        raise ConfigError("--only", f"{only!r} names no method label", f"use {known}")
+    unknown = [w for w in wanted if w not in {c.method for c in cells}]
+    if unknown:
+        raise ConfigError("--only", f"no method labelled {', '.join(unknown)} in this grid", f"use {known}")
     return [c for c in cells if c.method in wanted]

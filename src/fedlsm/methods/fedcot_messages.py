@@ -206,8 +206,9 @@ class NonPrivateRationales(Payload):
 # Every field a FedCoT client sends ("<kind>.<field>, <field>"), and why it may leave the client
 # (DESIGN: everything released is declared). Recorded in the privacy report of every run.
 RELEASED = {
-    "fedcot_perturbed_prompts.prompts": "covered by ε: the private prompts after the mechanism (per token; "
-    "n·ε for a prompt of n private tokens)",
+    "fedcot_perturbed_prompts.prompts": "FedCoT-E: covered by ε, the private prompts after the mechanism (per "
+    "token; n·ε for a prompt of n private tokens); FedCoT-A: its learned perturber's output, with no formal "
+    "guarantee (the privacy report's `guarantee`), audited by the attacks",
     "fedcot_local_results.zero_shot, few_shot, standalone": (
         "released without noise: accuracy of the client's SLM on the task's evaluation split "
         "(the result the federation exists to report)"
