@@ -324,10 +324,11 @@ def select_cells(cells: list[Cell], only: str | None) -> list[Cell]:
     if only is None:
         return cells
     wanted = [w.strip() for w in only.split(",") if w.strip()]
-    known = ", ".join(dict.fromkeys(c.method for c in cells)) or "a grid with cells"
+    labels = list(dict.fromkeys(c.method for c in cells))  # the grid's row labels, in its order
+    known = ", ".join(labels) or "a grid with cells"
     if not wanted:
         raise ConfigError("--only", f"{only!r} names no method label", f"use {known}")
-    unknown = [w for w in wanted if w not in {c.method for c in cells}]
+    unknown = [w for w in wanted if w not in labels]
     if unknown:
         raise ConfigError("--only", f"no method labelled {', '.join(unknown)} in this grid", f"use {known}")
     return [c for c in cells if c.method in wanted]
